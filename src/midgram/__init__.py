@@ -1,0 +1,3 @@
+"""midgram: an OpenSIPS-compatible MI datagram server, library and client."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""The one exception tree of midgram. Every error carries a ``.code``.
+
+::
+
+    MidgramError                    code: 1 unless a subclass says otherwise
+    +-- ConfigError                 a bad parameter value; .parameter, .value (code 2)
+    |   +-- AddressError            a socket_name / target that does not parse
+    +-- MIError                     a command's error reply: .code, .message, .data
+    |   +-- InvalidParams           -32602 "Invalid params" with a data text
+    |   +-- ServerError             -32000 "Server error" with a data text
+    +-- ProtocolError               a datagram that is not a usable JSON-RPC request
+    |   +-- ParseError              not JSON (-32700; plain "400 Parse_error" on the wire)
+    |   +-- InvalidRequest          JSON, but not a valid request (-32600); .id to answer with
+    +-- TransportError              a socket operation failed (code 4); .target
+    |   +-- SocketInUse             another live server answers on that path
+    +-- ClientError                 what a client call raises
+        +-- RemoteError             the server answered with a JSON-RPC error: code, message, data
+        +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal error"
+        +-- ReplyTimeout            no reply within the timeout (code 3); .target
+        +-- BadReply                a reply that is truncated or not a JSON-RPC response
+
+``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
+statuses the CLI maps them to.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AddressError",
+    "BadReply",
+    "ClientError",
+    "ConfigError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MIError",
+    "MidgramError",
+    "ParseError",
+    "PlainTextError",
+    "ProtocolError",
+    "RemoteError",
+    "ReplyTimeout",
+    "ServerError",
+    "SocketInUse",
+    "TransportError",
+]
+
+
+class MidgramError(Exception):
+    """Base of every error midgram raises on purpose."""
+
+    code: int = 1
+
+
+class ConfigError(MidgramError):
+    """A configuration value is unusable. The message names the parameter and the value."""
+
+    code = 2
+
+    def __init__(self, parameter: str, value: object, reason: str) -> None:
+        self.parameter = parameter
+        self.value = value
+        self.reason = reason
+        super().__init__(f"bad value for {parameter!s}: {value!r}: {reason}")
+
+
+class AddressError(ConfigError):
+    """A ``socket_name`` (or a client target) that does not follow the grammar."""
+
+
+class MIError(MidgramError):
+    """An MI command error, sent as ``{"code":..,"message":..[,"data":..]}``.
+
+    A handler raises it for a command-specific failure, e.g. ``MIError(404, "Not found")``.
+    """
+
+    def __init__(self, code: int, message: str, data: str | None = None) -> None:
+        super().__init__(message if data is None else f"{message}: {data}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class InvalidParams(MIError):
+    """-32602 ``Invalid params``; ``data`` says which parameter and why."""
+
+    CODE: ClassVar[int] = -32602
+
+    def __init__(self, data: str) -> None:
+        super().__init__(self.CODE, "Invalid params", data)
+
+
+class ServerError(MIError):
+    """-32000 ``Server error``; ``data`` says why (the handler itself failed)."""
+
+    CODE: ClassVar[int] = -32000
+
+    def __init__(self, data: str) -> None:
+        super().__init__(self.CODE, "Server error", data)
+
+
+class ProtocolError(MidgramError):
+    """A datagram that cannot be run as a JSON-RPC request."""
+
+
+class ParseError(ProtocolError):
+    """The datagram is not JSON (or is too large to have been read whole)."""
+
+    code = -32700
+
+
+class InvalidRequest(ProtocolError):
+    """Valid JSON but not a valid JSON-RPC 2.0 request.
+
+    ``reply_id`` is the id to answer with (``None`` when the request had none usable).
+    """
+
+    code = -32600
+
+    def __init__(self, reason: str, reply_id: str | int | float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply_id = reply_id
+
+
+class TransportError(MidgramError):
+    """A socket operation failed; ``target`` names the socket or address involved."""
+
+    code = 4
+
+    def __init__(self, message: str, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class SocketInUse(TransportError):
+    """Another live server already answers on the requested UNIX socket path."""
+
+
+class ClientError(MidgramError):
+    """Base of the errors a client call raises."""
+
+
+class RemoteError(ClientError):
+    """The server answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: object = None) -> None:
+        text = f"{code}: {message}" if data is None else f"{code}: {message} ({data})"
+        super().__init__(text)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class PlainTextError(ClientError):
+    """The server answered with OpenSIPS's plain-text ``400 Parse_error`` or ``500 Internal error``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"server replied {text!r}")
+        self.text = text
+        status = text.split(" ", 1)[0]
+        self.status = int(status) if status.isdigit() else 0
+
+
+class ReplyTimeout(ClientError):
+    """No reply arrived within the timeout."""
+
+    code = 3
+
+    def __init__(self, target: str, timeout: float) -> None:
+        super().__init__(f"no reply from {target} within {timeout:g} s")
+        self.target = target
+        self.timeout = timeout
+
+
+class BadReply(ClientError):
+    """A reply that is truncated, not JSON, or not a JSON-RPC response."""
