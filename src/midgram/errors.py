@@ -113,15 +113,19 @@ class ParseError(ProtocolError):
 class InvalidRequest(ProtocolError):
     """Valid JSON but not a valid JSON-RPC 2.0 request.
 
-    ``reply_id`` is the id to answer with (``None`` when the request had none usable).
+    ``reply_id`` is the id to answer with (``None`` when the request had none usable);
+    ``method`` the method name when it was a string (for logs and traces).
     """
 
     code = -32600
 
-    def __init__(self, reason: str, reply_id: str | int | float | None = None) -> None:
+    def __init__(
+        self, reason: str, reply_id: str | int | float | None = None, method: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reply_id = reply_id
+        self.method = method
 
 
 class TransportError(MidgramError):
@@ -154,7 +158,7 @@ class RemoteError(ClientError):
 
 
 class PlainTextError(ClientError):
-    """The server answered with OpenSIPS's plain-text ``400 Parse_error`` or ``500 Internal error``."""
+    """The server answered with the plain-text ``400 Parse_error`` or ``500 Internal error``."""
 
     def __init__(self, text: str) -> None:
         super().__init__(f"server replied {text!r}")
