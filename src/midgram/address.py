@@ -1,0 +1,285 @@
+"""The ``socket_name`` grammar of OpenSIPS's mi_datagram (spec 1.2), sans-IO.
+
+::
+
+    socket_name := "udp:" host ":" port     (the prefix is exact and case-sensitive)
+                 | "@" name                 (Linux abstract name: a midgram extension)
+                 | path                     (anything else, relative paths included)
+    host        := IPv4 | IPv6 | "[" IPv6 "]" | host name
+
+The port separator is the *last* ``:``, searched from the second character after ``udp:``, so
+``udp:::1:8080`` and ``udp:[::1]:8080`` both mean host ``::1``, while ``udp:8080`` and
+``udp::8080`` have no port. Error reasons reuse OpenSIPS's texts so an operator can search for
+them in either project.
+
+Differences from OpenSIPS, on purpose:
+
+- Host names are not resolved here (that is the transport's job); their syntax is checked.
+- ``@name`` is a Linux abstract socket name. OpenSIPS cannot bind one (it uses ``strlen`` and
+  ``SUN_LEN``) and would create a file called ``@name`` in its working directory instead; pass
+  ``allow_abstract=False`` to get that reading back.
+- OpenSIPS's ``str2int`` does not check overflow, so a huge port can wrap into range there;
+  here it is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from midgram.errors import AddressError
+
+__all__ = [
+    "SERVER_PORT_RANGE",
+    "SUN_PATH_MAX",
+    "TARGET_PORT_RANGE",
+    "Address",
+    "HostKind",
+    "UdpAddress",
+    "UnixAddress",
+    "parse_socket_name",
+    "parse_target",
+]
+
+UDP_PREFIX: Final = "udp:"
+ABSTRACT_PREFIX: Final = "@"
+#: ``sizeof(((struct sockaddr_un *)0)->sun_path)`` on Linux. OpenSIPS allows exactly 108 bytes
+#: (no terminating NUL); an abstract name spends one of them on its leading NUL.
+SUN_PATH_MAX: Final = 108
+#: OpenSIPS refuses privileged ports for the server socket.
+SERVER_PORT_RANGE: Final = (1024, 65535)
+#: A client may talk to any real port.
+TARGET_PORT_RANGE: Final = (1, 65535)
+
+# str2int accepts ASCII decimal digits only (str.isdigit would also accept "²" or "٣").
+_PORT_RE: Final = re.compile(r"[0-9]+")
+# RFC 1123 labels, plus "_" because real resolvers accept it. The last label must not be all
+# digits: "1.2.3.999" is a mistyped address, not a name to send to DNS.
+_LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME_RE: Final = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
+_HOSTNAME_MAX: Final = 253
+_LOCALHOST: Final = "localhost"
+
+
+class HostKind(enum.Enum):
+    """What the host part of a UDP address is; a name still has to be resolved."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+    NAME = "name"
+
+
+def _encoded(text: str) -> bytes:
+    # Python's socket module encodes AF_UNIX str paths with the filesystem encoding and
+    # surrogateescape; on Linux that is UTF-8, and the limit is on those bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _check_unix(path: str, abstract: bool) -> None:
+    if not path:
+        raise AddressError(
+            "path", path, "empty abstract socket name" if abstract else "empty socket name"
+        )
+    if "\0" in path:
+        raise AddressError("path", path, "socket name contains a NUL character")
+    size = len(_encoded(path)) + (1 if abstract else 0)
+    if size > SUN_PATH_MAX:
+        raise AddressError(
+            "path",
+            path,
+            f"socket name too long: {size} - should be less than {SUN_PATH_MAX} chars",
+        )
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """A UNIX datagram socket address: a filesystem path, or a Linux abstract name.
+
+    ``path`` holds the abstract name without its ``@`` when ``abstract`` is true.
+    """
+
+    path: str
+    abstract: bool = False
+
+    def __post_init__(self) -> None:
+        _check_unix(self.path, self.abstract)
+
+    def sockaddr(self) -> str | bytes:
+        """The address as ``socket.bind``/``sendto`` want it for ``AF_UNIX``.
+
+        A path is passed as ``str``; an abstract name as ``bytes`` starting with NUL, which is
+        how Python spells the abstract namespace.
+        """
+        if self.abstract:
+            return b"\0" + _encoded(self.path)
+        return self.path
+
+    def __str__(self) -> str:
+        if self.abstract:
+            return ABSTRACT_PREFIX + self.path
+        # A file really named "@x" is written "./@x" so that the text does not read back as
+        # an abstract name.
+        if self.path.startswith(ABSTRACT_PREFIX):
+            return "./" + self.path
+        return self.path
+
+
+_LITERALS: Final[tuple[tuple[HostKind, Callable[[str], object]], ...]] = (
+    (HostKind.IPV4, ipaddress.IPv4Address),
+    (HostKind.IPV6, ipaddress.IPv6Address),
+)
+
+
+def _classify(host: str) -> tuple[HostKind, str]:
+    """Return the kind of ``host`` and its canonical spelling, or raise ``ValueError``."""
+    for kind, parse in _LITERALS:
+        try:
+            return kind, str(parse(host))
+        except ValueError:
+            continue
+    if len(host) <= _HOSTNAME_MAX and _HOSTNAME_RE.fullmatch(host):
+        last_label = host.rstrip(".").rsplit(".", 1)[-1]
+        if not last_label.isdigit():
+            return HostKind.NAME, host
+    raise ValueError(host)
+
+
+def _is_loopback_literal(text: str) -> bool:
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # ::ffff:127.0.0.1 can only be reached from this host, like 127.0.0.1 itself.
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+@dataclass(frozen=True)
+class UdpAddress:
+    """A UDP address. ``host`` is an IPv4 or IPv6 literal (canonical, no brackets) or a name.
+
+    The constructor accepts ports 0-65535 (0 lets the kernel pick, which tests use); the
+    parsers apply the narrower ranges OpenSIPS uses.
+    """
+
+    host: str
+    port: int
+    _kind: HostKind = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            kind, canonical = _classify(self.host)
+        except ValueError:
+            raise AddressError(
+                "host",
+                self.host,
+                f"failed to resolve {self.host}: not an IPv4 or IPv6 address nor a host name",
+            ) from None
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise AddressError("port", self.port, "the port must be an integer")
+        if not 0 <= self.port <= 65535:
+            raise AddressError("port", self.port, "invalid port number; must be in [0,65535]")
+        # Frozen: the canonical spelling makes equal addresses compare equal ("::1" written
+        # as "0:0::1" is the same socket).
+        object.__setattr__(self, "host", canonical)
+        object.__setattr__(self, "_kind", kind)
+
+    @property
+    def host_kind(self) -> HostKind:
+        """Whether ``host`` is an IPv4 literal, an IPv6 literal or a name to resolve."""
+        return self._kind
+
+    @property
+    def is_loopback(self) -> bool:
+        """True for 127.0.0.0/8, ::1 (and ::ffff:127.x) and the name ``localhost``."""
+        if self._kind is HostKind.NAME:
+            return self.host.rstrip(".").lower() == _LOCALHOST
+        return _is_loopback_literal(self.host)
+
+    def sockaddr(self) -> tuple[str, int]:
+        """``(host, port)`` as ``socket`` wants it; a name still needs resolving."""
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self._kind is HostKind.IPV6 else self.host
+        return f"{UDP_PREFIX}{host}:{self.port}"
+
+
+Address = UnixAddress | UdpAddress
+
+
+def _split_udp(rest: str) -> tuple[str, str]:
+    """Split what follows ``udp:`` into host and port text, as mi_datagram.c does."""
+    if not rest:
+        raise ValueError("malformed ip address")
+    # strrchr(p + 1, ':'): the first character is never taken as the separator.
+    colon = rest.rfind(":", 1)
+    if colon < 0:
+        raise ValueError("no port specified")
+    host = rest[:colon]
+    # str2ip6 strips one pair of brackets.
+    bracketed = len(host) >= 2 and host[0] == "[" and host[-1] == "]"
+    if bracketed:
+        host = host[1:-1]
+    if not host:
+        raise ValueError("malformed ip address")
+    if bracketed and not _is_ipv6(host):
+        raise ValueError(f"failed to resolve [{host}]: only an IPv6 address goes in brackets")
+    return host, rest[colon + 1 :]
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_port(text: str, port_range: tuple[int, int]) -> int:
+    if not _PORT_RE.fullmatch(text):
+        raise ValueError("there is not a valid number port")
+    port = int(text)
+    low, high = port_range
+    if not low <= port <= high:
+        raise ValueError(f"invalid port number; must be in [{low},{high}]")
+    return port
+
+
+def _parse_udp(rest: str, port_range: tuple[int, int]) -> UdpAddress:
+    host, port_text = _split_udp(rest)
+    return UdpAddress(host, _parse_port(port_text, port_range))
+
+
+def _parse(
+    text: str, parameter: str, port_range: tuple[int, int], allow_abstract: bool
+) -> UnixAddress | UdpAddress:
+    try:
+        if text.startswith(UDP_PREFIX):
+            return _parse_udp(text[len(UDP_PREFIX) :], port_range)
+        if allow_abstract and text.startswith(ABSTRACT_PREFIX):
+            return UnixAddress(text[len(ABSTRACT_PREFIX) :], abstract=True)
+        return UnixAddress(text)
+    except AddressError as exc:
+        # Re-raised under the caller's parameter name with the whole text as the value.
+        raise AddressError(parameter, text, exc.reason) from None
+    except ValueError as exc:
+        raise AddressError(parameter, text, str(exc)) from None
+
+
+def parse_socket_name(
+    text: str, *, parameter: str = "socket_name", allow_abstract: bool = True
+) -> UnixAddress | UdpAddress:
+    """Parse a server ``socket_name`` exactly as OpenSIPS does (UDP ports 1024-65535).
+
+    ``allow_abstract=False`` reads ``@name`` as a relative path, which is what OpenSIPS does.
+    Raises ``AddressError(parameter, text, reason)``.
+    """
+    return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract)
+
+
+def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAddress:
+    """Parse a client's target: the ``socket_name`` grammar, any UDP port 1-65535."""
+    return _parse(text, parameter, TARGET_PORT_RANGE, allow_abstract=True)

@@ -1,0 +1,888 @@
+"""Settings: the server's parameters, named as OpenSIPS's mi_datagram spells them. Sans-IO.
+
+Values come from three layers, later ones winning (``merge``): the defaults, a configuration
+file (TOML via ``load_toml``, or the ``modparam("mi_datagram", ...)`` lines of an existing
+``opensips.cfg`` via ``parse_opensips_cfg``) and the CLI flags. ``Settings.from_mapping`` then
+validates and coerces everything at once; a bad value raises ``ConfigError`` naming the
+parameter and the value. Nothing here reads files, resolves names or looks up users: the
+caller passes text and values in, and the transport resolves what needs resolving.
+
+Warnings (a value that works but not as written, such as ``unix_socket_mode = 0``) are
+returned by ``Settings.warnings()`` instead of being logged, so the caller decides.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from midgram.address import UdpAddress, UnixAddress, parse_socket_name
+from midgram.errors import ConfigError
+
+__all__ = [
+    "ALIASES",
+    "PARAMETERS",
+    "SECTION",
+    "OpensipsCfg",
+    "Parameter",
+    "Settings",
+    "default_socket_name",
+    "load_settings",
+    "load_toml",
+    "merge",
+    "parse_bwlist",
+    "parse_opensips_cfg",
+]
+
+#: The module name in ``modparam(...)`` and the TOML table name.
+SECTION: Final = "mi_datagram"
+
+DEFAULT_CHILDREN_COUNT: Final = 1
+DEFAULT_SOCKET_TIMEOUT: Final = 2000
+#: DATAGRAM_SOCK_BUF_SIZE in OpenSIPS 3.x, the default of ``socket_buf_size`` in 4.0.
+DEFAULT_SOCKET_BUF_SIZE: Final = 65457
+DEFAULT_UNIX_SOCKET_MODE: Final = 0o660
+DEFAULT_LOG_LEVEL: Final = "info"
+#: What OpenSIPS uses instead of a mode of 0 ("forcing it to rw-------").
+ZERO_MODE_REPLACEMENT: Final = 0o600
+#: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
+UDP_MAX_PAYLOAD: Final = 65507
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One row of the parameter table that README and ``--help`` are generated from."""
+
+    name: str
+    type: str
+    default: object
+    description: str
+    #: Where the parameter comes from: "3.6" (OpenSIPS 3.x and later), "4.0", or "midgram".
+    origin: str
+
+
+PARAMETERS: Final[tuple[Parameter, ...]] = (
+    Parameter(
+        "socket_name",
+        "str",
+        None,
+        "UNIX socket path, @abstract-name, or udp:host:port (port 1024-65535)",
+        "3.6",
+    ),
+    Parameter(
+        "children_count",
+        "int",
+        DEFAULT_CHILDREN_COUNT,
+        "worker processes sharing the socket (0-256; 0 serves in the calling process)",
+        "3.6",
+    ),
+    Parameter(
+        "socket_timeout",
+        "int",
+        DEFAULT_SOCKET_TIMEOUT,
+        "ms to keep retrying a reply the client cannot take yet (0-600000)",
+        "3.6",
+    ),
+    Parameter(
+        "socket_buf_size",
+        "int",
+        DEFAULT_SOCKET_BUF_SIZE,
+        "largest request and reply in bytes (1024-1048576; at most 65507 over UDP)",
+        "4.0",
+    ),
+    Parameter(
+        "unix_socket_mode",
+        "octal int",
+        DEFAULT_UNIX_SOCKET_MODE,
+        "permissions of the UNIX socket file, e.g. 0660 (0 means 0600)",
+        "3.6",
+    ),
+    Parameter(
+        "unix_socket_user",
+        "str|int",
+        None,
+        "owner of the UNIX socket file: a user name or a uid",
+        "3.6",
+    ),
+    Parameter(
+        "unix_socket_group",
+        "str|int",
+        None,
+        "group of the UNIX socket file: a group name or a gid",
+        "3.6",
+    ),
+    Parameter(
+        "trace_destination",
+        "str",
+        None,
+        "name of the proto_hep hep_id destination that commands are traced to",
+        "3.6",
+    ),
+    Parameter(
+        "trace_bwlist",
+        "str",
+        None,
+        'commands to trace: "w: cmd, ..." (only these) or "b: cmd, ..." (all but these)',
+        "3.6",
+    ),
+    Parameter(
+        "pretty_printing",
+        "bool",
+        False,
+        "indent JSON replies as OpenSIPS's cJSON does",
+        "3.6",
+    ),
+    Parameter(
+        "json_errors",
+        "bool",
+        False,
+        "answer unparsable or too large requests with JSON-RPC errors, not plain text",
+        "midgram",
+    ),
+    Parameter(
+        "allow_from",
+        "list of CIDR",
+        (),
+        "networks allowed to send to a UDP socket (needed for a non-loopback address)",
+        "midgram",
+    ),
+    Parameter(
+        "allow_any",
+        "bool",
+        False,
+        "accept commands from any address on a non-loopback UDP socket",
+        "midgram",
+    ),
+    Parameter(
+        "log_level",
+        "str|int",
+        DEFAULT_LOG_LEVEL,
+        "debug, info, warning, error, critical, or an OpenSIPS level -3..4",
+        "midgram",
+    ),
+)
+
+#: Short names the CLI flags use (and a config file may use), mapped to the OpenSIPS names.
+ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "socket": "socket_name",
+        "children": "children_count",
+        "mode": "unix_socket_mode",
+        "user": "unix_socket_user",
+        "group": "unix_socket_group",
+        "timeout": "socket_timeout",
+        "pretty": "pretty_printing",
+        "buf_size": "socket_buf_size",
+    }
+)
+
+_NAMES: Final = frozenset(p.name for p in PARAMETERS)
+
+
+def default_socket_name(runtime_dir: str | None, uid: int) -> str:
+    """The socket path used when none is configured.
+
+    ``runtime_dir`` is typically ``$XDG_RUNTIME_DIR`` (private to the user); without one, the
+    uid keeps users of a shared ``/tmp`` apart.
+    """
+    if runtime_dir:
+        return f"{runtime_dir.rstrip('/')}/midgram.sock"
+    return f"/tmp/midgram-{uid}.sock"
+
+
+# --------------------------------------------------------------------------------------------
+# Value coercion. Each coercer takes (parameter, raw value, warnings list) and returns the typed
+# value or raises ConfigError. They are idempotent, so a Settings built directly from typed
+# values goes through the same checks as one built from a config file.
+
+Coercer = Callable[[str, object, list[str]], object]
+
+_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+# Octal digits, as "0660" or "660"; "0o660" is accepted too, as Python and TOML write it.
+_MODE_RE: Final = re.compile(r"(?:0[oO])?([0-7]+)")
+# The portable POSIX user/group name (useradd's NAME_REGEX, relaxed to upper case and dots),
+# with the optional trailing "$" of Samba machine accounts. 32 is the usual utmpx limit.
+_OWNER_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}\$?")
+# uid_t/gid_t are 32-bit; (uid_t)-1 means "do not change", which OpenSIPS spells -1.
+_ID_MAX: Final = 2**32 - 2
+_UNSET_ID: Final = -1
+_HEP_NAME_RE: Final = re.compile(r"[^\s\[\]]+")
+
+_BOOL_WORDS: Final[Mapping[str, bool]] = MappingProxyType(
+    {
+        "yes": True,
+        "true": True,
+        "on": True,
+        "no": False,
+        "false": False,
+        "off": False,
+    }
+)
+
+# Python logging level names, their usual short forms and OpenSIPS's numeric levels
+# (dprint.h: L_ALERT -3, L_CRIT -2, L_ERR -1, L_WARN 1, L_NOTICE 2, L_INFO 3, L_DBG 4; a level
+# shows messages at or below it, so 0 shows errors only).
+_LOG_LEVELS: Final[Mapping[str | int, str]] = MappingProxyType(
+    {
+        "debug": "debug",
+        "dbg": "debug",
+        "info": "info",
+        "notice": "info",
+        "warning": "warning",
+        "warn": "warning",
+        "error": "error",
+        "err": "error",
+        "critical": "critical",
+        "crit": "critical",
+        "alert": "critical",
+        -3: "critical",
+        -2: "critical",
+        -1: "error",
+        0: "error",
+        1: "warning",
+        2: "info",
+        3: "info",
+        4: "debug",
+    }
+)
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _as_int(name: str, value: object) -> int:
+    # bool is an int subclass; "children_count = true" is a mistake, not 1.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        return int(value.strip())
+    raise ConfigError(name, value, f"must be an integer, not {_type_name(value)}")
+
+
+def _int_range(low: int, high: int, unit: str = "") -> Coercer:
+    def coerce(name: str, value: object, _notes: list[str]) -> int:
+        number = _as_int(name, value)
+        if not low <= number <= high:
+            raise ConfigError(name, value, f"must be between {low} and {high}{unit}")
+        return number
+
+    return coerce
+
+
+def _boolean(name: str, value: object, _notes: list[str]) -> bool:
+    if isinstance(value, bool):
+        return value
+    # OpenSIPS flags are ints where any non-zero value means on.
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _BOOL_WORDS:
+            return _BOOL_WORDS[word]
+        if _INT_RE.fullmatch(word):
+            return int(word) != 0
+    raise ConfigError(name, value, "must be a boolean: yes/no, true/false, on/off or a number")
+
+
+def _mode(name: str, value: object, notes: list[str]) -> int:
+    mode = _mode_number(name, value)
+    if mode > 0o777:
+        raise ConfigError(
+            name,
+            value,
+            f"0{mode:o} is more than 0777{_octal_hint(value)}; write the mode in octal "
+            '(0660 in opensips.cfg, 0o660 or "0660" in TOML)',
+        )
+    if mode == 0:
+        # OpenSIPS: "cannot specify mi_unix_socket_mode = 0, forcing it to rw-------".
+        notes.append(f"cannot specify {name} = 0, forcing it to rw------- (0600)")
+        return ZERO_MODE_REPLACEMENT
+    return mode
+
+
+def _octal_hint(value: object) -> str:
+    # 660 read as a decimal number is 01224: the usual slip when octal is written without 0.
+    digits = str(value)
+    if isinstance(value, int) and digits.isdigit() and set(digits) <= set("01234567"):
+        return f" (did you mean 0{digits}?)"
+    return ""
+
+
+def _mode_number(name: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(name, value, "a mode cannot be negative")
+        return value
+    if isinstance(value, str):
+        match = _MODE_RE.fullmatch(value.strip())
+        if match:
+            return int(match.group(1), 8)
+    raise ConfigError(name, value, 'must be an octal mode such as 0660 or "0600"')
+
+
+_OWNER_WORDS: Final[Mapping[str, str]] = MappingProxyType(
+    {"unix_socket_user": "user", "unix_socket_group": "group"}
+)
+
+
+def _owner(name: str, value: object, _notes: list[str]) -> str | int | None:
+    """A user or group: a name (checked for shape only) or a numeric id; -1 means unset."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not _INT_RE.fullmatch(value.strip()):
+        if _OWNER_NAME_RE.fullmatch(value):
+            return value
+        raise ConfigError(name, value, f"not a valid {_OWNER_WORDS[name]} name or number")
+    number = _as_int(name, value)
+    if number == _UNSET_ID:
+        return None
+    if not 0 <= number <= _ID_MAX:
+        raise ConfigError(name, value, f"a numeric {_OWNER_WORDS[name]} id must be 0..{_ID_MAX}")
+    return number
+
+
+def _optional(coerce: Coercer) -> Coercer:
+    def optional(name: str, value: object, notes: list[str]) -> object:
+        return None if value is None else coerce(name, value, notes)
+
+    return optional
+
+
+def _string(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(name, value, f"must be a string, not {_type_name(value)}")
+    return value
+
+
+def _socket_name(name: str, value: object, _notes: list[str]) -> str:
+    text = _string(name, value)
+    parse_socket_name(text, parameter=name)
+    return text
+
+
+def _hep_name(name: str, value: object, _notes: list[str]) -> str:
+    text = _string(name, value)
+    if not _HEP_NAME_RE.fullmatch(text):
+        raise ConfigError(
+            name, value, "must be the name of a proto_hep hep_id, e.g. hep_dst for [hep_dst]..."
+        )
+    return text
+
+
+def _bwlist(name: str, value: object, _notes: list[str]) -> str:
+    text = _string(name, value)
+    parse_bwlist(text, parameter=name)
+    return text
+
+
+def _cidrs(name: str, value: object, _notes: list[str]) -> tuple[str, ...]:
+    items = _cidr_items(name, value)
+    networks = (_cidr(name, item) for item in items)
+    # dict.fromkeys: drop duplicates, keep the order the operator wrote.
+    return tuple(dict.fromkeys(networks))
+
+
+def _cidr_items(name: str, value: object) -> list[str]:
+    # A single string may list several networks, as a CLI flag or a modparam would.
+    if isinstance(value, str):
+        return value.replace(",", " ").split()
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return [str(item) for item in value]
+    raise ConfigError(name, value, "must be a list of CIDRs such as 10.0.0.0/8 or ::1/128")
+
+
+def _cidr(name: str, item: str) -> str:
+    try:
+        return str(ipaddress.ip_network(item, strict=True))
+    except ValueError as exc:
+        # Host bits set ("10.1.2.3/8") is refused rather than widened silently: this is an
+        # access list, and the operator may have meant a narrower network.
+        hint = _network_hint(item)
+        raise ConfigError(name, item, f"not a network: {exc}{hint}") from exc
+
+
+def _network_hint(item: str) -> str:
+    try:
+        return f"; did you mean {ipaddress.ip_network(item, strict=False)}?"
+    except ValueError:
+        return ""
+
+
+def _level_key(value: object) -> str | int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return int(word) if _INT_RE.fullmatch(word) else word
+    return None
+
+
+def _log_level(name: str, value: object, _notes: list[str]) -> str:
+    key = _level_key(value)
+    if key is not None and key in _LOG_LEVELS:
+        return _LOG_LEVELS[key]
+    raise ConfigError(
+        name, value, "must be debug, info, warning, error, critical, or an OpenSIPS level -3..4"
+    )
+
+
+# One coercer per Settings field; a test checks that none is missing.
+_COERCERS: Final[Mapping[str, Coercer]] = MappingProxyType(
+    {
+        "socket_name": _optional(_socket_name),
+        "children_count": _int_range(0, 256),
+        "socket_timeout": _int_range(0, 600_000, " ms"),
+        "socket_buf_size": _int_range(1024, 1_048_576, " bytes"),
+        "unix_socket_mode": _mode,
+        "unix_socket_user": _owner,
+        "unix_socket_group": _owner,
+        "trace_destination": _optional(_hep_name),
+        "trace_bwlist": _optional(_bwlist),
+        "pretty_printing": _boolean,
+        "json_errors": _boolean,
+        "allow_from": _cidrs,
+        "allow_any": _boolean,
+        "log_level": _log_level,
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------
+# trace_bwlist (spec 4.4, steps 1, 2, 4 and the shape of step 5)
+
+# The list type, after trimming spaces, maps to "is a whitelist".
+_LIST_TYPES: Final[Mapping[str, bool]] = MappingProxyType(
+    {"w": True, "W": True, "b": False, "B": False}
+)
+
+
+def parse_bwlist(text: str, *, parameter: str = "trace_bwlist") -> tuple[bool, tuple[str, ...]]:
+    """Split ``"b: ps, which"`` into ``(is_whitelist, ("ps", "which"))``.
+
+    Errors use OpenSIPS's texts. Whether each name is a registered command is checked later,
+    against the registry, by whoever holds it.
+    """
+    if not text:
+        raise ConfigError(parameter, text, "empty mi command list!")
+    kind, colon, rest = text.partition(":")
+    if not colon:
+        raise ConfigError(
+            parameter, text, "missing list type: either blacklist( b ) or whitelist ( w )!"
+        )
+    # str_trim_spaces_lr trims ' ' only, not tabs or newlines.
+    kind = kind.strip(" ")
+    if kind not in _LIST_TYPES:
+        raise ConfigError(
+            parameter,
+            text,
+            f"Invalid list type <{kind}>! Either b (blacklist) or w (whitelist)!",
+        )
+    if not rest:
+        raise ConfigError(parameter, text, "no command in list!")
+    names = tuple(token.strip(" ") for token in rest.split(","))
+    for command in names:
+        _check_bwlist_name(parameter, text, command)
+    return _LIST_TYPES[kind], names
+
+
+def _check_bwlist_name(parameter: str, text: str, command: str) -> None:
+    # OpenSIPS would fail the lookup for these; no command name is empty or holds a tab.
+    if not command:
+        raise ConfigError(
+            parameter,
+            text,
+            "can't find mi command []! (an empty name: look for ',,' or a ',' at the end)",
+        )
+    if any(char.isspace() for char in command):
+        raise ConfigError(
+            parameter, text, f"can't find mi command [{command}]! (a name holds white space)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-parameter rules, run once every field has its type. Each returns warnings or raises.
+
+
+def _udp_rules(settings: Settings, address: UdpAddress) -> list[str]:
+    if settings.socket_buf_size > UDP_MAX_PAYLOAD:
+        raise ConfigError(
+            "socket_buf_size",
+            settings.socket_buf_size,
+            f"must be at most {UDP_MAX_PAYLOAD} with a UDP socket_name: "
+            "a UDP datagram cannot carry more",
+        )
+    # DESIGN difference 9: the MI has no authentication, so a network-facing socket needs an
+    # explicit decision about who may talk to it.
+    if not address.is_loopback and not settings.allow_from and not settings.allow_any:
+        raise ConfigError(
+            "socket_name",
+            settings.socket_name,
+            f"{address.host} is not a loopback address, and anyone who can reach it could run "
+            "any MI command (there is no authentication): set allow_from to the networks "
+            "allowed to send (e.g. allow_from = 10.0.0.0/8), or set allow_any = true to "
+            "accept every sender",
+        )
+    return [
+        f"{name} has no effect on a UDP socket"
+        for name in ("unix_socket_user", "unix_socket_group")
+        if getattr(settings, name) is not None
+    ]
+
+
+def _unix_rules(settings: Settings, address: UnixAddress) -> list[str]:
+    notes = [
+        f"{name} has no effect on a UNIX socket (it filters UDP senders)"
+        for name, given in (
+            ("allow_from", bool(settings.allow_from)),
+            ("allow_any", settings.allow_any),
+        )
+        if given
+    ]
+    if address.abstract:
+        notes.extend(
+            f"{name} has no effect on an abstract socket (there is no file to own)"
+            for name in ("unix_socket_user", "unix_socket_group")
+            if getattr(settings, name) is not None
+        )
+    return notes
+
+
+def _address_rules(settings: Settings) -> list[str]:
+    address = settings.address
+    if isinstance(address, UdpAddress):
+        return _udp_rules(settings, address)
+    if isinstance(address, UnixAddress):
+        return _unix_rules(settings, address)
+    return []
+
+
+def _tracing_rules(settings: Settings) -> list[str]:
+    if settings.trace_bwlist is not None and settings.trace_destination is None:
+        # OpenSIPS only parses the list when a destination is set.
+        return ["trace_bwlist has no effect without trace_destination"]
+    return []
+
+
+_RULES: Final[tuple[Callable[[Settings], list[str]], ...]] = (_address_rules, _tracing_rules)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's parameters, validated. Build it with ``from_mapping`` from untyped input.
+
+    Constructing it directly runs the same checks and coercions. ``socket_name=None`` means the
+    caller (the CLI) picks ``default_socket_name(...)``.
+    """
+
+    socket_name: str | None = None
+    children_count: int = DEFAULT_CHILDREN_COUNT
+    socket_timeout: int = DEFAULT_SOCKET_TIMEOUT
+    socket_buf_size: int = DEFAULT_SOCKET_BUF_SIZE
+    unix_socket_mode: int = DEFAULT_UNIX_SOCKET_MODE
+    unix_socket_user: str | int | None = None
+    unix_socket_group: str | int | None = None
+    trace_destination: str | None = None
+    trace_bwlist: str | None = None
+    pretty_printing: bool = False
+    json_errors: bool = False
+    allow_from: tuple[str, ...] = ()
+    allow_any: bool = False
+    log_level: str = DEFAULT_LOG_LEVEL
+    _warnings: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        notes: list[str] = []
+        for name, coerce in _COERCERS.items():
+            # Frozen: coercion replaces the raw value once, here, before anyone sees it.
+            object.__setattr__(self, name, coerce(name, getattr(self, name), notes))
+        for rule in _RULES:
+            notes.extend(rule(self))
+        object.__setattr__(self, "_warnings", tuple(notes))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Settings:
+        """Validate and coerce ``values`` (parameter names or ``ALIASES``; None = not given)."""
+        given: dict[str, Any] = {
+            name: value
+            for name, value in _canonical(values, strict=True).items()
+            if value is not None
+        }
+        return cls(**given)
+
+    @property
+    def address(self) -> UnixAddress | UdpAddress | None:
+        """``socket_name`` parsed, or None when it is not set."""
+        if self.socket_name is None:
+            return None
+        return parse_socket_name(self.socket_name)
+
+    def warnings(self) -> tuple[str, ...]:
+        """Things that work, but not as written (e.g. mode 0 became 0600)."""
+        return self._warnings
+
+    def to_mapping(self) -> dict[str, object]:
+        """The parameters as a plain mapping, in ``PARAMETERS`` order."""
+        return {p.name: getattr(self, p.name) for p in PARAMETERS}
+
+
+def load_settings(*layers: Mapping[str, object]) -> Settings:
+    """``Settings.from_mapping(merge(*layers))``."""
+    return Settings.from_mapping(merge(*layers))
+
+
+def _unknown(name: object, value: object) -> ConfigError:
+    reason = "unknown parameter"
+    if isinstance(name, str):
+        close = difflib.get_close_matches(name, [*_NAMES, *ALIASES], n=1)
+        if close:
+            reason += f"; did you mean {close[0]!r}?"
+    return ConfigError(str(name), value, reason)
+
+
+def _canonical(values: Mapping[str, object], *, strict: bool) -> dict[str, object]:
+    """Rename aliases; refuse a parameter given twice; unknown names raise when ``strict``."""
+    out: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name not in _NAMES and strict:
+            raise _unknown(key, value)
+        if name in spelled:
+            raise ConfigError(name, value, f"given twice, as {spelled[name]!r} and as {key!r}")
+        spelled[name] = key
+        out[name] = value
+    return out
+
+
+def merge(*layers: Mapping[str, object]) -> dict[str, object]:
+    """Combine layers (defaults < config file < CLI flags): later layers win.
+
+    Aliases are renamed to the OpenSIPS names; a None value means "not given" and never
+    overrides. Unknown names are kept so that ``Settings.from_mapping`` reports them.
+    """
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update(
+            (name, value)
+            for name, value in _canonical(layer, strict=False).items()
+            if value is not None
+        )
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# TOML
+
+_TOML_LINE_RE: Final = re.compile(r"at line (\d+)")
+
+
+def load_toml(text: str) -> dict[str, object]:
+    """The parameters of a TOML document: top-level keys, or the ``[mi_datagram]`` table.
+
+    With a ``[mi_datagram]`` table, other tables are ignored (the file may configure other
+    things) but a top-level key is refused, since it would be silently lost.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("TOML", _toml_line(text, str(exc)), f"not valid TOML: {exc}") from exc
+    if SECTION not in data:
+        return data
+    section = data[SECTION]
+    if not isinstance(section, dict):
+        raise ConfigError(SECTION, section, f"must be a table: [{SECTION}]")
+    for key, value in data.items():
+        if key != SECTION and not isinstance(value, dict):
+            raise ConfigError(key, value, f"outside the [{SECTION}] table: move it inside")
+    return dict(section)
+
+
+def _toml_line(text: str, message: str) -> str:
+    match = _TOML_LINE_RE.search(message)
+    lines = text.splitlines()
+    if match and 0 < int(match.group(1)) <= len(lines):
+        return lines[int(match.group(1)) - 1].strip()
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# opensips.cfg
+
+# OpenSIPS's cfg lexer, reduced to what a modparam needs. Order matters: comments and strings
+# are taken whole first, so a '#' or ',' inside a string is not mistaken for syntax.
+_CFG_TOKEN_RE: Final = re.compile(
+    r"""
+      (?P<space>\s+)
+    | (?P<comment>(?:\#|//)[^\n]*|/\*.*?(?:\*/|\Z))
+    | (?P<dquote>"(?:[^"\\]|\\.)*")
+    | (?P<squote>'[^']*')
+    | (?P<number>0[xX][0-9a-fA-F]+|[0-9]+)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_SKIPPED_TOKENS: Final = frozenset({"space", "comment"})
+# Escapes of a double-quoted cfg string (cfg.lex); a backslash-newline joins lines.
+_CFG_ESCAPES: Final[Mapping[str, str]] = MappingProxyType(
+    {"n": "\n", "r": "\r", "a": "\a", "t": "\t", "\\": "\\", "0": "\0", '"': '"', "\n": ""}
+)
+_CFG_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+_HEP_ID_RE: Final = re.compile(r"\s*\[([^\]]+)\](.*)", re.DOTALL)
+_HEP_MODULE: Final = "proto_hep"
+_INCLUDE_WORDS: Final = frozenset({"include_file", "import_file"})
+
+_Token = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class OpensipsCfg:
+    """What ``parse_opensips_cfg`` found in an opensips.cfg.
+
+    ``params``: the ``mi_datagram`` modparams (str or int values, the last one wins).
+    ``hep_ids``: the proto_hep ``hep_id`` destinations, name -> spec (``trace_destination``
+    names one of them). ``includes``: files the cfg includes, which were not read.
+    """
+
+    params: dict[str, object]
+    hep_ids: dict[str, str]
+    includes: tuple[str, ...] = ()
+
+    def warnings(self) -> tuple[str, ...]:
+        """Problems OpenSIPS would not report: it silently disables tracing for them."""
+        destination = self.params.get("trace_destination")
+        if isinstance(destination, str) and destination not in self.hep_ids:
+            return (
+                f"trace_destination {destination!r} names no proto_hep hep_id "
+                "in this file: OpenSIPS would silently trace nothing",
+            )
+        return ()
+
+
+def _unescape(body: str) -> str:
+    return _CFG_ESCAPE_RE.sub(lambda m: _CFG_ESCAPES.get(m.group(1), m.group(0)), body)
+
+
+def _cfg_tokens(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    for match in _CFG_TOKEN_RE.finditer(text):
+        kind = match.lastgroup or "other"
+        if kind not in _SKIPPED_TOKENS:
+            tokens.append((kind, match.group()))
+    return tokens
+
+
+# How each kind of string token becomes its value; single-quoted cfg strings have no escapes.
+_STRING_DECODERS: Final[Mapping[str, Callable[[str], str]]] = MappingProxyType(
+    {"dquote": lambda raw: _unescape(raw[1:-1]), "squote": lambda raw: raw[1:-1]}
+)
+
+
+def _string_at(tokens: list[_Token], at: int) -> str | None:
+    if at >= len(tokens):
+        return None
+    kind, raw = tokens[at]
+    decode = _STRING_DECODERS.get(kind)
+    return None if decode is None else decode(raw)
+
+
+def _is_punct(tokens: list[_Token], at: int, char: str) -> bool:
+    return at < len(tokens) and tokens[at] == ("other", char)
+
+
+def _number_value(raw: str) -> int:
+    if raw[:2].lower() == "0x":
+        return int(raw, 16)
+    # A C-style leading zero is octal, as in 0660; "08" is not octal and reads as 8.
+    if len(raw) > 1 and raw[0] == "0" and all(c in "01234567" for c in raw):
+        return int(raw, 8)
+    return int(raw, 10)
+
+
+def _modparam_value(tokens: list[_Token], at: int) -> tuple[str | int | None, int]:
+    """Read a modparam's value (a string or a signed number) at ``tokens[at]``."""
+    text = _string_at(tokens, at)
+    if text is not None:
+        return text, at + 1
+    sign = 1
+    if _is_punct(tokens, at, "-") or _is_punct(tokens, at, "+"):
+        sign = -1 if tokens[at][1] == "-" else 1
+        at += 1
+    if at < len(tokens) and tokens[at][0] == "number":
+        return sign * _number_value(tokens[at][1]), at + 1
+    return None, at
+
+
+def _modparam_at(tokens: list[_Token], at: int) -> tuple[str, str, str | int] | None:
+    """Parse ``( "module" , "name" , value )``: the tokens after the ``modparam`` keyword."""
+    if not _is_punct(tokens, at, "("):
+        return None
+    module = _string_at(tokens, at + 1)
+    if module is None or not _is_punct(tokens, at + 2, ","):
+        return None
+    name = _string_at(tokens, at + 3)
+    if name is None or not _is_punct(tokens, at + 4, ","):
+        return None
+    value, end = _modparam_value(tokens, at + 5)
+    if value is None or not _is_punct(tokens, end, ")"):
+        return None
+    return module, name, value
+
+
+def _module_matches(pattern: str, module: str) -> bool:
+    # set_mod_param_regex: the module is a POSIX ERE, anchored, case-insensitive
+    # (modparam("mi_datagram|mi_fifo", ...) sets both).
+    if pattern == module:
+        return True
+    try:
+        return re.fullmatch(pattern, module, re.IGNORECASE) is not None
+    except re.error:
+        return False
+
+
+def _add_hep_id(hep_ids: dict[str, str], value: str | int) -> None:
+    match = _HEP_ID_RE.fullmatch(value) if isinstance(value, str) else None
+    if match:
+        hep_ids[match.group(1).strip()] = match.group(2).strip()
+
+
+def parse_opensips_cfg(text: str) -> OpensipsCfg:
+    """Extract the ``mi_datagram`` modparams and proto_hep ``hep_id``s from cfg text.
+
+    Comments (``#``, ``//``, ``/* */``), both quote styles, octal and hex numbers and several
+    statements on one line are handled; malformed modparams are skipped (OpenSIPS itself
+    would refuse the file). ``include_file``/``import_file`` are listed, not followed.
+    """
+    tokens = _cfg_tokens(text)
+    params: dict[str, object] = {}
+    hep_ids: dict[str, str] = {}
+    includes: list[str] = []
+    for at, (kind, raw) in enumerate(tokens):
+        if kind != "word":
+            continue
+        if raw in _INCLUDE_WORDS:
+            included = _string_at(tokens, at + 1)
+            if included is not None:
+                includes.append(included)
+        if raw != "modparam":
+            continue
+        found = _modparam_at(tokens, at + 1)
+        if found is None:
+            continue
+        module, name, value = found
+        if _module_matches(module, SECTION):
+            params[name] = value
+        if _module_matches(module, _HEP_MODULE) and name == "hep_id":
+            _add_hep_id(hep_ids, value)
+    return OpensipsCfg(params, hep_ids, tuple(includes))
