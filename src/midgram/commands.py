@@ -1,0 +1,571 @@
+"""Commands, recipes, the Registry and dispatch: the whole MI server minus sockets.
+
+A command has one or more *recipes*: the lists of parameter names it can be called with.
+They come from the handler's signature (required parameters, then each optional one in
+turn) or are given explicitly. Picking a recipe, fetching and coercing each parameter, and
+every error text follow OpenSIPS 3.6 (spec 2.5 and 2.6).
+
+``Dispatcher.handle(datagram)`` is pure: bytes in, an ``Outcome`` out (the reply bytes or
+none, and a small record of what happened for logs, statistics and tracing). For an
+``async def`` handler it returns a ``Pending`` instead, which the caller finishes with the
+coroutine's result, so the same engine serves a blocking worker and an asyncio server.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import math
+import types
+import typing
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias, TypeVar
+
+from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
+from midgram.protocol import (
+    DEFAULT_BUF_SIZE,
+    INTERNAL_ERROR_REPLY,
+    PARSE_ERROR_REPLY,
+    Notification,
+    Params,
+    Request,
+    decode_request,
+    encode_error,
+    encode_result,
+    reply_fits,
+)
+from midgram.stats import Statistics
+
+__all__ = [
+    "Command",
+    "Dispatcher",
+    "Outcome",
+    "Pending",
+    "Registry",
+    "Status",
+]
+
+log = logging.getLogger(__name__)
+
+Handler: TypeAlias = Callable[..., Any]
+Coercer: TypeAlias = Callable[[Any, str], Any]
+F = TypeVar("F", bound=Handler)
+
+# OpenSIPS's -32602 data texts (spec 2.5, 2.6).
+NAMED_ONLY: Final = "Command only supports named parameters"
+AMBIGUOUS: Final = "Ambiguous call, use named parameters instead"
+WRONG_COUNT: Final = "Too few or too many parameters"
+NAMES_MISMATCH: Final = "Named parameters do not match"
+
+
+# --- parameter getters: OpenSIPS's coercions (item.c) -------------------------------------
+
+
+def _bad_type(name: str) -> InvalidParams:
+    return InvalidParams(f"Bad type for parameter '{name}'")
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _valueint(value: float) -> int:
+    """cJSON's valueint: truncated toward zero (Python ints need no saturation)."""
+    if type(value) is int:
+        return value
+    if math.isnan(value) or math.isinf(value):
+        raise OverflowError
+    return int(value)
+
+
+def _str2sint(text: str) -> int | None:
+    """OpenSIPS str2sint: an optional sign then decimal digits; a lone sign is 0."""
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits and not (digits.isascii() and digits.isdigit()):
+        return None
+    if not text:
+        return None
+    value = int(digits) if digits else 0
+    return -value if text[:1] == "-" else value
+
+
+def get_int(value: Any, name: str) -> int:
+    """A number (truncated) or a decimal string (``Bad type for parameter 'x'``)."""
+    if _is_number(value):
+        try:
+            return _valueint(value)
+        except OverflowError:
+            raise _bad_type(name) from None
+    if type(value) is str:
+        parsed = _str2sint(value)
+        if parsed is not None:
+            return parsed
+    raise _bad_type(name)
+
+
+def get_str(value: Any, name: str) -> str:
+    """A string, or a number printed as an integer (``1.9`` -> ``"1"``, as OpenSIPS)."""
+    if type(value) is str:
+        return value
+    if _is_number(value):
+        try:
+            return str(_valueint(value))
+        except OverflowError:
+            raise _bad_type(name) from None
+    raise _bad_type(name)
+
+
+def get_float(value: Any, name: str) -> float:
+    """A number, or a string holding one (Python's own float syntax, finite only)."""
+    if _is_number(value):
+        return float(value)
+    if type(value) is str:
+        try:
+            number = float(value)
+        except ValueError:
+            raise _bad_type(name) from None
+        if math.isfinite(number):
+            return number
+    raise _bad_type(name)
+
+
+_BOOL_CHARS: Final = {"0": False, "n": False, "N": False, "1": True, "y": True, "Y": True}
+
+
+def get_bool(value: Any, name: str) -> bool:
+    """OpenSIPS's bool-like getter (``0 n N`` / ``1 y Y``), plus JSON true/false."""
+    if type(value) is bool:
+        return value
+    if _is_number(value):
+        return bool(value != 0)
+    if type(value) is str and value in _BOOL_CHARS:
+        return _BOOL_CHARS[value]
+    raise _bad_type(name)
+
+
+def get_array(value: Any, name: str) -> list[Any]:
+    """A non-empty array (``Empty array in parameter 'x'``)."""
+    if type(value) is not list:
+        raise _bad_type(name)
+    if not value:
+        raise InvalidParams(f"Empty array in parameter '{name}'")
+    return value
+
+
+def get_object(value: Any, name: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise _bad_type(name)
+    return value
+
+
+def get_any(value: Any, name: str) -> Any:
+    return value
+
+
+def _array_of(item_getter: Coercer) -> Coercer:
+    def get_items(value: Any, name: str) -> list[Any]:
+        items = get_array(value, name)
+        try:
+            return [item_getter(item, name) for item in items]
+        except InvalidParams:
+            raise InvalidParams(f"Bad type for array item in parameter '{name}'") from None
+
+    return get_items
+
+
+_GETTERS: Final[Mapping[Any, Coercer]] = {
+    int: get_int,
+    str: get_str,
+    float: get_float,
+    bool: get_bool,
+    list: get_array,
+    dict: get_object,
+    Any: get_any,
+    object: get_any,
+}
+
+
+def coercer_for(annotation: Any) -> Coercer:
+    """The getter for a handler parameter's annotation (``X | None`` means ``X``)."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        return coercer_for(args[0]) if len(args) == 1 else get_any
+    if origin is list:
+        item = _GETTERS.get(args[0]) if args else None
+        return _array_of(item) if item in (get_int, get_str, get_float) else get_array
+    if origin is dict:
+        return get_object
+    return _GETTERS.get(annotation, get_any)
+
+
+# --- commands and the registry ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One MI command. ``recipes`` lists the parameter names it accepts, in OpenSIPS order."""
+
+    name: str
+    handler: Handler
+    recipes: tuple[tuple[str, ...], ...]
+    help: str = ""
+    module: str = "core"
+    named_only: bool = False
+    coercers: Mapping[str, Coercer] = field(default_factory=dict)
+    is_async: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"bad MI command name {self.name!r}")
+        if not self.recipes:
+            raise ValueError(f"command {self.name!r} has no recipe")
+
+
+def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
+    """Required parameters, then one more recipe for each optional one, in order.
+
+    ``def f(a, b=1, c=2)`` -> ``[["a"], ["a","b"], ["a","b","c"]]``.
+    """
+    required: list[str] = []
+    optional: list[str] = []
+    for param in _mi_parameters(handler):
+        (required if param.default is inspect.Parameter.empty else optional).append(param.name)
+    recipes = [tuple(required)]
+    for i in range(1, len(optional) + 1):
+        recipes.append((*required, *optional[:i]))
+    return tuple(recipes)
+
+
+def _mi_parameters(handler: Handler) -> list[inspect.Parameter]:
+    params = list(inspect.signature(handler).parameters.values())
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise TypeError(
+                f"MI handler {handler.__qualname__}: parameter {param.name!r} must be "
+                "nameable (no *args, **kwargs or positional-only parameters)"
+            )
+    return params
+
+
+def _coercers(handler: Handler, names: set[str]) -> dict[str, Coercer]:
+    try:
+        hints = typing.get_type_hints(handler)
+    except (NameError, TypeError):
+        hints = {}
+    return {name: coercer_for(hints.get(name, Any)) for name in names}
+
+
+def make_command(
+    handler: Handler,
+    *,
+    name: str | None = None,
+    help: str = "",
+    module: str = "core",
+    recipes: Sequence[Sequence[str]] | None = None,
+    named_only: bool = False,
+) -> Command:
+    """Build a ``Command`` from a function, its recipes from the signature unless given."""
+    all_recipes = (
+        recipes_from_signature(handler)
+        if recipes is None
+        else tuple(tuple(recipe) for recipe in recipes)
+    )
+    accepted = {p.name for p in _mi_parameters(handler)}
+    used = {n for recipe in all_recipes for n in recipe}
+    if unknown := used - accepted:
+        raise TypeError(f"recipe names {sorted(unknown)} are not parameters of {name}")
+    return Command(
+        name=name or handler.__name__,
+        handler=handler,
+        recipes=all_recipes,
+        help=help or inspect.getdoc(handler) or "",
+        module=module,
+        named_only=named_only,
+        coercers=_coercers(handler, used),
+        is_async=inspect.iscoroutinefunction(handler),
+    )
+
+
+class Registry:
+    """The MI commands (in registration order) and statistics one server exposes."""
+
+    def __init__(self, module: str = "app", stats: Statistics | None = None) -> None:
+        self.module = module
+        self.stats = stats if stats is not None else Statistics()
+        self._commands: dict[str, Command] = {}
+
+    def command(
+        self,
+        name: str | None = None,
+        *,
+        help: str = "",
+        recipes: Sequence[Sequence[str]] | None = None,
+        named_only: bool = False,
+        module: str | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator registering a function as an MI command (``@mi.command()``)."""
+
+        def register(handler: F) -> F:
+            self.add(
+                make_command(
+                    handler,
+                    name=name,
+                    help=help,
+                    module=module or self.module,
+                    recipes=recipes,
+                    named_only=named_only,
+                )
+            )
+            return handler
+
+        return register
+
+    def add(self, command: Command) -> None:
+        if command.name in self._commands:
+            raise ValueError(f"MI command {command.name!r} is already registered")
+        self._commands[command.name] = command
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._commands)
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._commands.values())
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._commands
+
+
+# --- recipe matching (spec 2.5) -----------------------------------------------------------
+
+
+def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
+    """Pick the recipe OpenSIPS would pick, or raise InvalidParams with its text."""
+    if params is None:
+        for recipe in command.recipes:
+            if not recipe:
+                return recipe
+        raise InvalidParams(WRONG_COUNT)
+    if type(params) is list:
+        if command.named_only:
+            raise InvalidParams(NAMED_ONLY)
+        candidates = [r for r in command.recipes if r and len(r) == len(params)]
+        if len(candidates) == 1:
+            return candidates[0]
+        raise InvalidParams(AMBIGUOUS if candidates else WRONG_COUNT)
+    count_matched = False
+    for recipe in command.recipes:
+        if recipe and len(recipe) == len(params):
+            count_matched = True
+            if all(name in params for name in recipe):
+                return recipe
+    raise InvalidParams(NAMES_MISMATCH if count_matched else WRONG_COUNT)
+
+
+def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
+    """The handler's keyword arguments for these params, coerced by OpenSIPS's getters."""
+    recipe = select_recipe(command, params)
+    if params is None:
+        return {}
+    if isinstance(params, list):
+        pairs: Iterable[tuple[str, Any]] = zip(recipe, params, strict=True)
+    else:
+        pairs = ((name, params[name]) for name in recipe)
+    coercers = command.coercers
+    return {name: coercers[name](value, name) for name, value in pairs}
+
+
+# --- dispatch -----------------------------------------------------------------------------
+
+
+class Status(enum.Enum):
+    """What became of one datagram; the worker counts and logs by it."""
+
+    OK = "ok"
+    EMPTY = "empty"  # a 0-byte datagram: ignored, like OpenSIPS
+    PARSE_ERROR = "parse_error"
+    OVERSIZE = "oversize"  # larger than the buffer: never executed in part
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_METHOD = "unknown_method"
+    INVALID_PARAMS = "invalid_params"
+    COMMAND_ERROR = "command_error"  # the handler raised MIError
+    SERVER_ERROR = "server_error"  # the handler failed unexpectedly
+    REPLY_TOO_BIG = "reply_too_big"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The reply to send (None: send nothing) and what happened, for logs/stats/tracing."""
+
+    reply: bytes | None
+    status: Status
+    method: str | None = None
+    params: Params = None
+    command: Command | None = None
+
+
+_IGNORED: Final = Outcome(None, Status.EMPTY)
+_METHOD_NOT_FOUND: Final = MIError(-32601, "Method not found")
+
+
+@dataclass(slots=True)
+class Pending:
+    """An ``async def`` command in flight: await ``coroutine``, then call ``finish``."""
+
+    coroutine: Coroutine[Any, Any, Any]
+    _dispatcher: Dispatcher
+    _call: Request | Notification
+    _command: Command
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> Outcome:
+        """The outcome for the coroutine's result (or the exception it raised)."""
+        return self._dispatcher._complete(self._call, self._command, result, error)
+
+
+class Dispatcher:
+    """Runs datagrams against a registry. Pure: no sockets, no clock."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        pretty: bool = False,
+        buf_size: int = DEFAULT_BUF_SIZE,
+        json_errors: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.pretty = pretty
+        self.buf_size = buf_size
+        self.json_errors = json_errors
+
+    def _parse_error(self, why: str) -> bytes:
+        """The plain-text reply, or a -32700 object when json_errors is on (difference 10)."""
+        if self.json_errors:
+            return encode_error(-32700, "Parse error", why, None, pretty=self.pretty)
+        return PARSE_ERROR_REPLY
+
+    def handle(self, data: bytes) -> Outcome | Pending:
+        """One datagram in, its outcome (or a Pending for an async command) out."""
+        if not data:
+            return _IGNORED
+        try:
+            call = decode_request(data)
+        except ParseError as exc:
+            return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
+        except InvalidRequest as exc:
+            reply = encode_error(-32600, "Invalid Request", None, exc.reply_id, pretty=self.pretty)
+            return Outcome(reply, Status.INVALID_REQUEST, exc.method)
+        return self.dispatch(call)
+
+    def dispatch(self, call: Request | Notification) -> Outcome | Pending:
+        """Run a decoded call: find the command, pick the recipe, call the handler."""
+        command = self.registry.get(call.method)
+        if command is None:
+            return self._error(call, None, Status.UNKNOWN_METHOD, _METHOD_NOT_FOUND)
+        try:
+            kwargs = bind_arguments(command, call.params)
+        except InvalidParams as exc:
+            return self._error(call, command, Status.INVALID_PARAMS, exc)
+        if command.is_async:
+            return self._start_async(call, command, kwargs)
+        try:
+            result = command.handler(**kwargs)
+        except Exception as exc:
+            return self._complete(call, command, None, exc)
+        return self._complete(call, command, result, None)
+
+    def handle_oversize(self, size: int) -> Outcome:
+        """A datagram larger than the buffer (DESIGN.md difference 5): answered as unparsable."""
+        why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
+        return Outcome(self._parse_error(why), Status.OVERSIZE)
+
+    async def handle_async(self, data: bytes) -> Outcome:
+        """``handle`` for asyncio programs: awaits async commands in the running loop."""
+        outcome = self.handle(data)
+        if isinstance(outcome, Outcome):
+            return outcome
+        try:
+            result = await outcome.coroutine
+        except Exception as exc:
+            return outcome.finish(error=exc)
+        return outcome.finish(result)
+
+    def _start_async(
+        self, call: Request | Notification, command: Command, kwargs: dict[str, Any]
+    ) -> Outcome | Pending:
+        try:
+            coroutine = command.handler(**kwargs)
+        except Exception as exc:
+            return self._complete(call, command, None, exc)
+        return Pending(coroutine, self, call, command)
+
+    def _complete(
+        self,
+        call: Request | Notification,
+        command: Command,
+        result: Any,
+        error: BaseException | None,
+    ) -> Outcome:
+        if isinstance(error, MIError):
+            invalid = isinstance(error, InvalidParams)
+            status = Status.INVALID_PARAMS if invalid else Status.COMMAND_ERROR
+            return self._error(call, command, status, error)
+        if error is not None:
+            return self._server_error(call, command, error)
+        if type(call) is Notification:
+            return Outcome(None, Status.OK, call.method, call.params, command)
+        assert isinstance(call, Request)
+        try:
+            reply = encode_result("OK" if result is None else result, call.id, pretty=self.pretty)
+        except TypeError as exc:
+            return self._server_error(call, command, exc)
+        return self._checked(reply, call, command, Status.OK)
+
+    def _server_error(
+        self, call: Request | Notification, command: Command, error: BaseException
+    ) -> Outcome:
+        log.error(
+            "MI command %s failed", command.name, exc_info=(type(error), error, error.__traceback__)
+        )
+        failure = ServerError(f"Command handler raised {type(error).__name__}")
+        return self._error(call, command, Status.SERVER_ERROR, failure)
+
+    def _error(
+        self,
+        call: Request | Notification,
+        command: Command | None,
+        status: Status,
+        error: MIError,
+    ) -> Outcome:
+        # Notifications are answered only for -32700/-32600 (spec 2.3): never here.
+        if type(call) is Notification:
+            return Outcome(None, status, call.method, call.params, command)
+        assert isinstance(call, Request)
+        reply = encode_error(error.code, error.message, error.data, call.id, pretty=self.pretty)
+        return self._checked(reply, call, command, status)
+
+    def _checked(
+        self, reply: bytes, call: Request, command: Command | None, status: Status
+    ) -> Outcome:
+        """OpenSIPS's size rule: a reply that does not fit the buffer is never truncated."""
+        if reply_fits(reply, call.id, self.buf_size, pretty=self.pretty):
+            return Outcome(reply, status, call.method, call.params, command)
+        log.warning(
+            "reply to %s is %d bytes, over the %d-byte limit",
+            call.method,
+            len(reply),
+            self.buf_size,
+        )
+        fallback = INTERNAL_ERROR_REPLY
+        if self.json_errors:
+            why = f"reply of {len(reply)} bytes exceeds the {self.buf_size}-byte limit"
+            fallback = encode_error(-32603, "Internal error", why, call.id, pretty=self.pretty)
+        return Outcome(fallback, Status.REPLY_TOO_BIG, call.method, call.params, command)

@@ -1,0 +1,236 @@
+"""The built-in MI commands, with OpenSIPS 3.6's names, recipes, texts and result shapes.
+
+``with_core(registry, runtime)`` returns the registry a server runs: these commands first
+(as OpenSIPS lists its core before its modules), then the program's own, sharing the
+program's statistics. The handlers read the server through a ``Runtime`` (spec section 3).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from midgram import __version__
+from midgram.commands import Command, Registry, make_command
+from midgram.errors import InvalidParams, MIError
+from midgram.runtime import Runtime
+from midgram.stats import Stat, Statistics
+
+__all__ = ["SERVER_NAME", "with_core"]
+
+SERVER_NAME: Final = (
+    f"midgram {__version__} (python {platform.python_version()} "
+    f"({platform.machine()}/{sys.platform}))"
+)
+HELP_USAGE: Final = "Usage: help mi_cmd - returns information about 'mi_cmd'"
+NO_HELP: Final = "not available for this command"
+
+_UNKNOWN_COMMAND: Final = (404, "unknown MI command")
+_NO_STATISTICS: Final = (404, "Statistics Not Found")
+
+
+def with_core(registry: Registry, runtime: Runtime) -> Registry:
+    """A registry with the built-in commands followed by ``registry``'s commands."""
+    served = Registry(module=registry.module, stats=registry.stats)
+    _declare_core_stats(registry.stats, runtime)
+    for command in _core_commands(served, runtime):
+        served.add(command)
+    for command in registry:
+        if command.name in served:
+            raise ValueError(f"MI command {command.name!r} clashes with a built-in command")
+        served.add(command)
+    return served
+
+
+def _declare_core_stats(stats: Statistics, runtime: Runtime) -> None:
+    stats.function("core:timestamp", lambda: int(time.time() - runtime.started))
+    stats.function("core:processes", lambda: len(runtime.processes()))
+
+
+def _core_commands(served: Registry, runtime: Runtime) -> list[Command]:
+    """Every built-in command, in the order OpenSIPS 3.6's ``which`` lists them."""
+    stats = served.stats
+    # Recipes come from the signatures; the help texts are OpenSIPS's own.
+    table: list[tuple[Callable[..., Any], str]] = [
+        (_get_statistics(stats), "prints the statistics (all, group or one) realtime values."),
+        (_list_statistics(stats), "lists all the registered statistics and their types"),
+        (_reset_statistics(stats), "resets the value of a statistic variable"),
+        (_reset_all_statistics(stats), "resets the value of all resetable variables"),
+        (
+            _uptime(runtime),
+            "prints various time information about midgram - when it started to run, "
+            "for how long it runs",
+        ),
+        (_version, "prints the version string of a running midgram"),
+        (_pwd, "prints the working directory of midgram"),
+        (_arg, "returns the full list of arguments used at startup"),
+        (_which(served), "lists all available MI commands"),
+        (_ps(runtime), "lists all processes used by midgram"),
+        (_kill(runtime), "terminates midgram"),
+        (_log_level(runtime), "gets/sets the per process or global log level in midgram"),
+        (_help(served), "prints information about MI commands usage"),
+    ]
+    return [
+        make_command(handler, name=handler.__name__.lstrip("_"), help=text, module="core")
+        for handler, text in table
+    ]
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def _get_statistics(stats: Statistics) -> Callable[..., Any]:
+    def get_statistics(statistics: list[str]) -> dict[str, int]:
+        found = stats.select(statistics)
+        if not found:
+            raise MIError(*_NO_STATISTICS)
+        return {stat.name: stat.value for stat in found}
+
+    return get_statistics
+
+
+def _kind(stat: Stat) -> str:
+    return "incremental" if stat.incremental else "non-incremental"
+
+
+def _list_statistics(stats: Statistics) -> Callable[..., Any]:
+    def list_statistics(statistics: list[str] | None = None) -> dict[str, str]:
+        if statistics is None:
+            return {stat.name: _kind(stat) for stat in stats}
+        listed: dict[str, str] = {}
+        for item in statistics:
+            # OpenSIPS keys a stat asked for by its bare name without the group prefix.
+            bare = item != "all" and not item.endswith(":")
+            for stat in stats.select([item]):
+                listed[stat.short if bare else stat.name] = _kind(stat)
+        if not listed:
+            raise MIError(*_NO_STATISTICS)
+        return listed
+
+    return list_statistics
+
+
+def _reset_statistics(stats: Statistics) -> Callable[..., Any]:
+    def reset_statistics(statistics: list[str]) -> str:
+        found = stats.select(statistics)
+        if not found:
+            raise MIError(*_NO_STATISTICS)
+        _reset(found)
+        return "OK"
+
+    return reset_statistics
+
+
+def _reset_all_statistics(stats: Statistics) -> Callable[..., Any]:
+    def reset_all_statistics() -> str:
+        _reset(stats)
+        return "OK"
+
+    return reset_all_statistics
+
+
+def _reset(found: Iterable[Stat]) -> None:
+    for stat in found:
+        stat.reset()
+
+
+# --- process and server information -------------------------------------------------------
+
+
+def _uptime(runtime: Runtime) -> Callable[..., Any]:
+    def uptime() -> dict[str, str]:
+        now = time.time()
+        return {
+            "Now": time.ctime(now),
+            "Up since": time.ctime(runtime.started),
+            "Up time": f"{int(now - runtime.started)} [sec]",
+        }
+
+    return uptime
+
+
+def _version(revision: Any = None) -> dict[str, str]:
+    # OpenSIPS ignores the value of `revision`; its presence adds the build's revision.
+    result = {"Server": SERVER_NAME}
+    if revision is not None:
+        result["release"] = __version__
+    return result
+
+
+def _pwd() -> dict[str, str]:
+    return {"WD": os.getcwd()}
+
+
+def _arg() -> list[str]:
+    return list(sys.argv)
+
+
+def _ps(runtime: Runtime) -> Callable[..., Any]:
+    def ps() -> dict[str, list[dict[str, Any]]]:
+        return {
+            "Processes": [
+                {"ID": proc.id, "PID": proc.pid, "Type": proc.type} for proc in runtime.processes()
+            ]
+        }
+
+    return ps
+
+
+def _kill(runtime: Runtime) -> Callable[..., Any]:
+    def kill() -> str:
+        runtime.request_stop()  # takes effect once this reply has been sent
+        return "OK"
+
+    return kill
+
+
+def _log_level(runtime: Runtime) -> Callable[..., Any]:
+    def log_level(level: int | None = None, pid: int | None = None) -> dict[str, Any]:
+        if level is None:
+            return {
+                "Processes": [
+                    {"PID": proc.pid, "Log level": proc.log_level, "Type": proc.type}
+                    for proc in runtime.processes()
+                ]
+            }
+        if pid is None:
+            runtime.set_log_level(level)
+            return {"New global log level": level}
+        if not runtime.set_log_level(level, pid):
+            raise InvalidParams("Bad PID")
+        return {"Log level": level}
+
+    return log_level
+
+
+# --- discovery ----------------------------------------------------------------------------
+
+
+def _lookup(served: Registry, name: str) -> Command:
+    command = served.get(name)
+    if command is None:
+        raise MIError(*_UNKNOWN_COMMAND)
+    return command
+
+
+def _which(served: Registry) -> Callable[..., Any]:
+    def which(command: str | None = None) -> list[Any]:
+        if command is None:
+            return served.names()
+        return [list(recipe) for recipe in _lookup(served, command).recipes]
+
+    return which
+
+
+def _help(served: Registry) -> Callable[..., Any]:
+    def help(mi_cmd: str | None = None) -> Any:
+        if mi_cmd is None:
+            return HELP_USAGE
+        command = _lookup(served, mi_cmd)
+        return {"Help": command.help or NO_HELP, "Exported by": command.module}
+
+    return help
