@@ -17,6 +17,8 @@
         +-- RemoteError             the server answered with a JSON-RPC error: code, message, data
         +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal error"
         +-- ReplyTimeout            no reply within the timeout (code 3); .target
+        +-- ConnectError            cannot reach the target: no socket, refused, permission,
+        |                           unresolvable host (code 4); .target, .reason, .errno
         +-- BadReply                a reply that is truncated or not a JSON-RPC response
 
 ``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
@@ -32,6 +34,7 @@ __all__ = [
     "BadReply",
     "ClientError",
     "ConfigError",
+    "ConnectError",
     "InvalidParams",
     "InvalidRequest",
     "MIError",
@@ -176,6 +179,22 @@ class ReplyTimeout(ClientError):
         super().__init__(f"no reply from {target} within {timeout:g} s")
         self.target = target
         self.timeout = timeout
+
+
+class ConnectError(ClientError):
+    """The target cannot be reached: no such socket, nobody listening, permission denied.
+
+    ``reason`` says what failed (e.g. the strerror text); ``errno`` is the OS error number
+    when there is one, so a caller can tell "no socket" from "permission denied".
+    """
+
+    code = 4
+
+    def __init__(self, target: str, reason: str, errno: int | None = None) -> None:
+        super().__init__(f"cannot reach {target}: {reason}")
+        self.target = target
+        self.reason = reason
+        self.errno = errno
 
 
 class BadReply(ClientError):

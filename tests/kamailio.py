@@ -1,0 +1,125 @@
+"""A real Kamailio (Debian package ``kamailio``) with jsonrpcs on a datagram socket, for tests.
+
+``kamailio_server(udp=False)`` starts it in the foreground in a temporary folder, as
+``shared/configs/kamailio-jsonrpcs-dgram.cfg`` explains, waits until it answers, yields its
+target text and stops it. ``KAMAILIO_MISSING`` is the reason to skip with where the binary
+is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+KAMAILIO = shutil.which("kamailio") or next(
+    (path for path in ("/usr/sbin/kamailio", "/sbin/kamailio") if Path(path).exists()), None
+)
+KAMAILIO_MISSING = "kamailio is not installed (apt-get install kamailio)"
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+START_DEADLINE = 20.0
+STOP_DEADLINE = 10.0
+
+CONFIG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+listen=udp:127.0.0.1:{sip_port}
+disable_tcp=yes
+enable_sctp=no
+auto_aliases=no
+dns=no
+rev_dns=no
+udp4_raw=0
+run_dir="{rundir}"
+mpath="{modules}/"
+
+loadmodule "jsonrpcs.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "{socket}")
+modparam("jsonrpcs", "dgram_workers", 1)
+
+request_route {{
+	exit;
+}}
+"""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _modules_dir() -> Path:
+    if MODULES.is_dir():
+        return MODULES
+    found = sorted(Path("/usr/lib").glob("*/kamailio/modules"))
+    return found[0] if found else MODULES
+
+
+def _answers(target: tuple[int, object]) -> bool:
+    family, address = target
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        if family == socket.AF_UNIX:
+            probe.bind(b"")
+        probe.settimeout(0.2)
+        try:
+            probe.sendto(b'{"jsonrpc":"2.0","method":"core.version","id":1}', address)
+            return bool(probe.recv(65536))
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def kamailio_server(*, udp: bool = False) -> Iterator[str]:
+    """Run Kamailio with jsonrpcs on a UNIX (or UDP) datagram socket; yield its target."""
+    assert KAMAILIO is not None, KAMAILIO_MISSING
+    rundir = Path(tempfile.mkdtemp(prefix="kam", dir="/tmp"))
+    if udp:
+        port = free_udp_port()
+        target, probe = f"udp:127.0.0.1:{port}", (socket.AF_INET, ("127.0.0.1", port))
+    else:
+        path = str(rundir / "k.sock")
+        target, probe = path, (socket.AF_UNIX, path)
+    config = rundir / "k.cfg"
+    config.write_text(
+        CONFIG.format(
+            sip_port=free_udp_port(), rundir=rundir, modules=_modules_dir(), socket=target
+        )
+    )
+    log = (rundir / "log").open("wb")
+    proc = subprocess.Popen(
+        [KAMAILIO, "-DD", "-E", "-f", str(config), "-P", str(rundir / "pid"), "-w", str(rundir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not _answers(probe):
+            # Waiting on the process doubles as the pause between probes, and notices a
+            # Kamailio that exits at once (a bad config, a port in use).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.05)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(
+                    f"kamailio did not start: {(rundir / 'log').read_text(errors='replace')}"
+                )
+        yield target
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(rundir, ignore_errors=True)

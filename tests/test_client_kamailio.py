@@ -1,0 +1,62 @@
+"""Client, AsyncClient and the CLI against a real Kamailio 5.6 (jsonrpcs datagram transport)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
+
+from midgram.client import AsyncClient, Client
+from midgram.errors import RemoteError
+
+pytestmark = pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
+
+
+@pytest.fixture(scope="module", params=["unix", "udp"])
+def kamailio(request: pytest.FixtureRequest) -> Iterator[str]:
+    with kamailio_server(udp=request.param == "udp") as target:
+        yield target
+
+
+def test_core_uptime(kamailio: str) -> None:
+    result = Client(kamailio, dialect="kamailio", timeout=2).call("core.uptime")
+    assert set(result) == {"now", "up_since", "uptime"}
+    assert isinstance(result["uptime"], int)
+
+
+def test_list_methods_and_help(kamailio: str) -> None:
+    client = Client(kamailio, dialect="kamailio", timeout=2)
+    methods = client.methods()
+    assert {"core.uptime", "system.listMethods", "system.methodHelp"} <= set(methods)
+    assert client.help("core.uptime") == "Returns uptime of SIP server."
+    assert client.recipes("core.uptime") is None  # jsonrpcs cannot tell
+
+
+def test_error_reply(kamailio: str) -> None:
+    with pytest.raises(RemoteError) as caught:
+        Client(kamailio, dialect="kamailio", timeout=2).call("no.such.command")
+    assert (caught.value.code, caught.value.message) == (500, "Method Not Found")
+
+
+def test_positional_params(kamailio: str) -> None:
+    client = Client(kamailio, dialect="kamailio", timeout=2)
+    assert client.call("core.echo", "a", 1) == ["a", "1"]
+    with pytest.raises(TypeError, match="positional parameters only"):
+        client.call("core.echo", a=1)
+
+
+def test_notification_answer_is_not_taken_for_a_reply(kamailio: str) -> None:
+    # Kamailio answers notifications; the answer goes to a socket that is already closed.
+    client = Client(kamailio, dialect="kamailio", timeout=2)
+    client.notify("core.uptime")
+    assert client.call("core.version").startswith("kamailio")
+
+
+def test_async_tasks_share_one_client(kamailio: str) -> None:
+    async def main() -> list[object]:
+        async with AsyncClient(kamailio, dialect="kamailio", timeout=5) as client:
+            return await asyncio.gather(*(client.call("core.echo", n) for n in range(40)))
+
+    assert asyncio.run(main()) == [[str(n)] for n in range(40)]
