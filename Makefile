@@ -35,5 +35,10 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
+# The benchmark suite against its references (a few minutes; BENCH_ARGS="--help" lists options).
+bench: $(VENV)/.installed-test
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -12,8 +12,9 @@
  * of the templates put it). A reply whose first bytes hold an "error" member is an error reply;
  * one that is not a JSON object (OpenSIPS's plain-text "400 Parse_error") is a bad reply.
  *
- * Replies are drained with recvmmsg and new requests sent with sendmmsg, so the generator
- * spends fewer syscalls per request than any one-datagram-at-a-time server it drives.
+ * Replies are read with one blocking recvmmsg per wake-up (MSG_WAITFORONE) and new requests
+ * sent with sendmmsg, so the generator spends fewer syscalls per request than any
+ * one-datagram-at-a-time server it drives.
  * A UNIX datagram server's queue is bounded (net.unix.max_dgram_qlen): a send that finds it
  * full (EAGAIN) is kept and retried after the next replies arrive.
  *
@@ -28,7 +29,6 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,6 +44,7 @@
 
 #define ID_MARK "%ID%"
 #define BATCH 64
+#define SCAN_NS 1000000ull /* timeouts and phase changes are checked this often */
 #define MAX_INFLIGHT 4096
 #define MAX_PIDS 256
 #define SAMPLE_BYTES 160
@@ -230,6 +231,9 @@ static int open_socket(void)
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) < 0)
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want);
+	struct timeval tv = {.tv_sec = 0, .tv_usec = (suseconds_t)(SCAN_NS / 1000)};
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
+		die("SO_RCVTIMEO: %s", strerror(errno));
 	return fd;
 }
 
@@ -394,12 +398,15 @@ static void on_reply(const char *buf, size_t len, int truncated, uint64_t t, int
 		st.ok++;
 }
 
-/* Drain every waiting reply; returns how many were read. */
+/*
+ * Read every waiting reply, first waiting for one up to the socket's receive timeout
+ * (MSG_WAITFORONE: one blocking recvmmsg per wake-up). Returns how many were read.
+ */
 static int drain(int fd, char *bufs, int measuring)
 {
 	static struct mmsghdr msgs[BATCH];
 	static struct iovec iov[BATCH];
-	int total = 0;
+	int total = 0, flags = MSG_WAITFORONE;
 	for (;;) {
 		for (int k = 0; k < BATCH; k++) {
 			iov[k].iov_base = bufs + (size_t)k * cfg.bufsize;
@@ -408,14 +415,15 @@ static int drain(int fd, char *bufs, int measuring)
 			msgs[k].msg_hdr.msg_iov = &iov[k];
 			msgs[k].msg_hdr.msg_iovlen = 1;
 		}
-		int n = recvmmsg(fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+		int n = recvmmsg(fd, msgs, BATCH, flags, NULL);
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 				return total;
-			if (errno == EINTR || errno == ECONNREFUSED)
+			if (errno == ECONNREFUSED)
 				continue;
 			die("recvmmsg: %s", strerror(errno));
 		}
+		flags = MSG_DONTWAIT;
 		uint64_t t = now_ns();
 		for (int k = 0; k < n; k++) {
 			size_t len = msgs[k].msg_len;
@@ -603,28 +611,15 @@ int main(int argc, char **argv)
 		}
 		if (t >= end)
 			break;
-		if (t - last_scan >= 1000000ull) {
+		if (t - last_scan >= SCAN_NS) {
 			check_timeouts(t, measuring);
 			last_scan = t;
 			if (queue_len)
 				continue;
 		}
-		if (drain(fd, bufs, measuring) > 0)
-			continue;
-		/* Nothing to read: wait for a reply, the next timeout scan or a phase change. */
-		uint64_t wake = end;
-		if (!measuring && warm_end < wake)
-			wake = warm_end;
-		if (last_scan + 1000000ull < wake)
-			wake = last_scan + 1000000ull;
-		if (queue_len && t + 200000ull < wake) /* the server's queue was full: retry soon */
-			wake = t + 200000ull;
-		uint64_t wait = wake > t ? wake - t : 0;
-		struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull),
-				      .tv_nsec = (long)(wait % 1000000000ull)};
-		struct pollfd pfd = {.fd = fd, .events = POLLIN};
-		if (ppoll(&pfd, 1, &ts, NULL) < 0 && errno != EINTR)
-			die("ppoll: %s", strerror(errno));
+		/* Wait for replies (at most SCAN_NS: the receive timeout), read them all. Requests
+		 * a full server queue refused are retried after them, or after the timeout. */
+		drain(fd, bufs, measuring);
 	}
 	uint64_t measure_end = now_ns();
 	long long cpu_end = servers_cpu_ticks();

@@ -1,0 +1,201 @@
+"""Smoke test of the benchmark kit (bench/): it builds, it measures, its output has its shape.
+
+Builds the C load generator and echo reflector with the system ``cc`` and drives them for a
+fraction of a second; never a timed assertion (benchmarks are run on demand, not as tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None, reason="no C compiler (cc): the benchmark kit cannot be built"
+)
+
+SHORT = {"duration": 0.25, "warmup": 0.05}
+LATENCY_KEYS = {"mean", "p50", "p90", "p99", "p999", "max"}
+COUNT_KEYS = {
+    "sent",
+    "received",
+    "ok",
+    "error_replies",
+    "bad_replies",
+    "late",
+    "timeouts",
+    "truncated",
+    "send_errors",
+    "send_eagain",
+}
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mgbt", dir="/tmp") as tmp:  # short socket paths
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def c_echo(workdir: Path) -> Iterator[harness.Server]:
+    target = str(workdir / "echo.sock")
+    spec = harness.ServerSpec(
+        "echo_c", [str(harness.build("echo")), target], target, harness.REQUESTS["uptime"]
+    )
+    with harness.Server(spec) as server:
+        yield server
+
+
+def check_shape(result: dict[str, Any]) -> None:
+    assert result.keys() >= COUNT_KEYS
+    assert all(isinstance(result[k], int) and result[k] >= 0 for k in COUNT_KEYS)
+    assert set(result["latency_us"]) == LATENCY_KEYS
+    lat = result["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"]
+    assert lat["p999"] <= lat["max"] * 1.01  # percentiles are bucket midpoints (0.4 %)
+    assert result["rps"] > 0
+    assert result["received"] <= result["sent"]
+    assert result["ok"] + result["error_replies"] == result["received"]
+    assert set(result["reply_bytes"]) == {"min", "mean", "max"}
+    assert result["duration_s"] > 0
+
+
+def test_builds_without_warnings(capfd: pytest.CaptureFixture[str]) -> None:
+    for name in ("loadgen", "echo"):
+        assert harness.build(name, force=True).exists()
+    assert capfd.readouterr().err == ""
+
+
+def test_loadgen_against_c_echo_unix(c_echo: harness.Server) -> None:
+    result = harness.run_load(
+        c_echo.spec.target,
+        harness.REQUESTS["uptime"],
+        inflight=8,
+        pids=c_echo.pids,
+        label="smoke",
+        **SHORT,
+    )
+    check_shape(result)
+    assert result["label"] == "smoke"
+    assert result["inflight"] == 8
+    assert result["ok"] == result["received"] > 0
+    assert result["timeouts"] == result["bad_replies"] == result["late"] == 0
+    assert isinstance(result["server_cpu_us_per_req"], float)
+    assert result["sample"].startswith('{"jsonrpc":"2.0","method":"uptime","id":')
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_loadgen_against_c_echo_udp(host: str) -> None:
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((host.strip("[]"), 0))
+            port = s.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no {host} here: {exc}")
+    target = f"udp:{host}:{port}"
+    spec = harness.ServerSpec(
+        "echo_c", [str(harness.build("echo")), target], target, harness.REQUESTS["uptime"]
+    )
+    with harness.Server(spec):
+        result = harness.run_load(target, harness.REQUESTS["uptime"], inflight=4, **SHORT)
+    check_shape(result)
+    assert result["ok"] == result["received"] > 0
+    assert result["server_cpu_us_per_req"] is None  # no pids given
+
+
+def test_loadgen_counts_error_and_bad_replies(c_echo: harness.Server) -> None:
+    error = '{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":%ID%}'
+    result = harness.run_load(c_echo.spec.target, error, inflight=2, **SHORT)
+    assert result["error_replies"] == result["received"] > 0
+    assert result["ok"] == 0
+    plain = "400 Parse_error %ID%"  # OpenSIPS's plain-text error: no JSON, no id
+    result = harness.run_load(
+        c_echo.spec.target, plain, inflight=2, timeout_ms=20, duration=0.1, warmup=0.0
+    )
+    assert result["received"] == 0
+    assert result["bad_replies"] > 0
+    assert result["timeouts"] > 0
+
+
+def test_loadgen_counts_timeouts(workdir: Path) -> None:
+    path = str(workdir / "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mute:  # bound, never answers
+        mute.bind(path)
+        result = harness.run_load(
+            path, harness.REQUESTS["uptime"], inflight=3, timeout_ms=20, duration=0.1, warmup=0
+        )
+    assert result["received"] == 0
+    assert result["timeouts"] >= 3
+    assert result["sample"] == ""
+
+
+def test_loadgen_rejects_a_template_without_id() -> None:
+    with pytest.raises(harness.BenchError, match="%ID%"):
+        harness.run_load("@nowhere", '{"method":"uptime"}', inflight=1, **SHORT)
+
+
+def test_a_scenario_end_to_end_against_the_echoes(workdir: Path) -> None:
+    opts = harness.Options(runs=2, duration=0.15, warmup=0.02, servers=("echo_py", "echo_c"))
+    report = harness.run_scenario(harness.SCENARIOS[0], opts, workdir)
+    assert set(report["summary"]) == {"echo_py", "echo_c"}
+    for summary in report["summary"].values():
+        assert summary["runs"] == 2
+        assert summary["rps"]["min"] <= summary["rps"]["median"] <= summary["rps"]["max"]
+        assert summary["failures"]["timeouts"] == 0
+    for info in report["servers"].values():
+        assert info["memory"]
+        assert all(p["rss_mb"] >= p["uss_mb"] > 0 for p in info["memory"])
+    results = {
+        "started": "now",
+        "command": "test",
+        "environment": harness.environment(),
+        "options": {"runs": 2, "duration": 0.15, "warmup": 0.02},
+        "scenarios": [report, {"scenario": {"name": "tracing"}, "skipped": "not yet"}],
+    }
+    text = harness.markdown(results)
+    assert "| uptime | Python echo |" in text
+    assert "| tracing | *not yet* |" in text
+
+
+def _midgram_server_missing() -> str | None:
+    try:
+        importlib.import_module("midgram.server")
+    except ImportError as exc:
+        return f"midgram's server is not there yet: {exc}"
+    return None
+
+
+MIDGRAM_MISSING = _midgram_server_missing()
+
+
+@pytest.mark.skipif(MIDGRAM_MISSING is not None, reason=MIDGRAM_MISSING or "")
+def test_loadgen_against_midgram(workdir: Path) -> None:
+    target = str(workdir / "midgram.sock")
+    spec = harness.ServerSpec(
+        "midgram",
+        harness.midgram_serve_argv(target, 1),
+        target,
+        harness.REQUESTS["uptime"],
+        expected_processes=2,
+    )
+    with harness.Server(spec) as server:
+        result = harness.run_load(
+            target, harness.REQUESTS["uptime"], inflight=8, pids=server.pids, **SHORT
+        )
+    check_shape(result)
+    assert result["ok"] == result["received"] > 0
+    assert result["timeouts"] == result["bad_replies"] == result["error_replies"] == 0
+    assert '"result"' in result["sample"]
