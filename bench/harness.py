@@ -559,6 +559,7 @@ class Options:
     cli_reps: int = 5
     startup_reps: int = 5
     profile: float = 0.0
+    micro: bool = True
     out_dir: Path | None = None
     write_baseline: bool = False
     quiet: bool = False
@@ -722,6 +723,21 @@ def measure_cli(opts: Options, workdir: Path) -> dict[str, Any]:
 
 
 # --- profile --------------------------------------------------------------------------------
+
+
+def measure_micro(request: str = "uptime") -> dict[str, float]:
+    """bench/micro.py in its own process: each stage of the sans-IO path, in microseconds."""
+    proc = subprocess.run(
+        [PYTHON, str(BENCH_DIR / "micro.py"), "--request", request, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_env_with_bench_path(),
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"micro.py failed: {proc.stderr.strip()[-500:]}")
+    result: dict[str, float] = json.loads(proc.stdout)
+    return result
 
 
 def profile_worker(opts: Options, workdir: Path) -> dict[str, Any]:
@@ -973,6 +989,20 @@ def _md_cold(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _md_micro(micro: dict[str, float] | None) -> list[str]:
+    if not micro:
+        return []
+    base = micro.get("nothing", 0.0)
+    lines = [
+        "## In-process cost of each stage, uptime (bench/micro.py, us, best of 5)",
+        "",
+        "| stage | us |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {us - base:.3f} |" for name, us in micro.items() if name != "nothing"]
+    return [*lines, ""]
+
+
 def _md_profile(prof: dict[str, Any] | None) -> list[str]:
     if not prof:
         return []
@@ -1002,6 +1032,7 @@ def markdown(results: dict[str, Any]) -> str:
             *_md_table(results),
             *_md_memory(results),
             *_md_cold(results),
+            *_md_micro(results.get("micro")),
             *_md_profile(results.get("profile")),
         ]
     )
@@ -1112,6 +1143,9 @@ def run_suite(opts: Options, command: str) -> dict[str, Any]:
         if not missing and opts.cli_reps > 0:
             log(opts, "-- cold uptime call: midgram call vs opensips-cli")
             results["cli"] = measure_cli(opts, workdir)
+        if not missing and opts.micro:
+            log(opts, "-- in-process cost of each stage (bench/micro.py)")
+            results["micro"] = measure_micro()
         if not missing and opts.profile > 0:
             log(opts, f"-- profile: py-spy on the worker for {opts.profile:g} s")
             results["profile"] = profile_worker(opts, workdir)
@@ -1172,6 +1206,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the worker"
     )
+    parser.add_argument("--no-micro", action="store_true", help="skip the in-process stage costs")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/STAMP)")
     parser.add_argument(
         "--write-baseline", action="store_true", help="also write bench/BASELINE.md"
@@ -1211,6 +1246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli_reps=args.cli_reps,
             startup_reps=args.startup_reps,
             profile=args.profile,
+            micro=not args.no_micro,
             out_dir=args.out,
             write_baseline=args.write_baseline,
             quiet=args.quiet,
