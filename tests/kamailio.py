@@ -9,6 +9,9 @@ is not installed.
 from __future__ import annotations
 
 import contextlib
+import grp
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -78,10 +81,18 @@ def _answers(target: tuple[int, object]) -> bool:
 
 
 @contextlib.contextmanager
-def kamailio_server(*, udp: bool = False) -> Iterator[str]:
-    """Run Kamailio with jsonrpcs on a UNIX (or UDP) datagram socket; yield its target."""
+def kamailio_server(*, udp: bool = False, user: str | None = None) -> Iterator[str]:
+    """Run Kamailio with jsonrpcs on a UNIX (or UDP) datagram socket; yield its target.
+
+    ``user``: Kamailio drops its privileges to that user (``-u``/``-g``) after start-up.
+    """
     assert KAMAILIO is not None, KAMAILIO_MISSING
     rundir = Path(tempfile.mkdtemp(prefix="kam", dir="/tmp"))
+    privileges: list[str] = []
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(rundir, entry.pw_uid, entry.pw_gid)
+        privileges = ["-u", user, "-g", grp.getgrgid(entry.pw_gid).gr_name]
     if udp:
         port = free_udp_port()
         target, probe = f"udp:127.0.0.1:{port}", (socket.AF_INET, ("127.0.0.1", port))
@@ -95,8 +106,9 @@ def kamailio_server(*, udp: bool = False) -> Iterator[str]:
         )
     )
     log = (rundir / "log").open("wb")
+    command = [KAMAILIO, "-DD", "-E", "-f", str(config), "-P", str(rundir / "pid")]
     proc = subprocess.Popen(
-        [KAMAILIO, "-DD", "-E", "-f", str(config), "-P", str(rundir / "pid"), "-w", str(rundir)],
+        [*command, "-w", str(rundir), *privileges],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
@@ -60,3 +64,26 @@ def test_async_tasks_share_one_client(kamailio: str) -> None:
             return await asyncio.gather(*(client.call("core.echo", n) for n in range(40)))
 
     assert asyncio.run(main()) == [[str(n)] for n in range(40)]
+
+
+def test_a_server_running_as_another_user_can_answer() -> None:
+    with kamailio_server(user="nobody") as target:
+        # The default: an abstract reply address, which any user can send to.
+        assert Client(target, dialect="kamailio", timeout=5).call("core.echo", 1) == ["1"]
+        # reply_dir: a private directory, yet the server (as nobody) can reach the socket.
+        # (Under /tmp, which nobody may traverse; pytest's tmp_path is private to root.)
+        folder = Path(tempfile.mkdtemp(prefix="mgr", dir="/tmp"))
+        folder.chmod(0o755)
+        client = Client(target, dialect="kamailio", timeout=5, reply_dir=str(folder))
+        assert client.call("core.echo", 2) == ["2"]
+        assert list(folder.iterdir()) == []
+        # The control: a reply socket only root may reach gets no reply from nobody.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            private = folder / "private"
+            private.mkdir(mode=0o700)
+            sock.bind(str(private / "r.sock"))
+            sock.settimeout(0.5)
+            sock.sendto(b'{"jsonrpc":"2.0","method":"core.version","id":1}', target)
+            with pytest.raises(TimeoutError):
+                sock.recv(65536)
+        shutil.rmtree(folder)

@@ -320,7 +320,9 @@ class Client(_ClientBase):
     ``target``: a ``socket_name`` text or a parsed address (default: the server's default
     socket). ``timeout``: seconds, fractions welcome. ``dialect``: ``"opensips"`` (also for
     midgram) or ``"kamailio"`` (jsonrpcs). ``reply_dir``: bind UNIX reply sockets in a private
-    directory under this one instead of the abstract namespace. ``bufsize``: the receive
+    directory under this one instead of the abstract namespace (for a server in another
+    network namespace); the server's user must be able to traverse it, so not a 0700 one.
+    ``bufsize``: the receive
     buffer. ``on_exchange``: called after each call with the bytes sent and received.
     """
 
