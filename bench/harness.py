@@ -775,8 +775,15 @@ def profile_worker(opts: Options, workdir: Path) -> dict[str, Any]:
     return {"load": load, **aggregate_profile(raw.read_text(), load["server_cpu_us_per_req"])}
 
 
+def _function(frame: str) -> str:
+    """``serve (worker.py:131)`` -> ``serve (worker.py)``."""
+    head, sep, line = frame.rpartition(":")
+    return f"{head})" if sep and line.rstrip(")").isdigit() else frame
+
+
 def aggregate_profile(text: str, cpu_us_per_req: float | None, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) stacks."""
+    """Sample shares from py-spy's raw (collapsed) stacks: self time per line (the statement
+    that was running: a recvfrom line is the syscall), inclusive time per function."""
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
     total = 0
@@ -789,9 +796,9 @@ def aggregate_profile(text: str, cpu_us_per_req: float | None, top: int = 25) ->
         if not frames:
             continue
         total += count
-        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
-        for frame in set(frames):
-            incl_counts[frame] = incl_counts.get(frame, 0) + count
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count  # by line
+        for function in {_function(frame) for frame in frames}:  # by function
+            incl_counts[function] = incl_counts.get(function, 0) + count
 
     def rows(counts: dict[str, int]) -> list[dict[str, Any]]:
         ordered = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
@@ -1015,7 +1022,8 @@ def _md_profile(prof: dict[str, Any] | None) -> list[str]:
         "",
     ]
     for kind in ("self", "inclusive"):
-        lines += [f"| {kind} % | us/req | frame |", "|---|---|---|"]
+        what = "line (self)" if kind == "self" else "function (inclusive)"
+        lines += [f"| {kind} % | us/req | {what} |", "|---|---|---|"]
         lines += [
             f"| {row['share'] * 100:.1f} | {_fmt(row['us_per_req'], 2)} | `{row['frame']}` |"
             for row in prof[kind]
