@@ -16,7 +16,8 @@
  * sent with sendmmsg, so the generator spends fewer syscalls per request than any
  * one-datagram-at-a-time server it drives.
  * A UNIX datagram server's queue is bounded (net.unix.max_dgram_qlen): a send that finds it
- * full (EAGAIN) is kept and retried after the next replies arrive.
+ * full (EAGAIN) is kept and retried after the next replies arrive; its latency counts from
+ * the first attempt, as a client blocked in sendto would see it.
  *
  * With -p PID,PID,... it also reads utime+stime of those processes (/proc/PID/stat) at the
  * start and end of the measured window, so the server's CPU excludes the warm-up.
@@ -57,9 +58,10 @@ static const char *DEFAULT_TEMPLATE = "{\"jsonrpc\":\"2.0\",\"method\":\"uptime\
 
 struct slot {
 	uint64_t gen;      /* number of requests this slot has sent */
-	uint64_t sent_ns;  /* when the outstanding request was sent */
+	uint64_t sent_ns;  /* first send attempt of the outstanding request */
 	int outstanding;   /* a reply is awaited */
 	int queued;        /* waiting in the send queue */
+	int tried;         /* a send was refused (server queue full): keep the first attempt time */
 	size_t len;        /* request length */
 	char *buf;         /* request bytes */
 };
@@ -272,7 +274,9 @@ static void flush_queue(int fd)
 			int i = send_queue[done + k];
 			slots[i].gen++;
 			build_request(i);
-			slots[i].sent_ns = t;
+			if (!slots[i].tried) /* latency counts the wait for room in the server's queue */
+				slots[i].sent_ns = t;
+			slots[i].tried = 1;
 			iov[k].iov_base = slots[i].buf;
 			iov[k].iov_len = slots[i].len;
 			memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
@@ -293,6 +297,7 @@ static void flush_queue(int fd)
 				if (st.send_errors > 1000)
 					die("sendmmsg: %s", strerror(errno));
 				slots[send_queue[done]].queued = 0;
+				slots[send_queue[done]].tried = 0;
 				slots[send_queue[done]].outstanding = 1; /* will time out and be re-sent */
 				done += 1;
 				continue;
@@ -302,6 +307,7 @@ static void flush_queue(int fd)
 		for (int k = 0; k < sent; k++) {
 			struct slot *s = &slots[send_queue[done + k]];
 			s->queued = 0;
+			s->tried = 0;
 			s->outstanding = 1;
 			st.sent++;
 		}
