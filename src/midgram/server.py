@@ -1,0 +1,319 @@
+"""Wiring: ``serve(settings, registry)`` runs the daemon; ``AsyncServer`` runs inside a program's
+own asyncio loop.
+
+``serve`` binds the socket (permissions applied atomically), declares the statistics, and
+then either forks ``children_count`` workers under a ``Supervisor`` or, with
+``children_count = 0``, serves in the calling process (DESIGN.md difference 8). Either way
+the UNIX socket file is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from midgram.address import UdpAddress, UnixAddress, parse_socket_name
+from midgram.commands import Dispatcher, Outcome, Pending, Registry
+from midgram.config import Settings, default_socket_name
+from midgram.core import with_core
+from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
+from midgram.supervisor import Supervisor, WorkerSignals
+from midgram.transport import (
+    bind_udp,
+    bind_unix,
+    remove_unix,
+    resolve_owner,
+    set_recv_timeout,
+)
+from midgram.worker import ServerStats, Worker, source_filter
+
+__all__ = ["AsyncServer", "default_address", "open_socket", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: How often an idle worker wakes up to look at its stop flag and log level.
+IDLE_WAKEUP: Final = 0.2
+
+
+def default_address() -> str:
+    """Where ``midgram serve`` listens when told nothing: a path a non-root user can create."""
+    return default_socket_name(os.environ.get("XDG_RUNTIME_DIR"), os.getuid())
+
+
+def _address(settings: Settings) -> UnixAddress | UdpAddress:
+    return settings.address or parse_socket_name(default_address())
+
+
+def open_socket(settings: Settings) -> socket.socket:
+    """Bind the server socket as ``settings`` says (path, owner, mode; or UDP host:port)."""
+    address = _address(settings)
+    if isinstance(address, UdpAddress):
+        return bind_udp(address.host, address.port)
+    uid, gid = resolve_owner(settings.unix_socket_user, settings.unix_socket_group)
+    return bind_unix(str(address), mode=settings.unix_socket_mode, uid=uid, gid=gid)
+
+
+def _close(sock: socket.socket, settings: Settings) -> None:
+    address = _address(settings)
+    sock.close()
+    if isinstance(address, UnixAddress) and not address.abstract:
+        remove_unix(address.path)
+
+
+def _dispatcher(settings: Settings, registry: Registry, runtime: Runtime) -> Dispatcher:
+    return Dispatcher(
+        with_core(registry, runtime),
+        pretty=settings.pretty_printing,
+        buf_size=settings.socket_buf_size,
+        json_errors=settings.json_errors,
+    )
+
+
+def serve(
+    settings: Settings,
+    registry: Registry | None = None,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until stopped (SIGTERM, SIGINT or the ``kill`` command). Returns an exit status:
+    0 after a clean stop, 1 when the workers kept dying at start-up."""
+    registry = registry if registry is not None else Registry()
+    for warning in settings.warnings():
+        log.warning("%s", warning)
+    if settings.trace_destination:
+        log.warning("HEP tracing is not implemented yet: trace_destination is ignored")
+    sock = open_socket(settings)
+    try:
+        set_recv_timeout(sock, IDLE_WAKEUP)
+        where = str(_address(settings)) if settings.socket_name else default_address()
+        if settings.children_count == 0:
+            return _serve_inline(sock, settings, registry, where, on_ready)
+        return _serve_forked(sock, settings, registry, where, on_ready)
+    finally:
+        _close(sock, settings)
+        log.info("stopped")
+
+
+def _serve_inline(
+    sock: socket.socket,
+    settings: Settings,
+    registry: Registry,
+    where: str,
+    on_ready: Callable[[str], None] | None,
+) -> int:
+    """``children_count = 0``: this process is the one worker (embedding, debugging)."""
+    runtime = LocalRuntime()
+    dispatcher = _dispatcher(settings, registry, runtime)
+    worker = _worker(sock, settings, dispatcher, ServerStats.declare(registry.stats))
+    worker_signals = WorkerSignals()
+    restore = _install_inline_signals(worker_signals)
+    _announce(where, 0, on_ready)
+    try:
+        worker.run(lambda: worker_signals.should_stop() or runtime.stop_requested)
+    finally:
+        restore()
+    return 0
+
+
+def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]:
+    """SIGTERM and SIGINT stop the loop; only possible (and only ours) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    worker_signals.install()
+    signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _serve_forked(
+    sock: socket.socket,
+    settings: Settings,
+    registry: Registry,
+    where: str,
+    on_ready: Callable[[str], None] | None,
+) -> int:
+    children = settings.children_count
+    table = ProcessTable(children)
+    table.register(0, os.getpid())
+    runtime = SharedRuntime(table, 0, time.time(), os.getpid())
+    dispatcher = _dispatcher(settings, registry, runtime)
+    server_stats = ServerStats.declare(registry.stats)
+    registry.stats.allocate(children)  # shared memory, before the fork
+
+    def run_worker(slot: int) -> int:
+        registry.stats.attach(slot)
+        table.register(slot + 1, os.getpid())
+        worker_signals = WorkerSignals()
+        worker_signals.install()
+        worker = _worker(
+            sock,
+            settings,
+            dispatcher,
+            server_stats,
+            log_level=lambda: table.level(slot + 1),
+            stop_requested=lambda: runtime.stop_requested,
+            on_stop_requested=lambda: os.kill(runtime.supervisor_pid, signal.SIGTERM),
+        )
+        worker.run(worker_signals.should_stop)
+        return 0
+
+    supervisor = Supervisor(
+        children,
+        run_worker,
+        on_spawn=lambda slot, pid: table.register(slot + 1, pid),
+        on_exit=lambda slot: table.unregister(slot + 1),
+    )
+    _announce(where, children, on_ready)
+    return supervisor.run()
+
+
+def _worker(
+    sock: socket.socket,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    server_stats: ServerStats,
+    **hooks: Any,
+) -> Worker:
+    return Worker(
+        sock,
+        dispatcher,
+        server_stats,
+        socket_timeout_ms=settings.socket_timeout,
+        allowed=source_filter(settings.allow_from),
+        **hooks,
+    )
+
+
+def _announce(where: str, children: int, on_ready: Callable[[str], None] | None) -> None:
+    processes = f"{children} worker(s)" if children else "in-process"
+    log.info("listening on %s (%s)", where, processes)
+    if on_ready is not None:
+        on_ready(where)
+
+
+class AsyncServer:
+    """An MI datagram server inside a program's own asyncio loop (one process, no fork).
+
+    ::
+
+        async with AsyncServer(Settings(socket_name="/run/app/mi.sock"), registry) as server:
+            await server.serve_forever()   # until the `kill` command, or close()
+    """
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else Registry()
+        self.runtime = LocalRuntime()
+        self._sock: socket.socket | None = None
+        self._worker: Worker | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: asyncio.Event | None = None
+        self._retry: asyncio.TimerHandle | None = None
+
+    @property
+    def address(self) -> str:
+        return str(_address(self.settings))
+
+    async def start(self) -> None:
+        sock = open_socket(self.settings)
+        sock.setblocking(False)  # one process: the flag is ours alone
+        dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
+        stats = ServerStats.declare(self.registry.stats)
+        self._worker = _worker(sock, self.settings, dispatcher, stats)
+        self._sock = sock
+        self._closed = asyncio.Event()
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        log.info("listening on %s (asyncio)", self.address)
+
+    async def serve_forever(self) -> None:
+        if self._closed is None:
+            await self.start()
+        assert self._closed is not None
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        if self._sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._sock.fileno())
+        if self._retry is not None:
+            self._retry.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _close(self._sock, self.settings)
+        self._sock = None
+        if self._closed is not None:
+            self._closed.set()
+
+    async def __aenter__(self) -> AsyncServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Up to this many datagrams per wake-up, so a flood cannot starve the rest of the loop.
+    _BATCH: Final = 64
+
+    def _on_readable(self) -> None:
+        worker = self._worker
+        assert worker is not None
+        for _ in range(self._BATCH):
+            item = worker.receiver.recv(block=False)
+            if item is None:
+                break
+            handled = worker.dispatch(*item)
+            if type(handled) is Outcome:
+                self._finish(handled, item[1])
+            elif handled is not None:
+                assert isinstance(handled, Pending)
+                task = asyncio.get_running_loop().create_task(self._run(handled, item[1]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, pending: Pending, peer: Any) -> None:
+        try:
+            result = await pending.coroutine
+        except Exception as exc:
+            outcome = pending.finish(error=exc)
+        else:
+            outcome = pending.finish(result)
+        self._finish(outcome, peer)
+
+    def _finish(self, outcome: Outcome, peer: Any) -> None:
+        worker = self._worker
+        assert worker is not None
+        worker.finish(outcome, peer)
+        self._schedule_retry()
+        if self.runtime.stop_requested:
+            asyncio.get_running_loop().create_task(self.close())
+
+    def _schedule_retry(self) -> None:
+        """socket_timeout: retry queued replies on a timer instead of blocking the loop."""
+        worker = self._worker
+        if worker is None or self._retry is not None:
+            return
+        wait = worker.sender.next_retry_in()
+        if wait is not None:
+            self._retry = asyncio.get_running_loop().call_later(wait, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        if self._worker is not None:
+            self._worker.sender.retry_due()
+            self._schedule_retry()

@@ -1,0 +1,249 @@
+"""The pre-fork supervisor: starts N workers, restarts the ones that die, stops them all.
+
+Generic over its target: a worker is ``run_worker(slot) -> exit status`` in a forked child.
+Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the loop acts:
+
+- SIGCHLD: reap; a worker that died unexpectedly is restarted in the same slot, at once if
+  it had been running a while, with a growing back-off if it died at boot. Workers that
+  keep dying at boot (``max_boot_failures`` in a row) stop the server instead of looping.
+- SIGTERM / SIGINT: graceful stop. Each worker gets SIGTERM, finishes the datagram in hand
+  and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
+- SIGHUP: re-open log files, here and in every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+from midgram.runtime import reopen_log_files
+
+__all__ = ["Supervisor", "WorkerSignals"]
+
+log = logging.getLogger(__name__)
+
+#: A worker that lived less than this long is counted as a boot failure.
+BOOT_GRACE: Final = 1.0
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 5.0
+#: The signals the supervisor's loop acts on.
+HANDLED_SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass
+class WorkerSignals:
+    """What a worker's own signal handlers record, for its loop to act on."""
+
+    stop: bool = False
+    reopen_logs: bool = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        # Ctrl-C reaches the whole process group: the supervisor decides, workers wait
+        # for its SIGTERM so that the datagram in hand is always answered.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reopen_logs = True
+
+    def should_stop(self) -> bool:
+        if self.reopen_logs:
+            self.reopen_logs = False
+            reopen_log_files()
+        return self.stop
+
+
+@dataclass
+class _Slot:
+    pid: int = 0
+    started: float = 0.0
+    failures: int = 0
+    respawn_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Keeps ``workers`` children running ``run_worker(slot)`` until told to stop."""
+
+    workers: int
+    run_worker: Callable[[int], int]
+    stop_timeout: float = 10.0
+    max_boot_failures: int = 5
+    on_spawn: Callable[[int, int], None] = lambda slot, pid: None
+    on_exit: Callable[[int], None] = lambda slot: None
+    clock: Callable[[], float] = time.monotonic
+    _slots: list[_Slot] = field(default_factory=list)
+    _stopping: bool = False
+    _failed: str | None = None
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1)."""
+        self._slots = [_Slot() for _ in range(self.workers)]
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = self._install_signals(write_fd)
+        try:
+            for slot in range(self.workers):
+                self._spawn(slot)
+            while not self._stopping:
+                self._wait_for_signal(read_fd, self._next_respawn_in())
+                self._respawn_due()
+            self._stop_all()
+        finally:
+            self._restore_signals(previous)
+            os.close(read_fd)
+            os.close(write_fd)
+        if self._failed:
+            log.error("%s", self._failed)
+            return 1
+        return 0
+
+    def pids(self) -> list[int]:
+        return [slot.pid for slot in self._slots if slot.pid]
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def _install_signals(self, write_fd: int) -> dict[int, object]:
+        previous: dict[int, object] = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+        previous[-1] = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            # The handler does nothing: the wakeup fd carries the signal number to the loop.
+            signal.signal(sig, _record)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, object]) -> None:
+        signal.set_wakeup_fd(previous.pop(-1))  # type: ignore[arg-type]
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _wait_for_signal(self, read_fd: int, timeout: float | None) -> None:
+        readable, _, _ = select.select([read_fd], [], [], timeout)
+        if not readable:
+            return
+        with contextlib.suppress(BlockingIOError):
+            for signum in os.read(read_fd, 256):
+                self._on_signal(signum)
+        self._reap()  # SIGCHLDs coalesce: always reap everything that has exited
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log.info("stopping (%s)", signal.Signals(signum).name)
+            self._stopping = True
+        elif signum == signal.SIGHUP:
+            reopen_log_files()
+            self._signal_all(signal.SIGHUP)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            status = 1
+            signal.set_wakeup_fd(-1)  # the supervisor's loop is not the child's
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            try:
+                status = self.run_worker(slot)
+            except BaseException:
+                log.exception("worker %d crashed", slot)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        state = self._slots[slot]
+        state.pid, state.started, state.respawn_at = pid, self.clock(), None
+        self.on_spawn(slot, pid)
+        log.debug("worker %d started (pid %d)", slot, pid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._on_worker_exit(pid, status)
+
+    def _on_worker_exit(self, pid: int, status: int) -> None:
+        index = next((i for i, s in enumerate(self._slots) if s.pid == pid), None)
+        if index is None:
+            return  # not one of ours (a handler's own child process)
+        state = self._slots[index]
+        state.pid = 0
+        self.on_exit(index)
+        if self._stopping:
+            return
+        lived = self.clock() - state.started
+        log.warning("worker %d (pid %d) %s after %.1f s", index, pid, _describe(status), lived)
+        state.failures = state.failures + 1 if lived < BOOT_GRACE else 0
+        if state.failures >= self.max_boot_failures:
+            self._failed = f"worker {index} died at start-up {state.failures} times in a row"
+            self._stopping = True
+            return
+        delay = 0.0 if state.failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2**state.failures)
+        state.respawn_at = self.clock() + delay
+
+    def _next_respawn_in(self) -> float | None:
+        due = [s.respawn_at for s in self._slots if s.respawn_at is not None]
+        return max(0.0, min(due) - self.clock()) if due else None
+
+    def _respawn_due(self) -> None:
+        now = self.clock()
+        for index, state in enumerate(self._slots):
+            if state.respawn_at is not None and state.respawn_at <= now and not self._stopping:
+                self._spawn(index)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker, wait up to ``stop_timeout``, then SIGKILL the rest."""
+        self._signal_all(signal.SIGTERM)
+        deadline = self.clock() + self.stop_timeout
+        while self.pids() and self.clock() < deadline:
+            self._wait_any(deadline - self.clock())
+        if self.pids():
+            log.warning(
+                "workers %s did not stop in %.1f s: killing them", self.pids(), self.stop_timeout
+            )
+            self._signal_all(signal.SIGKILL)
+            while self.pids():
+                self._wait_any(None)
+
+    def _wait_any(self, timeout: float | None) -> None:
+        """Reap one exited worker, waiting at most ``timeout`` seconds (None: forever)."""
+        if timeout is None:
+            pid, status = os.waitpid(-1, 0)
+            self._on_worker_exit(pid, status)
+            return
+        end = self.clock() + timeout
+        while self.clock() < end:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                self._on_worker_exit(pid, status)
+                return
+            # No portable waitpid-with-timeout: a short poll keeps shutdown prompt.
+            select.select([], [], [], min(0.02, max(0.0, end - self.clock())))
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: nothing to do, the wakeup fd already carries the signal."""
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,701 @@
+"""Every socket syscall of the server: bind, permissions, receive, reply.
+
+- :func:`bind_unix` / :func:`bind_udp` create the one server socket that all workers share.
+  A UNIX socket appears at its path only once it has the asked mode and owner, and a live
+  server's socket is never replaced.
+- :class:`Receiver` reads one whole datagram per call and reports one that did not fit the
+  buffer (DESIGN difference 5: a request is never executed in part).
+- :class:`ReplySender` sends replies from the receiving socket itself (difference 6: a client
+  that ``connect()``-ed to the server gets its answer) and honours ``socket_timeout``
+  (difference 1): a reply the client's full queue refuses is retried, without blocking the
+  worker, until its deadline.
+
+Process model: the socket is shared by forked workers, so its file status flags
+(``O_NONBLOCK``) and options (``SO_RCVTIMEO``) are shared too. It therefore stays blocking, so
+that the kernel wakes exactly one blocked worker per datagram; a worker that must not block
+passes ``MSG_DONTWAIT`` on that one call instead, and :func:`set_recv_timeout` makes blocked
+workers wake up now and then to look at their stop flag.
+
+Linux only (abstract names, ``SO_RCVTIMEO`` layout, errno meanings).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import grp
+import logging
+import os
+import pwd
+import re
+import socket
+import stat
+import struct
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+from midgram.errors import ConfigError, SocketInUse, TransportError
+
+__all__ = [
+    "DROP_LOG_INTERVAL",
+    "RECV_TIMEOUT",
+    "SUN_PATH_MAX",
+    "DropReason",
+    "PeerAddress",
+    "RateLimitedLog",
+    "Receiver",
+    "ReplySender",
+    "SendStatus",
+    "bind_udp",
+    "bind_unix",
+    "peer_label",
+    "remove_unix",
+    "resolve_group",
+    "resolve_owner",
+    "resolve_user",
+    "set_recv_timeout",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``sizeof(sun_path)``: the longest UNIX socket name, in bytes (108 itself is allowed).
+SUN_PATH_MAX: Final = 108
+#: How often a blocked worker wakes up, as the server passes it to :func:`set_recv_timeout`.
+RECV_TIMEOUT: Final = 0.2
+#: At most one log line per drop reason per this many seconds.
+DROP_LOG_INTERVAL: Final = 10.0
+
+#: What ``recvfrom`` gives and ``sendto`` takes: a path (str), an abstract or auto-bound
+#: name (bytes starting with NUL), an (host, port[, flow, scope]) tuple, or None for a UNIX
+#: client that did not bind.
+PeerAddress: TypeAlias = str | bytes | tuple[Any, ...] | None
+
+_ABSTRACT_PREFIX: Final = "@"
+_NUMERIC_ID = re.compile(r"\s*[+-]?[0-9]+\s*")  # what strtol() accepts, as OpenSIPS parses it
+_MAX_ID: Final = 0xFFFF_FFFE  # (uid_t)-1 is "no change"
+_DONTWAIT: Final = socket.MSG_DONTWAIT
+
+
+# --- owner of the UNIX socket file ------------------------------------------------------
+
+
+def resolve_user(spec: str | int | None) -> tuple[int, int]:
+    """``unix_socket_user`` as OpenSIPS reads it: ``(uid, gid)``, -1 meaning "unchanged".
+
+    A user *name* also gives that user's primary group; a number (int or numeric string)
+    sets only the uid.
+    """
+    if spec is None:
+        return -1, -1
+    if isinstance(spec, str) and not _NUMERIC_ID.fullmatch(spec):
+        try:
+            entry = pwd.getpwnam(spec)
+        except KeyError:
+            raise ConfigError("unix_socket_user", spec, "no such user") from None
+        return entry.pw_uid, entry.pw_gid
+    return _numeric_id("unix_socket_user", spec, "uid"), -1
+
+
+def resolve_group(spec: str | int | None) -> int:
+    """``unix_socket_group`` as OpenSIPS reads it: a gid, a numeric string or a group name."""
+    if spec is None:
+        return -1
+    if isinstance(spec, str) and not _NUMERIC_ID.fullmatch(spec):
+        try:
+            return grp.getgrnam(spec).gr_gid
+        except KeyError:
+            raise ConfigError("unix_socket_group", spec, "no such group") from None
+    return _numeric_id("unix_socket_group", spec, "gid")
+
+
+def resolve_owner(user: str | int | None, group: str | int | None) -> tuple[int, int]:
+    """The ``(uid, gid)`` to give the socket file: a user name brings its primary group,
+    unless a group is given (a group of None or -1 is "not given")."""
+    uid, gid = resolve_user(user)
+    explicit_gid = resolve_group(group)
+    return uid, gid if explicit_gid == -1 else explicit_gid
+
+
+def _numeric_id(parameter: str, spec: str | int, what: str) -> int:
+    value = int(spec)  # a str here matched _NUMERIC_ID
+    if isinstance(spec, bool) or not (value == -1 or 0 <= value <= _MAX_ID):
+        raise ConfigError(parameter, spec, f"not a valid {what}")
+    return value
+
+
+# --- binding a UNIX socket --------------------------------------------------------------
+
+#: (st_dev, st_ino) of each socket file this process created, by absolute path, so that
+#: :func:`remove_unix` never removes a file that a newer server has put in its place.
+_created: dict[str, tuple[int, int]] = {}
+
+_FILE_KINDS: Final = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def bind_unix(path: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1) -> socket.socket:
+    """A blocking ``AF_UNIX``/``SOCK_DGRAM`` socket bound at ``path``.
+
+    ``@name`` binds ``name`` in the Linux abstract namespace (no file: mode and owner do not
+    apply). Otherwise an existing *stale* socket file is replaced, while a live one raises
+    :class:`SocketInUse` and anything that is not a socket (or is a symlink) is refused and
+    left alone. The socket file is created under a private name, given ``mode`` and
+    ``uid:gid`` (-1: unchanged), and only then renamed to ``path``: nobody can ever reach it
+    there with other permissions or another owner.
+    """
+    if path.startswith(_ABSTRACT_PREFIX):
+        return _bind_abstract(path)
+    _check_length(path, os.fsencode(path))
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        identity = _bind_private(sock, path, mode, uid, gid)
+        sock.setblocking(True)  # even if socket.setdefaulttimeout() made it non-blocking
+    except BaseException:
+        sock.close()
+        raise
+    _created[os.path.abspath(path)] = identity
+    log.debug("bound unix:%s (mode %04o, owner %d:%d)", path, mode, uid, gid)
+    return sock
+
+
+def remove_unix(path: str) -> bool:
+    """Remove the socket file :func:`bind_unix` created at ``path``, if it is still ours.
+
+    Never raises (it runs on the way out); returns whether the file was removed.
+    """
+    key = os.path.abspath(path)
+    identity = _created.pop(key, None)
+    if identity is None:
+        log.debug("not removing %s: this process did not create it", path)
+        return False
+    try:
+        current = os.lstat(path)
+        if (current.st_dev, current.st_ino) != identity:
+            log.info("not removing %s: another socket has taken its place", path)
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc.strerror)
+        return False
+    return True
+
+
+def _bind_abstract(path: str) -> socket.socket:
+    name = b"\0" + os.fsencode(path[len(_ABSTRACT_PREFIX) :])
+    _check_length(path, name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(name)
+        sock.setblocking(True)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SocketInUse(f"another server is listening on {path}", path) from exc
+        raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+    return sock
+
+
+def _check_length(path: str, name: bytes) -> None:
+    if not name:
+        raise TransportError("cannot bind a UNIX socket to an empty path", path)
+    if len(name) > SUN_PATH_MAX:
+        raise TransportError(
+            f"socket name too long: {path} ({len(name)} bytes, at most {SUN_PATH_MAX})", path
+        )
+
+
+def _clear_stale(path: str) -> None:
+    """Make way for our socket: unlink a stale socket file, refuse anything else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TransportError(f"cannot check {path}: {exc.strerror}", path) from exc
+    if not stat.S_ISSOCK(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a socket")
+        raise TransportError(f"refusing to replace {path}: it is {kind}", path)
+    if _is_live(path):
+        raise SocketInUse(f"another server is listening on {path}", path)
+    log.info("replacing stale socket %s", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TransportError(
+            f"cannot remove the stale socket {path}: {exc.strerror}", path
+        ) from exc
+
+
+def _is_live(path: str) -> bool:
+    """Whether a socket is bound behind ``path``: connect() to it, which sends nothing."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # a file with no socket behind it (or already gone)
+        except OSError as exc:
+            if exc.errno == errno.EPROTOTYPE:
+                return True  # a live stream or seqpacket socket: still somebody's
+            raise TransportError(
+                f"cannot tell whether {path} is in use: {exc.strerror}", path
+            ) from exc
+    return True
+
+
+def _bind_private(sock: socket.socket, path: str, mode: int, uid: int, gid: int) -> tuple[int, int]:
+    """Bind, set owner and mode, and only then let the socket appear at ``path``.
+
+    Returns the (st_dev, st_ino) of the socket file.
+    """
+    staging = _make_staging_dir(path)
+    if staging is None:
+        return _bind_masked(sock, path, mode, uid, gid)
+    temporary = os.path.join(staging, "s")
+    try:
+        _bind(sock, temporary, path)
+        _set_owner_and_mode(temporary, path, mode, uid, gid)
+        info = os.lstat(temporary)
+        try:
+            os.rename(temporary, path)  # a bound socket keeps working under its new name
+        except OSError as exc:
+            raise TransportError(f"cannot move the socket to {path}: {exc.strerror}", path) from exc
+    finally:
+        _remove_staging(staging, temporary)
+    return info.st_dev, info.st_ino
+
+
+def _make_staging_dir(path: str) -> str | None:
+    """A new mode-0700 directory next to ``path`` (same filesystem, so rename() works): no
+    one else can reach a socket inside it, whatever the umask. None when no name fits."""
+    directory = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    for prefix, suffix in ((f".{base}.", ".tmp"), (".", "")):
+        longest = os.path.join(directory, prefix + "x" * 8 + suffix, "s")  # mkdtemp adds 8
+        if len(os.fsencode(longest)) <= SUN_PATH_MAX:
+            try:
+                return tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
+            except OSError as exc:
+                raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+    return None
+
+
+def _remove_staging(staging: str, temporary: str) -> None:
+    _remove_quietly(os.unlink, temporary)  # still there only if something failed
+    _remove_quietly(os.rmdir, staging)
+
+
+def _remove_quietly(remove: Callable[[str], None], name: str) -> None:
+    try:
+        remove(name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a leftover is untidy, not fatal
+        log.warning("cannot remove %s: %s", name, exc.strerror)
+
+
+def _bind_masked(sock: socket.socket, path: str, mode: int, uid: int, gid: int) -> tuple[int, int]:
+    """Fallback when ``path`` is too long for a private name beside it: bind in place with
+    umask 0777, so the file starts with mode 0000 (no one but root can connect) until it has
+    its owner and mode. The umask is process-wide: this is the rare path, not the usual one."""
+    log.debug("%s: no room for a private name, binding in place with mode 0000", path)
+    previous = os.umask(0o777)
+    try:
+        _bind(sock, path, path)
+    finally:
+        os.umask(previous)
+    try:
+        _set_owner_and_mode(path, path, mode, uid, gid)
+        info = os.lstat(path)
+    except BaseException:
+        _remove_quietly(os.unlink, path)
+        raise
+    return info.st_dev, info.st_ino
+
+
+def _bind(sock: socket.socket, name: str, path: str) -> None:
+    try:
+        sock.bind(name)
+    except OSError as exc:
+        raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+
+
+def _set_owner_and_mode(name: str, path: str, mode: int, uid: int, gid: int) -> None:
+    """chown() first, chmod() last: the mode is never opened up for the wrong owner."""
+    if uid != -1 or gid != -1:
+        try:
+            os.chown(name, uid, gid)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot change the owner of {path} to {uid}:{gid}: {exc.strerror}", path
+            ) from exc
+    try:
+        os.chmod(name, mode)
+    except OSError as exc:
+        raise TransportError(
+            f"cannot change the permissions of {path} to {mode:04o}: {exc.strerror}", path
+        ) from exc
+
+
+# --- binding a UDP socket ---------------------------------------------------------------
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A blocking UDP socket bound at ``host:port`` (a literal IPv4/IPv6 address, with or
+    without brackets, or a name: the first getaddrinfo() result is used). Port 0 picks a
+    free port."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    target = f"udp:[{name}]:{port}" if ":" in name else f"udp:{name}:{port}"
+    if not 0 <= port <= 0xFFFF:
+        raise TransportError(f"cannot bind {target}: invalid port number", target)
+    try:
+        family, kind, proto, _canonical, address = socket.getaddrinfo(
+            name, port, socket.AF_UNSPEC, socket.SOCK_DGRAM
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TransportError(f"failed to resolve {host}", host) from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+        sock.setblocking(True)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot bind {target}: {exc.strerror}", target) from exc
+    return sock
+
+
+# --- receiving --------------------------------------------------------------------------
+
+
+def set_recv_timeout(sock: socket.socket, seconds: float) -> None:
+    """Set the kernel receive timeout (``SO_RCVTIMEO``) shared by every process holding the
+    socket: a blocked ``recv`` then fails with EAGAIN after ``seconds`` (0: never), which
+    :meth:`Receiver.recv` turns into None. The socket itself stays blocking."""
+    if seconds < 0:
+        raise ValueError(f"a receive timeout cannot be negative: {seconds}")
+    micros = round(seconds * 1_000_000)
+    if seconds and not micros:
+        micros = 1  # a zero timeval would mean "block forever"
+    sock.settimeout(None)  # a Python-level timeout would make the socket O_NONBLOCK
+    sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", *divmod(micros, 1_000_000))
+    )
+
+
+class Receiver:
+    """Reads one whole datagram per call from a (shared, blocking) socket.
+
+    A datagram larger than ``bufsize`` is reported as truncated, with its first ``bufsize``
+    bytes, so that it is never executed in part.
+    """
+
+    __slots__ = ("_bufsize", "_limit", "_recvfrom", "_sock")
+
+    def __init__(self, sock: socket.socket, bufsize: int) -> None:
+        if bufsize < 1:
+            raise ValueError(f"a receive buffer needs at least one byte, not {bufsize}")
+        self._sock = sock
+        self._bufsize = bufsize
+        # One byte more than allowed: a datagram that fills it did not fit. Measured faster
+        # than recvfrom_into() a preallocated buffer (with or without MSG_TRUNC) or recvmsg():
+        # the bytes object is allocated at full size and shrunk in place.
+        self._limit = bufsize + 1
+        self._recvfrom = sock.recvfrom
+
+    def recv(self, block: bool = True) -> tuple[bytes, PeerAddress, bool] | None:
+        """``(data, peer_address, truncated)``, or None when there is nothing to read: the
+        ``SO_RCVTIMEO`` timeout expired, or ``block`` is false and the queue is empty."""
+        try:
+            data, peer = self._recvfrom(self._limit, 0 if block else _DONTWAIT)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return None
+        except (ConnectionRefusedError, ConnectionResetError):
+            # An error left on the socket by an earlier reply, not a request (OpenSIPS
+            # ignores ECONNREFUSED here too).
+            return None
+        except OSError as exc:
+            raise TransportError(
+                f"cannot receive: {exc.strerror}", _sock_label(self._sock)
+            ) from exc
+        if len(data) > self._bufsize:
+            return data[: self._bufsize], peer, True
+        return data, peer, False
+
+
+def _sock_label(sock: socket.socket) -> str:
+    try:
+        return peer_label(sock.getsockname())
+    except OSError:
+        return "a closed socket"
+
+
+def peer_label(address: PeerAddress) -> str:
+    """A peer address as a person reads it: a path, ``@abstract``, ``host:port``,
+    ``[v6]:port``, or ``(unbound)``."""
+    if not address:
+        return "(unbound)"
+    if isinstance(address, bytes):
+        return _ABSTRACT_PREFIX + address[1:].decode(errors="backslashreplace")
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return address
+
+
+# --- replying ---------------------------------------------------------------------------
+
+
+class SendStatus(enum.Enum):
+    """What :meth:`ReplySender.send` did with a reply."""
+
+    SENT = "sent"
+    QUEUED = "queued"  # the client's queue was full: retried until socket_timeout
+    DROPPED = "dropped"  # lost for good; on_drop was told why
+
+
+class DropReason(enum.StrEnum):
+    """Why a reply was dropped: the string the ``on_drop`` callback receives."""
+
+    VANISHED = "vanished"  # the client's socket is gone (ENOENT, ECONNREFUSED, unreachable)
+    PERMISSION = "permission"  # EACCES/EPERM: the server may not write to the client
+    UNBOUND = "unbound"  # a UNIX client without an address cannot be answered
+    TOO_BIG = "too_big"  # EMSGSIZE
+    TIMEOUT = "timeout"  # still refused when socket_timeout ran out
+    OVERFLOW = "overflow"  # too many replies already waiting
+    ERROR = "error"  # any other send error
+
+
+_RETRY_ERRNOS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+_DROP_ERRNOS: Final = {
+    errno.ENOENT: DropReason.VANISHED,
+    errno.ENOTDIR: DropReason.VANISHED,
+    errno.ECONNREFUSED: DropReason.VANISHED,
+    errno.ECONNRESET: DropReason.VANISHED,
+    errno.EHOSTUNREACH: DropReason.VANISHED,
+    errno.ENETUNREACH: DropReason.VANISHED,
+    errno.EACCES: DropReason.PERMISSION,
+    errno.EPERM: DropReason.PERMISSION,
+    errno.EMSGSIZE: DropReason.TOO_BIG,
+}
+#: The log line of a send error, with the peer and strerror() as arguments.
+_ERROR_MESSAGES: Final = {
+    DropReason.VANISHED: "cannot reply to %s: the client is gone (%s)",
+    DropReason.PERMISSION: (
+        "cannot write to the client's socket %s: the client must create its reply socket "
+        "writable by the server's user (e.g. mode 0666 or a shared group) (%s)"
+    ),
+    DropReason.TOO_BIG: "cannot reply to %s: the reply is too big for the socket (%s)",
+    DropReason.ERROR: "cannot reply to %s: %s",
+}
+
+_FIRST_BACKOFF: Final = 0.001
+_MAX_BACKOFF: Final = 0.050
+
+
+@dataclass(slots=True)
+class _Window:
+    since: float
+    suppressed: int = 0
+
+
+class RateLimitedLog:
+    """At most one line per key per ``interval`` seconds; the next line that gets through
+    says how many were suppressed in between."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = DROP_LOG_INTERVAL,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+
+    def log(self, key: str, level: int, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless ``key`` was logged less than ``interval`` ago.
+
+        Returns whether the line was written (or handed to logging, at least).
+        """
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now - window.since < self._interval:
+            window.suppressed += 1
+            return False
+        self._windows[key] = _Window(now)
+        if window is not None and window.suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, window.suppressed)
+        self._logger.log(level, msg, *args)
+        return True
+
+
+@dataclass(slots=True)
+class _Reply:
+    data: bytes
+    deadline: float
+
+
+@dataclass(slots=True)
+class _PeerQueue:
+    """Replies waiting for one client, oldest first, and when to try again."""
+
+    next_try: float
+    backoff: float = _FIRST_BACKOFF
+    replies: deque[_Reply] = field(default_factory=deque)
+
+
+class ReplySender:
+    """Sends replies without ever blocking the worker, retrying refused ones until
+    ``timeout_ms`` (``socket_timeout``) has passed.
+
+    Replies go out of ``sock``, the socket the request came in on. A reply the client's full
+    queue refuses (EAGAIN/ENOBUFS) is queued; so is every later reply to the same client, to
+    keep them in order. The worker polls its socket no longer than :meth:`next_retry_in` and
+    then calls :meth:`retry_due`. ``timeout_ms`` <= 0 never retries (OpenSIPS's behaviour).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        timeout_ms: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_pending: int = 1024,
+        on_drop: Callable[[str], None] | None = None,
+        log_interval: float = DROP_LOG_INTERVAL,
+    ) -> None:
+        self._sendto = sock.sendto
+        self._timeout = timeout_ms / 1000
+        self._clock = clock
+        self._max_pending = max_pending
+        self._on_drop = on_drop
+        self._log = RateLimitedLog(log, log_interval, clock=clock)
+        self._queues: dict[str | bytes | tuple[Any, ...], _PeerQueue] = {}
+        self._pending = 0
+
+    def send(self, data: bytes, addr: PeerAddress) -> SendStatus:
+        """Send one reply now, or queue it, or drop it; never raises for a send error."""
+        if not addr:
+            return self._drop(DropReason.UNBOUND, "client did not bind its socket, cannot reply")
+        if addr in self._queues:
+            return self._enqueue(data, addr)  # behind the ones already waiting for addr
+        try:
+            self._sendto(data, _DONTWAIT, addr)
+        except OSError as exc:
+            if exc.errno in _RETRY_ERRNOS:
+                return self._enqueue(data, addr)
+            return self._drop_for(exc, addr)
+        return SendStatus.SENT
+
+    def pending(self) -> int:
+        """How many replies are waiting to be retried."""
+        return self._pending
+
+    def next_retry_in(self) -> float | None:
+        """Seconds until :meth:`retry_due` has something to do (0 if overdue), None if
+        nothing waits."""
+        if not self._queues:
+            return None
+        due = min(queue.next_try for queue in self._queues.values())
+        return max(0.0, due - self._clock())
+
+    def retry_due(self) -> None:
+        """Resend the replies whose retry time has come; drop those past their deadline."""
+        if not self._queues:
+            return
+        now = self._clock()
+        for addr, queue in list(self._queues.items()):
+            if queue.next_try <= now:
+                self._flush(addr, queue, now)
+                if not queue.replies:
+                    del self._queues[addr]
+
+    def _flush(self, addr: str | bytes | tuple[Any, ...], queue: _PeerQueue, now: float) -> None:
+        """Send the queued replies of one client in order, until its queue refuses one."""
+        replies = queue.replies
+        while replies:
+            reply = replies[0]
+            if reply.deadline < now:
+                self._pop(replies)
+                self._drop_expired(addr)
+                continue
+            try:
+                self._sendto(reply.data, _DONTWAIT, addr)
+            except OSError as exc:
+                if exc.errno not in _RETRY_ERRNOS:
+                    self._pop(replies)
+                    self._drop_for(exc, addr)
+                elif reply.deadline <= now:  # that was the last try
+                    self._pop(replies)
+                    self._drop_expired(addr)
+                else:
+                    self._back_off(queue, now)
+                    return
+                continue
+            self._pop(replies)
+            queue.backoff = _FIRST_BACKOFF
+
+    def _pop(self, replies: deque[_Reply]) -> None:
+        replies.popleft()
+        self._pending -= 1
+
+    @staticmethod
+    def _back_off(queue: _PeerQueue, now: float) -> None:
+        # Exponential, so that a client that stopped reading costs few syscalls, capped so
+        # that one that resumes is served soon, and one last try falls on the deadline.
+        queue.backoff = min(queue.backoff * 2, _MAX_BACKOFF)
+        queue.next_try = min(now + queue.backoff, queue.replies[0].deadline)
+
+    def _enqueue(self, data: bytes, addr: str | bytes | tuple[Any, ...]) -> SendStatus:
+        if self._timeout <= 0:
+            return self._drop_expired(addr)
+        if self._pending >= self._max_pending:
+            return self._drop(
+                DropReason.OVERFLOW,
+                "reply to %s dropped: %d replies are already waiting",
+                peer_label(addr),
+                self._pending,
+            )
+        now = self._clock()
+        deadline = now + self._timeout
+        queue = self._queues.get(addr)
+        if queue is None:
+            queue = self._queues[addr] = _PeerQueue(next_try=min(now + _FIRST_BACKOFF, deadline))
+        queue.replies.append(_Reply(data, deadline))
+        self._pending += 1
+        return SendStatus.QUEUED
+
+    def _drop_expired(self, addr: PeerAddress) -> SendStatus:
+        return self._drop(
+            DropReason.TIMEOUT,
+            "reply to %s dropped: the client's queue stayed full for socket_timeout (%g ms)",
+            peer_label(addr),
+            self._timeout * 1000,
+        )
+
+    def _drop_for(self, exc: OSError, addr: PeerAddress) -> SendStatus:
+        reason = _DROP_ERRNOS.get(exc.errno or 0, DropReason.ERROR)
+        return self._drop(reason, _ERROR_MESSAGES[reason], peer_label(addr), exc.strerror or exc)
+
+    def _drop(self, reason: DropReason, msg: str, *args: object) -> SendStatus:
+        self._log.log(reason, logging.WARNING, msg, *args)
+        if self._on_drop is not None:
+            self._on_drop(reason)
+        return SendStatus.DROPPED

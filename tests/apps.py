@@ -1,0 +1,35 @@
+"""Registries the server tests serve with ``midgram serve --app apps:NAME``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from midgram.commands import Registry
+
+log = logging.getLogger("midgram.tests")
+
+mi = Registry(module="tests")
+calls = mi.stats.counter("tests:calls")
+
+
+@mi.command(help="answers after `seconds`, logging when it starts")
+def slow(seconds: float) -> dict[str, float]:
+    calls.inc()
+    log.warning("slow command started")
+    time.sleep(seconds)  # the command's own work, not test synchronisation
+    return {"slept": seconds}
+
+
+@mi.command(help="a reply of about `size` bytes")
+def big(size: int) -> str:
+    calls.inc()
+    return "x" * size
+
+
+@mi.command(help="kills the worker that runs it")
+def crash() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
