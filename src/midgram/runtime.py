@@ -181,6 +181,10 @@ class SharedRuntime:
 
 def reopen_log_files() -> None:
     """SIGHUP: close file handlers so the next record re-opens the (rotated) file."""
+    reopened = False
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.close()
+            reopened = True
+    if reopened:
+        logging.getLogger(__name__).info("log file re-opened")

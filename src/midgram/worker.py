@@ -106,6 +106,7 @@ class Worker:
         self._allowed = allowed
         self._log_level = log_level
         self._applied_level: int | None = None
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self._on_stop_requested = on_stop_requested
         self._stop_requested = stop_requested
         self._count = stats.by_status()
@@ -158,6 +159,8 @@ class Worker:
         count = self._count.get(outcome.status)
         if count is not None:
             count()
+        if self._debug:
+            log.debug("%s from %s: %s", outcome.method, peer, outcome.status.value)
         if outcome.reply is not None and (
             self.sender.send(outcome.reply, peer) is not SendStatus.DROPPED
         ):
@@ -199,3 +202,4 @@ class Worker:
         if level != self._applied_level:
             apply_log_level(level)
             self._applied_level = level
+            self._debug = log.isEnabledFor(logging.DEBUG)

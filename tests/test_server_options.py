@@ -1,0 +1,120 @@
+"""The parameters that shape replies and their delivery, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from servers import RawClient, midgram_server, short_tmpdir, wait_until
+
+from midgram.commands import Registry
+from midgram.config import Settings
+from midgram.server import AsyncServer
+
+UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":1}'
+
+
+def test_pretty_printing() -> None:
+    with midgram_server("--pretty") as running, running.client() as client:
+        reply = client.exchange(b'{"jsonrpc":"2.0","method":"nope","id":3}')
+    assert reply == (
+        b'{\n\t"jsonrpc":\t"2.0",\n\t"error":\t{\n\t\t"code":\t-32601,\n'
+        b'\t\t"message":\t"Method not found"\n\t},\n\t"id":\t3\n}'
+    )
+
+
+def test_json_errors_and_buffer_size() -> None:
+    flags = ("--json-errors", "--buf-size", "2048", "--app", "apps:mi")
+    with midgram_server(*flags) as running, running.client() as client:
+        parse = json.loads(client.exchange(b"{nope") or b"")
+        assert parse["error"]["code"] == -32700
+        oversize = json.loads(client.exchange(b" " * 3000 + UPTIME) or b"")
+        assert "2048-byte limit" in oversize["error"]["data"]
+        too_big = json.loads(
+            client.exchange(b'{"jsonrpc":"2.0","method":"big","params":[3000],"id":2}') or b""
+        )
+        assert too_big["error"]["code"] == -32603
+        assert too_big["id"] == 2
+        stats = client.call("get_statistics", [["mi_datagram:"]])["result"]
+        assert stats["mi_datagram:oversize_requests"] == 1
+        assert stats["mi_datagram:oversize_replies"] == 1
+        assert stats["mi_datagram:parse_errors"] == 1
+
+
+def test_reply_dropped_after_socket_timeout() -> None:
+    with midgram_server("--children", "1", "--timeout", "300") as running:
+        never_reads = running.client()
+        for i in range(300):
+            never_reads.send(b'{"jsonrpc":"2.0","method":"pwd","id":%d}' % i)
+        assert running.call("uptime")["result"]  # the worker is not stalled meanwhile
+        dropped = wait_until(
+            lambda: running.call("get_statistics", [["dropped_replies"]])["result"][
+                "mi_datagram:dropped_replies"
+            ],
+            what="replies to expire",
+        )
+        assert dropped > 0
+        running.wait_for_log("socket_timeout")
+        never_reads.close()
+
+
+def test_sighup_reopens_the_log_file() -> None:
+    folder = short_tmpdir()
+    log_file = Path(folder, "midgram.log")
+    rotated = Path(folder, "midgram.log.1")
+    with midgram_server("--log-file", str(log_file), "--children", "1") as running:
+        wait_until(lambda: log_file.exists() and "listening" in log_file.read_text())
+        os.rename(log_file, rotated)
+        running.proc.send_signal(signal.SIGHUP)
+        wait_until(log_file.exists, what="the log file to be re-opened")
+        wait_until(lambda: "re-opened" in log_file.read_text())
+    assert "stopped" in log_file.read_text()
+    assert "stopped" not in rotated.read_text()
+
+
+def test_unix_socket_owned_by_another_user_still_answers_abstract_clients() -> None:
+    with (
+        midgram_server("--user", "nobody", "--mode", "0666") as running,
+        RawClient(running.target) as client,
+    ):
+        assert client.call("uptime")["result"]
+
+
+def test_async_server_in_the_programs_own_loop() -> None:
+    folder = short_tmpdir()
+    path = f"{folder}/mi.sock"
+    registry = Registry(module="app")
+
+    @registry.command()
+    async def ping(text: str = "pong") -> str:
+        await asyncio.sleep(0)
+        return text
+
+    async def scenario() -> list[object]:
+        server = AsyncServer(Settings(socket_name=path), registry)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        client.bind(f"\0mgtest-async-{os.getpid()}")
+        client.setblocking(False)
+        replies = []
+        for request in (
+            b'{"jsonrpc":"2.0","method":"ping","params":["hi"],"id":1}',
+            b'{"jsonrpc":"2.0","method":"uptime","id":2}',
+            b'{"jsonrpc":"2.0","method":"kill","id":3}',
+        ):
+            await loop.sock_sendto(client, request, path)
+            replies.append(json.loads(await asyncio.wait_for(loop.sock_recv(client, 65536), 5)))
+        await asyncio.wait_for(server.serve_forever(), 5)  # `kill` closed it
+        client.close()
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert replies[0] == {"jsonrpc": "2.0", "result": "hi", "id": 1}
+    assert "Up time" in replies[1]["result"]  # type: ignore[index]
+    assert replies[2] == {"jsonrpc": "2.0", "result": "OK", "id": 3}
+    assert not os.path.exists(path)

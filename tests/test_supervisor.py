@@ -1,0 +1,131 @@
+"""The supervisor on its own: generic workers (plain functions) in real forked processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from servers import ROOT, wait_until
+
+
+def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a supervisor in a fresh interpreter: it forks, and pytest's process must not."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_workers_that_die_at_boot_stop_the_server() -> None:
+    done = run_script(
+        """
+        import logging, sys
+        from midgram.supervisor import Supervisor
+        logging.basicConfig(level=logging.INFO)
+        spawned = []
+        sup = Supervisor(2, lambda slot: 3, max_boot_failures=3,
+                         on_spawn=lambda slot, pid: spawned.append(slot))
+        status = sup.run()
+        print(status, len(spawned))
+        """
+    )
+    status, spawned = done.stdout.split()
+    assert status == "1", done.stderr
+    assert int(spawned) >= 3  # tried again, with back-off, before giving up
+    assert "died at start-up 3 times in a row" in done.stderr
+    assert "exited with status 3" in done.stderr
+
+
+def test_sigterm_stops_every_worker_and_sigkill_ends_stragglers(tmp_path: Path) -> None:
+    marker = tmp_path / "ready"
+    script = f"""
+        import os, signal, time, logging
+        from pathlib import Path
+        from midgram.supervisor import Supervisor
+        logging.basicConfig(level=logging.INFO)
+
+        def stubborn(slot):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)   # ignores the graceful stop
+            Path({str(marker)!r} + str(slot)).write_text(str(os.getpid()))
+            while True:
+                time.sleep(1)
+
+        print(Supervisor(2, stubborn, stop_timeout=0.5).run())
+        """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        wait_until(
+            lambda: all((tmp_path / f"ready{slot}").exists() for slot in range(2)),
+            what="both workers to start",
+        )
+        pids = [int((tmp_path / f"ready{slot}").read_text()) for slot in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out.strip() == "0"
+    assert "did not stop" in err
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie_or_gone(pid)
+
+
+def _is_zombie_or_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
+    script = f"""
+        import os, signal, time
+        from pathlib import Path
+        from midgram.supervisor import Supervisor
+
+        def worker(slot):
+            Path({str(tmp_path)!r}, f"{{slot}}-{{os.getpid()}}").touch()
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            while True:
+                time.sleep(1)
+
+        print(Supervisor(1, worker).run())
+        """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        first = wait_until(lambda: list(tmp_path.iterdir()), what="the worker")[0].name
+        os.kill(int(first.split("-")[1]), signal.SIGKILL)
+        second = wait_until(
+            lambda: [p.name for p in tmp_path.iterdir() if p.name != first],
+            what="the replacement",
+        )
+        assert second[0].startswith("0-")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out.strip() == "0"
+    assert "was killed by SIGKILL" in err
