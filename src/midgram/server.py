@@ -176,8 +176,8 @@ def _serve_forked(
         run_worker,
         on_spawn=lambda slot, pid: table.register(slot + 1, pid),
         on_exit=lambda slot: table.unregister(slot + 1),
+        on_started=lambda: _announce(where, children, on_ready),
     )
-    _announce(where, children, on_ready)
     return supervisor.run()
 
 

@@ -83,6 +83,8 @@ class Supervisor:
     max_boot_failures: int = 5
     on_spawn: Callable[[int, int], None] = lambda slot, pid: None
     on_exit: Callable[[int], None] = lambda slot: None
+    #: Called once the signal handlers are in place and the first workers forked.
+    on_started: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
@@ -96,6 +98,7 @@ class Supervisor:
         try:
             for slot in range(self.workers):
                 self._spawn(slot)
+            self.on_started()
             while not self._stopping:
                 self._wait_for_signal(read_fd, self._next_respawn_in())
                 self._respawn_due()
