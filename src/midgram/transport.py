@@ -62,7 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``sizeof(sun_path)``: the longest UNIX socket name, in bytes (108 itself is allowed).
+#: ``sizeof(sun_path)``: the longest abstract name in bytes, its leading NUL included; a
+#: path may have one byte less (see _check_length).
 SUN_PATH_MAX: Final = 108
 #: How often a blocked worker wakes up, as the server passes it to :func:`set_recv_timeout`.
 RECV_TIMEOUT: Final = 0.2
@@ -153,9 +154,14 @@ def bind_unix(path: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1) -> 
     ``uid:gid`` (-1: unchanged), and only then renamed to ``path``: nobody can ever reach it
     there with other permissions or another owner.
     """
+    if path in ("", _ABSTRACT_PREFIX):
+        raise TransportError(f"cannot bind {path!r}: empty socket name", path)
     if path.startswith(_ABSTRACT_PREFIX):
         return _bind_abstract(path)
-    _check_length(path, os.fsencode(path))
+    # A path needs room for its terminating NUL: the kernel would take 108 bytes without one,
+    # but CPython refuses them in bind(), connect() and sendto(), so no Python client could
+    # reach such a socket.
+    _check_length(path, os.fsencode(path), SUN_PATH_MAX - 1)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
@@ -188,14 +194,14 @@ def remove_unix(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        log.warning("cannot remove %s: %s", path, exc.strerror)
+        log.warning("cannot remove %s: %s", path, _why(exc))
         return False
     return True
 
 
 def _bind_abstract(path: str) -> socket.socket:
     name = b"\0" + os.fsencode(path[len(_ABSTRACT_PREFIX) :])
-    _check_length(path, name)
+    _check_length(path, name, SUN_PATH_MAX)  # no terminating NUL: all 108 bytes are usable
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(name)
@@ -204,17 +210,20 @@ def _bind_abstract(path: str) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise SocketInUse(f"another server is listening on {path}", path) from exc
-        raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+        raise TransportError(f"cannot bind {path}: {_why(exc)}", path) from exc
     return sock
 
 
-def _check_length(path: str, name: bytes) -> None:
-    if not name:
-        raise TransportError("cannot bind a UNIX socket to an empty path", path)
-    if len(name) > SUN_PATH_MAX:
+def _check_length(path: str, name: bytes, limit: int) -> None:
+    if len(name) > limit:
         raise TransportError(
-            f"socket name too long: {path} ({len(name)} bytes, at most {SUN_PATH_MAX})", path
+            f"socket name too long: {path} ({len(name)} bytes, at most {limit})", path
         )
+
+
+def _why(exc: OSError) -> str:
+    """strerror(), or the message of an OSError that has no errno (e.g. a too long path)."""
+    return exc.strerror or str(exc)
 
 
 def _clear_stale(path: str) -> None:
@@ -224,7 +233,7 @@ def _clear_stale(path: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise TransportError(f"cannot check {path}: {exc.strerror}", path) from exc
+        raise TransportError(f"cannot check {path}: {_why(exc)}", path) from exc
     if not stat.S_ISSOCK(info.st_mode):
         kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a socket")
         raise TransportError(f"refusing to replace {path}: it is {kind}", path)
@@ -236,9 +245,7 @@ def _clear_stale(path: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise TransportError(
-            f"cannot remove the stale socket {path}: {exc.strerror}", path
-        ) from exc
+        raise TransportError(f"cannot remove the stale socket {path}: {_why(exc)}", path) from exc
 
 
 def _is_live(path: str) -> bool:
@@ -252,7 +259,7 @@ def _is_live(path: str) -> bool:
             if exc.errno == errno.EPROTOTYPE:
                 return True  # a live stream or seqpacket socket: still somebody's
             raise TransportError(
-                f"cannot tell whether {path} is in use: {exc.strerror}", path
+                f"cannot tell whether {path} is in use: {_why(exc)}", path
             ) from exc
     return True
 
@@ -273,7 +280,7 @@ def _bind_private(sock: socket.socket, path: str, mode: int, uid: int, gid: int)
         try:
             os.rename(temporary, path)  # a bound socket keeps working under its new name
         except OSError as exc:
-            raise TransportError(f"cannot move the socket to {path}: {exc.strerror}", path) from exc
+            raise TransportError(f"cannot move the socket to {path}: {_why(exc)}", path) from exc
     finally:
         _remove_staging(staging, temporary)
     return info.st_dev, info.st_ino
@@ -286,11 +293,11 @@ def _make_staging_dir(path: str) -> str | None:
     base = os.path.basename(path)
     for prefix, suffix in ((f".{base}.", ".tmp"), (".", "")):
         longest = os.path.join(directory, prefix + "x" * 8 + suffix, "s")  # mkdtemp adds 8
-        if len(os.fsencode(longest)) <= SUN_PATH_MAX:
+        if len(os.fsencode(longest)) < SUN_PATH_MAX:
             try:
                 return tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
             except OSError as exc:
-                raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+                raise TransportError(f"cannot bind {path}: {_why(exc)}", path) from exc
     return None
 
 
@@ -305,7 +312,7 @@ def _remove_quietly(remove: Callable[[str], None], name: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:  # a leftover is untidy, not fatal
-        log.warning("cannot remove %s: %s", name, exc.strerror)
+        log.warning("cannot remove %s: %s", name, _why(exc))
 
 
 def _bind_masked(sock: socket.socket, path: str, mode: int, uid: int, gid: int) -> tuple[int, int]:
@@ -331,7 +338,7 @@ def _bind(sock: socket.socket, name: str, path: str) -> None:
     try:
         sock.bind(name)
     except OSError as exc:
-        raise TransportError(f"cannot bind {path}: {exc.strerror}", path) from exc
+        raise TransportError(f"cannot bind {path}: {_why(exc)}", path) from exc
 
 
 def _set_owner_and_mode(name: str, path: str, mode: int, uid: int, gid: int) -> None:
@@ -341,13 +348,13 @@ def _set_owner_and_mode(name: str, path: str, mode: int, uid: int, gid: int) -> 
             os.chown(name, uid, gid)
         except OSError as exc:
             raise TransportError(
-                f"cannot change the owner of {path} to {uid}:{gid}: {exc.strerror}", path
+                f"cannot change the owner of {path} to {uid}:{gid}: {_why(exc)}", path
             ) from exc
     try:
         os.chmod(name, mode)
     except OSError as exc:
         raise TransportError(
-            f"cannot change the permissions of {path} to {mode:04o}: {exc.strerror}", path
+            f"cannot change the permissions of {path} to {mode:04o}: {_why(exc)}", path
         ) from exc
 
 
@@ -374,7 +381,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
         sock.setblocking(True)
     except OSError as exc:
         sock.close()
-        raise TransportError(f"cannot bind {target}: {exc.strerror}", target) from exc
+        raise TransportError(f"cannot bind {target}: {_why(exc)}", target) from exc
     return sock
 
 
@@ -428,9 +435,7 @@ class Receiver:
             # ignores ECONNREFUSED here too).
             return None
         except OSError as exc:
-            raise TransportError(
-                f"cannot receive: {exc.strerror}", _sock_label(self._sock)
-            ) from exc
+            raise TransportError(f"cannot receive: {_why(exc)}", _sock_label(self._sock)) from exc
         if len(data) > self._bufsize:
             return data[: self._bufsize], peer, True
         return data, peer, False
@@ -692,10 +697,10 @@ class ReplySender:
 
     def _drop_for(self, exc: OSError, addr: PeerAddress) -> SendStatus:
         reason = _DROP_ERRNOS.get(exc.errno or 0, DropReason.ERROR)
-        return self._drop(reason, _ERROR_MESSAGES[reason], peer_label(addr), exc.strerror or exc)
+        return self._drop(reason, _ERROR_MESSAGES[reason], peer_label(addr), _why(exc))
 
     def _drop(self, reason: DropReason, msg: str, *args: object) -> SendStatus:
         self._log.log(reason, logging.WARNING, msg, *args)
         if self._on_drop is not None:
-            self._on_drop(reason)
+            self._on_drop(reason.value)
         return SendStatus.DROPPED
