@@ -322,8 +322,8 @@ class Client(_ClientBase):
     midgram) or ``"kamailio"`` (jsonrpcs). ``reply_dir``: bind UNIX reply sockets in a private
     directory under this one instead of the abstract namespace (for a server in another
     network namespace); the server's user must be able to traverse it, so not a 0700 one.
-    ``bufsize``: the receive
-    buffer. ``on_exchange``: called after each call with the bytes sent and received.
+    ``bufsize``: the receive buffer. ``on_exchange``: called after each call with the bytes
+    sent and received.
     """
 
     def __enter__(self) -> Self:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from midgram import __version__
+from midgram.cli.client import CLIENT_COMMANDS
 from midgram.cli.serve import serve
 
 __all__ = ["cli", "main"]
@@ -22,6 +23,8 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+for command in CLIENT_COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,444 @@
+"""``midgram call | which | help | shell | completion``: the client side of the CLI.
+
+Client errors become one line on stderr (what happened, then a hint) and an exit status,
+both decided in ``failures.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import click
+from click.shell_completion import get_completion_class
+
+from midgram.address import parse_target
+from midgram.cli.complete import complete_method, complete_param
+from midgram.cli.failures import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    STATUS_NAMES,
+    describe,
+    exit_code_for,
+)
+from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
+from midgram.cli.params import PARAMS_HELP, ParamsError, parse_json_params, parse_words
+from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
+from midgram.errors import AddressError, ClientError, RemoteError
+from midgram.protocol import Params
+from midgram.rpc import DIALECTS
+
+__all__ = ["CLIENT_COMMANDS", "call", "completion", "help_", "shell", "which"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"midgram: {message}", err=True)
+
+
+# --- shared options --------------------------------------------------------------------------
+
+
+def target_options(func: F) -> F:
+    """--target (repeatable), --timeout and --dialect, with their environment variables."""
+    options = (
+        click.option(
+            "-t",
+            "--target",
+            "targets",
+            multiple=True,
+            envvar="MIDGRAM_TARGET",
+            metavar="TARGET",
+            help="The server: /path, @abstract, udp:host:port or udp:[v6]:port. Repeat it to "
+            "call several servers at once. Default: $MIDGRAM_TARGET, else the server's "
+            f"default socket ({default_target()}).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            envvar="MIDGRAM_TIMEOUT",
+            help="Seconds to wait for a reply (fractions welcome).",
+        ),
+        click.option(
+            "--dialect",
+            type=click.Choice(list(DIALECTS)),
+            default="opensips",
+            show_default=True,
+            envvar="MIDGRAM_DIALECT",
+            help="opensips (also midgram) or kamailio (jsonrpcs: core.uptime, positional params).",
+        ),
+    )
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _targets(targets: Sequence[str]) -> list[str]:
+    """The targets as canonical texts; a usage error (exit 2) for one that does not parse."""
+    texts = list(targets) or [default_target()]
+    try:
+        return [str(parse_target(text)) for text in texts]
+    except AddressError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from None
+
+
+def _one_target(targets: Sequence[str]) -> str:
+    texts = _targets(targets)
+    if len(texts) > 1:
+        raise click.BadParameter("this command talks to one target", param_hint="--target")
+    return texts[0]
+
+
+def _check_format(fmt: str | None) -> None:
+    if fmt == "yaml" and (why := yaml_missing()):
+        raise click.UsageError(why)
+
+
+# --- call ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one target answered."""
+
+    target: str
+    result: Any = None
+    error: ClientError | None = None
+    exchange: Exchange | None = None
+
+    @property
+    def status(self) -> int:
+        return EXIT_OK if self.error is None else exit_code_for(self.error)
+
+
+def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
+    def show(exchange: Exchange) -> None:
+        where = f" {exchange.target}" if prefix else ""
+        sent = exchange.request.decode(errors="backslashreplace")
+        click.echo(f">{where} {len(exchange.request)} bytes\n{sent}", err=True)
+        if exchange.reply is None:
+            click.echo(f"<{where} no reply after {exchange.elapsed * 1000:.2f} ms", err=True)
+            return
+        received = exchange.reply.decode(errors="backslashreplace")
+        click.echo(
+            f"<{where} {len(exchange.reply)} bytes in {exchange.elapsed * 1000:.2f} ms\n{received}",
+            err=True,
+        )
+
+    return show
+
+
+async def _call_one(client: AsyncClient, method: str, params: Params) -> Outcome:
+    exchanges: list[Exchange] = []
+    hook = client.on_exchange
+
+    def keep(exchange: Exchange) -> None:
+        exchanges.append(exchange)
+        if hook is not None:
+            hook(exchange)
+
+    client.on_exchange = keep
+    outcome = Outcome(client.target)
+    try:
+        outcome.result = await client.request(method, params)
+    except ClientError as exc:
+        outcome.error = exc
+    outcome.exchange = exchanges[-1] if exchanges else None
+    return outcome
+
+
+async def _call_all(clients: list[AsyncClient], method: str, params: Params) -> list[Outcome]:
+    return list(await asyncio.gather(*(_call_one(c, method, params) for c in clients)))
+
+
+def _error_doc(error: ClientError) -> Any:
+    if isinstance(error, RemoteError):
+        doc: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.data is not None:
+            doc["data"] = error.data
+        return doc
+    return str(error)
+
+
+def _show_one(outcome: Outcome, fmt: str, colour: bool) -> None:
+    if fmt == "raw":
+        if outcome.exchange is not None and outcome.exchange.reply is not None:
+            click.echo(outcome.exchange.reply.decode(errors="backslashreplace"))
+    elif outcome.error is None:
+        click.echo(render(outcome.result, fmt, colour=colour), color=colour)
+
+
+def _show_many(outcomes: list[Outcome], fmt: str, colour: bool) -> None:
+    if fmt in ("json", "pretty", "yaml"):
+        doc: dict[str, Any] = {}
+        for outcome in outcomes:
+            entry: dict[str, Any] = {"status": STATUS_NAMES.get(outcome.status, "error")}
+            if outcome.error is None:
+                entry["result"] = outcome.result
+            else:
+                entry["error"] = _error_doc(outcome.error)
+            doc[outcome.target] = entry
+        click.echo(render(doc, fmt, colour=colour), color=colour)
+        return
+    for outcome in outcomes:
+        click.echo(f"== {outcome.target}: {STATUS_NAMES.get(outcome.status, 'error')}")
+        _show_one(outcome, fmt, colour)
+
+
+def _call_params(words: Sequence[str], json_params: str | None) -> Params:
+    try:
+        if json_params is not None:
+            if words:
+                raise ParamsError("give params either as words or with --json, not both")
+            text = sys.stdin.read() if json_params == "-" else json_params
+            return parse_json_params(text)
+        return parse_words(words)
+    except ParamsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _clients(targets: list[str], timeout: float, dialect: str, verbose: bool) -> list[AsyncClient]:
+    hook = _verbose_hook(len(targets) > 1) if verbose else None
+    return [AsyncClient(t, timeout=timeout, dialect=dialect, on_exchange=hook) for t in targets]
+
+
+@click.command(
+    epilog=EXIT_STATUS_HELP,
+    context_settings={"ignore_unknown_options": True},
+    help=f"""Call METHOD on the server and print its result.
+
+\b
+ARGS: {PARAMS_HELP}
+
+Examples: `midgram call uptime`, `midgram call log_level level:=-1`,
+`midgram call get_statistics statistics:='["core:"]'`, `midgram call which uptime`,
+`midgram call --dialect kamailio core.echo a :=1`. A word that starts with `-` (like `-1`)
+is a parameter when midgram has no such option; put `--` before the params to be sure.""",
+)
+@click.argument("method", shell_complete=complete_method)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=complete_param)
+@click.option(
+    "-j",
+    "--json",
+    "json_params",
+    metavar="PARAMS",
+    help="The params as raw JSON (an array or an object); '-' reads them from stdin.",
+)
+@target_options
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Output: json (compact), pretty (colour on a terminal), yaml, lines (path: value), "
+    "table, raw (the reply datagram). Default: pretty on a terminal, json in a pipe.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the request and send nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Show request and reply bytes and timing.")
+@click.pass_context
+def call(
+    ctx: click.Context,
+    *,
+    method: str,
+    args: tuple[str, ...],
+    json_params: str | None,
+    targets: tuple[str, ...],
+    timeout: float,
+    dialect: str,
+    fmt: str | None,
+    dry_run: bool,
+    verbose: bool,
+) -> None:
+    params = _call_params(args, json_params)
+    _check_format(fmt)
+    texts = _targets(targets)
+    clients = _clients(texts, timeout, dialect, verbose)
+    if dry_run:
+        try:
+            click.echo(clients[0].encode(method, params).decode())
+        except TypeError as exc:
+            raise click.UsageError(str(exc)) from None
+        return
+    tty = sys.stdout.isatty()
+    fmt, colour = auto_format(fmt, tty=tty), use_colour(tty)
+    try:
+        outcomes = asyncio.run(_call_all(clients, method, params))
+    except TypeError as exc:  # e.g. named params in the kamailio dialect
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        ctx.exit(EXIT_INTERRUPTED)
+    if len(outcomes) == 1:
+        _show_one(outcomes[0], fmt, colour)
+    else:
+        _show_many(outcomes, fmt, colour)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            _fail(describe(outcome.error, target=outcome.target, method=method, dialect=dialect))
+    ctx.exit(max(outcome.status for outcome in outcomes))
+
+
+# --- which, help -----------------------------------------------------------------------------
+
+
+def _run_sync(ctx: click.Context, client: Client, method: str, work: Callable[[], Any]) -> Any:
+    """Run a blocking client call; errors become their line on stderr and exit status."""
+    try:
+        return work()
+    except ClientError as exc:
+        _fail(describe(exc, target=client.target, method=method, dialect=client.dialect.name))
+        ctx.exit(exit_code_for(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        ctx.exit(EXIT_INTERRUPTED)
+
+
+def _usage_lines(command: str, recipes: list[list[str]]) -> str:
+    return "\n".join(" ".join([command, *(f"{name}=…" for name in recipe)]) for recipe in recipes)
+
+
+@click.command(epilog=EXIT_STATUS_HELP)
+@click.argument("command", required=False, shell_complete=complete_method)
+@target_options
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS[:-1]),
+    help="json, pretty, yaml, lines or table; default: one name (or recipe) per line.",
+)
+@click.pass_context
+def which(
+    ctx: click.Context,
+    *,
+    command: str | None,
+    targets: tuple[str, ...],
+    timeout: float,
+    dialect: str,
+    fmt: str | None,
+) -> None:
+    """List the server's commands, or the parameter names COMMAND takes (its recipes)."""
+    _check_format(fmt)
+    client = Client(_one_target(targets), timeout=timeout, dialect=dialect)
+    if command is None:
+        names = _run_sync(ctx, client, client.dialect.list_method, client.methods)
+        click.echo(render(names, fmt or "lines"))
+        return
+    if client.dialect.recipes_method is None:
+        raise click.UsageError(
+            f"the {dialect} dialect cannot list a command's parameters: "
+            f"try `midgram help {command} --dialect {dialect}`"
+        )
+    recipes = _run_sync(ctx, client, command, lambda: client.recipes(command))
+    click.echo(render(recipes, fmt) if fmt else _usage_lines(command, recipes))
+
+
+def _help_text(command: str, info: Any, recipes: list[list[str]] | None) -> str:
+    if not isinstance(info, dict):
+        return f"{command}: {info}"
+    lines = [f"{command}: {info.get('Help', '')}"]
+    lines += [f"{key.lower()}: {value}" for key, value in info.items() if key != "Help"]
+    if recipes:
+        lines += ["usage:", *(f"  {line}" for line in _usage_lines(command, recipes).split("\n"))]
+    return "\n".join(lines)
+
+
+@click.command("help", epilog=EXIT_STATUS_HELP)
+@click.argument("command", shell_complete=complete_method)
+@target_options
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS[:-1]),
+    help="json, pretty, yaml, lines or table: the server's help result as it is.",
+)
+@click.pass_context
+def help_(
+    ctx: click.Context,
+    *,
+    command: str,
+    targets: tuple[str, ...],
+    timeout: float,
+    dialect: str,
+    fmt: str | None,
+) -> None:
+    """Show the server's help for COMMAND, and how to call it."""
+    _check_format(fmt)
+    client = Client(_one_target(targets), timeout=timeout, dialect=dialect)
+    info = _run_sync(ctx, client, command, lambda: client.help(command))
+    if fmt:
+        click.echo(render(info, fmt))
+        return
+    recipes = None
+    if client.dialect.recipes_method is not None:
+        recipes = _run_sync(ctx, client, command, lambda: client.recipes(command))
+    click.echo(_help_text(command, info, recipes))
+
+
+# --- shell, completion -----------------------------------------------------------------------
+
+
+@click.command(epilog=EXIT_STATUS_HELP)
+@target_options
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="How results are shown (default: pretty on a terminal, json otherwise).",
+)
+@click.pass_context
+def shell(
+    ctx: click.Context,
+    *,
+    targets: tuple[str, ...],
+    timeout: float,
+    dialect: str,
+    fmt: str | None,
+) -> None:
+    """An interactive prompt: `METHOD [ARGS...]` per line, with history and completion of
+    command and parameter names from the live server. Reads commands from stdin when it is
+    not a terminal. `.help` lists the shell's own commands; Ctrl-D or `exit` leaves."""
+    # prompt_toolkit takes ~0.1 s to import: only the shell pays for it.
+    from midgram.cli.shell import Shell  # noqa: PLC0415
+
+    _check_format(fmt)
+    client = Client(_one_target(targets), timeout=timeout, dialect=dialect)
+    ctx.exit(Shell(client, fmt).run())
+
+
+_SHELLS: Final = ("bash", "zsh", "fish")
+
+
+@click.command()
+@click.argument("shell_name", metavar="[bash|zsh|fish]", required=False)
+@click.pass_context
+def completion(ctx: click.Context, shell_name: str | None) -> None:
+    """Print the shell completion script (command and parameter names come from the live
+    server, cached a few seconds).
+
+    \b
+    bash:  eval "$(midgram completion bash)"          (in ~/.bashrc)
+    zsh:   eval "$(midgram completion zsh)"           (in ~/.zshrc)
+    fish:  midgram completion fish > ~/.config/fish/completions/midgram.fish
+    """
+    name = shell_name or os.path.basename(os.environ.get("SHELL", "")) or "bash"
+    cls = get_completion_class(name) if name in _SHELLS else None
+    if cls is None:
+        raise click.BadParameter(f"{name!r}: use one of {', '.join(_SHELLS)}")
+    root = ctx.find_root()
+    prog = root.info_name or "midgram"
+    var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
+    click.echo(cls(root.command, {}, prog, var).source())
+
+
+CLIENT_COMMANDS: Final = (call, which, help_, shell, completion)

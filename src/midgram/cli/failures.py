@@ -1,0 +1,151 @@
+"""Client errors as the CLI reports them: an exit status and one line for stderr.
+
+``exit_code_for`` and ``describe`` are the one place that decides both, for every client
+sub-command (``call``, ``which``, ``help``, ``shell``).
+"""
+
+from __future__ import annotations
+
+import errno
+from types import MappingProxyType
+from typing import Final
+
+from midgram.address import UnixAddress, parse_target
+from midgram.errors import (
+    AddressError,
+    BadReply,
+    ClientError,
+    ConnectError,
+    PlainTextError,
+    RemoteError,
+    ReplyTimeout,
+)
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REMOTE",
+    "EXIT_STATUS_HELP",
+    "EXIT_TIMEOUT",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "STATUS_NAMES",
+    "describe",
+    "exit_code_for",
+]
+
+EXIT_OK: Final = 0
+EXIT_REMOTE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_TIMEOUT: Final = 3
+EXIT_UNREACHABLE: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+# \b keeps click from re-flowing the block.
+EXIT_STATUS_HELP: Final = """\b
+Exit status:
+  0    ok
+  1    the server answered with an error (or an unusable reply)
+  2    usage error (bad option, target or params)
+  3    no reply within --timeout
+  4    cannot reach the target (no socket, refused, permission denied)
+  130  interrupted (Ctrl-C)
+With several --target, the worst status of all targets."""
+
+# Most specific first: the first class an error is an instance of decides.
+_EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
+    (ReplyTimeout, EXIT_TIMEOUT),
+    (ConnectError, EXIT_UNREACHABLE),
+    (AddressError, EXIT_USAGE),
+    (ClientError, EXIT_REMOTE),
+)
+STATUS_NAMES: Final = MappingProxyType(
+    {EXIT_OK: "ok", EXIT_REMOTE: "error", EXIT_TIMEOUT: "timeout", EXIT_UNREACHABLE: "unreachable"}
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status for a client error (see ``EXIT_STATUS_HELP``)."""
+    for kind, code in _EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_REMOTE
+
+
+# --- one-line error descriptions -------------------------------------------------------------
+
+_UNIX_HINTS: Final = MappingProxyType(
+    {
+        errno.ENOENT: "no socket at {where}: is the server running? is the path right?",
+        errno.ENOTDIR: "no socket at {where}: is the path right?",
+        errno.ECONNREFUSED: "no server listens on {where}: is it running? (the file is stale)",
+        errno.EACCES: "permission denied on {where}: run as a user who may write to the socket "
+        "(the server's unix_socket_mode/user/group)",
+        errno.EPERM: "permission denied on {where}: run as a user who may write to the socket "
+        "(the server's unix_socket_mode/user/group)",
+        errno.EPROTOTYPE: "{where} is not a datagram socket: is it another program's socket?",
+    }
+)
+_UDP_HINTS: Final = MappingProxyType(
+    {
+        errno.ECONNREFUSED: "no server listens on {where}: is it running? is the port right?",
+        errno.ENETUNREACH: "{where} is unreachable: check the address (and the route)",
+        errno.EHOSTUNREACH: "{where} is unreachable: check the address (and the route)",
+        errno.EADDRNOTAVAIL: "cannot send to {where}: is that address family enabled here?",
+        errno.EAFNOSUPPORT: "cannot send to {where}: is that address family enabled here?",
+    }
+)
+_REMOTE_HINTS: Final = MappingProxyType(
+    {
+        -32601: "run `midgram which` for the server's commands",
+        -32602: "run `midgram which {method}` for the parameters it takes",
+        -32001: "use one of the names the server lists",
+    }
+)
+
+
+def _connect_hint(exc: ConnectError) -> str:
+    address = parse_target(exc.target)
+    hints = _UNIX_HINTS if isinstance(address, UnixAddress) else _UDP_HINTS
+    template = hints.get(exc.errno or 0)
+    if template is None:
+        return f"cannot reach {exc.target}: {exc.reason}"
+    return template.format(where=exc.target)
+
+
+def _remote_line(exc: RemoteError, method: str) -> str:
+    text = f"{method}: error {exc.code}: {exc.message}"
+    if exc.data is not None:
+        text += f" ({exc.data})"
+    hint = _REMOTE_HINTS.get(exc.code)
+    if hint is None and exc.message.lower() == "method not found":  # Kamailio's 500
+        hint = _REMOTE_HINTS[-32601]
+    return f"{text}: {hint.format(method=method)}" if hint else text
+
+
+def _plain_text_line(exc: PlainTextError, target: str) -> str:
+    why = {
+        400: "it could not parse the request (larger than its socket_buf_size?)",
+        500: "it could not build the reply (larger than its socket_buf_size?)",
+    }.get(exc.status, "an OpenSIPS plain-text error")
+    return f"{target} replied {exc.text!r}: {why}"
+
+
+def describe(
+    exc: ClientError, *, target: str = "the server", method: str = "", dialect: str = "opensips"
+) -> str:
+    """One line for stderr: what went wrong, then what to check."""
+    if isinstance(exc, ConnectError):
+        return _connect_hint(exc)
+    if isinstance(exc, ReplyTimeout):
+        why = "is the server busy or stuck? try a longer --timeout"
+        if dialect == "kamailio":
+            why += " (Kamailio sends nothing back when a reply is too big)"
+        return f"{exc}: {why}"
+    if isinstance(exc, RemoteError):
+        return _remote_line(exc, method)
+    if isinstance(exc, PlainTextError):
+        return _plain_text_line(exc, target)
+    if isinstance(exc, BadReply):
+        return f"{exc}: is this an MI datagram server? is --dialect right?"
+    return str(exc)
