@@ -250,23 +250,43 @@ def test_connected_client_gets_its_reply() -> None:
         client.close()
 
 
-def test_killed_worker_is_restarted() -> None:
+def test_killed_worker_is_restarted_under_load() -> None:
     with midgram_server("--children", "2") as running:
-        before = running.worker_pids()
-        os.kill(before[0], signal.SIGKILL)
-        after = wait_until(
-            lambda: (
-                (pids := running.worker_pids())
-                and before[0] not in pids
-                and len(pids) == 2
-                and pids
-            ),
-            what="the worker to be restarted",
-        )
-        assert before[1] in after
-        with running.client() as client:
-            for i in range(50):
-                assert client.call("uptime", req_id=i)["id"] == i
+        stop = threading.Event()
+        answered: list[int] = []
+
+        def load() -> None:
+            # Requests in the killed worker's hands may be lost; the rest keep flowing.
+            with running.client() as client:
+                while not stop.is_set():
+                    if client.exchange(UPTIME, timeout=0.5) is not None:
+                        answered.append(1)
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(answered) > 50, what="load to flow")
+            before = running.worker_pids()
+            os.kill(before[0], signal.SIGKILL)
+            after = wait_until(
+                lambda: (
+                    (pids := running.worker_pids())
+                    and before[0] not in pids
+                    and len(pids) == 2
+                    and pids
+                ),
+                what="the worker to be restarted",
+            )
+            assert before[1] in after
+            with running.client() as client:
+                for i in range(100):  # every request after the restart is answered
+                    assert client.call("uptime", req_id=i)["id"] == i
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        running.wait_for_log("was killed by SIGKILL")
 
 
 def test_sigterm_answers_the_request_in_hand() -> None:

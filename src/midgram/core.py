@@ -142,12 +142,15 @@ def _reset(found: Iterable[Stat]) -> None:
 
 
 def _uptime(runtime: Runtime) -> Callable[..., Any]:
+    started = runtime.started
+    up_since = time.ctime(started)  # never changes: format it once
+
     def uptime() -> dict[str, str]:
         now = time.time()
         return {
             "Now": time.ctime(now),
-            "Up since": time.ctime(runtime.started),
-            "Up time": f"{int(now - runtime.started)} [sec]",
+            "Up since": up_since,
+            "Up time": f"{int(now - started)} [sec]",
         }
 
     return uptime

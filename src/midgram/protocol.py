@@ -191,6 +191,8 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
     reply is ``bufsize - 19`` bytes, and with a string id ``bufsize - 1`` (spec 1.8).
     """
     size = len(reply)
+    if size + _MAX_RESERVATION + 1 <= bufsize:
+        return True  # the fast path: even the largest reservation fits
     if size + 1 > bufsize:
         return False
     id_text = _id(req_id)
@@ -199,6 +201,7 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
     return id_offset + _id_reservation(req_id, id_text) <= bufsize
 
 
+_MAX_RESERVATION: Final = 64
 _C_INT_MIN: Final = -(2**31)
 _C_INT_MAX: Final = 2**31 - 1
 

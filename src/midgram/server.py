@@ -28,6 +28,7 @@ from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.transport import (
     bind_udp,
     bind_unix,
+    enlarge_send_buffer,
     remove_unix,
     resolve_owner,
     set_recv_timeout,
@@ -92,6 +93,7 @@ def serve(
     sock = open_socket(settings)
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
+        enlarge_send_buffer(sock)
         where = str(_address(settings)) if settings.socket_name else default_address()
         if settings.children_count == 0:
             return _serve_inline(sock, settings, registry, where, on_ready)

@@ -388,6 +388,26 @@ def bind_udp(host: str, port: int) -> socket.socket:
 # --- receiving --------------------------------------------------------------------------
 
 
+#: What the server asks for its send buffer. A UNIX reply is charged to the server socket's
+#: send buffer until the client reads it, so one slow client with big replies could fill
+#: the default (~208 KB) and make sends to everyone else fail with EAGAIN.
+SEND_BUFFER: Final = 4 * 1024 * 1024
+
+
+def enlarge_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> int:
+    """Best effort: SO_SNDBUFFORCE when privileged (beyond net.core.wmem_max), else
+    SO_SNDBUF (capped by the kernel). Returns the size the kernel granted."""
+    force = getattr(socket, "SO_SNDBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return granted
+
+
 def set_recv_timeout(sock: socket.socket, seconds: float) -> None:
     """Set the kernel receive timeout (``SO_RCVTIMEO``) shared by every process holding the
     socket: a blocked ``recv`` then fails with EAGAIN after ``seconds`` (0: never), which

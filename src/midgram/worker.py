@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import select
 import socket
 from collections.abc import Callable, Sequence
@@ -179,7 +180,8 @@ class Worker:
         return pending.finish(result)
 
     def _poll_then_recv(self, wait: float | None) -> tuple[bytes, Any, bool] | None:
-        timeout_ms = -1 if wait is None else max(0, int(wait * 1000))
+        # Round up: a wait under a millisecond must not become a busy poll(0) loop.
+        timeout_ms = -1 if wait is None else max(0, math.ceil(wait * 1000))
         if self._poller.poll(timeout_ms):
             return self.receiver.recv(block=False)
         return None
