@@ -6,9 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
+import pwd
+import select
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -355,3 +360,71 @@ def test_dry_run_encoding_has_a_fresh_id() -> None:
     first, second = client.encode("ps"), client.encode("ps")
     assert first != second
     assert first.startswith(b'{"jsonrpc":"2.0","method":"ps","id":')
+
+
+# --- a server running as another user -------------------------------------------------------
+
+AS_USER = str(Path(__file__).with_name("as_user.py"))
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+@contextlib.contextmanager
+def server_as(user: str, folder: Path) -> Iterator[str]:
+    """``midgram.server.serve`` as ``user`` on a socket in ``folder``; yields its target."""
+    os.chown(folder, pwd.getpwnam(user).pw_uid, -1)
+    target = str(folder / "mi.sock")
+    proc = subprocess.Popen(
+        [sys.executable, AS_USER, "serve", user, target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("ready"), f"the server did not start: {line}"
+        yield target
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+@needs_root
+def test_a_server_running_as_another_user_can_answer(folder: Path) -> None:
+    with server_as("nobody", folder) as target:
+        assert os.stat(target).st_uid == pwd.getpwnam("nobody").pw_uid
+        # The default: an abstract reply address, which any user can send to.
+        assert Client(target, timeout=5).call("big", 3) == "xxx"
+        # reply_dir: a private directory the server can still reach into.
+        replies = Path(short_tmpdir())
+        try:
+            assert Client(target, timeout=5, reply_dir=str(replies)).call("big", 2) == "xx"
+            assert list(replies.iterdir()) == []
+        finally:
+            shutil.rmtree(replies)
+        # The control, as python-opensips binds: a socket nobody may not write to. No reply.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            private = Path(short_tmpdir())
+            private.chmod(0o700)
+            try:
+                sock.bind(str(private / "reply.sock"))
+                sock.settimeout(0.5)
+                sock.sendto(b'{"jsonrpc":"2.0","method":"big","params":[1],"id":1}', target)
+                with pytest.raises(TimeoutError):
+                    sock.recv(65536)
+            finally:
+                shutil.rmtree(private)
+
+
+@needs_root
+def test_permission_denied_is_reported_as_such() -> None:
+    with midgram_server("--mode", "0600") as server:
+        done = subprocess.run(
+            [sys.executable, AS_USER, "call", "nobody", server.target, "uptime"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    assert json.loads(done.stdout) == {"error": "ConnectError", "errno": errno.EACCES}

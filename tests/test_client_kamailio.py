@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import tempfile
@@ -66,6 +67,7 @@ def test_async_tasks_share_one_client(kamailio: str) -> None:
     assert asyncio.run(main()) == [[str(n)] for n in range(40)]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_a_server_running_as_another_user_can_answer() -> None:
     with kamailio_server(user="nobody") as target:
         # The default: an abstract reply address, which any user can send to.
