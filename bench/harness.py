@@ -741,35 +741,84 @@ def measure_micro(request: str = "uptime") -> dict[str, float]:
 
 
 def profile_worker(opts: Options, workdir: Path) -> dict[str, Any]:
-    """py-spy on the worker of the base scenario while the generator drives it."""
-    py_spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
-    if py_spy is None:
-        return {"skipped": "py-spy not installed (pip install py-spy)"}
+    """The worker of the base scenario, profiled while the generator drives it: perf (CPU
+    samples by library and symbol: the kernel's share is the syscalls) and py-spy (by Python
+    line and function), each during a run of its own."""
     target = str(workdir / "profile.sock")
     spec = ServerSpec(
         "midgram", midgram_serve_argv(target, 1), target, REQUESTS["uptime"], expected_processes=2
     )
-    raw = workdir / "profile.txt"
+    out: dict[str, Any] = {}
     with Server(spec) as server:
-        worker = server.pids[-1]
-        spy = subprocess.Popen(
-            [
-                *(py_spy, "record", "--pid", str(worker), "--rate", "1000", "--nonblocking"),
-                *("--duration", str(int(opts.profile)), "--format", "raw", "--output", str(raw)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        out["perf"] = _perf_profile(server, opts.profile, workdir)
+        out["py-spy"] = _py_spy_profile(server, opts.profile, workdir)
+    return out
+
+
+def _profile_load(server: Server, seconds: float) -> dict[str, Any]:
+    return run_load(
+        server.spec.target,
+        server.spec.request,
+        inflight=8,
+        duration=seconds,
+        warmup=0.0,
+        pids=server.pids,
+    )
+
+
+def _perf_profile(server: Server, seconds: float, workdir: Path) -> dict[str, Any]:
+    perf = shutil.which("perf")
+    if perf is None:
+        return {"skipped": "perf not installed (apt-get install linux-perf)"}
+    data = workdir / "perf.data"
+    record = subprocess.Popen(
+        [perf, "record", "-F", "2000", "-p", str(server.pids[-1]), "-o", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    load = _profile_load(server, seconds)
+    record.send_signal(signal.SIGINT)
+    _, err = record.communicate(timeout=60)
+    if not data.exists():
+        return {"skipped": f"perf record failed: {err.strip()[-300:]}"}
+    cpu = load["server_cpu_us_per_req"]
+    out: dict[str, Any] = {"load": load}
+    for key, sort in (("by_library", "dso"), ("by_symbol", "dso,sym")):
+        argv = [perf, "report", "-i", str(data), "--no-children", "--sort", sort]
+        report = subprocess.run(
+            [*argv, "--stdio", "-g", "none"], capture_output=True, text=True, check=False
         )
-        load = run_load(
-            target,
-            REQUESTS["uptime"],
-            inflight=8,
-            duration=opts.profile + 1.0,
-            warmup=0.0,
-            pids=server.pids,
-        )
-        _, err = spy.communicate(timeout=opts.profile + 60)
+        rows = []
+        for line in report.stdout.splitlines():
+            share, _, name = line.strip().partition("%")
+            if line.startswith("#") or not name:
+                continue
+            with contextlib.suppress(ValueError):
+                fraction = float(share) / 100
+                frame = " ".join(name.split())
+                rows.append({"frame": frame, "share": fraction, "us_per_req": fraction * cpu})
+        out[key] = rows[:20]
+    return out
+
+
+def _py_spy_profile(server: Server, seconds: float, workdir: Path) -> dict[str, Any]:
+    py_spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    if py_spy is None:
+        return {"skipped": "py-spy not installed (pip install py-spy)"}
+    raw = workdir / "profile.txt"
+    spy = subprocess.Popen(
+        [
+            *(py_spy, "record", "--pid", str(server.pids[-1]), "--rate", "1000"),
+            *("--nonblocking", "--duration", str(max(1, int(seconds)))),
+            *("--format", "raw", "--output", str(raw)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    load = _profile_load(server, seconds + 1.0)
+    _, err = spy.communicate(timeout=seconds + 60)
     if spy.returncode != 0 or not raw.exists():
         return {"skipped": f"py-spy failed: {err.strip()[-500:]}"}
     return {"load": load, **aggregate_profile(raw.read_text(), load["server_cpu_us_per_req"])}
@@ -1010,25 +1059,46 @@ def _md_micro(micro: dict[str, float] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _md_rows(title: str, rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"| % | us/req | {title} |", "|---|---|---|"]
+    lines += [
+        f"| {row['share'] * 100:.1f} | {_fmt(row['us_per_req'], 2)} | `{row['frame']}` |"
+        for row in rows
+    ]
+    return [*lines, ""]
+
+
 def _md_profile(prof: dict[str, Any] | None) -> list[str]:
     if not prof:
         return []
-    lines = ["## Profile of the worker (py-spy, base scenario)", ""]
-    if "skipped" in prof:
-        return [*lines, f"skipped: {prof['skipped']}", ""]
-    lines += [
-        f"{prof['samples']} samples at {prof['load']['server_cpu_us_per_req']:.2f} us "
-        f"CPU/request ({prof['load']['rps']:,.0f} req/s under py-spy).",
-        "",
-    ]
-    for kind in ("self", "inclusive"):
-        what = "line (self)" if kind == "self" else "function (inclusive)"
-        lines += [f"| {kind} % | us/req | {what} |", "|---|---|---|"]
+    lines = ["## Profile of the worker (base scenario)", ""]
+    perf = prof.get("perf", {})
+    if "skipped" in perf:
+        lines += [f"perf skipped: {perf['skipped']}", ""]
+    elif perf:
+        load = perf["load"]
         lines += [
-            f"| {row['share'] * 100:.1f} | {_fmt(row['us_per_req'], 2)} | `{row['frame']}` |"
-            for row in prof[kind]
+            f"perf, CPU samples of the worker: {load['server_cpu_us_per_req']:.2f} us CPU/request"
+            f" ({load['rps']:,.0f} req/s under perf). The kernel's share is the syscalls and the "
+            "wake-ups they cause; libpython's is the interpreter running midgram's code.",
+            "",
+            *_md_rows("library", perf["by_library"]),
+            *_md_rows("library and symbol", perf["by_symbol"][:15]),
         ]
-        lines.append("")
+    spy = prof.get("py-spy", {})
+    if "skipped" in spy:
+        lines += [f"py-spy skipped: {spy['skipped']}", ""]
+    elif spy:
+        load = spy["load"]
+        lines += [
+            f"py-spy, {spy['samples']} samples at {load['server_cpu_us_per_req']:.2f} us "
+            f"CPU/request ({load['rps']:,.0f} req/s under py-spy). py-spy counts a thread that "
+            "is runnable but not running (preempted in a syscall) as busy: its syscall lines are "
+            "inflated; take the syscalls' cost from perf's kernel share.",
+            "",
+            *_md_rows("line (self)", spy["self"]),
+            *_md_rows("function (inclusive)", spy["inclusive"]),
+        ]
     return lines
 
 
