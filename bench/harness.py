@@ -68,9 +68,10 @@ BAR = {"rps": (">=", 0.65), "cpu": ("<=", 1.6), "p99": ("<=", 2.0)}
 GENERATOR_HEADROOM = 1.5  # the C echo must run this much faster than midgram
 WORKER_USS_LIMIT_MB = 8.0
 
-SERVER_ORDER = ("midgram", "echo_py", "echo_c", "kamailio")
+SERVER_ORDER = ("midgram", "minimal_py", "echo_py", "echo_c", "kamailio")
 SERVER_TITLES = {
     "midgram": "midgram",
+    "minimal_py": "minimal Python MI loop",
     "echo_py": "Python echo",
     "echo_c": "C echo",
     "kamailio": "Kamailio jsonrpcs",
@@ -447,6 +448,17 @@ def server_specs(scenario: Scenario, workdir: Path, wanted: Sequence[str]) -> li
                 request,
                 expected_processes=n + 1,
                 env=_env_with_bench_path(),
+            )
+        )
+    if "minimal_py" in wanted and scenario.request == "uptime" and not scenario.pretty:
+        target = _target(scenario, workdir, "minimal_py")
+        specs.append(
+            ServerSpec(
+                "minimal_py",
+                [PYTHON, str(BENCH_DIR / "minimal_py.py"), "-n", str(n), target],
+                target,
+                request,
+                expected_processes=1 if n == 1 else n + 1,
             )
         )
     if "echo_py" in wanted:
@@ -830,7 +842,7 @@ def _function(frame: str) -> str:
     return f"{head})" if sep and line.rstrip(")").isdigit() else frame
 
 
-def aggregate_profile(text: str, cpu_us_per_req: float | None, top: int = 25) -> dict[str, Any]:
+def aggregate_profile(text: str, cpu_us_per_req: float | None, top: int = 40) -> dict[str, Any]:
     """Sample shares from py-spy's raw (collapsed) stacks: self time per line (the statement
     that was running: a recvfrom line is the syscall), inclusive time per function."""
     self_counts: dict[str, int] = {}
@@ -898,6 +910,15 @@ def bar_verdict(results: dict[str, Any]) -> dict[str, Any]:
                 "limit": f">= {GENERATOR_HEADROOM}",
                 "pass": headroom >= GENERATOR_HEADROOM,
             }
+    if base and "minimal_py" in base.get("summary", {}) and "echo_py" in base["summary"]:
+        cpu = base["summary"]["minimal_py"].get("cpu_us_per_req")
+        echo = base["summary"]["echo_py"].get("cpu_us_per_req")
+        rps = base["summary"]["minimal_py"]["rps"]["median"]
+        if cpu and echo:
+            verdict["wall"] = {
+                "rps": rps / base["summary"]["echo_py"]["rps"]["median"],
+                "cpu": cpu["median"] / echo["median"],
+            }
     two = by_name.get("children-2")
     if base and two and "servers" in two and "midgram" in two["servers"]:
 
@@ -950,6 +971,12 @@ def _md_verdict(verdict: dict[str, Any]) -> list[str]:
         lines.append(
             f"- generator headroom: C echo at **{g['c_echo_over_midgram']:.2f}x** midgram's "
             f"rate ({g['limit']}): {_pass(g['pass'])}"
+        )
+    if "wall" in verdict:
+        w = verdict["wall"]
+        lines.append(
+            f"- for scale, the minimal Python MI loop (bench/minimal_py.py) vs Python echo: "
+            f"throughput {w['rps']:.2f}x, CPU/request {w['cpu']:.2f}x"
         )
     if "extra_worker_uss_mb" in verdict:
         m = verdict["extra_worker_uss_mb"]
@@ -1096,8 +1123,11 @@ def _md_profile(prof: dict[str, Any] | None) -> list[str]:
             "is runnable but not running (preempted in a syscall) as busy: its syscall lines are "
             "inflated; take the syscalls' cost from perf's kernel share.",
             "",
-            *_md_rows("line (self)", spy["self"]),
-            *_md_rows("function (inclusive)", spy["inclusive"]),
+            *_md_rows("line (self)", spy["self"][:25]),
+            *_md_rows(
+                "function (inclusive; the wrappers around the loop left out)",
+                [row for row in spy["inclusive"] if row["share"] < 0.985],
+            ),
         ]
     return lines
 
