@@ -118,3 +118,25 @@ def test_async_server_in_the_programs_own_loop() -> None:
     assert "Up time" in replies[1]["result"]  # type: ignore[index]
     assert replies[2] == {"jsonrpc": "2.0", "result": "OK", "id": 3}
     assert not os.path.exists(path)
+
+
+def test_parameters_from_an_opensips_cfg_and_a_toml_file() -> None:
+    folder = Path(short_tmpdir())
+    cfg = folder / "opensips.cfg"
+    cfg.write_text(
+        'loadmodule "mi_datagram.so"\n'
+        'modparam("mi_datagram", "children_count", 3)  # three workers\n'
+        'modparam("mi_datagram", "unix_socket_mode", 0600)\n'
+        'modparam("mi_datagram", "children_count", 2)  /* the last one wins */\n'
+    )
+    with midgram_server("--config", str(cfg)) as running:
+        assert len(running.worker_pids()) == 2
+        assert os.stat(running.target).st_mode & 0o777 == 0o600
+    toml = folder / "midgram.toml"
+    toml.write_text("[mi_datagram]\npretty_printing = 1\nchildren_count = 0\n")
+    # The flags win over the file.
+    with midgram_server("--config", str(toml), "--children", "1") as running:
+        with running.client() as client:
+            reply = client.exchange(UPTIME) or b""
+        assert reply.startswith(b'{\n\t"jsonrpc":\t"2.0",')
+        assert len(running.worker_pids()) == 1

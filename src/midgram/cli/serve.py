@@ -50,8 +50,11 @@ def _config_layer(path: str | None) -> dict[str, Any]:
     if path.endswith(".toml"):
         return dict(load_toml(text))
     cfg = parse_opensips_cfg(text)
-    for warning in cfg.warnings():
-        logging.getLogger("midgram").warning("%s: %s", path, warning)
+    warnings = list(cfg.warnings())
+    if not cfg.params:
+        warnings.append('no modparam("mi_datagram", ...) line found: nothing taken from it')
+    for warning in warnings:
+        click.echo(f"midgram: {path}: {warning}", err=True)
     return dict(cfg.params)
 
 
