@@ -23,6 +23,16 @@ def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
+def start_script(body: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(body)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
 def test_workers_that_die_at_boot_stop_the_server() -> None:
     done = run_script(
         """
@@ -59,13 +69,7 @@ def test_sigterm_stops_every_worker_and_sigkill_ends_stragglers(tmp_path: Path) 
 
         print(Supervisor(2, stubborn, stop_timeout=0.5).run())
         """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_script(script)
     try:
         wait_until(
             lambda: all((tmp_path / f"ready{slot}").exists() for slot in range(2)),
@@ -106,13 +110,7 @@ def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
 
         print(Supervisor(1, worker).run())
         """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_script(script)
     try:
         first = wait_until(lambda: list(tmp_path.iterdir()), what="the worker")[0].name
         os.kill(int(first.split("-")[1]), signal.SIGKILL)
