@@ -32,6 +32,14 @@ from midgram.cli import cli
 APP = ("--app", "apps:mi")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DEADLINE = 20.0
+# `python -m midgram` with Ctrl-C restored: a shell starts background jobs with SIGINT
+# ignored, and a child inherits that, so a test run from one could not interrupt anything.
+INTERRUPTIBLE = (
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('midgram', run_name='__main__', alter_sys=True)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +252,7 @@ def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
 def test_exit_130_interrupted(folder: Path, env: dict[str, str]) -> None:
     with silent_peer(folder) as (target, peer):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "midgram", "call", "-t", target, "--timeout", "30", "uptime"],
+            [*INTERRUPTIBLE, "call", "-t", target, "--timeout", "30", "uptime"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
