@@ -27,7 +27,7 @@ from midgram.cli.failures import (
     exit_code_for,
 )
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
-from midgram.cli.params import PARAMS_HELP, ParamsError, parse_json_params, parse_words
+from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
@@ -213,15 +213,25 @@ def _clients(targets: list[str], timeout: float, dialect: str, verbose: bool) ->
 @click.command(
     epilog=EXIT_STATUS_HELP,
     context_settings={"ignore_unknown_options": True},
-    help=f"""Call METHOD on the server and print its result.
+    help="""Call METHOD on the server and print its result.
 
 \b
-ARGS: {PARAMS_HELP}
+ARGS, read as httpie reads them:
+  name=text     a named string
+  name:=JSON    a named JSON value: limit:=5  stats:='["core:"]'
+  :=JSON        a positional JSON value: :=5  :='{"a":1}'
+  other words   positional strings
 
-Examples: `midgram call uptime`, `midgram call log_level level:=-1`,
-`midgram call get_statistics statistics:='["core:"]'`, `midgram call which uptime`,
-`midgram call --dialect kamailio core.echo a :=1`. A word that starts with `-` (like `-1`)
-is a parameter when midgram has no such option; put `--` before the params to be sure.""",
+Named and positional params cannot be mixed. A word that starts with `-` (like `-1`)
+is a param when midgram has no such option; put `--` before the params to be sure.
+
+\b
+Examples:
+  midgram call uptime
+  midgram call log_level level:=-1
+  midgram call get_statistics statistics:='["core:"]'
+  midgram call -t udp:[::1]:8080 which uptime
+  midgram call --dialect kamailio -t /run/kamailio/kamailio_rpc.sock core.echo a :=1""",
 )
 @click.argument("method", shell_complete=complete_method)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=complete_param)
@@ -325,7 +335,7 @@ def which(
     dialect: str,
     fmt: str | None,
 ) -> None:
-    """List the server's commands, or the parameter names COMMAND takes (its recipes)."""
+    """List the server's commands, or the parameters COMMAND takes."""
     _check_format(fmt)
     client = Client(_one_target(targets), timeout=timeout, dialect=dialect)
     if command is None:
@@ -405,9 +415,11 @@ def shell(
     dialect: str,
     fmt: str | None,
 ) -> None:
-    """An interactive prompt: `METHOD [ARGS...]` per line, with history and completion of
-    command and parameter names from the live server. Reads commands from stdin when it is
-    not a terminal. `.help` lists the shell's own commands; Ctrl-D or `exit` leaves."""
+    """An interactive prompt, with history and live completion.
+
+    Type `METHOD [ARGS...]` (ARGS as for `midgram call`); TAB completes command and
+    parameter names from the live server. Reads commands from stdin when it is not a
+    terminal. `.help` lists the shell's own commands; Ctrl-D or `exit` leaves."""
     # prompt_toolkit takes ~0.1 s to import: only the shell pays for it.
     from midgram.cli.shell import Shell  # noqa: PLC0415
 
@@ -423,8 +435,10 @@ _SHELLS: Final = ("bash", "zsh", "fish")
 @click.argument("shell_name", metavar="[bash|zsh|fish]", required=False)
 @click.pass_context
 def completion(ctx: click.Context, shell_name: str | None) -> None:
-    """Print the shell completion script (command and parameter names come from the live
-    server, cached a few seconds).
+    """Print the completion script for bash, zsh or fish.
+
+    Sub-commands and options complete, and so do the live server's command and parameter
+    names (asked with `which`, cached a few seconds).
 
     \b
     bash:  eval "$(midgram completion bash)"          (in ~/.bashrc)
