@@ -355,6 +355,12 @@ def test_bad_arguments() -> None:
     assert Client("udp:[0:0::1]:8080").target == "udp:[::1]:8080"
 
 
+def test_the_package_exports_the_clients() -> None:
+    import midgram
+
+    assert (midgram.Client, midgram.AsyncClient) == (Client, AsyncClient)
+
+
 def test_dry_run_encoding_has_a_fresh_id() -> None:
     client = Client("/x.sock")
     first, second = client.encode("ps"), client.encode("ps")

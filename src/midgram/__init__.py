@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "AsyncServer",
+    "Client",
     "MIError",
     "Registry",
     "Settings",
@@ -18,6 +20,8 @@ __all__ = [
 
 # The public names, imported on first use so that `import midgram` stays cheap for the CLI.
 _LAZY = {
+    "AsyncClient": "midgram.client",
+    "Client": "midgram.client",
     "AsyncServer": "midgram.server",
     "serve": "midgram.server",
     "Registry": "midgram.commands",
@@ -26,6 +30,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from midgram.client import AsyncClient, Client
     from midgram.commands import Registry
     from midgram.config import Settings
     from midgram.errors import MIError
