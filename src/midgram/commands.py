@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
 from midgram.protocol import (
@@ -401,9 +401,10 @@ class Status(enum.Enum):
     REPLY_TOO_BIG = "reply_too_big"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The reply to send (None: send nothing) and what happened, for logs/stats/tracing."""
+class Outcome(NamedTuple):
+    """The reply to send (None: send nothing) and what happened, for logs/stats/tracing.
+
+    A NamedTuple, immutable and cheap to build once per datagram (see protocol.Request)."""
 
     reply: bytes | None
     status: Status
