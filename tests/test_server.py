@@ -6,6 +6,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import stat
@@ -301,6 +302,46 @@ def test_sigterm_answers_the_request_in_hand() -> None:
         assert running.proc.wait(15) == 0
         assert not os.path.exists(running.target)
         client.close()
+
+
+def test_sigterm_under_load_leaves_no_read_request_unanswered() -> None:
+    with midgram_server("--children", "2") as running:
+        answered: list[int] = []
+        probes: list[int] = []
+
+        def client_loop() -> None:
+            with running.client() as client:
+                while True:
+                    try:
+                        client.send(UPTIME)
+                    except OSError:
+                        return  # the server and its socket are gone
+                    if client.recv(timeout=2.0) is None:
+                        return  # sent as the server stopped: never read
+                    answered.append(1)
+
+        def received() -> int:
+            probes.append(1)
+            stats = running.call("get_statistics", [["received"]])["result"]
+            return int(stats["mi_datagram:received"])
+
+        threads = [threading.Thread(target=client_loop) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: received() > 300, what="load to flow")
+        running.proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join()
+        assert running.proc.wait(15) == 0
+        running.wait_for_log("served ")
+        served = re.search(
+            r"served (\d+) datagrams: (\d+) replies sent, (\d+) dropped", running.log()
+        )
+        assert served is not None
+        count, sent, dropped = map(int, served.groups())
+        assert (count, sent, dropped) == (count, count, 0)  # every read request answered
+        assert len(answered) + len(probes) == sent  # and every answer arrived
+        assert not os.path.exists(running.target)
 
 
 def test_kill_command_stops_the_server() -> None:

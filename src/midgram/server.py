@@ -121,6 +121,7 @@ def _serve_inline(
         worker.run(lambda: worker_signals.should_stop() or runtime.stop_requested)
     finally:
         restore()
+    _report(worker.stats)
     return 0
 
 
@@ -180,7 +181,9 @@ def _serve_forked(
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=lambda: _announce(where, children, on_ready),
     )
-    return supervisor.run()
+    status = supervisor.run()
+    _report(server_stats)
+    return status
 
 
 def _worker(
@@ -197,6 +200,16 @@ def _worker(
         socket_timeout_ms=settings.socket_timeout,
         allowed=source_filter(settings.allow_from),
         **hooks,
+    )
+
+
+def _report(stats: ServerStats) -> None:
+    """The totals at exit: every request a worker read has been answered or counted."""
+    log.info(
+        "served %d datagrams: %d replies sent, %d dropped",
+        stats.received.value,
+        stats.replied.value,
+        stats.dropped_replies.value,
     )
 
 
