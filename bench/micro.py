@@ -12,15 +12,20 @@ many calls each, in one Python process:
     handle     Dispatcher.handle: all of the above, as a worker calls it
     stats      one shared-memory counter increment (a worker does 2-3 per request)
     syscalls   recvfrom + sendto of the same datagram over a UNIX socketpair, per side
+    echo_loop  recvfrom + sendto as the echo loop does them, from a queue of waiting requests
+    worker     Worker.serve_once on the same queue: midgram's whole per-request path with its
+               real syscalls, minus the cross-process wake-ups of a live run
 
-Compare ``handle + 3 x stats + syscalls`` with the server CPU per request of a live run: the
-rest is the worker loop itself. Run: ``python bench/micro.py [--request uptime|which|...]``.
+``worker - echo_loop`` is what midgram adds to the ceiling for any Python server; ``worker -
+handle - echo_loop`` is the worker loop's own share. Run: ``python bench/micro.py
+[--request uptime|which|...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -32,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
 from harness import REQUESTS
+
+STAGES_BY_LAMBDA = ("json", "decode", "lookup", "handler", "encode", "fits", "handle", "stats")
 
 
 def best_us(fn: Callable[[], object], number: int, repeat: int = 5) -> float:
@@ -57,6 +64,61 @@ def _syscalls_us(data: bytes, number: int) -> float:
             a.recvfrom(65536)
 
         return best_us(pingpong, number) / 2
+
+
+def _queue_pair() -> tuple[socket.socket, socket.socket]:
+    """A client and a server socket, bound (abstract) and connected to each other: no
+    net.unix.max_dgram_qlen limit either way, so whole batches of requests can wait."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(f"\0midgram-micro-{os.getpid()}")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.bind("")
+    client.connect(server.getsockname())
+    server.connect(client.getsockname())
+    for s in (client, server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return client, server
+
+
+def per_request_us(
+    client: socket.socket, data: bytes, serve_one: Callable[[], object], batch: int = 100
+) -> float:
+    """Microseconds per ``serve_one()`` with ``batch`` requests waiting, best of 5 x 50."""
+    best = float("inf")
+    for _ in range(5):
+        elapsed = 0
+        for _ in range(50):
+            for _ in range(batch):
+                client.send(data)
+            t0 = time.perf_counter_ns()
+            for _ in range(batch):
+                serve_one()
+            elapsed += time.perf_counter_ns() - t0
+            for _ in range(batch):
+                client.recv(70000)
+        best = min(best, elapsed / (50 * batch) / 1000)
+    return best
+
+
+def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, float]:
+    from midgram.worker import ServerStats, Worker  # noqa: PLC0415
+
+    client, server = _queue_pair()
+    with client, server:
+        recvfrom, sendto = server.recvfrom, server.sendto
+
+        def echo_once() -> None:
+            request, peer = recvfrom(65458)
+            sendto(request, peer)
+
+        worker = Worker(
+            server, dispatcher, ServerStats.declare(registry.stats), socket_timeout_ms=2000
+        )
+        return {
+            "echo_loop": per_request_us(client, data, echo_once),
+            "worker": per_request_us(client, data, worker.serve_once),
+        }
 
 
 def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
@@ -98,6 +160,7 @@ def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     }
     out = {name: best_us(fn, number) for name, fn in stages.items()}
     out["syscalls"] = _syscalls_us(reply, number)
+    out.update(measure_loops(data, registry, dispatcher))
     return out
 
 
@@ -113,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overhead = result["nothing"]
     for name, us in result.items():
-        print(f"{name:9} {us:7.3f} us   ({us - overhead:6.3f} without the lambda call)")
+        lambda_free = us - overhead if name in STAGES_BY_LAMBDA else us
+        print(f"{name:9} {lambda_free:7.3f} us")
     return 0
 
 
