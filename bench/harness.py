@@ -48,7 +48,6 @@ BASELINE = BENCH_DIR / "BASELINE.md"
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
 CFLAGS = ("-O2", "-Wall", "-Wextra")
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 REQUESTS: dict[str, str] = {
     "uptime": '{"jsonrpc":"2.0","method":"uptime","id":%ID%}',
@@ -106,6 +105,13 @@ def build(name: str, *, force: bool = False) -> Path:
         print(f"warning: {cc} on {source.name}:\n{proc.stderr}", file=sys.stderr)
     tmp.replace(out)  # atomic: a concurrent build never sees half a binary
     return out
+
+
+def kamailio_modules() -> str:
+    """Where the Debian package puts jsonrpcs.so (the folder is named after the architecture)."""
+    found = sorted(Path("/usr/lib").glob("*/kamailio/modules/jsonrpcs.so"))
+    found += sorted(Path("/usr/lib/kamailio/modules").glob("jsonrpcs.so"))
+    return f"{found[0].parent}/" if found else "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 
 def kamailio_binary() -> str | None:
@@ -421,7 +427,7 @@ dns=no
 rev_dns=no
 udp4_raw=0
 run_dir="{rundir}"
-mpath="{KAMAILIO_MODULES}"
+mpath="{kamailio_modules()}"
 loadmodule "jsonrpcs.so"
 modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{dgram_socket}")
