@@ -23,6 +23,8 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
+import orjson
+
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
 from midgram.protocol import (
     DEFAULT_BUF_SIZE,
@@ -217,11 +219,16 @@ class Command:
     coercers: Mapping[str, Coercer] = field(default_factory=dict)
     is_async: bool = False
 
+    #: Whether a call without params is valid (it has the empty recipe): the common case
+    #: that dispatch serves without looking at recipes at all.
+    takes_nothing: bool = field(init=False, default=False)
+
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
             raise ValueError(f"bad MI command name {self.name!r}")
         if not self.recipes:
             raise ValueError(f"command {self.name!r} has no recipe")
+        object.__setattr__(self, "takes_nothing", () in self.recipes)
 
 
 def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
@@ -331,6 +338,11 @@ class Registry:
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
 
+    def lookup_function(self) -> Callable[[str], Command | None]:
+        """``get`` without the method call, for the dispatcher's per-datagram lookup; it
+        still sees commands added later."""
+        return self._commands.get
+
     def names(self) -> list[str]:
         return list(self._commands)
 
@@ -415,6 +427,9 @@ class Outcome(NamedTuple):
 
 _IGNORED: Final = Outcome(None, Status.EMPTY)
 _METHOD_NOT_FOUND: Final = MIError(-32601, "Method not found")
+_NO_ARGUMENTS: Final[dict[str, Any]] = {}
+_OK: Final = "OK"  # what a handler returning None answers
+_dumps: Final = orjson.dumps
 
 
 @dataclass(slots=True)
@@ -446,6 +461,10 @@ class Dispatcher:
         self.pretty = pretty
         self.buf_size = buf_size
         self.json_errors = json_errors
+        self._fast = not pretty
+        self._lookup = registry.lookup_function()
+        # Below this size a reply fits whatever its id (reply_fits' largest reservation).
+        self._fast_limit = buf_size - 65
 
     def _parse_error(self, why: str) -> bytes:
         """The plain-text reply, or a -32700 object when json_errors is on (difference 10)."""
@@ -468,19 +487,34 @@ class Dispatcher:
 
     def dispatch(self, call: Request | Notification) -> Outcome | Pending:
         """Run a decoded call: find the command, pick the recipe, call the handler."""
-        command = self.registry.get(call.method)
+        command = self._lookup(call.method)
         if command is None:
             return self._error(call, None, Status.UNKNOWN_METHOD, _METHOD_NOT_FOUND)
-        try:
-            kwargs = bind_arguments(command, call.params)
-        except InvalidParams as exc:
-            return self._error(call, command, Status.INVALID_PARAMS, exc)
+        if call.params is None and command.takes_nothing:
+            kwargs = _NO_ARGUMENTS
+        else:
+            try:
+                kwargs = bind_arguments(command, call.params)
+            except InvalidParams as exc:
+                return self._error(call, command, Status.INVALID_PARAMS, exc)
         if command.is_async:
             return self._start_async(call, command, kwargs)
         try:
             result = command.handler(**kwargs)
         except Exception as exc:
             return self._complete(call, command, None, exc)
+        if self._fast and type(call) is Request:
+            # The common case, answered without the general path's calls: a compact reply
+            # far below the size limit. Anything else falls through to _complete.
+            try:
+                reply = _dumps(
+                    {"jsonrpc": "2.0", "result": _OK if result is None else result, "id": call.id}
+                )
+            except TypeError:
+                pass
+            else:
+                if len(reply) < self._fast_limit:
+                    return Outcome(reply, Status.OK, call.method, call.params, command)
         return self._complete(call, command, result, None)
 
     def handle_oversize(self, size: int) -> Outcome:
@@ -525,7 +559,7 @@ class Dispatcher:
             return Outcome(None, Status.OK, call.method, call.params, command)
         assert isinstance(call, Request)
         try:
-            reply = encode_result("OK" if result is None else result, call.id, pretty=self.pretty)
+            reply = encode_result(_OK if result is None else result, call.id, pretty=self.pretty)
         except TypeError as exc:
             return self._server_error(call, command, exc)
         return self._checked(reply, call, command, Status.OK)

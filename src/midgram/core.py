@@ -144,11 +144,16 @@ def _reset(found: Iterable[Stat]) -> None:
 def _uptime(runtime: Runtime) -> Callable[..., Any]:
     started = runtime.started
     up_since = time.ctime(started)  # never changes: format it once
+    # ctime() has a one-second resolution: format "Now" once a second, not once a call.
+    last: list[Any] = [None, ""]
 
     def uptime() -> dict[str, str]:
         now = time.time()
+        second = int(now)
+        if second != last[0]:
+            last[0], last[1] = second, time.ctime(second)
         return {
-            "Now": time.ctime(now),
+            "Now": last[1],
             "Up since": up_since,
             "Up time": f"{int(now - started)} [sec]",
         }

@@ -46,6 +46,7 @@ PARSE_ERROR_REPLY: Final = b"400 Parse_error"
 INTERNAL_ERROR_REPLY: Final = b"500 Internal error"
 
 _NON_STR_KEYS: Final = orjson.OPT_NON_STR_KEYS
+_dumps: Final = orjson.dumps
 
 
 # Messages are immutable NamedTuples rather than frozen dataclasses: they are built for every
@@ -150,9 +151,17 @@ def encode_value(value: Any, *, pretty: bool = False, depth: int = 0) -> bytes:
     if pretty:
         return _pretty(_normalise(value), depth).encode()
     try:
-        return orjson.dumps(value, option=_NON_STR_KEYS)
+        return _dumps(value)
     except TypeError:
-        # orjson refuses integers beyond 64 bits; our own encoder does not.
+        return _encode_unusual(value)
+
+
+def _encode_unusual(value: Any) -> bytes:
+    """What plain orjson refuses: non-string keys (an option that doubles orjson's time, so
+    only paid for here) and integers beyond 64 bits (our own encoder)."""
+    try:
+        return _dumps(value, option=_NON_STR_KEYS)
+    except TypeError:
         return _compact(value).encode()
 
 
@@ -160,7 +169,13 @@ def encode_result(result: Any, req_id: JsonId, *, pretty: bool = False) -> bytes
     """``{"jsonrpc":"2.0","result":...,"id":...}``. TypeError if result is not JSON."""
     if pretty:
         return _pretty_envelope("result", encode_value(result, pretty=True, depth=1), req_id)
-    return b'{"jsonrpc":"2.0","result":' + encode_value(result) + b',"id":' + _id(req_id) + b"}"
+    try:
+        # One orjson call for the whole envelope: it keeps the member order, and it is the
+        # fastest way to build the reply (a third cheaper than joining the parts).
+        return _dumps({"jsonrpc": "2.0", "result": result, "id": req_id})
+    except TypeError:
+        body = _encode_unusual(result)
+    return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + _id(req_id) + b"}"
 
 
 def encode_error(
@@ -172,7 +187,9 @@ def encode_error(
         error["data"] = data
     if pretty:
         return _pretty_envelope("error", _pretty(error, 1).encode(), req_id)
-    return b'{"jsonrpc":"2.0","error":' + orjson.dumps(error) + b',"id":' + _id(req_id) + b"}"
+    if type(req_id) is not int:
+        return _dumps({"jsonrpc": "2.0", "error": error, "id": req_id})
+    return b'{"jsonrpc":"2.0","error":' + _dumps(error) + b',"id":' + _id(req_id) + b"}"
 
 
 def _pretty_envelope(member: str, value: bytes, req_id: JsonId) -> bytes:
@@ -188,9 +205,9 @@ def _pretty_envelope(member: str, value: bytes, req_id: JsonId) -> bytes:
 
 
 def _id(req_id: JsonId) -> bytes:
-    if type(req_id) is int and -(2**63) <= req_id < 2**63:
-        return str(req_id).encode()
-    return encode_value(req_id)
+    if type(req_id) is int:
+        return str(req_id).encode()  # any size, where orjson stops at 64 bits
+    return _dumps(req_id)
 
 
 def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = False) -> bool:

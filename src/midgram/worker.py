@@ -30,6 +30,9 @@ __all__ = ["ServerStats", "Worker", "source_filter"]
 log = logging.getLogger(__name__)
 
 GROUP: Final = "mi_datagram"
+#: Datagrams served back to back between two housekeeping checks.
+BURST: Final = 64
+_DROPPED: Final = SendStatus.DROPPED
 
 
 @dataclass(frozen=True)
@@ -111,63 +114,83 @@ class Worker:
         self._on_stop_requested = on_stop_requested
         self._stop_requested = stop_requested
         self._count = stats.by_status()
+        # Bound once: these run for every datagram.
+        self._recv = self.receiver.recv
+        self._send = self.sender.send
+        self._handle = dispatcher.handle
+        self._received = stats.received.inc
+        self._replied = stats.replied.inc
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The loop. Returns when ``should_stop()`` is true; replies still queued get up to
-        their own ``socket_timeout`` to go out."""
+        their own ``socket_timeout`` to go out.
+
+        Housekeeping (the stop flag, a ``kill``, the log level) runs between bursts of up
+        to ``BURST`` datagrams, and whenever the socket is idle, not once a request.
+        """
         try:
             while not should_stop():
+                if self._stop_requested() and self._on_stop_requested is not None:
+                    self._on_stop_requested()
                 self._follow_log_level()
-                self.serve_once()
+                self._burst()
             self._flush()
         finally:
             if self._loop is not None:
                 self._loop.close()
 
-    def serve_once(self) -> None:
-        """Wait for one datagram (bounded by SO_RCVTIMEO or the next retry) and serve it."""
+    def _burst(self) -> None:
+        serve_once = self.serve_once
+        for _ in range(BURST):
+            if not serve_once():
+                return
+
+    def serve_once(self) -> bool:
+        """Wait for one datagram (bounded by SO_RCVTIMEO or the next retry) and serve it.
+        False when none came, or when a ``kill`` asks for housekeeping at once."""
         if self.sender.pending():
             item = self._poll_then_recv(self.sender.next_retry_in())
             self.sender.retry_due()
         else:
-            item = self.receiver.recv(block=True)
-        if item is not None:
-            self.serve(*item)
+            item = self._recv(True)
+        if item is None:
+            return False
+        self.serve(*item)
+        return not self._stop_requested()
 
     def serve(self, data: bytes, peer: Any, truncated: bool) -> None:
         """One datagram: dispatch it, send the reply, count what happened."""
         handled = self.dispatch(data, peer, truncated)
         if handled is None:
             return
-        self.finish(handled if type(handled) is Outcome else self._await(handled), peer)  # type: ignore[arg-type]
+        if type(handled) is not Outcome:
+            handled = self._await(handled)  # type: ignore[arg-type]
+        self.finish(handled, peer)
 
     def dispatch(self, data: bytes, peer: Any, truncated: bool) -> Outcome | Pending | None:
         """Admit and dispatch one datagram (None: refused by ``allow_from``)."""
-        self.stats.received.inc()
+        self._received()
         if self._allowed is not None and not self._allowed(peer):
             self.stats.refused.inc()
             log.warning("ignoring a datagram from %s: not in allow_from", peer)
             return None
         if truncated:
             return self.dispatcher.handle_oversize(len(data))
-        return self.dispatcher.handle(data)
+        return self._handle(data)
 
     def finish(self, outcome: Outcome, peer: Any) -> None:
-        """Count the outcome, send its reply, and act on a ``kill``."""
+        """Count the outcome and send its reply."""
         count = self._count.get(outcome.status)
         if count is not None:
             count()
         if self._debug:
             log.debug("%s from %s: %s", outcome.method, peer, outcome.status.value)
-        if outcome.reply is not None and (
-            self.sender.send(outcome.reply, peer) is not SendStatus.DROPPED
-        ):
-            self.stats.replied.inc()
-        if self._stop_requested() and self._on_stop_requested is not None:
-            self._on_stop_requested()
+        reply = outcome.reply
+        if reply is not None and self._send(reply, peer) is not _DROPPED:
+            self._replied()
 
     def _await(self, pending: Pending) -> Outcome:
         """Run an ``async def`` command to completion on this worker's own event loop."""
