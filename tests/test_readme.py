@@ -33,3 +33,37 @@ def test_documented_flags_exist() -> None:
 def test_the_two_commands_are_shown() -> None:
     assert "make run" in README
     assert "make test" in README
+
+
+def test_the_library_example_runs_as_written() -> None:
+    """The first Python block of the README, with its socket moved to a test folder."""
+    import subprocess
+    import sys
+
+    from servers import ROOT, RawClient, short_tmpdir, wait_until
+
+    example = re.search(r"### Serving your own commands\n\n```python\n(.*?)```", README, re.S)
+    assert example is not None
+    folder = short_tmpdir()
+    code = example.group(1).replace("/run/calls/mi.sock", f"{folder}/mi.sock")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: Path(folder, "mi.sock").exists(), what="the example to listen")
+        with RawClient(f"{folder}/mi.sock") as client:
+            assert client.call("which", ["call_limit"])["result"] == [
+                [],
+                ["limit"],
+                ["limit", "scope"],
+            ]
+            assert client.call("call_limit", {"limit": "5"})["result"] == {
+                "limit": 5,
+                "scope": "global",
+            }
+            assert client.call("calls_active")["result"] == {"active": 3}
+            assert client.call("help", ["calls_active"])["result"]["Exported by"] == "calls"
+            assert client.call("kill")["result"] == "OK"
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

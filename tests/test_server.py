@@ -6,6 +6,7 @@ import grp
 import json
 import os
 import pwd
+import random
 import re
 import signal
 import socket
@@ -376,3 +377,33 @@ def test_concurrent_clients_are_all_answered() -> None:
         for thread in threads:
             thread.join()
         assert not failures
+
+
+def test_garbage_never_hurts_the_server() -> None:
+    """Random bytes, broken JSON, wrong types, huge and empty datagrams: every one gets a
+    reply, a plain-text error or nothing, and the workers stay up."""
+    rng = random.Random(20261126)
+    samples = [
+        b"",
+        b"\0",
+        b"{" * 5000,
+        b"[" * 100000,
+        b'{"jsonrpc":"2.0","method":"which","params":[[[[[]]]]],"id":1}',
+        b'{"jsonrpc":"2.0","method":"get_statistics","params":{"statistics":[{}]},"id":2}',
+        b'{"jsonrpc":"2.0","method":"log_level","params":["1e400"],"id":3}',
+        b'{"jsonrpc":"2.0","method":"log_level","params":[1e308, 1],"id":4}',
+        b'{"jsonrpc":"2.0","method":"help","params":[null],"id":5}',
+        *(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))) for _ in range(200)),
+    ]
+    with midgram_server("--children", "2") as running:
+        pids = running.worker_pids()
+        with running.client() as client:
+            for sample in samples:
+                client.send(sample)
+            # Drain what came back: every reply is JSON-RPC or one of the plain-text errors.
+            while (reply := client.recv(timeout=1.0)) is not None:
+                assert reply in (b"400 Parse_error", b"500 Internal error") or (
+                    json.loads(reply)["jsonrpc"] == "2.0"
+                )
+            assert client.call("uptime")["result"]
+        assert running.worker_pids() == pids
