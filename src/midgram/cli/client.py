@@ -28,6 +28,7 @@ from midgram.cli.failures import (
 )
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
+from midgram.cli.profiles import profile_option, profile_targets
 from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
@@ -48,6 +49,7 @@ def _fail(message: str) -> None:
 def target_options(func: F) -> F:
     """--target (repeatable), --timeout and --dialect, with their environment variables."""
     options = (
+        profile_option,
         click.option(
             "-t",
             "--target",
@@ -83,9 +85,9 @@ def target_options(func: F) -> F:
 
 def _targets(targets: Sequence[str]) -> list[str]:
     """The targets as canonical texts; a usage error (exit 2) for one that does not parse."""
-    texts = list(targets) or [default_target()]
+    texts = [*targets, *profile_targets()] or [default_target()]
     try:
-        return [str(parse_target(text)) for text in texts]
+        return list(dict.fromkeys(str(parse_target(text)) for text in texts))
     except AddressError as exc:
         raise click.BadParameter(str(exc), param_hint="--target") from None
 
