@@ -40,6 +40,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from midgram import loadtest
+from midgram.errors import MidgramError
+from midgram.loadtest import process_tree
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 BIN_DIR = BENCH_DIR / "bin"
@@ -47,7 +51,6 @@ RESULTS_DIR = BENCH_DIR / "results"
 BASELINE = BENCH_DIR / "BASELINE.md"
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
-CFLAGS = ("-O2", "-Wall", "-Wextra")
 
 REQUESTS: dict[str, str] = {
     "uptime": '{"jsonrpc":"2.0","method":"uptime","id":%ID%}',
@@ -85,26 +88,14 @@ class BenchError(Exception):
 
 
 def build(name: str, *, force: bool = False) -> Path:
-    """Compile ``bench/NAME.c`` into ``bench/bin/NAME`` unless that is already up to date."""
-    source = BENCH_DIR / f"{name}.c"
-    out = BIN_DIR / name
-    if not force and out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
-        return out
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise BenchError(f"no C compiler: {cc!r} is not on PATH (set CC)")
-    BIN_DIR.mkdir(exist_ok=True)
-    tmp = out.with_name(f".{name}.{os.getpid()}.tmp")
-    proc = subprocess.run(
-        [cc, *CFLAGS, "-o", str(tmp), str(source)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise BenchError(f"{cc} failed on {source.name}:\n{proc.stderr}")
-    if proc.stderr.strip():
-        print(f"warning: {cc} on {source.name}:\n{proc.stderr}", file=sys.stderr)
-    tmp.replace(out)  # atomic: a concurrent build never sees half a binary
-    return out
+    """A C program's binary: midgram's load generator (built by ``midgram.loadtest`` into the
+    per-user cache, as ``midgram bench`` builds it), or ``bench/NAME.c`` into ``bench/bin/``."""
+    try:
+        if name == "loadgen":
+            return loadtest.build_loadgen(force=force)
+        return loadtest.compile_program(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
+    except MidgramError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def kamailio_modules() -> str:
@@ -159,27 +150,6 @@ def probe(target: str, request: str, timeout: float) -> bytes | None:
 
 
 # --- processes: tree, CPU, memory -----------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from /proc/*/stat)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(sorted(parents.get(pid, ())))
-    return tree
 
 
 def memory_of(pid: int) -> dict[str, float] | None:
@@ -336,18 +306,21 @@ def run_load(
     label: str = "",
     timeout_ms: float = 1000.0,
 ) -> dict[str, Any]:
-    """One run of the load generator; its JSON line, parsed."""
-    argv = [str(build("loadgen")), "-t", target, "-r", request, "-c", str(inflight)]
-    argv += ["-d", str(duration), "-w", str(warmup), "-T", str(timeout_ms), "-l", label]
-    if pids:
-        argv += ["-p", ",".join(map(str, pids))]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration + warmup + 60, check=False
-    )
-    if proc.returncode != 0:
-        raise BenchError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    """One run of the load generator (``midgram.loadtest``); its JSON line, parsed."""
+    try:
+        result = loadtest.run_once(
+            target,
+            request,
+            inflight=inflight,
+            duration=duration,
+            warmup=warmup,
+            pids=pids,
+            timeout=timeout_ms / 1000,
+            label=label,
+        )
+    except MidgramError as exc:
+        raise BenchError(str(exc)) from exc
+    return dict(result.raw)
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -1302,15 +1275,19 @@ def load_test(
     runs: int = 3,
     pid: int | None = None,
 ) -> dict[str, Any]:
-    """Drive a server that is already running; CPU per request when its ``pid`` is given."""
-    if "%ID%" not in request:
-        raise BenchError("the request needs %ID% where the id goes")
-    pids = process_tree(pid) if pid else []
-    results = [
-        run_load(target, request, inflight=inflight, duration=duration, warmup=warmup, pids=pids)
-        for _ in range(runs)
-    ]
-    return {"target": target, "request": request, "summary": summarise(results), "runs": results}
+    """Drive a server that is already running; CPU per request when its ``pid`` is given.
+
+    ``request`` is raw text (``%ID%`` where the id goes); ``midgram bench`` does the same from
+    a method and params.
+    """
+    try:
+        result = loadtest.run_template(
+            target, request, inflight=inflight, duration=duration, warmup=warmup, runs=runs, pid=pid
+        )
+    except MidgramError as exc:
+        raise BenchError(str(exc)) from exc
+    raw = [dict(run.raw) for run in result.runs]
+    return {"target": target, "request": request, "summary": summarise(raw), "runs": raw}
 
 
 # --- command line ---------------------------------------------------------------------------

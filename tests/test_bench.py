@@ -72,10 +72,13 @@ def check_shape(result: dict[str, Any]) -> None:
     assert result["duration_s"] > 0
 
 
-def test_builds_without_warnings(capfd: pytest.CaptureFixture[str]) -> None:
+def test_builds_without_warnings(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     for name in ("loadgen", "echo"):
         assert harness.build(name, force=True).exists()
     assert capfd.readouterr().err == ""
+    assert not caplog.records  # midgram.loadtest logs the compiler's warnings
 
 
 def test_loadgen_against_c_echo_unix(c_echo: harness.Server) -> None:

@@ -11,15 +11,18 @@
     +-- ProtocolError               a datagram that is not a usable JSON-RPC request
     |   +-- ParseError              not JSON (-32700; plain "400 Parse_error" on the wire)
     |   +-- InvalidRequest          JSON, but not a valid request (-32600); .id to answer with
+    +-- HepError                    a HEP packet that cannot be encoded or decoded
     +-- TransportError              a socket operation failed (code 4); .target
     |   +-- SocketInUse             another live server answers on that path
     +-- ClientError                 what a client call raises
-        +-- RemoteError             the server answered with a JSON-RPC error: code, message, data
-        +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal error"
-        +-- ReplyTimeout            no reply within the timeout (code 3); .target
-        +-- ConnectError            cannot reach the target: no socket, refused, permission,
-        |                           unresolvable host (code 4); .target, .reason, .errno
-        +-- BadReply                a reply that is truncated or not a JSON-RPC response
+    |   +-- RemoteError             the server answered with a JSON-RPC error: code, message, data
+    |   +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal error"
+    |   +-- ReplyTimeout            no reply within the timeout (code 3); .target
+    |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
+    |   |                           unresolvable host (code 4); .target, .reason, .errno
+    |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
+    +-- LoadgenError                ``midgram bench``'s load generator cannot be built (no C
+                                    compiler) or failed to run
 
 ``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
 statuses the CLI maps them to.
@@ -35,8 +38,10 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectError",
+    "HepError",
     "InvalidParams",
     "InvalidRequest",
+    "LoadgenError",
     "MIError",
     "MidgramError",
     "ParseError",
@@ -131,6 +136,10 @@ class InvalidRequest(ProtocolError):
         self.method = method
 
 
+class HepError(MidgramError):
+    """A HEP packet that does not decode (or a value that does not fit its chunk)."""
+
+
 class TransportError(MidgramError):
     """A socket operation failed; ``target`` names the socket or address involved."""
 
@@ -199,3 +208,7 @@ class ConnectError(ClientError):
 
 class BadReply(ClientError):
     """A reply that is truncated, not JSON, or not a JSON-RPC response."""
+
+
+class LoadgenError(MidgramError):
+    """The load generator of ``midgram bench`` cannot be built or did not run to the end."""

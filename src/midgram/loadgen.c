@@ -1,5 +1,6 @@
 /*
- * loadgen: a closed-loop JSON-RPC datagram load generator for midgram's benchmarks.
+ * loadgen: a closed-loop JSON-RPC datagram load generator for midgram's benchmarks
+ * (`midgram bench`, and bench/ in the source tree).
  *
  * Keeps a fixed number of requests in flight against one server (UNIX datagram or UDP v4/v6)
  * for a fixed duration after a warm-up, matches replies by id, counts error replies, replies it
@@ -23,6 +24,7 @@
  * start and end of the measured window, so the server's CPU excludes the warm-up.
  *
  * Build: cc -O2 -Wall -Wextra -o loadgen loadgen.c
+ * (midgram.loadtest does this on first use, into the per-user cache.)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
