@@ -7,7 +7,6 @@ fraction of a second; never a timed assertion (benchmarks are run on demand, not
 from __future__ import annotations
 
 import importlib
-import shutil
 import socket
 import sys
 import tempfile
@@ -22,9 +21,20 @@ sys.path.append(str(BENCH))
 
 import harness  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("cc") is None, reason="no C compiler (cc): the benchmark kit cannot be built"
-)
+from midgram import loadtest  # noqa: E402
+from midgram.errors import MidgramError  # noqa: E402
+
+
+def _no_compiler() -> str | None:
+    try:
+        loadtest.compiler()
+    except MidgramError as exc:
+        return str(exc)
+    return None
+
+
+NO_COMPILER = _no_compiler()
+pytestmark = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
 
 SHORT = {"duration": 0.25, "warmup": 0.05}
 LATENCY_KEYS = {"mean", "p50", "p90", "p99", "p999", "max"}

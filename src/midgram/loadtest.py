@@ -498,6 +498,5 @@ def load_test(
     plan = _Plan(inflight, duration, warmup, runs, timeout)
     request = request_template(method, params, dialect)
     pids = _server_pids(pid)
-    build_loadgen()  # a missing compiler is said before anything is sent
     check_target(target, method, params, dialect=dialect, timeout=timeout)
     return _runs(target, request, plan, pids, on_run)

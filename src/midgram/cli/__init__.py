@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from midgram import __version__
+from midgram.cli.bench import bench
 from midgram.cli.client import CLIENT_COMMANDS
 from midgram.cli.serve import serve
 
@@ -23,6 +24,7 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(bench)
 for command in CLIENT_COMMANDS:
     cli.add_command(command)
 
