@@ -2,7 +2,8 @@
 
 Every scenario starts midgram and its references (the bare Python echo loop, the C echo
 reflector and, where it has a counterpart command, Kamailio's jsonrpcs datagram server), then
-drives them in turn (A B C A B C ...) with the compiled load generator, ``--runs`` times each.
+drives them in turn (A B C A B C ...) with the compiled load generator (``midgram.loadtest``
+builds and runs it, as for ``midgram bench``), ``--runs`` times each.
 Figures are medians with their spread; ratios compare servers measured in the same invocation,
 never absolute numbers, because on a small machine the server competes with its load generator.
 
