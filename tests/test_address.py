@@ -9,12 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from midgram.address import (
+    HEP_DEFAULT_PORT,
     SUN_PATH_MAX,
+    HepId,
+    HepTransport,
     HostKind,
     UdpAddress,
     UnixAddress,
+    parse_hep_id,
     parse_socket_name,
     parse_target,
+    parse_trace_destination,
 )
 from midgram.errors import AddressError, ConfigError
 
@@ -356,3 +361,94 @@ def test_any_text_parses_or_raises_address_error(text: str) -> None:
         assert (result.parameter, result.value) == ("socket_name", text)
     else:
         assert parse_socket_name(str(result)) == result
+
+
+# --- proto_hep's hep_id and trace_destination ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[hep_dst]127.0.0.1:9060;transport=udp;version=3",
+            HepId("hep_dst", UdpAddress("127.0.0.1", 9060), HepTransport.UDP, 3),
+        ),
+        # proto_hep's defaults: port 9060, TCP, version 3.
+        ("[a]10.0.0.2", HepId("a", UdpAddress("10.0.0.2", HEP_DEFAULT_PORT))),
+        (
+            "  [hep_dst] 127.0.0.1:8001; transport=tcp; version=3  ",
+            HepId("hep_dst", UdpAddress("127.0.0.1", 8001), HepTransport.TCP, 3),
+        ),
+        ("[x]h;TRANSPORT=UDP;", HepId("x", UdpAddress("h", 9060), HepTransport.UDP)),
+        ("[x]h;version=2", HepId("x", UdpAddress("h", 9060), HepTransport.TCP, 2)),
+        # The name ends at the first space (the rest up to ']' is ignored, as OpenSIPS does).
+        ("[name ignored]h", HepId("name", UdpAddress("h", 9060))),
+        # IPv6 in brackets: a midgram extension (OpenSIPS cannot parse it).
+        ("[v6][::1]:9061;transport=udp", HepId("v6", UdpAddress("::1", 9061), HepTransport.UDP)),
+        ("[v6][2001:db8::1]", HepId("v6", UdpAddress("2001:db8::1", 9060))),
+    ],
+)
+def test_hep_id_parses(text: str, expected: HepId) -> None:
+    assert parse_hep_id(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("hep_dst", "must be [name]host:port;transport=udp;version=3"),
+        ("[]127.0.0.1", "must be [name]host:port"),
+        ("[a]", "no host given"),
+        ("[a];transport=udp", "no host given"),
+        ("[a]h;uri=x", "unknown parameter 'uri': transport or version"),
+        ("[a]h;transport", "empty value for 'transport'"),
+        ("[a]h;transport=sctp", "unknown transport 'sctp': udp, tcp or tls"),
+        ("[a]h;version=4", "unknown HEP version '4': 1, 2 or 3"),
+        ("[a]h:0", "invalid port number; must be in [1,65535]"),
+        ("[a]h:x", "there is not a valid number port"),
+        ("[a]::1", "write an IPv6 address in brackets: [::1]:9060"),
+        ("[a][::1", "malformed IPv6 address"),
+        ("[a][::1]x", "malformed IPv6 address"),
+        ("[a][10.0.0.1]:9060", "only an IPv6 address goes in brackets"),
+        ("[a]bad host", "failed to resolve bad host"),
+    ],
+)
+def test_hep_id_errors(text: str, reason: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_hep_id(text)
+    assert info.value.parameter == "hep_id"
+    assert info.value.value == text
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[hep_dst]127.0.0.1:9060;transport=udp;version=3",
+        "[a][::1]:9061;transport=tls;version=1",
+        "[b]collector.example:1;transport=tcp;version=3",
+    ],
+)
+def test_hep_id_str_reads_back(text: str) -> None:
+    assert str(parse_hep_id(text)) == text
+    assert parse_hep_id(str(parse_hep_id(text))) == parse_hep_id(text)
+
+
+def test_trace_destination_forms() -> None:
+    assert parse_trace_destination("hep_dst") == "hep_dst"
+    assert parse_trace_destination("udp:127.0.0.1:9060") == UdpAddress("127.0.0.1", 9060)
+    assert parse_trace_destination("udp:[::1]:1") == UdpAddress("::1", 1)
+    for text in ("tcp:10.0.0.1:9060", "tls:10.0.0.1:9060"):
+        with pytest.raises(AddressError, match="midgram sends HEP over UDP only"):
+            parse_trace_destination(text)
+    with pytest.raises(AddressError) as info:
+        parse_trace_destination("udp:10.0.0.1:0")
+    assert info.value.parameter == "trace_destination"
+
+
+@given(st.text(max_size=60))
+def test_any_hep_id_parses_or_raises_address_error(text: str) -> None:
+    try:
+        parsed = parse_hep_id(text)
+    except AddressError:
+        return
+    assert parse_hep_id(str(parsed)) == parsed

@@ -40,7 +40,7 @@ def test_parameters_table_matches_settings_fields() -> None:
     for parameter in PARAMETERS:
         assert getattr(defaults, parameter.name) == parameter.default, parameter.name
         assert parameter.description
-        assert parameter.origin in {"3.6", "4.0", "midgram"}
+        assert parameter.origin in {"3.6", "4.0", "proto_hep", "midgram"}
 
 
 def test_every_alias_names_a_parameter() -> None:
@@ -104,7 +104,14 @@ def test_default_socket_name(runtime_dir: str | None, expected: str) -> None:
         ({"unix_socket_user": -1}, "unix_socket_user", None),
         ({"unix_socket_group": "-1"}, "unix_socket_group", None),
         ({"unix_socket_group": "_opensips"}, "unix_socket_group", "_opensips"),
-        ({"trace_destination": "hep_dst"}, "trace_destination", "hep_dst"),
+        ({"trace_destination": "udp:10.0.0.2:9060"}, "trace_destination", "udp:10.0.0.2:9060"),
+        ({"hep_id": "[a]10.0.0.2;transport=udp"}, "hep_id", ("[a]10.0.0.2;transport=udp",)),
+        ({"hep_id": ["[a]h1", "[b]h2:1"]}, "hep_id", ("[a]h1", "[b]h2:1")),
+        ({"homer5_on": 0}, "homer5_on", False),
+        ({"homer5_on": "off"}, "homer5_on", False),
+        ({"homer5_delim": "|"}, "homer5_delim", "|"),
+        ({"hep_capture_id": "2001"}, "hep_capture_id", 2001),
+        ({"hep_capture_id": 2**32 - 1}, "hep_capture_id", 2**32 - 1),
         ({"trace_bwlist": "b: ps, which"}, "trace_bwlist", "b: ps, which"),
         ({"allow_from": "10.0.0.0/8"}, "allow_from", ("10.0.0.0/8",)),
         (
@@ -182,8 +189,16 @@ def test_booleans(field: str, value: object, expected: bool) -> None:
         ({"unix_socket_group": -2}, "a numeric group id must be 0.."),
         ({"unix_socket_group": 2**32}, "a numeric group id must be 0.."),
         ({"unix_socket_group": 1.0}, "must be an integer"),
-        ({"trace_destination": ""}, "must be the name of a proto_hep hep_id"),
-        ({"trace_destination": "[hep_dst]"}, "must be the name of a proto_hep hep_id"),
+        ({"trace_destination": ""}, "must be udp:host:port, or the name of a proto_hep hep_id"),
+        ({"trace_destination": "[hep_dst]"}, "must be udp:host:port, or the name of a"),
+        ({"trace_destination": "udp:10.0.0.2"}, "no port specified"),
+        ({"trace_destination": "tcp:10.0.0.2:9060"}, "midgram sends HEP over UDP only"),
+        ({"hep_id": "hep_dst"}, "must be [name]host:port;transport=udp;version=3"),
+        ({"hep_id": ["[a]h1", "[a]h2"]}, "a hep_id named 'a' is already defined"),
+        ({"hep_id": 5}, "must be a string or a list of strings"),
+        ({"homer5_delim": 1}, "must be a string, not int"),
+        ({"hep_capture_id": -1}, "must be between 0 and 4294967295"),
+        ({"hep_capture_id": 2**32}, "must be between 0 and 4294967295"),
         ({"trace_destination": 5}, "must be a string, not int"),
         ({"socket_name": 8080}, "must be a string, not int"),
         ({"pretty_printing": "maybe"}, "must be a boolean"),
@@ -310,6 +325,7 @@ def test_no_warnings_for_a_usual_setup() -> None:
             "unix_socket_group": "opensips",
             "trace_destination": "hep_dst",
             "trace_bwlist": "b: ps, which",
+            "hep_id": "[hep_dst]10.0.0.2:9060;transport=udp",
         }
     )
     assert settings.warnings() == ()
@@ -413,7 +429,7 @@ def test_parse_bwlist_errors(text: str, reason: str) -> None:
 
 
 def test_bad_bwlist_is_refused_at_load() -> None:
-    error = _error({"trace_destination": "hep_dst", "trace_bwlist": "b: ps,,which"})
+    error = _error({"trace_destination": "udp:10.0.0.2:9060", "trace_bwlist": "b: ps,,which"})
     assert error.parameter == "trace_bwlist"
 
 
@@ -625,7 +641,7 @@ def test_reference_cfg() -> None:
     assert cfg.hep_ids == {"hep_dst": "127.0.0.1:9060;transport=udp;version=3"}
     assert cfg.includes == ()
     assert cfg.warnings() == ()
-    settings = Settings.from_mapping(cfg.params)
+    settings = Settings.from_mapping(cfg.layer())
     assert settings.unix_socket_mode == 0o660
     assert settings.unix_socket_group == "opensips"
     assert settings.pretty_printing is False
@@ -771,7 +787,7 @@ def test_cfg_unterminated_comment_and_quote() -> None:
 
 def test_layers_cfg_then_cli() -> None:
     cfg = parse_opensips_cfg(REFERENCE_CFG)
-    settings = load_settings(cfg.params, {"socket": "@mi-test", "children": 0})
+    settings = load_settings(cfg.layer(), {"socket": "@mi-test", "children": 0})
     assert settings.address == UnixAddress("mi-test", abstract=True)
     assert settings.children_count == 0
     assert settings.unix_socket_mode == 0o660
@@ -784,3 +800,147 @@ def test_layers_cfg_then_cli() -> None:
 @given(st.text(max_size=200))
 def test_cfg_parser_never_raises(text: str) -> None:
     assert isinstance(parse_opensips_cfg(text), OpensipsCfg)
+
+
+# --- Tracing: trace_destination, hep_id and the proto_hep modparams -------------------------
+
+
+def test_tracing_defaults_are_proto_heps() -> None:
+    settings = Settings()
+    assert settings.trace_target is None
+    assert settings.hep_id == ()
+    assert settings.homer5_on is True
+    assert settings.homer5_delim == ":"
+    assert settings.hep_capture_id == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "host", "port", "name"),
+    [
+        ({"trace_destination": "udp:127.0.0.1:9060"}, "127.0.0.1", 9060, "udp:127.0.0.1:9060"),
+        ({"trace_destination": "udp:[::1]:9061"}, "::1", 9061, "udp:[::1]:9061"),
+        (
+            {"trace_to": "udp:collector.example:1"},
+            "collector.example",
+            1,
+            "udp:collector.example:1",
+        ),
+        (
+            {"trace_destination": "hep_dst", "hep_id": "[hep_dst]10.0.0.2;transport=udp"},
+            "10.0.0.2",
+            9060,
+            "hep_dst",
+        ),
+        (
+            {
+                "trace_destination": "b",
+                "hep_id": ["[a]10.0.0.1;transport=tcp", "[b] [::1]:9 ;Transport=UDP; version=3;"],
+            },
+            "::1",
+            9,
+            "b",
+        ),
+    ],
+)
+def test_trace_target(values: dict[str, object], host: str, port: int, name: str) -> None:
+    target = Settings.from_mapping(values).trace_target
+    assert target is not None
+    assert target.address == UdpAddress(host, port)
+    assert target.name == name
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"trace_destination": "hep_dst"}, "names no hep_id: define it, e.g. hep_id = "),
+        (
+            {"trace_destination": "c", "hep_id": ["[a]h;transport=udp", "[b]h;transport=udp"]},
+            "names no hep_id (defined: a, b)",
+        ),
+        (
+            {"trace_destination": "a", "hep_id": "[a]10.0.0.2:9060"},
+            "hep_id 'a' sends over TCP (proto_hep's default when no transport is given), and "
+            "midgram traces over UDP only: add ;transport=udp to it",
+        ),
+        (
+            {"trace_destination": "a", "hep_id": "[a]10.0.0.2;transport=tls"},
+            "hep_id 'a' sends over TLS",
+        ),
+        (
+            {"trace_destination": "a", "hep_id": "[a]10.0.0.2;transport=udp;version=2"},
+            "hep_id 'a' is HEP version 2, which carries no MI data (OpenSIPS adds none below "
+            "version 3): use version=3",
+        ),
+        (
+            {"trace_destination": "a", "hep_id": "[a]10.0.0.2;transport=udp;version=1"},
+            "hep_id 'a' is HEP version 1",
+        ),
+    ],
+)
+def test_unusable_trace_destination(values: dict[str, object], reason: str) -> None:
+    error = _error(values)
+    assert error.parameter == "trace_destination"
+    assert error.value == values["trace_destination"]
+    assert error.reason.startswith(reason)
+
+
+def test_a_tcp_hep_id_that_is_not_the_destination_is_fine() -> None:
+    settings = Settings.from_mapping(
+        {"trace_destination": "mi", "hep_id": ["[sip]10.0.0.2", "[mi]10.0.0.3;transport=udp"]}
+    )
+    assert settings.trace_target is not None
+    assert settings.trace_target.address == UdpAddress("10.0.0.3", 9060)
+
+
+CFG_WITH_HEP = """
+loadmodule "proto_hep.so"
+modparam("proto_hep", "hep_id", "[sip_dst]10.0.0.9:9060")
+modparam("proto_hep", "hep_id", "[hep_dst] 127.0.0.1:9061; transport=udp; version=3")
+modparam("proto_hep", "homer5_on", 0)
+modparam("proto_hep", "homer5_delim", "|")
+modparam("proto_hep", "hep_capture_id", 2001)
+modparam("proto_hep", "hep_max_retries", 3)
+modparam("mi_datagram", "socket_name", "udp:127.0.0.1:8080")
+modparam("mi_datagram", "trace_destination", "hep_dst")
+modparam("mi_datagram", "trace_bwlist", "w: uptime")
+"""
+
+
+def test_cfg_proto_hep_modparams() -> None:
+    cfg = parse_opensips_cfg(CFG_WITH_HEP)
+    assert cfg.hep_params == {"homer5_on": 0, "homer5_delim": "|", "hep_capture_id": 2001}
+    settings = Settings.from_mapping(cfg.layer())
+    assert settings.hep_id == (
+        "[sip_dst]10.0.0.9:9060",
+        "[hep_dst]127.0.0.1:9061; transport=udp; version=3",
+    )
+    assert settings.homer5_on is False
+    assert settings.homer5_delim == "|"
+    assert settings.hep_capture_id == 2001
+    assert settings.trace_target is not None
+    assert settings.trace_target.address == UdpAddress("127.0.0.1", 9061)
+
+
+def test_cli_trace_to_overrides_the_cfg_destination() -> None:
+    cfg = parse_opensips_cfg(CFG_WITH_HEP)
+    settings = load_settings(cfg.layer(), {"trace_to": "udp:[::1]:9999"})
+    assert settings.trace_target is not None
+    assert settings.trace_target.address == UdpAddress("::1", 9999)
+    assert settings.hep_capture_id == 2001
+
+
+def test_toml_tracing() -> None:
+    text = """
+[mi_datagram]
+socket_name = "udp:127.0.0.1:8080"
+trace_destination = "hep_dst"
+trace_bwlist = "b: ps"
+hep_id = ["[hep_dst]127.0.0.1:9060;transport=udp"]
+homer5_on = false
+hep_capture_id = 7
+"""
+    settings = Settings.from_mapping(load_toml(text))
+    assert settings.trace_target is not None
+    assert settings.trace_target.address == UdpAddress("127.0.0.1", 9060)
+    assert settings.homer5_on is False
+    assert settings.hep_capture_id == 7

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "midgram"
-SANS_IO = ["protocol", "commands", "address", "config", "rpc"]
+SANS_IO = ["protocol", "commands", "address", "config", "rpc", "hep", "tracing"]
 FORBIDDEN = {"socket", "os", "select", "signal", "threading", "time", "asyncio", "subprocess"}
 
 

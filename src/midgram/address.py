@@ -1,4 +1,5 @@
-"""The ``socket_name`` grammar of OpenSIPS's mi_datagram (spec 1.2), sans-IO.
+"""The address grammars, sans-IO: mi_datagram's ``socket_name`` (spec 1.2), client targets,
+and proto_hep's ``hep_id`` with the ``trace_destination`` that names one (see the end).
 
 ::
 
@@ -27,22 +28,28 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from midgram.errors import AddressError
 
 __all__ = [
+    "HEP_DEFAULT_PORT",
     "SERVER_PORT_RANGE",
     "SUN_PATH_MAX",
     "TARGET_PORT_RANGE",
     "Address",
+    "HepId",
+    "HepTransport",
     "HostKind",
     "UdpAddress",
     "UnixAddress",
+    "parse_hep_id",
     "parse_socket_name",
     "parse_target",
+    "parse_trace_destination",
 ]
 
 UDP_PREFIX: Final = "udp:"
@@ -283,3 +290,134 @@ def parse_socket_name(
 def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAddress:
     """Parse a client's target: the ``socket_name`` grammar, any UDP port 1-65535."""
     return _parse(text, parameter, TARGET_PORT_RANGE, allow_abstract=True)
+
+
+# --- proto_hep's hep_id, and trace_destination ------------------------------------------
+#
+#     hep_id  := "[" name "]" uri ( ";" param )* [ ";" ]       (spaces around parts trimmed)
+#     uri     := host [ ":" port ]                          (port 9060 when not given)
+#     param   := "transport=" ( "udp" | "tcp" | "tls" )     (proto_hep's default: tcp)
+#              | "version=" ( "1" | "2" | "3" )             (default: 3)
+#
+# As OpenSIPS's parse_hep_id() reads it (spec hep-mi-tracing 2.1), except that an IPv6
+# address in brackets works here (OpenSIPS takes its first ':' as the port separator) and
+# a name that is not a valid host name is refused now rather than at the first send.
+
+#: proto_hep's HEP_PORT, the port of a hep_id that gives none.
+HEP_DEFAULT_PORT: Final = 9060
+
+
+class HepTransport(enum.StrEnum):
+    """How a hep_id sends. midgram's tracing sends UDP only (config.py says so)."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+_HEP_VERSIONS: Final = frozenset({1, 2, 3})
+_HEP_ID_NAME_RE: Final = re.compile(r"\[([^\]\s]+)[^\]]*\](.*)", re.DOTALL)
+#: The prefixes of trace_destination's direct form, "udp:host:port".
+_DIRECT_PREFIXES: Final = (UDP_PREFIX, "tcp:", "tls:")
+
+
+@dataclass(frozen=True)
+class HepId:
+    """A parsed ``hep_id``: a named HEP destination. ``address`` is host and port (the
+    host may still be a name to resolve), whatever the transport."""
+
+    name: str
+    address: UdpAddress
+    transport: HepTransport = HepTransport.TCP
+    version: int = 3
+
+    def __str__(self) -> str:
+        host = str(self.address).removeprefix(UDP_PREFIX)
+        return f"[{self.name}]{host};transport={self.transport};version={self.version}"
+
+
+def _hep_transport(value: str) -> HepTransport:
+    try:
+        return HepTransport(value.lower())
+    except ValueError:
+        raise ValueError(f"unknown transport {value!r}: udp, tcp or tls") from None
+
+
+def _hep_version(value: str) -> int:
+    if not (_PORT_RE.fullmatch(value) and int(value) in _HEP_VERSIONS):
+        raise ValueError(f"unknown HEP version {value!r}: 1, 2 or 3")
+    return int(value)
+
+
+#: The hep_id parameters, their defaults (proto_hep's) and parsers.
+_HEP_PARAMS: Final[Mapping[str, str]] = MappingProxyType({"transport": "tcp", "version": "3"})
+
+
+def _hep_params(params: list[str]) -> dict[str, str]:
+    found = dict(_HEP_PARAMS)
+    for param in params:
+        if not param:
+            continue  # a trailing ";" is allowed
+        key, _, value = (part.strip() for part in param.partition("="))
+        key = key.lower()
+        if key not in _HEP_PARAMS:
+            raise ValueError(f"unknown parameter {key!r}: transport or version")
+        if not value:
+            raise ValueError(f"empty value for {key!r}")
+        found[key] = value
+    return found
+
+
+def _hep_uri(uri: str) -> UdpAddress:
+    if not uri:
+        raise ValueError("no host given")
+    if uri.startswith("["):
+        host, bracket, rest = uri[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"malformed IPv6 address {uri!r}: write [v6-address]:port")
+        if not _is_ipv6(host):
+            raise ValueError(f"only an IPv6 address goes in brackets, not {host!r}")
+        port_text = rest[1:] if rest else None
+    else:
+        if uri.count(":") > 1:
+            raise ValueError(f"write an IPv6 address in brackets: [{uri}]:{HEP_DEFAULT_PORT}")
+        host, colon, port_text_found = uri.partition(":")
+        port_text = port_text_found if colon else None
+    port = HEP_DEFAULT_PORT if port_text is None else _parse_port(port_text, TARGET_PORT_RANGE)
+    return UdpAddress(host, port)
+
+
+def parse_hep_id(text: str, *, parameter: str = "hep_id") -> HepId:
+    """Parse ``[name]host[:port][;transport=udp|tcp|tls][;version=1|2|3]``.
+
+    Raises ``AddressError(parameter, text, reason)``.
+    """
+    try:
+        match = _HEP_ID_NAME_RE.fullmatch(text.strip())
+        if match is None:
+            raise ValueError("must be [name]host:port;transport=udp;version=3")
+        uri, *params = (part.strip() for part in match.group(2).split(";"))
+        found = _hep_params(params)
+        return HepId(
+            match.group(1),
+            _hep_uri(uri),
+            _hep_transport(found["transport"]),
+            _hep_version(found["version"]),
+        )
+    except AddressError as exc:
+        raise AddressError(parameter, text, exc.reason) from None
+    except ValueError as exc:
+        raise AddressError(parameter, text, str(exc)) from None
+
+
+def parse_trace_destination(text: str, *, parameter: str = "trace_destination") -> UdpAddress | str:
+    """``udp:host:port`` (the direct form, any port 1-65535) as a ``UdpAddress``, or else the
+    name of a hep_id, returned as it is. ``tcp:``/``tls:`` are refused: midgram traces over
+    UDP only."""
+    if not text.startswith(_DIRECT_PREFIXES):
+        return text
+    if not text.startswith(UDP_PREFIX):
+        raise AddressError(parameter, text, "midgram sends HEP over UDP only: write udp:host:port")
+    address = parse_target(text, parameter=parameter)
+    assert isinstance(address, UdpAddress)  # the udp: prefix makes it one
+    return address

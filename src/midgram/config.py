@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from midgram.address import UdpAddress, UnixAddress, parse_socket_name
+from midgram.address import (
+    HepId,
+    HepTransport,
+    UdpAddress,
+    UnixAddress,
+    parse_hep_id,
+    parse_socket_name,
+    parse_trace_destination,
+)
 from midgram.errors import ConfigError
 
 __all__ = [
@@ -53,6 +61,12 @@ DEFAULT_LOG_LEVEL: Final = "info"
 ZERO_MODE_REPLACEMENT: Final = 0o600
 #: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
 UDP_MAX_PAYLOAD: Final = 65507
+#: proto_hep's defaults: HOMER 5 plain-text payloads joined with ":", capture agent id 1.
+DEFAULT_HOMER5_ON: Final = True
+DEFAULT_HOMER5_DELIM: Final = ":"
+DEFAULT_HEP_CAPTURE_ID: Final = 1
+#: The only HEP version midgram sends: OpenSIPS adds no MI data to version 1 or 2 packets.
+HEP_VERSION: Final = 3
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,8 @@ class Parameter:
     type: str
     default: object
     description: str
-    #: Where the parameter comes from: "3.6" (OpenSIPS 3.x and later), "4.0", or "midgram".
+    #: Where the parameter comes from: "3.6" (OpenSIPS 3.x and later), "4.0", "proto_hep"
+    #: (a modparam of OpenSIPS's proto_hep module, which tracing uses), or "midgram".
     origin: str
 
 
@@ -121,7 +136,7 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
         "trace_destination",
         "str",
         None,
-        "name of the proto_hep hep_id destination that commands are traced to",
+        "where commands are traced (HEP3 over UDP): udp:host:port, or the name of a hep_id",
         "3.6",
     ),
     Parameter(
@@ -130,6 +145,34 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
         None,
         'commands to trace: "w: cmd, ..." (only these) or "b: cmd, ..." (all but these)',
         "3.6",
+    ),
+    Parameter(
+        "hep_id",
+        "str list",
+        (),
+        'named HEP destinations, "[name]host[:port];transport=udp;version=3"',
+        "proto_hep",
+    ),
+    Parameter(
+        "homer5_on",
+        "bool",
+        DEFAULT_HOMER5_ON,
+        "trace payloads as HOMER 5 plain text (cmd:datagram:params); off: JSON",
+        "proto_hep",
+    ),
+    Parameter(
+        "homer5_delim",
+        "str",
+        DEFAULT_HOMER5_DELIM,
+        "separator of the parts of a HOMER 5 plain-text payload",
+        "proto_hep",
+    ),
+    Parameter(
+        "hep_capture_id",
+        "int",
+        DEFAULT_HEP_CAPTURE_ID,
+        "capture agent id in every HEP packet (0-4294967295)",
+        "proto_hep",
     ),
     Parameter(
         "pretty_printing",
@@ -179,6 +222,7 @@ ALIASES: Final[Mapping[str, str]] = MappingProxyType(
         "timeout": "socket_timeout",
         "pretty": "pretty_printing",
         "buf_size": "socket_buf_size",
+        "trace_to": "trace_destination",
     }
 )
 
@@ -213,6 +257,7 @@ _OWNER_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}\$?")
 _ID_MAX: Final = 2**32 - 2
 _UNSET_ID: Final = -1
 _HEP_NAME_RE: Final = re.compile(r"[^\s\[\]]+")
+_U32_MAX: Final = 2**32 - 1
 
 _BOOL_WORDS: Final[Mapping[str, bool]] = MappingProxyType(
     {
@@ -367,13 +412,36 @@ def _socket_name(name: str, value: object, _notes: list[str]) -> str:
     return text
 
 
-def _hep_name(name: str, value: object, _notes: list[str]) -> str:
+def _trace_destination(name: str, value: object, _notes: list[str]) -> str:
     text = _string(name, value)
+    if isinstance(parse_trace_destination(text, parameter=name), UdpAddress):
+        return text
     if not _HEP_NAME_RE.fullmatch(text):
         raise ConfigError(
-            name, value, "must be the name of a proto_hep hep_id, e.g. hep_dst for [hep_dst]..."
+            name,
+            value,
+            "must be udp:host:port, or the name of a proto_hep hep_id "
+            '(hep_dst for hep_id = "[hep_dst]host:port;transport=udp")',
         )
     return text
+
+
+def _hep_ids(name: str, value: object, _notes: list[str]) -> tuple[str, ...]:
+    """One hep_id or a list of them, each checked; a name defined twice is refused."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(name, value, 'must be a string or a list of strings: "[name]host:port"')
+    seen: set[str] = set()
+    for item in items:
+        hep_id = parse_hep_id(item, parameter=name)
+        if hep_id.name in seen:
+            raise ConfigError(name, item, f"a hep_id named {hep_id.name!r} is already defined")
+        seen.add(hep_id.name)
+    return tuple(items)
+
+
+def _text(name: str, value: object, _notes: list[str]) -> str:
+    return _string(name, value)
 
 
 def _bwlist(name: str, value: object, _notes: list[str]) -> str:
@@ -443,8 +511,12 @@ _COERCERS: Final[Mapping[str, Coercer]] = MappingProxyType(
         "unix_socket_mode": _mode,
         "unix_socket_user": _owner,
         "unix_socket_group": _owner,
-        "trace_destination": _optional(_hep_name),
+        "trace_destination": _optional(_trace_destination),
         "trace_bwlist": _optional(_bwlist),
+        "hep_id": _hep_ids,
+        "homer5_on": _boolean,
+        "homer5_delim": _text,
+        "hep_capture_id": _int_range(0, _U32_MAX),
         "pretty_printing": _boolean,
         "json_errors": _boolean,
         "allow_from": _cidrs,
@@ -564,10 +636,52 @@ def _address_rules(settings: Settings) -> list[str]:
 
 
 def _tracing_rules(settings: Settings) -> list[str]:
-    if settings.trace_bwlist is not None and settings.trace_destination is None:
+    if settings.trace_destination is None:
         # OpenSIPS only parses the list when a destination is set.
-        return ["trace_bwlist has no effect without trace_destination"]
+        if settings.trace_bwlist is not None:
+            return ["trace_bwlist has no effect without trace_destination"]
+        return []
+    trace_target(settings.trace_destination, settings.hep_id)  # raises if unusable
     return []
+
+
+def trace_target(destination: str, hep_ids: tuple[str, ...]) -> HepId:
+    """The HEP destination ``trace_destination`` means: ``udp:host:port`` itself, or the
+    ``hep_id`` it names, which must send HEP3 over UDP. Raises ``ConfigError``."""
+    found = parse_trace_destination(destination)
+    if isinstance(found, UdpAddress):
+        return HepId(destination, found, HepTransport.UDP, HEP_VERSION)
+    by_name = {hep_id.name: hep_id for hep_id in map(parse_hep_id, hep_ids)}
+    hep_id = by_name.get(found)
+    if hep_id is None:
+        known = f" (defined: {', '.join(by_name)})" if by_name else ""
+        raise ConfigError(
+            "trace_destination",
+            destination,
+            f"names no hep_id{known}: define it, e.g. "
+            f'hep_id = "[{found}]127.0.0.1:9060;transport=udp" (or modparam("proto_hep", '
+            '"hep_id", ...) in the opensips.cfg given with --config), or write udp:host:port',
+        )
+    _check_hep_id(destination, hep_id)
+    return hep_id
+
+
+def _check_hep_id(destination: str, hep_id: HepId) -> None:
+    if hep_id.transport is not HepTransport.UDP:
+        raise ConfigError(
+            "trace_destination",
+            destination,
+            f"hep_id {hep_id.name!r} sends over {hep_id.transport.upper()} (proto_hep's "
+            "default when no transport is given), and midgram traces over UDP only: add "
+            ";transport=udp to it",
+        )
+    if hep_id.version != HEP_VERSION:
+        raise ConfigError(
+            "trace_destination",
+            destination,
+            f"hep_id {hep_id.name!r} is HEP version {hep_id.version}, which carries no MI "
+            "data (OpenSIPS adds none below version 3): use version=3",
+        )
 
 
 _RULES: Final[tuple[Callable[[Settings], list[str]], ...]] = (_address_rules, _tracing_rules)
@@ -594,6 +708,10 @@ class Settings:
     unix_socket_group: str | int | None = None
     trace_destination: str | None = None
     trace_bwlist: str | None = None
+    hep_id: tuple[str, ...] = ()
+    homer5_on: bool = DEFAULT_HOMER5_ON
+    homer5_delim: str = DEFAULT_HOMER5_DELIM
+    hep_capture_id: int = DEFAULT_HEP_CAPTURE_ID
     pretty_printing: bool = False
     json_errors: bool = False
     allow_from: tuple[str, ...] = ()
@@ -626,6 +744,13 @@ class Settings:
         if self.socket_name is None:
             return None
         return parse_socket_name(self.socket_name)
+
+    @property
+    def trace_target(self) -> HepId | None:
+        """Where commands are traced (``trace_destination`` resolved), or None: no tracing."""
+        if self.trace_destination is None:
+            return None
+        return trace_target(self.trace_destination, self.hep_id)
 
     def warnings(self) -> tuple[str, ...]:
         """Things that work, but not as written (e.g. mode 0 became 0600)."""
@@ -741,6 +866,8 @@ _CFG_ESCAPES: Final[Mapping[str, str]] = MappingProxyType(
 _CFG_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
 _HEP_ID_RE: Final = re.compile(r"\s*\[([^\]]+)\](.*)", re.DOTALL)
 _HEP_MODULE: Final = "proto_hep"
+#: The proto_hep modparams that shape MI traces (besides hep_id).
+_HEP_PARAMS: Final = frozenset({"homer5_on", "homer5_delim", "hep_capture_id"})
 _INCLUDE_WORDS: Final = frozenset({"include_file", "import_file"})
 
 _Token = tuple[str, str]
@@ -753,11 +880,22 @@ class OpensipsCfg:
     ``params``: the ``mi_datagram`` modparams (str or int values, the last one wins).
     ``hep_ids``: the proto_hep ``hep_id`` destinations, name -> spec (``trace_destination``
     names one of them). ``includes``: files the cfg includes, which were not read.
+    ``hep_params``: the proto_hep modparams that shape traces (``homer5_on``,
+    ``homer5_delim``, ``hep_capture_id``).
     """
 
     params: dict[str, object]
     hep_ids: dict[str, str]
     includes: tuple[str, ...] = ()
+    hep_params: dict[str, object] = field(default_factory=dict)
+
+    def layer(self) -> dict[str, object]:
+        """The settings this file gives, for ``merge``: the mi_datagram modparams, and the
+        proto_hep ones that tracing uses."""
+        layer = {**self.params, **self.hep_params}
+        if self.hep_ids:
+            layer["hep_id"] = tuple(f"[{name}]{spec}" for name, spec in self.hep_ids.items())
+        return layer
 
     def warnings(self) -> tuple[str, ...]:
         """Problems OpenSIPS would not report: it silently disables tracing for them."""
@@ -867,6 +1005,7 @@ def parse_opensips_cfg(text: str) -> OpensipsCfg:
     tokens = _cfg_tokens(text)
     params: dict[str, object] = {}
     hep_ids: dict[str, str] = {}
+    hep_params: dict[str, object] = {}
     includes: list[str] = []
     for at, (kind, raw) in enumerate(tokens):
         if kind != "word":
@@ -885,4 +1024,6 @@ def parse_opensips_cfg(text: str) -> OpensipsCfg:
             params[name] = value
         if _module_matches(module, _HEP_MODULE) and name == "hep_id":
             _add_hep_id(hep_ids, value)
-    return OpensipsCfg(params, hep_ids, tuple(includes))
+        elif _module_matches(module, _HEP_MODULE) and name in _HEP_PARAMS:
+            hep_params[name] = value
+    return OpensipsCfg(params, hep_ids, tuple(includes), hep_params)

@@ -5,6 +5,10 @@ own asyncio loop.
 then either forks ``children_count`` workers under a ``Supervisor`` or, with
 ``children_count = 0``, serves in the calling process (DESIGN.md difference 8). Either way
 the UNIX socket file is removed on the way out.
+
+Tracing (``trace_destination``) is checked before any fork: the bw-list against the commands
+served, the collector's name resolved. Each worker then makes its own HEP socket and
+correlation ids after the fork.
 """
 
 from __future__ import annotations
@@ -17,23 +21,27 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.address import UdpAddress, UnixAddress, parse_socket_name
+from midgram.address import HepId, UdpAddress, UnixAddress, parse_socket_name
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings, default_socket_name
 from midgram.core import with_core
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
 from midgram.supervisor import Supervisor, WorkerSignals
+from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
+    HepSender,
     bind_udp,
     bind_unix,
     enlarge_send_buffer,
     remove_unix,
     resolve_owner,
+    resolve_udp,
     set_recv_timeout,
 )
-from midgram.worker import ServerStats, Worker, source_filter
+from midgram.worker import ServerStats, Tracing, Worker, source_filter
 
 __all__ = ["AsyncServer", "default_address", "open_socket", "serve"]
 
@@ -77,6 +85,56 @@ def _dispatcher(settings: Settings, registry: Registry, runtime: Runtime) -> Dis
     )
 
 
+@dataclass(frozen=True)
+class _TracePlan:
+    """Tracing as checked at start, before any fork; ``start`` it in each worker."""
+
+    settings: Settings
+    target: HepId
+    collector: tuple[int, tuple[Any, ...]]
+    server: Any
+    traced: TraceFilter
+    startup: int
+
+    def start(self) -> Tracing:
+        """This process's tracer and HEP socket (its own pid and random source)."""
+        settings = self.settings
+        tracer = Tracer(
+            self.server,
+            CorrelationIds(os.getpid(), self.startup),
+            capture_id=settings.hep_capture_id,
+            payload=PayloadFormat(settings.homer5_on, settings.homer5_delim),
+            traced=self.traced,
+        )
+        return Tracing(tracer, HepSender(*self.collector))
+
+
+def _trace_plan(
+    settings: Settings, sock: socket.socket, dispatcher: Dispatcher
+) -> _TracePlan | None:
+    target = settings.trace_target
+    if target is None:
+        return None
+    # An unknown command in trace_bwlist stops the server here, naming it (as OpenSIPS).
+    traced = TraceFilter.from_bwlist(settings.trace_bwlist, dispatcher.registry)
+    collector = resolve_udp(target.address.host, target.address.port)
+    named = "" if str(settings.trace_destination).startswith("udp:") else f" (hep_id {target.name})"
+    log.info(
+        "tracing MI commands to %s%s as HEP3 over UDP, capture id %d, %s payloads%s",
+        target.address,
+        named,
+        settings.hep_capture_id,
+        "HOMER 5 text" if settings.homer5_on else "JSON",
+        f", trace_bwlist {settings.trace_bwlist!r}" if settings.trace_bwlist else "",
+    )
+    return _TracePlan(settings, target, collector, sock.getsockname(), traced, int(time.time()))
+
+
+def _close_tracing(tracing: Tracing | None) -> None:
+    if tracing is not None:
+        tracing.sender.close()
+
+
 def serve(
     settings: Settings,
     registry: Registry | None = None,
@@ -88,8 +146,6 @@ def serve(
     registry = registry if registry is not None else Registry()
     for warning in settings.warnings():
         log.warning("%s", warning)
-    if settings.trace_destination:
-        log.warning("HEP tracing is not implemented yet: trace_destination is ignored")
     sock = open_socket(settings)
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
@@ -113,7 +169,11 @@ def _serve_inline(
     """``children_count = 0``: this process is the one worker (embedding, debugging)."""
     runtime = LocalRuntime()
     dispatcher = _dispatcher(settings, registry, runtime)
-    worker = _worker(sock, settings, dispatcher, ServerStats.declare(registry.stats))
+    plan = _trace_plan(settings, sock, dispatcher)
+    tracing = plan.start() if plan is not None else None
+    worker = _worker(
+        sock, settings, dispatcher, ServerStats.declare(registry.stats), tracing=tracing
+    )
     worker_signals = WorkerSignals()
     restore = _install_inline_signals(worker_signals)
     _announce(where, 0, on_ready)
@@ -121,6 +181,7 @@ def _serve_inline(
         worker.run(lambda: worker_signals.should_stop() or runtime.stop_requested)
     finally:
         restore()
+        _close_tracing(tracing)
     _report(worker.stats)
     return 0
 
@@ -154,6 +215,7 @@ def _serve_forked(
     table.register(0, os.getpid())
     runtime = SharedRuntime(table, 0, time.time(), os.getpid())
     dispatcher = _dispatcher(settings, registry, runtime)
+    plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
     registry.stats.allocate(children)  # shared memory, before the fork
 
@@ -170,6 +232,7 @@ def _serve_forked(
             log_level=lambda: table.level(slot + 1),
             stop_requested=lambda: runtime.stop_requested,
             on_stop_requested=lambda: os.kill(runtime.supervisor_pid, signal.SIGTERM),
+            tracing=plan.start() if plan is not None else None,
         )
         worker.run(worker_signals.should_stop)
         return 0
@@ -238,6 +301,7 @@ class AsyncServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: asyncio.Event | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._tracing: Tracing | None = None
 
     @property
     def address(self) -> str:
@@ -245,10 +309,16 @@ class AsyncServer:
 
     async def start(self) -> None:
         sock = open_socket(self.settings)
-        sock.setblocking(False)  # one process: the flag is ours alone
-        dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
+        try:
+            sock.setblocking(False)  # one process: the flag is ours alone
+            dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
+            plan = _trace_plan(self.settings, sock, dispatcher)
+        except BaseException:
+            _close(sock, self.settings)
+            raise
+        self._tracing = plan.start() if plan is not None else None
         stats = ServerStats.declare(self.registry.stats)
-        self._worker = _worker(sock, self.settings, dispatcher, stats)
+        self._worker = _worker(sock, self.settings, dispatcher, stats, tracing=self._tracing)
         self._sock = sock
         self._closed = asyncio.Event()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
@@ -272,6 +342,8 @@ class AsyncServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         _close(self._sock, self.settings)
         self._sock = None
+        _close_tracing(self._tracing)
+        self._tracing = None
         if self._closed is not None:
             self._closed.set()
 

@@ -9,6 +9,8 @@
   that ``connect()``-ed to the server gets its answer) and honours ``socket_timeout``
   (difference 1): a reply the client's full queue refuses is retried, without blocking the
   worker, until its deadline.
+- :class:`HepSender` sends trace packets to a HEP collector over UDP, from a socket of its
+  own, never blocking and never raising.
 
 Process model: the socket is shared by forked workers, so its file status flags
 (``O_NONBLOCK``) and options (``SO_RCVTIMEO``) are shared too. It therefore stays blocking, so
@@ -45,6 +47,7 @@ __all__ = [
     "RECV_TIMEOUT",
     "SUN_PATH_MAX",
     "DropReason",
+    "HepSender",
     "PeerAddress",
     "RateLimitedLog",
     "Receiver",
@@ -56,6 +59,7 @@ __all__ = [
     "remove_unix",
     "resolve_group",
     "resolve_owner",
+    "resolve_udp",
     "resolve_user",
     "set_recv_timeout",
 ]
@@ -724,3 +728,61 @@ class ReplySender:
         if self._on_drop is not None:
             self._on_drop(reason.value)
         return SendStatus.DROPPED
+
+
+# --- HEP tracing ------------------------------------------------------------------------
+
+
+def resolve_udp(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+    """``(family, sockaddr)`` of a UDP destination: the first getaddrinfo() result.
+
+    Resolved once, when the server starts (OpenSIPS resolves a hep_id at each send).
+    """
+    try:
+        family, _kind, _proto, _canonical, address = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TransportError(f"failed to resolve {host}: {exc}", host) from exc
+    return family, address
+
+
+class HepSender:
+    """Sends HEP packets to one collector over UDP from its own non-blocking socket.
+
+    A failed send (collector unreachable, send buffer full) loses that packet, is logged at
+    most once per ``log_interval`` and never disturbs serving: ``send`` returns False.
+    One per process: make it after the fork.
+    """
+
+    def __init__(
+        self,
+        family: int,
+        sockaddr: tuple[Any, ...],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        log_interval: float = DROP_LOG_INTERVAL,
+    ) -> None:
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._sendto = self._sock.sendto
+        self._sockaddr = sockaddr
+        self._log = RateLimitedLog(log, log_interval, clock=clock)
+
+    def send(self, packet: bytes) -> bool:
+        """Send one packet; False (and a rate-limited log line) when it could not go."""
+        try:
+            self._sendto(packet, self._sockaddr)
+        except OSError as exc:
+            self._log.log(
+                "hep",
+                logging.WARNING,
+                "cannot send a HEP trace to %s: %s",
+                peer_label(self._sockaddr),
+                _why(exc),
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close()

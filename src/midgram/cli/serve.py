@@ -55,7 +55,7 @@ def _config_layer(path: str | None) -> dict[str, Any]:
         warnings.append('no modparam("mi_datagram", ...) line found: nothing taken from it')
     for warning in warnings:
         click.echo(f"midgram: {path}: {warning}", err=True)
-    return dict(cfg.params)
+    return cfg.layer()
 
 
 def _load_registry(spec: str | None) -> Registry | None:
@@ -105,10 +105,24 @@ def _how_to_call(where: str) -> str:
 @click.option("--allow-from", multiple=True, help="CIDR allowed to send over UDP (repeatable).")
 @click.option("--allow-any", is_flag=True, default=None, help="Accept UDP from any address.")
 @click.option(
+    "--trace-to",
+    "trace_destination",
+    metavar="DEST",
+    help="trace_destination: trace commands as HEP3 to udp:HOST:PORT, or to a hep_id's name.",
+)
+@click.option("--trace-bwlist", metavar="LIST", help='trace_bwlist, e.g. "b: ps, which".')
+@click.option(
+    "--homer5/--no-homer5",
+    "homer5_on",
+    default=None,
+    help="homer5_on: HOMER 5 text trace payloads (the default), or JSON.",
+)
+@click.option("--hep-capture-id", type=int, help="hep_capture_id in HEP packets (default 1).")
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
-    help="A TOML file, or an opensips.cfg whose mi_datagram modparams are read.",
+    help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams).",
 )
 @click.option("--app", help="module:attribute of a Registry whose commands to serve too.")
 @click.option("--log-level", help="debug|info|warning|error|critical, or OpenSIPS -3..4.")

@@ -1,0 +1,378 @@
+"""MI tracing, sans-IO: what OpenSIPS's mi_datagram sends to a HEP collector, as bytes.
+
+For each datagram it served, a worker asks ``Tracer.request`` (after the command ran, before
+the reply goes out) and, when a reply was sent, ``Tracer.reply``; each returns a HEP3 packet
+or None. The rules are OpenSIPS's (spec mi-datagram 1.11 and 4, hep-mi-tracing 3 and 4):
+
+- a call is traced with its method name, the backend ``datagram`` and its params flattened
+  by ``params_text``; ``trace_bwlist`` (``TraceFilter``) can leave a command out, but a
+  method that is no command is always traced;
+- a datagram that is not JSON (or too large to have been read whole) is traced as the
+  command ``unknown`` whatever the list says;
+- the reply is traced as sent (cut to 128 bytes), or ``500 Internal error`` when it could
+  not be sent; a notification has no reply, so no reply trace;
+- request and reply share one correlation id, ``MICORR`` + base64 of 20 bytes;
+- payloads are HOMER 5 plain text (``homer5_on``, the default) or cJSON's formatted JSON.
+
+Deliberately unlike OpenSIPS (DESIGN.md difference 7): IPv6 peers are traced with their
+real address (OpenSIPS copies half of it), and a UNIX-socket peer, which has no IP address,
+is traced with loopback placeholders, ``127.0.0.1:0`` for the client and ``127.0.0.2:0`` for
+the server (the pair proto_hep's trace API defines for address-less traffic), where OpenSIPS
+sends nothing at all. Async commands are traced like the others: a midgram worker awaits
+them and replies at once (OpenSIPS never traces its own, differently made, async replies).
+
+No clock here: times come in as nanoseconds since the epoch, randomness from a seedable
+``random.Random``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import random
+import re
+import struct
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
+
+from midgram import hep
+from midgram.commands import Outcome, Status
+from midgram.config import DEFAULT_HEP_CAPTURE_ID, DEFAULT_HOMER5_DELIM, parse_bwlist
+from midgram.errors import ConfigError
+from midgram.protocol import Params
+
+__all__ = [
+    "BACKEND",
+    "MAX_PARAMS",
+    "MAX_TRACE_FIELD",
+    "UNIX_CLIENT",
+    "UNIX_SERVER",
+    "UNKNOWN_COMMAND",
+    "CorrelationIds",
+    "Endpoint",
+    "PayloadFormat",
+    "Trace",
+    "TraceFilter",
+    "Tracer",
+    "cjson_object",
+    "correlation_id",
+    "params_text",
+]
+
+#: What mi_datagram names itself in a request trace.
+BACKEND: Final = b"datagram"
+#: The command of a trace for a datagram that is not a JSON-RPC call at all.
+UNKNOWN_COMMAND: Final = "unknown"
+#: MAX_TRACE_FIELD: a reply is traced cut to this many bytes.
+MAX_TRACE_FIELD: Final = 128
+#: The params text is written into a MAX_TRACE_FIELD buffer, its NUL included.
+MAX_PARAMS: Final = MAX_TRACE_FIELD - 1
+CORRELATION_PREFIX: Final = b"MICORR"
+
+
+class Endpoint(NamedTuple):
+    """One end of a traced exchange: an IP address and a port."""
+
+    ip: hep.IPAddress
+    port: int
+
+
+#: DESIGN difference 7: a UNIX peer has no IP address; proto_hep's TRACE_INADDR_LOOPBACK
+#: and TRACE_INADDR_LOOPBACK2 stand in for the client and the server.
+UNIX_CLIENT: Final = Endpoint(ipaddress.IPv4Address("127.0.0.1"), 0)
+UNIX_SERVER: Final = Endpoint(ipaddress.IPv4Address("127.0.0.2"), 0)
+
+
+def endpoint(sockaddr: Any) -> Endpoint | None:
+    """An IP ``(host, port[, flow, scope])`` as recvfrom/getsockname give it, else None
+    (a UNIX address: a path, an abstract name, or None for an unbound client)."""
+    if type(sockaddr) is not tuple:
+        return None
+    host, port = sockaddr[0], sockaddr[1]
+    # A link-local address carries its zone ("fe80::1%eth0"); HEP has room for none.
+    return Endpoint(ipaddress.ip_address(host.partition("%")[0]), port)
+
+
+# --- the params text (build_mi_trace_request) ---------------------------------------------
+
+_INT_MIN: Final = -(2**31)
+_INT_MAX: Final = 2**31 - 1
+
+
+def _valueint(number: float) -> bytes:
+    """cJSON's ``valueint`` printed with ``%d``: truncated toward zero, saturated to a C int."""
+    return b"%d" % max(_INT_MIN, min(_INT_MAX, int(number)))
+
+
+#: How each JSON type is written; the types missing here (bool, null, array, object) are
+#: skipped. ``type()`` keys keep bool apart from int.
+_PARAM_TEXT: Final[Mapping[type, Callable[[Any], bytes]]] = MappingProxyType(
+    {
+        int: _valueint,
+        float: _valueint,
+        str: lambda text: text.encode("utf-8", "surrogatepass"),
+    }
+)
+
+
+def params_text(params: Params) -> bytes:
+    """The params as OpenSIPS traces them: the values of an array or an object (names
+    dropped), numbers as C ints and strings raw, other values skipped, joined with ","
+    and cut to 127 bytes.
+
+    The comma goes before every written value that is not the first of the params, even
+    when the values before it were skipped: ``[true, "x"]`` gives ``,x``.
+    """
+    if not params:
+        return b""
+    values = params.values() if type(params) is dict else params
+    parts = []
+    for index, value in enumerate(values):
+        write = _PARAM_TEXT.get(type(value))
+        if write is not None:
+            parts.append(b"," + write(value) if index else write(value))
+    return b"".join(parts)[:MAX_PARAMS]
+
+
+# --- payloads (add_payload_part, then HOMER 5 text or cJSON_Print) -------------------------
+
+# lib/cJSON's print_string: these get a short escape, other bytes below 0x20 \u00xx, and
+# everything else (UTF-8 and "/" included) is copied as it is.
+_SHORT_ESCAPES: Final[Mapping[int, bytes]] = MappingProxyType(
+    {
+        ord('"'): b'\\"',
+        ord("\\"): b"\\\\",
+        ord("\b"): b"\\b",
+        ord("\f"): b"\\f",
+        ord("\n"): b"\\n",
+        ord("\r"): b"\\r",
+        ord("\t"): b"\\t",
+    }
+)
+_ESCAPES: Final[Mapping[bytes, bytes]] = MappingProxyType(
+    {
+        bytes([byte]): _SHORT_ESCAPES.get(byte, b"\\u%04x" % byte)
+        for byte in (*range(0x20), ord('"'), ord("\\"))
+    }
+)
+_ESCAPED_RE: Final = re.compile(rb'[\x00-\x1f"\\]')
+
+
+def _cjson_string(text: bytes) -> bytes:
+    return b'"' + _ESCAPED_RE.sub(lambda match: _ESCAPES[match.group()], text) + b'"'
+
+
+def cjson_object(members: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """A flat object of strings as ``cJSON_Print`` (formatted) writes it:
+    ``{\\n\\t"key":\\t"value",\\n...\\n}``."""
+    lines = (b"\t%s:\t%s" % (_cjson_string(key), _cjson_string(value)) for key, value in members)
+    return b"{\n" + b",\n".join(lines) + b"\n}"
+
+
+@dataclass(frozen=True)
+class PayloadFormat:
+    """proto_hep's ``homer5_on`` and ``homer5_delim``: how the named parts of a trace
+    become the payload. Empty parts are left out, as ``add_payload_part`` refuses them."""
+
+    homer5: bool = True
+    delim: str = DEFAULT_HOMER5_DELIM
+
+    def build(self, parts: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+        """The payload of these ``(name, value)`` parts; None when all are empty."""
+        given = [(name, value) for name, value in parts if value]
+        if not given:
+            return None
+        if self.homer5:
+            return self.delim.encode().join(value for _name, value in given)
+        return cjson_object(given)
+
+    def request(self, command: str, params: bytes) -> bytes | None:
+        return self.build(
+            (
+                (b"command", command.encode("utf-8", "surrogatepass")),
+                (b"backend", BACKEND),
+                (b"parameters", params),
+            )
+        )
+
+    def reply(self, text: bytes) -> bytes | None:
+        return self.build(((b"reply", text[:MAX_TRACE_FIELD]),))
+
+
+# --- correlation ids (generate_hep_guid) ---------------------------------------------------
+
+_GUID: Final = struct.Struct("<IIQI")
+_U32: Final = 0xFFFF_FFFF
+_U64: Final = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def correlation_id(pid: int, startup: int, ticks: int, rand: int) -> bytes:
+    """``MICORR`` + base64 of pid, startup time, ticks and a random number (20 bytes, little
+    endian as OpenSIPS writes them on x86): always 34 ASCII bytes."""
+    raw = _GUID.pack(pid & _U32, startup & _U32, ticks & _U64, rand & _U32)
+    return CORRELATION_PREFIX + base64.b64encode(raw)
+
+
+class CorrelationIds:
+    """A new correlation id per call: unique within a process (``ticks`` is a sequence
+    number here, where OpenSIPS puts its tick counter), between workers (the pid), across
+    restarts (the startup time), with 31 random bits, as C's ``rand()`` gives, on top.
+
+    Make one per process, after the fork: ``rng`` (default: seeded from the OS) must not be
+    shared by forked workers.
+    """
+
+    def __init__(self, pid: int, startup: int, rng: random.Random | None = None) -> None:
+        self._pid = pid
+        self._startup = startup
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - not a secret
+        self._ticks = 0
+
+    def __call__(self) -> bytes:
+        self._ticks += 1
+        return correlation_id(self._pid, self._startup, self._ticks, self._rng.getrandbits(31))
+
+
+# --- trace_bwlist ------------------------------------------------------------------------
+
+
+class TraceFilter:
+    """``trace_bwlist`` against the commands a server runs: which method names are traced.
+
+    No list traces everything. A whitelist traces its commands, a blacklist all but its
+    commands; either way a method that is no command (``is_command`` says) is traced.
+    """
+
+    def __init__(
+        self,
+        is_whitelist: bool = False,
+        names: Collection[str] = (),
+        is_command: Callable[[str], bool] = lambda _name: True,
+    ) -> None:
+        self._whitelist = is_whitelist
+        self._names = frozenset(names)
+        self._is_command = is_command
+
+    @classmethod
+    def from_bwlist(cls, text: str | None, commands: Container[str]) -> TraceFilter:
+        """Parse ``trace_bwlist`` and check each name against ``commands`` (a registry);
+        an unknown name raises ``ConfigError`` with OpenSIPS's text."""
+        if text is None:
+            return cls()
+        is_whitelist, names = parse_bwlist(text)
+        for name in names:
+            if name not in commands:
+                raise ConfigError("trace_bwlist", text, f"can't find mi command [{name}]!")
+        return cls(is_whitelist, names, commands.__contains__)
+
+    def __call__(self, method: str) -> bool:
+        if not self._is_command(method):
+            return True
+        return (method in self._names) is self._whitelist
+
+
+#: Trace every command: no trace_bwlist.
+TRACE_ALL: Final = TraceFilter()
+
+
+# --- the tracer --------------------------------------------------------------------------
+
+#: Not traced at all: an empty datagram is ignored before anything else happens.
+_UNTRACED: Final = frozenset({Status.EMPTY})
+#: Traced as command "unknown" without params, whatever the bw-list says
+#: (trace_datagram_err): nothing in the datagram could be read as a call.
+_UNREADABLE: Final = frozenset({Status.PARSE_ERROR, Status.OVERSIZE})
+
+
+class Trace(NamedTuple):
+    """A traced request: its packet, and what its reply trace needs."""
+
+    packet: bytes
+    client: Endpoint
+    server: Endpoint
+    correlation_id: bytes
+
+
+class Tracer:
+    """Builds the HEP packets of one worker's traces.
+
+    ``server`` is the server socket's own address (``getsockname()``): an IP address and
+    port, or a UNIX address, which puts the tracer in placeholder mode (``UNIX_CLIENT``,
+    ``UNIX_SERVER``). ``ids`` makes the correlation ids (a ``CorrelationIds``).
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        ids: Callable[[], bytes],
+        *,
+        capture_id: int = DEFAULT_HEP_CAPTURE_ID,
+        payload: PayloadFormat | None = None,
+        traced: Callable[[str], bool] = TRACE_ALL,
+    ) -> None:
+        self._server = endpoint(server) or UNIX_SERVER
+        self._unix = endpoint(server) is None
+        self._ids = ids
+        self._capture_id = capture_id
+        self._payload = payload or PayloadFormat()
+        self._traced = traced
+        # Most traffic comes from one client address at a time: convert it once.
+        self._last_peer: Any = None
+        self._last_client = UNIX_CLIENT
+
+    def request(self, outcome: Outcome, peer: Any, now_ns: int) -> Trace | None:
+        """The request trace of a served datagram, or None when it is not traced."""
+        status = outcome.status
+        if status in _UNTRACED:
+            return None
+        if status in _UNREADABLE:
+            command, params = UNKNOWN_COMMAND, b""
+        else:
+            command = outcome.method if outcome.method is not None else UNKNOWN_COMMAND
+            if not self._traced(command):
+                return None
+            params = params_text(outcome.params)
+        client = self._client(peer)
+        correlation = self._ids()
+        payload = self._payload.request(command, params)
+        packet = self._packet(client, self._server, now_ns, payload, correlation)
+        return Trace(packet, client, self._server, correlation)
+
+    def reply(self, trace: Trace, reply: bytes, now_ns: int) -> bytes:
+        """The reply trace: ``reply`` as sent (or ``500 Internal error`` if it was not),
+        from the server back to the client, with the request's correlation id."""
+        payload = self._payload.reply(reply)
+        return self._packet(trace.server, trace.client, now_ns, payload, trace.correlation_id)
+
+    def _client(self, peer: Any) -> Endpoint:
+        if self._unix:
+            return UNIX_CLIENT
+        if peer != self._last_peer:
+            self._last_client = endpoint(peer) or UNIX_CLIENT
+            self._last_peer = peer
+        return self._last_client
+
+    def _packet(
+        self,
+        src: Endpoint,
+        dst: Endpoint,
+        now_ns: int,
+        payload: bytes | None,
+        correlation: bytes,
+    ) -> bytes:
+        seconds, micros = divmod(now_ns // 1000, 1_000_000)
+        return hep.encode(
+            hep.HepPacket(
+                src_ip=src.ip,
+                dst_ip=dst.ip,
+                src_port=src.port,
+                dst_port=dst.port,
+                ts_sec=seconds,
+                ts_usec=micros,
+                capture_id=self._capture_id,
+                payload=payload,
+                correlation_id=correlation,
+            )
+        )
