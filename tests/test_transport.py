@@ -30,6 +30,7 @@ from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.transport import (
     DROP_LOG_INTERVAL,
     DropReason,
+    HepSender,
     RateLimitedLog,
     Receiver,
     ReplySender,
@@ -40,6 +41,7 @@ from midgram.transport import (
     remove_unix,
     resolve_group,
     resolve_owner,
+    resolve_udp,
     resolve_user,
     set_recv_timeout,
 )
@@ -1070,3 +1072,60 @@ def test_drop_reasons_are_plain_strings() -> None:
 )
 def test_peer_label(address: str | bytes | tuple[Any, ...] | None, label: str) -> None:
     assert peer_label(address) == label
+
+
+# --- the HEP sender ------------------------------------------------------------------------
+
+
+def test_resolve_udp() -> None:
+    assert resolve_udp("127.0.0.1", 9060) == (socket.AF_INET, ("127.0.0.1", 9060))
+    family, address = resolve_udp("::1", 9060)
+    assert (family, address[:2]) == (socket.AF_INET6, ("::1", 9060))
+    assert resolve_udp("localhost", 9)[1][1] == 9
+    with pytest.raises(TransportError, match=r"failed to resolve no-such-host\.invalid"):
+        resolve_udp("no-such-host.invalid", 9060)
+
+
+def test_hep_sender_sends_datagrams() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        sender = HepSender(socket.AF_INET, collector.getsockname())
+        try:
+            assert sender.send(b"HEP3 one")
+            assert sender.send(b"HEP3 two")
+            collector.settimeout(5)
+            assert [collector.recv(100), collector.recv(100)] == [b"HEP3 one", b"HEP3 two"]
+        finally:
+            sender.close()
+
+
+def test_hep_sender_failures_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    # The broadcast address without SO_BROADCAST: every send fails (EACCES), at once.
+    sender = HepSender(socket.AF_INET, ("255.255.255.255", 9), clock=lambda: now[0])
+    try:
+        assert [sender.send(b"x") for _ in range(5)] == [False] * 5
+        now[0] = DROP_LOG_INTERVAL
+        assert not sender.send(b"x")
+    finally:
+        sender.close()
+    assert caplog.messages == [
+        "cannot send a HEP trace to 255.255.255.255:9: Permission denied",
+        "cannot send a HEP trace to 255.255.255.255:9: Permission denied "
+        "(4 similar messages suppressed)",
+    ]
+
+
+def test_hep_sender_never_blocks() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sender = HepSender(socket.AF_INET, collector.getsockname())
+        try:
+            started = time.monotonic()
+            # Nobody reads: the collector's queue fills and the kernel drops, never waits.
+            sent = [sender.send(b"x" * 1000) for _ in range(2000)]
+            assert time.monotonic() - started < 5
+            assert any(sent)
+        finally:
+            sender.close()
