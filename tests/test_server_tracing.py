@@ -263,6 +263,27 @@ def test_unix_clients_are_traced_with_loopback_placeholders(collector: Collector
     assert request.correlation_id == traced_reply.correlation_id
 
 
+def test_a_reply_that_cannot_be_sent_is_traced_as_an_internal_error(collector: Collector) -> None:
+    with traced_server(collector) as server:
+        # A UNIX client that did not bind an address cannot be answered (difference 6).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+            unbound.sendto(UPTIME, server.target)
+        request, reply = collector.decoded(2)
+    assert request.payload == b"uptime:datagram"
+    assert reply.payload == b"500 Internal error"
+    assert request.correlation_id == reply.correlation_id
+
+
+def test_pretty_replies_are_traced_as_sent(collector: Collector) -> None:
+    with traced_server(collector, "--pretty") as server:
+        with server.client() as client:
+            reply = exchange(client, UPTIME)
+        _request, traced_reply = collector.decoded(2)
+    assert reply is not None
+    assert reply.startswith(b'{\n\t"jsonrpc":\t"2.0",')
+    assert traced_reply.payload == reply[:128]
+
+
 def test_every_worker_makes_its_own_correlation_ids(collector: Collector) -> None:
     with traced_server(collector, "--children", "3") as server:
         for _ in range(30):

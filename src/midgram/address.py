@@ -349,7 +349,7 @@ def _hep_version(value: str) -> int:
     return int(value)
 
 
-#: The hep_id parameters, their defaults (proto_hep's) and parsers.
+#: The hep_id parameters and proto_hep's defaults for them.
 _HEP_PARAMS: Final[Mapping[str, str]] = MappingProxyType({"transport": "tcp", "version": "3"})
 
 

@@ -312,8 +312,9 @@ class Tracer:
         payload: PayloadFormat | None = None,
         traced: Callable[[str], bool] = TRACE_ALL,
     ) -> None:
-        self._server = endpoint(server) or UNIX_SERVER
-        self._unix = endpoint(server) is None
+        address = endpoint(server)
+        self._unix = address is None
+        self._server = UNIX_SERVER if address is None else address
         self._ids = ids
         self._capture_id = capture_id
         self._payload = payload or PayloadFormat()
