@@ -531,7 +531,9 @@ _ERROR_MESSAGES: Final = {
     DropReason.ERROR: "cannot reply to %s: %s",
 }
 
-_FIRST_BACKOFF: Final = 0.001
+# A full client queue usually drains within tens of microseconds (the client is reading):
+# retry soon, then back off, doubling, to at most 50 ms for a client that is not reading.
+_FIRST_BACKOFF: Final = 0.00005
 _MAX_BACKOFF: Final = 0.050
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import math
 import select
 import socket
 import time
@@ -139,8 +138,7 @@ class Worker:
         self._received = stats.received.inc
         self._replied = stats.replied.inc
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
+        self._readable = (sock,)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The loop. Returns when ``should_stop()`` is true; replies still queued get up to
@@ -246,9 +244,11 @@ class Worker:
         return pending.finish(result)
 
     def _poll_then_recv(self, wait: float | None) -> tuple[bytes, Any, bool] | None:
-        # Round up: a wait under a millisecond must not become a busy poll(0) loop.
-        timeout_ms = -1 if wait is None else max(0, math.ceil(wait * 1000))
-        if self._poller.poll(timeout_ms):
+        # select(), not poll(): its timeout has microsecond resolution, so the first retries
+        # for a client whose queue was full (tens of microseconds) are not rounded up to a
+        # millisecond, which is what a busy client's latency would pay.
+        readable, _, _ = select.select(self._readable, (), (), wait)
+        if readable:
             return self.receiver.recv(block=False)
         return None
 
