@@ -395,3 +395,50 @@ def test_any_request_shape_gets_a_valid_reply_or_nothing(request_obj: dict[str, 
         reply = json.loads(outcome.reply)
         assert next(iter(reply)) == "jsonrpc"
         assert list(reply)[-1] == "id"
+
+
+def opensips_scan(recipes: list[tuple[str, ...]], params: Any) -> tuple[str, ...] | str:
+    """get_cmd_recipe as OpenSIPS writes it (mi.c), literally: the reference."""
+    if params is None:
+        return next((r for r in recipes if not r), "Too few or too many parameters")
+    if isinstance(params, list):
+        found = [r for r in recipes if r and len(r) == len(params)]
+        if len(found) == 1:
+            return found[0]
+        return (
+            "Ambiguous call, use named parameters instead"
+            if found
+            else ("Too few or too many parameters")
+        )
+    err = "Too few or too many parameters"
+    for recipe in recipes:
+        if recipe and len(recipe) == len(params):
+            err = "Named parameters do not match"
+            if all(name in params for name in recipe):
+                return recipe
+    return err
+
+
+names = st.sampled_from(["a", "b", "c", "d"])
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.lists(names, unique=True, max_size=4).map(tuple), min_size=1, max_size=5),
+    st.one_of(
+        st.none(),
+        st.lists(st.integers(), min_size=1, max_size=4),
+        st.dictionaries(names, st.integers(), min_size=1, max_size=4),
+    ),
+)
+def test_recipe_selection_is_opensips_scan(recipes: list[tuple[str, ...]], params: Any) -> None:
+    def handler(a: Any = 0, b: Any = 0, c: Any = 0, d: Any = 0) -> None: ...
+
+    command = make_command(handler, recipes=recipes)
+    expected = opensips_scan(recipes, params)
+    if isinstance(expected, tuple):
+        assert select_recipe(command, params) == expected
+    else:
+        with pytest.raises(InvalidParams) as info:
+            select_recipe(command, params)
+        assert info.value.data == expected

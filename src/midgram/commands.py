@@ -19,7 +19,7 @@ import logging
 import math
 import types
 import typing
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
@@ -222,6 +222,10 @@ class Command:
     #: Whether a call without params is valid (it has the empty recipe): the common case
     #: that dispatch serves without looking at recipes at all.
     takes_nothing: bool = field(init=False, default=False)
+    #: The recipes indexed as OpenSIPS's scan would find them (built once, used per call):
+    #: by parameter count for positional calls, by name set for named ones.
+    by_count: Mapping[int, tuple[tuple[str, ...], ...]] = field(init=False, repr=False)
+    by_names: Mapping[frozenset[str], tuple[str, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -229,6 +233,14 @@ class Command:
         if not self.recipes:
             raise ValueError(f"command {self.name!r} has no recipe")
         object.__setattr__(self, "takes_nothing", () in self.recipes)
+        by_count: dict[int, tuple[tuple[str, ...], ...]] = {}
+        by_names: dict[frozenset[str], tuple[str, ...]] = {}
+        for recipe in self.recipes:
+            if recipe:  # a call with params never picks the empty recipe
+                by_count[len(recipe)] = (*by_count.get(len(recipe), ()), recipe)
+                by_names.setdefault(frozenset(recipe), recipe)  # the first one wins
+        object.__setattr__(self, "by_count", by_count)
+        object.__setattr__(self, "by_names", by_names)
 
 
 def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
@@ -369,17 +381,16 @@ def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
     if type(params) is list:
         if command.named_only:
             raise InvalidParams(NAMED_ONLY)
-        candidates = [r for r in command.recipes if r and len(r) == len(params)]
+        candidates = command.by_count.get(len(params), ())
         if len(candidates) == 1:
             return candidates[0]
         raise InvalidParams(AMBIGUOUS if candidates else WRONG_COUNT)
-    count_matched = False
-    for recipe in command.recipes:
-        if recipe and len(recipe) == len(params):
-            count_matched = True
-            if all(name in params for name in recipe):
-                return recipe
-    raise InvalidParams(NAMES_MISMATCH if count_matched else WRONG_COUNT)
+    # OpenSIPS takes the first recipe of the same count whose every name is present: with
+    # names unique within a recipe, that is the first recipe with exactly this name set.
+    named = command.by_names.get(frozenset(params))
+    if named is not None:
+        return named
+    raise InvalidParams(NAMES_MISMATCH if len(params) in command.by_count else WRONG_COUNT)
 
 
 def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
@@ -387,12 +398,12 @@ def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
     recipe = select_recipe(command, params)
     if params is None:
         return {}
-    if isinstance(params, list):
-        pairs: Iterable[tuple[str, Any]] = zip(recipe, params, strict=True)
-    else:
-        pairs = ((name, params[name]) for name in recipe)
     coercers = command.coercers
-    return {name: coercers[name](value, name) for name, value in pairs}
+    if isinstance(params, list):
+        return {
+            name: coercers[name](value, name) for name, value in zip(recipe, params, strict=True)
+        }
+    return {name: coercers[name](params[name], name) for name in recipe}
 
 
 # --- dispatch -----------------------------------------------------------------------------
