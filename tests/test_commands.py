@@ -140,6 +140,8 @@ def test_bad_handlers_are_refused_at_registration() -> None:
         make_command(star)
     with pytest.raises(TypeError, match="not parameters"):
         make_command(recipe_typo, recipes=[["b"]])
+    with pytest.raises(TypeError, match="twice"):
+        make_command(recipe_typo, recipes=[["a", "a"]])
     registry = Registry()
     registry.command(name="x")(recipe_typo)
     with pytest.raises(ValueError, match="already registered"):

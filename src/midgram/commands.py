@@ -292,6 +292,8 @@ def make_command(
         if recipes is None
         else tuple(tuple(recipe) for recipe in recipes)
     )
+    if any(len(set(recipe)) != len(recipe) for recipe in all_recipes):
+        raise TypeError(f"a recipe of {name or handler.__name__} names a parameter twice")
     accepted = {p.name for p in _mi_parameters(handler)}
     used = {n for recipe in all_recipes for n in recipe}
     if unknown := used - accepted:
