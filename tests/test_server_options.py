@@ -140,3 +140,12 @@ def test_parameters_from_an_opensips_cfg_and_a_toml_file() -> None:
             reply = client.exchange(UPTIME) or b""
         assert reply.startswith(b'{\n\t"jsonrpc":\t"2.0",')
         assert len(running.worker_pids()) == 1
+
+
+def test_pid_file_is_written_while_serving_and_removed_after() -> None:
+    folder = short_tmpdir()
+    pid_file = Path(folder, "midgram.pid")
+    with midgram_server("--pid-file", str(pid_file)) as running:
+        assert int(pid_file.read_text()) == running.proc.pid
+        assert running.stop() == 0
+    assert not pid_file.exists()

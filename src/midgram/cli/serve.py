@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,16 @@ def _how_to_call(where: str) -> str:
 @click.option("--app", help="module:attribute of a Registry whose commands to serve too.")
 @click.option("--log-level", help="debug|info|warning|error|critical, or OpenSIPS -3..4.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (SIGHUP re-opens).")
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False),
+    help="Write the supervisor's pid here once serving (removed on exit).",
+)
 def serve(
     config_file: str | None,
     app: str | None,
     log_file: str | None,
+    pid_file: str | None,
     allow_from: tuple[str, ...],
     **flags: Any,
 ) -> None:
@@ -142,11 +149,18 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     _setup_logging(settings.log_level, log_file)
     registry = _load_registry(app)
+
+    def ready(where: str) -> None:
+        if pid_file:
+            Path(pid_file).write_text(f"{os.getpid()}\n")
+        click.echo(_how_to_call(where), err=True)
+
     try:
-        status = run_server(
-            settings, registry, on_ready=lambda where: click.echo(_how_to_call(where), err=True)
-        )
+        status = run_server(settings, registry, on_ready=ready)
     except MidgramError as exc:
         click.echo(f"midgram: {exc}", err=True)
         sys.exit(exc.code)
+    finally:
+        if pid_file:
+            Path(pid_file).unlink(missing_ok=True)
     sys.exit(status)
