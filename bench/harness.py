@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kamailio_ref import kamailio_binary, kamailio_config
+
 from midgram import loadtest
 from midgram.errors import MidgramError
 from midgram.loadtest import process_tree
@@ -97,20 +99,6 @@ def build(name: str, *, force: bool = False) -> Path:
         return loadtest.compile_program(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
     except MidgramError as exc:
         raise BenchError(str(exc)) from exc
-
-
-def kamailio_modules() -> str:
-    """Where the Debian package puts jsonrpcs.so (the folder is named after the architecture)."""
-    found = sorted(Path("/usr/lib").glob("*/kamailio/modules/jsonrpcs.so"))
-    found += sorted(Path("/usr/lib/kamailio/modules").glob("jsonrpcs.so"))
-    return f"{found[0].parent}/" if found else "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
-
-
-def kamailio_binary() -> str | None:
-    return shutil.which("kamailio") or next(
-        (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.access(p, os.X_OK)),
-        None,
-    )
 
 
 # --- addresses and the readiness probe ------------------------------------------------------
@@ -385,34 +373,6 @@ def _target(scenario: Scenario, workdir: Path, key: str) -> str:
     return str(workdir / f"{key}.sock")
 
 
-def kamailio_config(
-    rundir: Path, dgram_socket: str, sip_port: int, workers: int, pretty: bool
-) -> str:
-    """The shared Kamailio config (jsonrpcs over datagrams only), made for this run."""
-    return f"""#!KAMAILIO
-debug=1
-log_stderror=yes
-children=1
-listen=udp:127.0.0.1:{sip_port}
-disable_tcp=yes
-enable_sctp=no
-auto_aliases=no
-dns=no
-rev_dns=no
-udp4_raw=0
-run_dir="{rundir}"
-mpath="{kamailio_modules()}"
-loadmodule "jsonrpcs.so"
-modparam("jsonrpcs", "transport", 4)
-modparam("jsonrpcs", "dgram_socket", "{dgram_socket}")
-modparam("jsonrpcs", "dgram_workers", {workers})
-modparam("jsonrpcs", "pretty_format", {int(pretty)})
-request_route {{
-	exit;
-}}
-"""
-
-
 def server_specs(scenario: Scenario, workdir: Path, wanted: Sequence[str]) -> list[ServerSpec]:
     """midgram and the references this scenario compares it with, in run order."""
     request = REQUESTS[scenario.request]
@@ -469,7 +429,7 @@ def server_specs(scenario: Scenario, workdir: Path, wanted: Sequence[str]) -> li
         rundir = workdir / "kamailio"
         rundir.mkdir(exist_ok=True)
         cfg = rundir / "kamailio.cfg"
-        text = kamailio_config(rundir, target, free_udp_port(), n, scenario.pretty)
+        text = kamailio_config(rundir, target, free_udp_port(), workers=n, pretty=scenario.pretty)
         specs.append(
             ServerSpec(
                 "kamailio",

@@ -16,55 +16,29 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-KAMAILIO = shutil.which("kamailio") or next(
-    (path for path in ("/usr/sbin/kamailio", "/sbin/kamailio") if Path(path).exists()), None
+# The config and the paths are the benchmark harness's own (bench/kamailio_ref.py).
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+from kamailio_ref import (
+    KAMAILIO_MISSING,
+    kamailio_binary,
+    kamailio_config,
 )
-KAMAILIO_MISSING = "kamailio is not installed (apt-get install kamailio)"
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+
+KAMAILIO = kamailio_binary()
 START_DEADLINE = 20.0
 STOP_DEADLINE = 10.0
-
-CONFIG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-children=1
-listen=udp:127.0.0.1:{sip_port}
-disable_tcp=yes
-enable_sctp=no
-auto_aliases=no
-dns=no
-rev_dns=no
-udp4_raw=0
-run_dir="{rundir}"
-mpath="{modules}/"
-
-loadmodule "jsonrpcs.so"
-modparam("jsonrpcs", "transport", 4)
-modparam("jsonrpcs", "dgram_socket", "{socket}")
-modparam("jsonrpcs", "dgram_workers", 1)
-
-request_route {{
-	exit;
-}}
-"""
 
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _modules_dir() -> Path:
-    if MODULES.is_dir():
-        return MODULES
-    found = sorted(Path("/usr/lib").glob("*/kamailio/modules"))
-    return found[0] if found else MODULES
 
 
 def _answers(target: tuple[int, object]) -> bool:
@@ -100,11 +74,7 @@ def kamailio_server(*, udp: bool = False, user: str | None = None) -> Iterator[s
         path = str(rundir / "k.sock")
         target, probe = path, (socket.AF_UNIX, path)
     config = rundir / "k.cfg"
-    config.write_text(
-        CONFIG.format(
-            sip_port=free_udp_port(), rundir=rundir, modules=_modules_dir(), socket=target
-        )
-    )
+    config.write_text(kamailio_config(rundir, target, free_udp_port(), debug=2))
     log = (rundir / "log").open("wb")
     command = [KAMAILIO, "-DD", "-E", "-f", str(config), "-P", str(rundir / "pid")]
     proc = subprocess.Popen(
