@@ -131,6 +131,16 @@ class ServerProcess:
         processes = self.call("ps")["result"]["Processes"]
         return [p["PID"] for p in processes if p["Type"] == "MI Datagram"]
 
+    def worker_pids_if_answered(self, timeout: float = 1.0) -> list[int] | None:
+        """``worker_pids``, or None when the ``ps`` request went unanswered: while a worker
+        is being killed, the datagram it had just read dies with it."""
+        with self.client() as client:
+            reply = client.exchange(b'{"jsonrpc":"2.0","method":"ps","id":1}', timeout)
+        if reply is None:
+            return None
+        processes = orjson.loads(reply)["result"]["Processes"]
+        return [p["PID"] for p in processes if p["Type"] == "MI Datagram"]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

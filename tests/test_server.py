@@ -273,7 +273,7 @@ def test_killed_worker_is_restarted_under_load() -> None:
             os.kill(before[0], signal.SIGKILL)
             after = wait_until(
                 lambda: (
-                    (pids := running.worker_pids())
+                    (pids := running.worker_pids_if_answered())
                     and before[0] not in pids
                     and len(pids) == 2
                     and pids
