@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -54,15 +55,23 @@ def serve(sock: socket.socket, bufsize: int) -> None:
                 pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_reference(
+    name: str,
+    serve_one: Callable[[socket.socket, int], None],
+    argv: list[str] | None,
+    description: str,
+    default_bufsize: int,
+) -> int:
+    """The command line of a Python reference server: bind, fork ``-n`` processes that each
+    run ``serve_one(sock, bufsize)``, stop them all on SIGTERM, remove the socket file."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-n", "--processes", type=int, default=1)
-    parser.add_argument("-b", "--bufsize", type=int, default=65536)
+    parser.add_argument("-b", "--bufsize", type=int, default=default_bufsize)
     parser.add_argument("target")
     args = parser.parse_args(argv)
     sock, path = open_socket(args.target)
     n = max(1, args.processes)
-    print(f"echo_py: listening on {args.target} ({n} process(es))", file=sys.stderr, flush=True)
+    print(f"{name}: listening on {args.target} ({n} process(es))", file=sys.stderr, flush=True)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -70,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         if n == 1:
-            serve(sock, args.bufsize)
+            serve_one(sock, args.bufsize)
         kids = []
         for _ in range(n):
             pid = os.fork()
             if pid == 0:
                 try:
-                    serve(sock, args.bufsize)
+                    serve_one(sock, args.bufsize)
                 finally:
                     os._exit(0)
             kids.append(pid)
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and os.path.exists(path):
             os.unlink(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_reference("echo_py", serve, argv, __doc__.splitlines()[0], 65536)
 
 
 if __name__ == "__main__":

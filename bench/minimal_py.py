@@ -11,18 +11,13 @@ midgram and it is midgram's. Same socket kinds and flags as ``echo_py.py``.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import orjson
-from echo_py import open_socket
+from echo_py import run_reference
 
 STARTED = time.time()
 SINCE = time.ctime(STARTED)
@@ -65,40 +60,7 @@ def serve(sock: Any, bufsize: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--processes", type=int, default=1)
-    parser.add_argument("-b", "--bufsize", type=int, default=65458)
-    parser.add_argument("target")
-    args = parser.parse_args(argv)
-    sock, path = open_socket(args.target)
-    print(f"minimal_py: listening on {args.target}", file=sys.stderr, flush=True)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    kids: list[int] = []
-    try:
-        if args.processes <= 1:
-            serve(sock, args.bufsize)
-        for _ in range(args.processes):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    serve(sock, args.bufsize)
-                finally:
-                    os._exit(0)
-            kids.append(pid)
-        for pid in kids:
-            os.waitpid(pid, 0)
-    except (SystemExit, KeyboardInterrupt):
-        for pid in kids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-    finally:
-        if path is not None and os.path.exists(path):
-            os.unlink(path)
-    return 0
+    return run_reference("minimal_py", serve, argv, __doc__.splitlines()[0], 65458)
 
 
 if __name__ == "__main__":
