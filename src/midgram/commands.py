@@ -27,6 +27,7 @@ import orjson
 
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
 from midgram.protocol import (
+    ALWAYS_FITS_MARGIN,
     DEFAULT_BUF_SIZE,
     INTERNAL_ERROR_REPLY,
     PARSE_ERROR_REPLY,
@@ -476,8 +477,8 @@ class Dispatcher:
         self.json_errors = json_errors
         self._fast = not pretty
         self._lookup = registry.lookup_function()
-        # Below this size a reply fits whatever its id (reply_fits' largest reservation).
-        self._fast_limit = buf_size - 65
+        # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
+        self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
 
     def _parse_error(self, why: str) -> bytes:
         """The plain-text reply, or a -32700 object when json_errors is on (difference 10)."""
@@ -526,7 +527,7 @@ class Dispatcher:
             except TypeError:
                 pass
             else:
-                if len(reply) < self._fast_limit:
+                if len(reply) <= self._fast_limit:
                     return Outcome(reply, Status.OK, call.method, call.params, command)
         return self._complete(call, command, result, None)
 

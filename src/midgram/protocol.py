@@ -22,6 +22,7 @@ import orjson
 from midgram.errors import InvalidRequest, ParseError
 
 __all__ = [
+    "ALWAYS_FITS_MARGIN",
     "DEFAULT_BUF_SIZE",
     "INTERNAL_ERROR_REPLY",
     "PARSE_ERROR_REPLY",
@@ -220,7 +221,7 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
     reply is ``bufsize - 19`` bytes, and with a string id ``bufsize - 1`` (spec 1.8).
     """
     size = len(reply)
-    if size + _MAX_RESERVATION + 1 <= bufsize:
+    if size <= bufsize - ALWAYS_FITS_MARGIN:
         return True  # the fast path: even the largest reservation fits
     if size + 1 > bufsize:
         return False
@@ -230,7 +231,9 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
     return id_offset + _id_reservation(req_id, id_text) <= bufsize
 
 
-_MAX_RESERVATION: Final = 64
+#: A reply at least this far below the buffer size fits whatever its id: the largest
+#: reservation (64, a non-integral number id) plus the NUL terminator.
+ALWAYS_FITS_MARGIN: Final = 64 + 1
 _C_INT_MIN: Final = -(2**31)
 _C_INT_MAX: Final = 2**31 - 1
 
