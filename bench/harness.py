@@ -43,7 +43,7 @@ from typing import Any
 
 from kamailio_ref import kamailio_binary, kamailio_config
 
-from midgram import loadtest
+from midgram import loadtest, native
 from midgram.errors import MidgramError
 from midgram.loadtest import process_tree
 
@@ -96,7 +96,7 @@ def build(name: str, *, force: bool = False) -> Path:
     try:
         if name == "loadgen":
             return loadtest.build_loadgen(force=force)
-        return loadtest.compile_program(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
+        return native.compile_c(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
     except MidgramError as exc:
         raise BenchError(str(exc)) from exc
 

@@ -20,20 +20,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.append(str(BENCH))
 
 import harness  # noqa: E402
+from toolchain import NO_COMPILER  # noqa: E402
 
-from midgram import loadtest  # noqa: E402
-from midgram.errors import MidgramError  # noqa: E402
-
-
-def _no_compiler() -> str | None:
-    try:
-        loadtest.compiler()
-    except MidgramError as exc:
-        return str(exc)
-    return None
-
-
-NO_COMPILER = _no_compiler()
 pytestmark = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
 
 SHORT = {"duration": 0.25, "warmup": 0.05}
@@ -88,7 +76,7 @@ def test_builds_without_warnings(
     for name in ("loadgen", "echo"):
         assert harness.build(name, force=True).exists()
     assert capfd.readouterr().err == ""
-    assert not caplog.records  # midgram.loadtest logs the compiler's warnings
+    assert not caplog.records  # midgram.native logs the compiler's warnings
 
 
 def test_loadgen_against_c_echo_unix(c_echo: harness.Server) -> None:

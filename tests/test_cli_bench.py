@@ -21,23 +21,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from servers import ROOT, ServerProcess, midgram_server, short_tmpdir
+from toolchain import needs_cc
 
 from midgram.cli import cli
 from midgram.cli.bench import TIMEOUT
-from midgram.errors import LoadgenError
-from midgram.loadtest import DEFAULT_TIMEOUT, compiler
+from midgram.loadtest import DEFAULT_TIMEOUT
 
-
-def _no_compiler() -> str | None:
-    try:
-        compiler()
-    except LoadgenError as exc:
-        return str(exc)
-    return None
-
-
-NO_COMPILER = _no_compiler()
-needs_cc = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
 SHORT = ("--duration", "0.15", "--warmup", "0.02", "--runs", "2")
 COLUMNS = ["run", "req/s", "p50 us", "p99 us", "p99.9 us", "errors", "timeouts"]
 
@@ -201,8 +190,8 @@ def test_no_c_compiler_is_said_plainly(
     result = invoke({**env, "CC": str(folder / "no-cc")}, "-t", server.target)
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == (
-        f"midgram: midgram bench needs a C compiler ({folder}/no-cc) to build its load "
-        "generator: apt-get install gcc\n"
+        f"midgram: midgram bench's load generator needs a C compiler ({folder}/no-cc): "
+        "apt-get install gcc\n"
     )
 
 

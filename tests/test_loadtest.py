@@ -8,36 +8,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from midgram import loadtest
-from midgram.errors import ConfigError, LoadgenError
+from midgram.errors import ConfigError
 from midgram.loadtest import (
     LoadTestResult,
     RunResult,
-    cache_dir,
-    compile_program,
     process_tree,
     request_template,
     run_template,
 )
 from midgram.rpc import encode_request
-
-
-def _no_compiler() -> str | None:
-    try:
-        loadtest.compiler()
-    except LoadgenError as exc:
-        return str(exc)
-    return None
-
-
-NO_COMPILER = _no_compiler()
-needs_cc = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
-
 
 # --- the request ----------------------------------------------------------------------------
 
@@ -57,54 +40,6 @@ def test_request_errors() -> None:
         request_template("core.echo", {"a": 1}, "kamailio")
     with pytest.raises(ConfigError, match="%ID%"):
         request_template("echo", ["%ID%"])
-
-
-# --- the build cache ------------------------------------------------------------------------
-
-
-def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "midgram"
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
-    assert cache_dir() == tmp_path / "home" / ".cache" / "midgram"
-
-
-def test_no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
-    with pytest.raises(LoadgenError, match=r"needs a C compiler .*: apt-get install gcc"):
-        loadtest.build_loadgen(directory=tmp_path)
-
-
-@needs_cc
-def test_binaries_are_keyed_by_source_and_compiler(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    source = tmp_path / "prog.c"
-    source.write_text("int main(void) { return 0; }\n")
-    first = compile_program(source, tmp_path / "out")
-    assert first.name.startswith("prog-")
-    assert subprocess.run([first], check=False).returncode == 0
-    built = first.stat().st_mtime_ns
-    assert compile_program(source, tmp_path / "out") == first  # cached: not built again
-    assert first.stat().st_mtime_ns == built
-    monkeypatch.setenv("CC", f"{loadtest.compiler()[0]} -DOTHER")
-    assert compile_program(source, tmp_path / "out") != first  # another compiler line
-    monkeypatch.delenv("CC")
-    source.write_text("int main(void) { return 3; }\n")  # an upgrade
-    second = compile_program(source, tmp_path / "out")
-    assert second != first
-    assert subprocess.run([second], check=False).returncode == 3
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
-
-
-@needs_cc
-def test_a_compile_error_is_a_loadgen_error(tmp_path: Path) -> None:
-    source = tmp_path / "broken.c"
-    source.write_text("int main(void) { return }\n")
-    with pytest.raises(LoadgenError, match=r"failed on broken\.c"):
-        compile_program(source, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["broken.c"]  # no half-built file left
 
 
 # --- processes and options ------------------------------------------------------------------

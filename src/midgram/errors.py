@@ -21,8 +21,10 @@
     |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
     |   |                           unresolvable host (code 4); .target, .reason, .errno
     |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
-    +-- LoadgenError                ``midgram bench``'s load generator cannot be built (no C
-                                    compiler) or failed to run
+    +-- BuildError                  C code midgram builds on first use cannot be built (no C
+        |                           compiler, no Python headers, a compile error)
+        +-- LoadgenError            ``midgram bench``'s load generator cannot be built or
+                                    failed to run
 
 ``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
 statuses the CLI maps them to.
@@ -35,6 +37,7 @@ from typing import ClassVar
 __all__ = [
     "AddressError",
     "BadReply",
+    "BuildError",
     "ClientError",
     "ConfigError",
     "ConnectError",
@@ -210,5 +213,9 @@ class BadReply(ClientError):
     """A reply that is truncated, not JSON, or not a JSON-RPC response."""
 
 
-class LoadgenError(MidgramError):
+class BuildError(MidgramError):
+    """C code that midgram compiles on first use (``midgram.native``) cannot be built."""
+
+
+class LoadgenError(BuildError):
     """The load generator of ``midgram bench`` cannot be built or did not run to the end."""

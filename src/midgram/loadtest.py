@@ -13,10 +13,8 @@ sendto cost it about what they cost the server), so its own limit would be repor
 server's. The generator keeps N requests in flight with sendmmsg/recvmmsg, matches replies
 by id, counts error replies and timeouts, and prints one JSON line (see the top of the file).
 
-It is compiled on first use with the system C compiler (``$CC``, else ``cc``) into the
-per-user cache (``$XDG_CACHE_HOME/midgram``, else ``~/.cache/midgram``) under a name that
-hashes its source, the compiler and the flags: an upgrade of midgram, or another ``$CC``,
-builds a new binary, and two installed versions never run each other's.
+It is compiled on first use with the system C compiler into the per-user cache
+(``midgram.native``).
 
 Server CPU per request: given the server's pid, the generator reads utime+stime of that
 process and its descendants (the tree as it is before the runs) from ``/proc`` at the start
@@ -25,37 +23,30 @@ and at the end of each measured window, so the warm-up is not counted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shlex
-import shutil
 import statistics
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
 from midgram.address import parse_target
 from midgram.client import Client
-from midgram.errors import ConfigError, LoadgenError
+from midgram.errors import BuildError, ConfigError, LoadgenError
+from midgram.native import cache_dir, compile_c, packaged_source
 from midgram.protocol import Params
 from midgram.rpc import Dialect, check_params, encode_request, get_dialect
 
 __all__ = [
-    "CFLAGS",
     "ID_MARK",
     "LoadTestResult",
     "RunResult",
     "Summary",
     "build_loadgen",
-    "cache_dir",
     "check_target",
-    "compile_program",
-    "compiler",
     "load_test",
     "process_tree",
     "request_template",
@@ -67,10 +58,7 @@ log = logging.getLogger(__name__)
 
 #: Where the generator writes each request's id in the request text.
 ID_MARK: Final = "%ID%"
-CFLAGS: Final = ("-O2", "-Wall", "-Wextra")
-NO_COMPILER: Final = (
-    "midgram bench needs a C compiler ({cc}) to build its load generator: apt-get install gcc"
-)
+_PURPOSE: Final = "midgram bench's load generator"
 #: Seconds a reply may take before it counts as a timeout. Shorter than the client's 5 s: in
 #: a run of a few seconds a lost datagram must show up as a timeout, not as a stalled slot.
 DEFAULT_TIMEOUT: Final = 1.0
@@ -86,74 +74,13 @@ _ZERO_ID_TAIL: Final = ',"id":0}'
 # --- building the generator -----------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/midgram``, else ``~/.cache/midgram``."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec says a relative path there is invalid and must be ignored.
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "midgram"
-
-
-def compiler() -> list[str]:
-    """The C compiler's command line: ``$CC`` (it may hold arguments), else ``cc``."""
-    words = shlex.split(os.environ.get("CC", "")) or ["cc"]
-    path = shutil.which(words[0])
-    if path is None:
-        raise LoadgenError(NO_COMPILER.format(cc=words[0]))
-    return [path, *words[1:]]
-
-
-def _binary_name(source: Path, code: bytes, cc: Sequence[str]) -> str:
-    digest = hashlib.sha256(code)
-    for word in (*cc, *CFLAGS):
-        digest.update(b"\0" + word.encode())
-    return f"{source.stem}-{digest.hexdigest()[:16]}"
-
-
-def _run_compiler(cc: Sequence[str], source: Path, out: Path) -> None:
-    # Built under a temporary name, then renamed: a concurrent run never executes half a file.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        proc = subprocess.run(
-            [*cc, *CFLAGS, "-o", str(tmp), str(source)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise LoadgenError(f"{cc[0]} failed on {source.name}:\n{proc.stderr.strip()}")
-        if proc.stderr.strip():
-            log.warning("%s warned on %s:\n%s", cc[0], source.name, proc.stderr.strip())
-        tmp.replace(out)
-    except OSError as exc:
-        raise LoadgenError(f"cannot build {out}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def compile_program(source: Path, out_dir: Path, *, force: bool = False) -> Path:
-    """Compile the one-file C program ``source`` into ``out_dir``, unless it is already there.
-
-    The binary is named after the source's stem and a hash of source, compiler and flags.
-    ``LoadgenError`` when there is no compiler or it fails.
-    """
-    cc = compiler()
-    try:
-        code = source.read_bytes()
-        out = out_dir / _binary_name(source, code, cc)
-        if out.exists() and not force:
-            return out
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LoadgenError(f"cannot build {source.name} into {out_dir}: {exc}") from exc
-    _run_compiler(cc, source, out)
-    return out
-
-
 def build_loadgen(*, force: bool = False, directory: Path | None = None) -> Path:
     """The load generator's binary, compiled on first use (into ``cache_dir()`` by default)."""
-    with resources.as_file(resources.files("midgram") / "loadgen.c") as source:
-        return compile_program(source, directory or cache_dir(), force=force)
+    try:
+        with packaged_source("loadgen.c") as source:
+            return compile_c(source, directory or cache_dir(), force=force, purpose=_PURPOSE)
+    except BuildError as exc:
+        raise LoadgenError(str(exc)) from exc
 
 
 # --- results --------------------------------------------------------------------------------

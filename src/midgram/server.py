@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from midgram.address import HepId, UdpAddress, UnixAddress, parse_socket_name
+from midgram.batchio import native_module
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings, default_socket_name
 from midgram.core import with_core
@@ -150,6 +151,7 @@ def serve(
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
         enlarge_send_buffer(sock)
+        native_module()  # built or found once, here, before the workers fork
         where = str(_address(settings)) if settings.socket_name else default_address()
         if settings.children_count == 0:
             return _serve_inline(sock, settings, registry, where, on_ready)
@@ -354,24 +356,30 @@ class AsyncServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # Up to this many datagrams per wake-up, so a flood cannot starve the rest of the loop.
-    _BATCH: Final = 64
+    # Up to this many reads (batches) per wake-up, so a flood cannot starve the rest of the
+    # loop.
+    _READS: Final = 8
 
     def _on_readable(self) -> None:
         worker = self._worker
         assert worker is not None
-        for _ in range(self._BATCH):
-            item = worker.receiver.recv(block=False)
-            if item is None:
+        for _ in range(self._READS):
+            batch = worker.io.recv(False)
+            if not batch:
                 break
-            handled = worker.dispatch(*item)
-            if type(handled) is Outcome:
-                self._finish(handled, item[1])
-            elif handled is not None:
-                assert isinstance(handled, Pending)
-                task = asyncio.get_running_loop().create_task(self._run(handled, item[1]))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            for data, peer, truncated in batch:
+                self._serve(worker, data, peer, truncated)
+
+    def _serve(self, worker: Worker, data: bytes, peer: Any, truncated: bool) -> None:
+        """One datagram; an async command runs as a task of the loop, not blocking it."""
+        handled = worker.dispatch(data, peer, truncated)
+        if type(handled) is Outcome:
+            self._finish(handled, peer)
+        elif handled is not None:
+            assert isinstance(handled, Pending)
+            task = asyncio.get_running_loop().create_task(self._run(handled, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, pending: Pending, peer: Any) -> None:
         try:

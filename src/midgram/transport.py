@@ -62,6 +62,7 @@ __all__ = [
     "resolve_udp",
     "resolve_user",
     "set_recv_timeout",
+    "sock_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -459,13 +460,14 @@ class Receiver:
             # ignores ECONNREFUSED here too).
             return None
         except OSError as exc:
-            raise TransportError(f"cannot receive: {_why(exc)}", _sock_label(self._sock)) from exc
+            raise TransportError(f"cannot receive: {_why(exc)}", sock_label(self._sock)) from exc
         if len(data) > self._bufsize:
             return data[: self._bufsize], peer, True
         return data, peer, False
 
 
-def _sock_label(sock: socket.socket) -> str:
+def sock_label(sock: socket.socket) -> str:
+    """What a socket is bound to, as :func:`peer_label` writes it, for error messages."""
     try:
         return peer_label(sock.getsockname())
     except OSError:

@@ -23,8 +23,9 @@ from click.shell_completion import CompletionItem
 
 from midgram.client import Client, default_target
 from midgram.errors import MidgramError
+from midgram.native import cache_dir
 
-__all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]
+__all__ = ["CACHE_TTL", "Catalog", "complete_method", "complete_param"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ log = logging.getLogger(__name__)
 CACHE_TTL: Final = 5.0
 #: A completion must not hang the shell: the server gets at most this long to answer.
 COMPLETION_TIMEOUT: Final = 1.0
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "midgram"
 
 
 class Catalog:

@@ -1,0 +1,127 @@
+"""How a worker reads requests and sends replies: in batches when it can.
+
+With the native module (``_batchio.c``, compiled on first use by ``midgram.native``) one
+``recvmmsg()`` reads every datagram waiting on the socket, up to :data:`SLOTS`, and one
+``sendmmsg()`` sends the replies to that batch: the per-syscall cost, and the socket
+module's per-call cost, are paid once per batch instead of twice per request. OpenSIPS
+reads and answers one datagram at a time.
+
+Without it (no C compiler or Python headers, or ``MIDGRAM_NATIVE=0`` in the environment)
+the same interface reads one datagram per call with the socket module and leaves every
+reply to :class:`~midgram.transport.ReplySender`: the behaviour is the same, only slower.
+
+Either way :class:`~midgram.transport.ReplySender` stays in charge of anything unusual: a
+reply the batch could not send (a full client queue, a vanished client, an unbound peer) is
+handed to it, with every reply after it, so replies to one client keep their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from types import ModuleType
+from typing import Final, Protocol
+
+from midgram.errors import BuildError, TransportError
+from midgram.native import load_extension
+from midgram.transport import PeerAddress, Receiver, sock_label
+
+__all__ = ["ENV", "SLOTS", "BatchIO", "NativeIO", "SocketIO", "batch_io", "native_module"]
+
+log = logging.getLogger(__name__)
+
+#: Datagrams read by one recvmmsg(). Each slot is a buffer of the server's buffer size, of
+#: which only the pages a datagram fills are ever resident; a batch is served before its
+#: replies go out, so a larger one would delay its first reply for little gain.
+SLOTS: Final = 16
+#: ``MIDGRAM_NATIVE=0``: serve with the socket module only.
+ENV: Final = "MIDGRAM_NATIVE"
+
+Datagram = tuple[bytes, PeerAddress, bool]
+Reply = tuple[bytes, PeerAddress]
+
+
+class BatchIO(Protocol):
+    """What a worker reads and replies with."""
+
+    #: Whether recvmmsg/sendmmsg are used.
+    native: bool
+
+    def recv(self, block: bool) -> list[Datagram]:
+        """``(data, peer, truncated)`` for each datagram read ([] when none came): with
+        ``block``, waiting up to the socket's SO_RCVTIMEO for the first one."""
+
+    def send(self, replies: list[Reply], start: int) -> int:
+        """Send ``replies[start:]`` without blocking; the index of the first one not sent,
+        which the caller hands to ReplySender."""
+
+
+class SocketIO:
+    """One datagram per call with the socket module; replies are all ReplySender's."""
+
+    native = False
+
+    def __init__(self, sock: socket.socket, bufsize: int) -> None:
+        self._recv = Receiver(sock, bufsize).recv
+
+    def recv(self, block: bool) -> list[Datagram]:
+        item = self._recv(block)
+        return [] if item is None else [item]
+
+    def send(self, replies: list[Reply], start: int) -> int:
+        return start
+
+
+class NativeIO:
+    """recvmmsg()/sendmmsg() on the socket's descriptor (the socket object stays the owner)."""
+
+    native = True
+    send: Callable[[list[Reply], int], int]
+
+    def __init__(
+        self, sock: socket.socket, bufsize: int, module: ModuleType, slots: int = SLOTS
+    ) -> None:
+        self._sock = sock  # keeps the descriptor open as long as this object lives
+        batch = module.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
+        self._recv = batch.recv
+        self.send = batch.send  # already the protocol's send: no wrapper on the hot path
+
+    def recv(self, block: bool) -> list[Datagram]:
+        try:
+            batch: list[Datagram] = self._recv(block)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise TransportError(f"cannot receive: {why}", sock_label(self._sock)) from exc
+        return batch
+
+
+_module: ModuleType | None = None
+_why_not: str | None = None
+
+
+def native_module() -> ModuleType | None:
+    """The native module, built and loaded on the first call; None (and why, logged once)
+    when it cannot be. Call it before forking workers, so that they inherit it."""
+    global _module, _why_not
+    if _module is not None or _why_not is not None:
+        return _module
+    if os.environ.get(ENV, "").strip() == "0":
+        _why_not = f"{ENV}=0"
+    else:
+        try:
+            _module = load_extension("_batchio")
+        except BuildError as exc:
+            _why_not = str(exc)
+    if _module is None:
+        log.info("batched datagram I/O is off (%s): serving one datagram per syscall", _why_not)
+    return _module
+
+
+def batch_io(sock: socket.socket, bufsize: int, *, slots: int = SLOTS) -> BatchIO:
+    """The best I/O this process has for ``sock``."""
+    module = native_module()
+    if module is None:
+        return SocketIO(sock, bufsize)
+    return NativeIO(sock, bufsize, module, slots)
