@@ -9,15 +9,17 @@ many calls each, in one Python process:
     handler    the command's function itself
     encode     protocol.encode_result (the reply bytes)
     fits       protocol.reply_fits (OpenSIPS's reply size rule)
-    handle     Dispatcher.handle: all of the above, as a worker calls it
+    handle     Dispatcher.handle: all of the above, through the general path
+    answer     Dispatcher.answer: the same request as a worker serves it (the flat path)
     stats      one shared-memory counter increment (a worker does 2-3 per request)
     syscalls   recvfrom + sendto of the same datagram over a UNIX socketpair, per side
     echo_loop  recvfrom + sendto as the echo loop does them, from a queue of waiting requests
-    worker     Worker.serve_once on the same queue: midgram's whole per-request path with its
+    worker     Worker.serve_batch on the same queue, read as the worker reads it (recvmmsg
+               batches with the native module): midgram's whole per-request path with its
                real syscalls, minus the cross-process wake-ups of a live run
 
 ``worker - echo_loop`` is what midgram adds to the ceiling for any Python server; ``worker -
-handle - echo_loop`` is the worker loop's own share. Run: ``python bench/micro.py
+answer - echo_loop`` is the worker loop's own share. Run: ``python bench/micro.py
 [--request uptime|which|...]``.
 """
 
@@ -82,9 +84,10 @@ def _queue_pair() -> tuple[socket.socket, socket.socket]:
 
 
 def per_request_us(
-    client: socket.socket, data: bytes, serve_one: Callable[[], object], batch: int = 100
+    client: socket.socket, data: bytes, serve_all: Callable[[int], object], batch: int = 100
 ) -> float:
-    """Microseconds per ``serve_one()`` with ``batch`` requests waiting, best of 5 x 50."""
+    """Microseconds per request for ``serve_all(batch)`` with ``batch`` requests waiting, best
+    of 5 x 50."""
     best = float("inf")
     for _ in range(5):
         elapsed = 0
@@ -92,8 +95,7 @@ def per_request_us(
             for _ in range(batch):
                 client.send(data)
             t0 = time.perf_counter_ns()
-            for _ in range(batch):
-                serve_one()
+            serve_all(batch)
             elapsed += time.perf_counter_ns() - t0
             for _ in range(batch):
                 client.recv(70000)
@@ -108,16 +110,24 @@ def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, floa
     with client, server:
         recvfrom, sendto = server.recvfrom, server.sendto
 
-        def echo_once() -> None:
-            request, peer = recvfrom(65458)
-            sendto(request, peer)
+        def echo(count: int) -> None:
+            for _ in range(count):
+                request, peer = recvfrom(65458)
+                sendto(request, peer)
 
         worker = Worker(
             server, dispatcher, ServerStats.declare(registry.stats), socket_timeout_ms=2000
         )
+
+        def serve(count: int) -> None:
+            while count > 0:
+                batch = worker.io.recv(True)
+                worker.serve_batch(batch)
+                count -= len(batch)
+
         return {
-            "echo_loop": per_request_us(client, data, echo_once),
-            "worker": per_request_us(client, data, worker.serve_once),
+            "echo_loop": per_request_us(client, data, echo),
+            "worker": per_request_us(client, data, serve),
         }
 
 
@@ -155,6 +165,7 @@ def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
         "encode": lambda: protocol.encode_result(result, call.id),
         "fits": lambda: protocol.reply_fits(reply, call.id, protocol.DEFAULT_BUF_SIZE),
         "handle": lambda: dispatcher.handle(data),
+        "answer": lambda: dispatcher.answer(data),
         "stats": counter_inc,
         "nothing": lambda: None,
     }

@@ -141,12 +141,13 @@ static int unix_sockaddr(PyObject *peer, struct sockaddr_storage *out, socklen_t
     } else {
         return -1;
     }
-    int ok = size > 0 && (size_t)size < sizeof sun->sun_path;
+    /* a path needs room for its NUL; an abstract name may use all of sun_path */
+    size_t room = sizeof sun->sun_path - (encoded ? 1 : 0);
+    int ok = size > 0 && (size_t)size <= room;
     if (ok) {
-        memset(sun, 0, offsetof(struct sockaddr_un, sun_path));
+        memset(sun, 0, sizeof *sun);
         sun->sun_family = AF_UNIX;
         memcpy(sun->sun_path, name, (size_t)size);
-        sun->sun_path[size] = '\0';
         *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)size);
     }
     Py_XDECREF(encoded);
@@ -225,14 +226,15 @@ static void BatchSocket_dealloc(BatchSocket *self) {
 static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"fd", "family", "slots", "bufsize", NULL};
     int fd, family;
-    unsigned int slots;
-    Py_ssize_t bufsize;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiIn", keywords, &fd, &family, &slots,
+    Py_ssize_t slots, bufsize;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn", keywords, &fd, &family, &slots,
                                      &bufsize))
         return -1;
-    if (fd < 0 || slots < 1 || slots > MAX_SLOTS || bufsize < 1) {
+    if (fd < 0 || slots < 1 || slots > MAX_SLOTS || bufsize < 1 ||
+        bufsize > PY_SSIZE_T_MAX / slots) {
         PyErr_Format(PyExc_ValueError,
-                     "BatchSocket needs fd >= 0, 1 <= slots <= %d and bufsize >= 1", MAX_SLOTS);
+                     "BatchSocket needs fd >= 0, 1 <= slots <= %d and 1 <= bufsize <= %zd",
+                     MAX_SLOTS, PY_SSIZE_T_MAX / (slots > 0 ? slots : 1));
         return -1;
     }
     if (family != AF_UNIX && family != AF_INET && family != AF_INET6) {
@@ -245,21 +247,21 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     }
     self->fd = fd;
     self->family = family;
-    self->slots = slots;
+    self->slots = (unsigned int)slots;
     self->bufsize = (size_t)bufsize;
-    self->buffers = PyMem_Malloc(slots * (size_t)bufsize);
-    self->rmsgs = PyMem_Calloc(slots, sizeof *self->rmsgs);
-    self->riov = PyMem_Calloc(slots, sizeof *self->riov);
-    self->raddrs = PyMem_Calloc(slots, sizeof *self->raddrs);
-    self->smsgs = PyMem_Calloc(slots, sizeof *self->smsgs);
-    self->siov = PyMem_Calloc(slots, sizeof *self->siov);
-    self->saddrs = PyMem_Calloc(slots, sizeof *self->saddrs);
+    self->buffers = PyMem_Malloc((size_t)slots * (size_t)bufsize);
+    self->rmsgs = PyMem_Calloc((size_t)slots, sizeof *self->rmsgs);
+    self->riov = PyMem_Calloc((size_t)slots, sizeof *self->riov);
+    self->raddrs = PyMem_Calloc((size_t)slots, sizeof *self->raddrs);
+    self->smsgs = PyMem_Calloc((size_t)slots, sizeof *self->smsgs);
+    self->siov = PyMem_Calloc((size_t)slots, sizeof *self->siov);
+    self->saddrs = PyMem_Calloc((size_t)slots, sizeof *self->saddrs);
     if (!self->buffers || !self->rmsgs || !self->riov || !self->raddrs || !self->smsgs ||
         !self->siov || !self->saddrs) {
         PyErr_NoMemory();
         return -1;
     }
-    for (unsigned int i = 0; i < slots; i++) {
+    for (unsigned int i = 0; i < self->slots; i++) {
         self->riov[i].iov_base = self->buffers + i * (size_t)bufsize;
         self->riov[i].iov_len = (size_t)bufsize;
         self->rmsgs[i].msg_hdr.msg_iov = &self->riov[i];

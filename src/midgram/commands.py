@@ -319,6 +319,9 @@ class Registry:
         self.module = module
         self.stats = stats if stats is not None else Statistics()
         self._commands: dict[str, Command] = {}
+        # The handlers of the sync commands that take no params, by name: what a call
+        # without params runs, found with one lookup (Dispatcher.answer).
+        self._bare: dict[str, Handler] = {}
 
     def command(
         self,
@@ -350,6 +353,8 @@ class Registry:
         if command.name in self._commands:
             raise ValueError(f"MI command {command.name!r} is already registered")
         self._commands[command.name] = command
+        if command.takes_nothing and not command.is_async:
+            self._bare[command.name] = command.handler
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
@@ -358,6 +363,11 @@ class Registry:
         """``get`` without the method call, for the dispatcher's per-datagram lookup; it
         still sees commands added later."""
         return self._commands.get
+
+    def bare_lookup_function(self) -> Callable[[str], Handler | None]:
+        """The handler to call without arguments for a call of ``name`` without params, if
+        that is all there is to it (a sync command with the empty recipe); live too."""
+        return self._bare.get
 
     def names(self) -> list[str]:
         return list(self._commands)
@@ -487,6 +497,7 @@ class Dispatcher:
         self.json_errors = json_errors
         self._fast = not pretty
         self._lookup = registry.lookup_function()
+        self._bare = registry.bare_lookup_function()
         # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
 
@@ -523,19 +534,49 @@ class Dispatcher:
         try:
             obj = _loads(data)
         except JSONDecodeError:
-            return self.handle(data)  # a parse error, or a request ending at a NUL byte
+            obj = None  # a parse error, or a request ending at a NUL byte: handle() says
         if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
             return self.handle(data)
         method = obj.get("method")
         req_id = obj.get("id")
-        if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
-            return self.handle(data)  # a notification, a null or float id, or invalid
         params = obj.get("params")
         if type(params) is list or type(params) is dict:
             params = params or None  # empty counts as absent (OpenSIPS)
         elif params is not None or "params" in obj:
-            return self.handle(data)  # neither an array nor an object (null included)
-        return self._run(method, params, req_id, None)
+            method = None  # neither an array nor an object (null included): invalid
+        if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
+            return self.handle(data)  # invalid, a notification, or a null or float id
+        handler = self._bare(method) if params is None else None
+        if handler is None:
+            return self._run(method, params, req_id, None)
+        # _run's common case, inlined: a command without params, the busiest kind.
+        try:
+            result = handler()
+        except Exception as exc:
+            return self._after_bare(method, req_id, None, exc)
+        reply = self._compact(result, req_id)
+        return reply if reply is not None else self._after_bare(method, req_id, result, None)
+
+    def _after_bare(
+        self, method: str, req_id: Any, result: Any, error: BaseException | None
+    ) -> Outcome:
+        """The general path for what a bare handler gave (an error, an unusual result)."""
+        command = self._lookup(method)
+        assert command is not None  # it had a bare handler
+        return self._complete(Request(method, None, req_id), command, result, error)
+
+    def _compact(self, result: Any, req_id: Any) -> bytes | None:
+        """The common reply: compact, OK, far below the size limit (one orjson call for
+        the whole envelope). None when it is not that: _complete decides."""
+        if not self._fast or req_id is _NO_ID:
+            return None
+        try:
+            reply = _dumps(
+                {"jsonrpc": "2.0", "result": _OK if result is None else result, "id": req_id}
+            )
+        except TypeError:
+            return None
+        return reply if len(reply) <= self._fast_limit else None
 
     def dispatch(self, call: Request | Notification) -> Outcome | Pending:
         """Run a decoded call: find the command, pick the recipe, call the handler."""
@@ -571,16 +612,9 @@ class Dispatcher:
             result = command.handler(**kwargs)
         except Exception as exc:
             return self._complete(call or _call(method, params, req_id), command, None, exc)
-        if self._fast and req_id is not _NO_ID:
-            try:
-                reply = _dumps(
-                    {"jsonrpc": "2.0", "result": _OK if result is None else result, "id": req_id}
-                )
-            except TypeError:
-                pass
-            else:
-                if len(reply) <= self._fast_limit:
-                    return reply
+        reply = self._compact(result, req_id)
+        if reply is not None:
+            return reply
         return self._complete(call or _call(method, params, req_id), command, result, None)
 
     def handle_oversize(self, size: int) -> Outcome:

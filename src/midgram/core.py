@@ -142,21 +142,23 @@ def _reset(found: Iterable[Stat]) -> None:
 
 
 def _uptime(runtime: Runtime) -> Callable[..., Any]:
-    started = runtime.started
+    # Whole seconds, as OpenSIPS's time_t: "Up time" is "Now" minus "Up since" as printed.
+    started = int(runtime.started)
     up_since = time.ctime(started)  # never changes: format it once
-    # ctime() has a one-second resolution: format "Now" once a second, not once a call.
-    last: list[Any] = [None, ""]
+    clock, ctime = time.time, time.ctime
+    # The texts change once a second (ctime's resolution): format them then, not once a
+    # call. uptime is the command monitors poll most.
+    second = -1
+    now_text = up_text = ""
 
     def uptime() -> dict[str, str]:
-        now = time.time()
-        second = int(now)
-        if second != last[0]:
-            last[0], last[1] = second, time.ctime(second)
-        return {
-            "Now": last[1],
-            "Up since": up_since,
-            "Up time": f"{int(now - started)} [sec]",
-        }
+        nonlocal second, now_text, up_text
+        now = int(clock())
+        if now != second:
+            second = now
+            now_text = ctime(now)
+            up_text = f"{now - started} [sec]"
+        return {"Now": now_text, "Up since": up_since, "Up time": up_text}
 
     return uptime
 
