@@ -326,6 +326,7 @@ class Scenario:
     pretty: bool = False
     app: bool = False
     kamailio: bool = True
+    trace: bool = False  # midgram traces every command to a local UDP sink (HEP3)
     available: bool = True
     note: str = ""
 
@@ -342,15 +343,20 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("inflight-64", "uptime, 64 in flight", inflight=64),
     Scenario(
         "tracing",
-        "uptime, HEP tracing on (to a local UDP sink)",
-        available=False,
-        note="not yet available: midgram has no HEP tracing yet; the slot is ready",
+        "uptime, HEP tracing of every command to a local UDP sink",
+        trace=True,
+        kamailio=False,
     ),
 )
 
 
 def midgram_serve_argv(
-    target: str, children: int, *, pretty: bool = False, app: bool = False
+    target: str,
+    children: int,
+    *,
+    pretty: bool = False,
+    app: bool = False,
+    trace_to: str | None = None,
 ) -> list[str]:
     argv = [PYTHON, "-m", "midgram", "serve", "--socket", target, "--children", str(children)]
     argv += ["--log-level", "warning"]
@@ -358,7 +364,18 @@ def midgram_serve_argv(
         argv.append("--pretty")
     if app:
         argv += ["--app", "app:mi"]
+    if trace_to is not None:
+        argv += ["--trace-to", trace_to]
     return argv
+
+
+def trace_sink(stack: contextlib.ExitStack) -> str:
+    """A bound UDP socket that never reads, open as long as ``stack``: the collector of the
+    tracing scenario. What it does not read the kernel drops, after the server has paid for
+    building and sending each packet."""
+    sink = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sink.bind(("127.0.0.1", 0))
+    return f"udp:127.0.0.1:{sink.getsockname()[1]}"
 
 
 def _env_with_bench_path() -> dict[str, str]:
@@ -373,7 +390,9 @@ def _target(scenario: Scenario, workdir: Path, key: str) -> str:
     return str(workdir / f"{key}.sock")
 
 
-def server_specs(scenario: Scenario, workdir: Path, wanted: Sequence[str]) -> list[ServerSpec]:
+def server_specs(
+    scenario: Scenario, workdir: Path, wanted: Sequence[str], *, trace_to: str | None = None
+) -> list[ServerSpec]:
     """midgram and the references this scenario compares it with, in run order."""
     request = REQUESTS[scenario.request]
     n = scenario.children
@@ -383,14 +402,17 @@ def server_specs(scenario: Scenario, workdir: Path, wanted: Sequence[str]) -> li
         specs.append(
             ServerSpec(
                 "midgram",
-                midgram_serve_argv(target, n, pretty=scenario.pretty, app=scenario.app),
+                midgram_serve_argv(
+                    target, n, pretty=scenario.pretty, app=scenario.app, trace_to=trace_to
+                ),
                 target,
                 request,
                 expected_processes=n + 1,
                 env=_env_with_bench_path(),
             )
         )
-    if "minimal_py" in wanted and scenario.request == "uptime" and not scenario.pretty:
+    plain_uptime = scenario.request == "uptime" and not (scenario.pretty or scenario.trace)
+    if "minimal_py" in wanted and plain_uptime:
         target = _target(scenario, workdir, "minimal_py")
         specs.append(
             ServerSpec(
@@ -532,11 +554,12 @@ def run_scenario(scenario: Scenario, opts: Options, workdir: Path) -> dict[str, 
         opts = replace(opts, servers=tuple(s for s in opts.servers if s != "midgram"))
     if "kamailio" in opts.servers and scenario.kamailio and kamailio_binary() is None:
         notes.append("Kamailio not installed (apt-get install kamailio): its column is skipped")
-    specs = server_specs(scenario, workdir, opts.servers)
-    log(opts, f"-- {scenario.name}: {scenario.title} ({', '.join(s.key for s in specs)})")
-    runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in specs}
-    infos: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
+        trace_to = trace_sink(stack) if scenario.trace else None
+        specs = server_specs(scenario, workdir, opts.servers, trace_to=trace_to)
+        log(opts, f"-- {scenario.name}: {scenario.title} ({', '.join(s.key for s in specs)})")
+        runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in specs}
+        infos: dict[str, Any] = {}
         started: list[Server] = []
         for spec in specs:
             try:
