@@ -14,9 +14,9 @@ many calls each, in one Python process:
     stats      one shared-memory counter increment (a worker does 2-3 per request)
     syscalls   recvfrom + sendto of the same datagram over a UNIX socketpair, per side
     echo_loop  recvfrom + sendto as the echo loop does them, from a queue of waiting requests
-    worker     Worker.serve_batch on the same queue, read as the worker reads it (recvmmsg
-               batches with the native module): midgram's whole per-request path with its
-               real syscalls, minus the cross-process wake-ups of a live run
+    worker     Worker.serve_once on the same queue: midgram's whole per-request path with its
+               real syscalls (the native batch loop when the module builds), minus the
+               cross-process wake-ups of a live run
 
 ``worker - echo_loop`` is what midgram adds to the ceiling for any Python server; ``worker -
 answer - echo_loop`` is the worker loop's own share. Run: ``python bench/micro.py
@@ -119,11 +119,12 @@ def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, floa
             server, dispatcher, ServerStats.declare(registry.stats), socket_timeout_ms=2000
         )
 
+        received = worker.stats.received
+
         def serve(count: int) -> None:
-            while count > 0:
-                batch = worker.io.recv(True)
-                worker.serve_batch(batch)
-                count -= len(batch)
+            done = received.value + count
+            while received.value < done:
+                worker.serve_once()
 
         return {
             "echo_loop": per_request_us(client, data, echo),

@@ -280,13 +280,12 @@ static int nothing_to_read(int err) {
     return err == EAGAIN || err == EWOULDBLOCK || err == ECONNREFUSED || err == ECONNRESET;
 }
 
-static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
-    int block = PyObject_IsTrue(arg);
-    if (block < 0)
-        return NULL;
+/* recvmmsg() into the slots: how many datagrams came (0: none, or a signal whose handler
+ * returned), or -1 with an exception set. */
+static int receive(BatchSocket *self, int block) {
     if (!self->buffers) {
         PyErr_SetString(PyExc_RuntimeError, "BatchSocket is not initialised");
-        return NULL;
+        return -1;
     }
     for (unsigned int i = 0; i < self->slots; i++) {
         self->rmsgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
@@ -300,18 +299,24 @@ static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
     count = recvmmsg(self->fd, self->rmsgs, self->slots, flags, NULL);
     err = errno;
     Py_END_ALLOW_THREADS
-    if (count < 0) {
-        if (err == EINTR) {
-            /* PEP 475: run the signal handlers; the caller's loop looks at its flags */
-            if (PyErr_CheckSignals() < 0)
-                return NULL;
-            return PyList_New(0);
-        }
-        if (nothing_to_read(err))
-            return PyList_New(0);
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    if (count >= 0)
+        return count;
+    if (err == EINTR) /* PEP 475: run the signal handlers; the caller looks at its flags */
+        return PyErr_CheckSignals() < 0 ? -1 : 0;
+    if (nothing_to_read(err))
+        return 0;
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
+    int block = PyObject_IsTrue(arg);
+    if (block < 0)
+        return NULL;
+    int count = receive(self, block);
+    if (count < 0)
+        return NULL;
     PyObject *batch = PyList_New(count);
     if (!batch)
         return NULL;
@@ -375,6 +380,7 @@ static PyObject *BatchSocket_send(BatchSocket *self, PyObject *const *args, Py_s
             PyObject *data = PyTuple_GET_ITEM(item, 0);
             self->siov[n].iov_base = PyBytes_AS_STRING(data);
             self->siov[n].iov_len = (size_t)PyBytes_GET_SIZE(data);
+            hdr->msg_name = &self->saddrs[n];
             hdr->msg_namelen = len;
             n++;
         }
@@ -392,6 +398,147 @@ static PyObject *BatchSocket_send(BatchSocket *self, PyObject *const *args, Py_s
     return PyLong_FromSsize_t(done);
 }
 
+/* --- serve(): the whole common path of a batch, without a Python loop ------------------ */
+
+/* Replies waiting in the send slots: the bytes objects they point into, and which received
+ * datagram (whose address they go back to) each answers. */
+typedef struct {
+    PyObject *reply[MAX_SLOTS];
+    unsigned int source[MAX_SLOTS];
+    unsigned int count;
+} Outbox;
+
+static int leftover(PyObject **list, PyObject *data, PyObject *peer, int truncated,
+                    PyObject *handled) {
+    if (!*list && !(*list = PyList_New(0)))
+        return -1;
+    PyObject *item = PyTuple_Pack(4, data, peer, truncated ? Py_True : Py_False, handled);
+    if (!item)
+        return -1;
+    int rc = PyList_Append(*list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static int unbound(BatchSocket *self, unsigned int i) {
+    socklen_t len = self->rmsgs[i].msg_hdr.msg_namelen;
+    return len == 0 ||
+           (self->family == AF_UNIX && len <= offsetof(struct sockaddr_un, sun_path));
+}
+
+/* Send what the outbox holds; what the kernel refused (and, once one was refused, every
+ * later reply: ReplySender keeps a client's replies in order) becomes a leftover. */
+static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t *replied,
+                        PyObject **leftovers) {
+    int sent = 0;
+    if (box->count && !*failed) {
+        for (unsigned int j = 0; j < box->count; j++) {
+            struct msghdr *src = &self->rmsgs[box->source[j]].msg_hdr;
+            struct msghdr *hdr = &self->smsgs[j].msg_hdr;
+            hdr->msg_name = src->msg_name;
+            hdr->msg_namelen = src->msg_namelen;
+            self->siov[j].iov_base = PyBytes_AS_STRING(box->reply[j]);
+            self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->reply[j]);
+        }
+        sent = sendmmsg(self->fd, self->smsgs, box->count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        if ((unsigned int)sent < box->count)
+            *failed = 1;
+        *replied += sent;
+    }
+    int rc = 0;
+    for (unsigned int j = 0; j < box->count; j++) {
+        if ((int)j >= sent && rc == 0) {
+            unsigned int i = box->source[j];
+            PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+            PyObject *data = peer ? PyBytes_FromStringAndSize(
+                                        self->riov[i].iov_base, (Py_ssize_t)self->rmsgs[i].msg_len)
+                                  : NULL;
+            if (!data || leftover(leftovers, data, peer, 0, box->reply[j]) < 0)
+                rc = -1;
+            Py_XDECREF(data);
+            Py_XDECREF(peer);
+        }
+        Py_DECREF(box->reply[j]);
+    }
+    box->count = 0;
+    return rc;
+}
+
+static PyObject *serve_batch(BatchSocket *self, PyObject *answer, int count, unsigned int flush) {
+    Outbox box = {.count = 0};
+    PyObject *leftovers = NULL;
+    Py_ssize_t replied = 0;
+    int failed = 0;
+    for (int i = 0; i < count; i++) {
+        struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
+        int truncated = (hdr->msg_flags & MSG_TRUNC) != 0;
+        PyObject *data = PyBytes_FromStringAndSize(self->riov[i].iov_base,
+                                                   (Py_ssize_t)self->rmsgs[i].msg_len);
+        if (!data)
+            goto error;
+        PyObject *handled = truncated ? Py_NewRef(Py_None) : PyObject_CallOneArg(answer, data);
+        if (!handled) {
+            Py_DECREF(data);
+            goto error;
+        }
+        if (PyBytes_CheckExact(handled) && !failed && !unbound(self, (unsigned int)i)) {
+            Py_DECREF(data);
+            box.reply[box.count] = handled; /* the outbox owns it now */
+            box.source[box.count++] = (unsigned int)i;
+            if (box.count >= flush && flush_outbox(self, &box, &failed, &replied, &leftovers) < 0)
+                goto error;
+            continue;
+        }
+        /* anything else is the caller's, in order after what is already out */
+        if (flush_outbox(self, &box, &failed, &replied, &leftovers) < 0) {
+            Py_DECREF(data);
+            Py_DECREF(handled);
+            goto error;
+        }
+        PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
+        int rc = peer ? leftover(&leftovers, data, peer, truncated, handled) : -1;
+        Py_XDECREF(peer);
+        Py_DECREF(data);
+        Py_DECREF(handled);
+        if (rc < 0)
+            goto error;
+    }
+    if (flush_outbox(self, &box, &failed, &replied, &leftovers) < 0)
+        goto error;
+    return Py_BuildValue("(inN)", count, replied, leftovers ? leftovers : Py_NewRef(Py_None));
+error:
+    /* the replies already answered still go out; the exception goes up */
+    {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        flush_outbox(self, &box, &failed, &replied, &leftovers);
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(leftovers);
+    return NULL;
+}
+
+static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "serve(answer, block: bool, flush: int)");
+        return NULL;
+    }
+    int block = PyObject_IsTrue(args[1]);
+    long flush = PyLong_AsLong(args[2]);
+    if (block < 0 || (flush == -1 && PyErr_Occurred()))
+        return NULL;
+    if (flush < 1 || flush > (long)self->slots) {
+        PyErr_Format(PyExc_ValueError, "serve: flush must be 1..%u", self->slots);
+        return NULL;
+    }
+    int count = receive(self, block);
+    if (count <= 0)
+        return count < 0 ? NULL : Py_BuildValue("(iiO)", 0, 0, Py_None);
+    return serve_batch(self, args[0], count, (unsigned int)flush);
+}
+
 static PyObject *BatchSocket_get_slots(BatchSocket *self, void *closure) {
     (void)closure;
     return PyLong_FromUnsignedLong(self->slots);
@@ -406,6 +553,12 @@ static PyMethodDef BatchSocket_methods[] = {
     {"recv", (PyCFunction)BatchSocket_recv, METH_O,
      "recv(block) -> list of (data, peer, truncated): every datagram waiting, up to `slots`; "
      "with block, wait (up to SO_RCVTIMEO) for the first one."},
+    {"serve", (PyCFunction)(void (*)(void))BatchSocket_serve, METH_FASTCALL,
+     "serve(answer, block, flush) -> (received, replied, leftovers): receive a batch, call "
+     "answer(data) on each datagram and send the bytes it returns, flush at a time; "
+     "leftovers (None if none) lists, in order, (data, peer, truncated, handled) for what "
+     "the caller must finish: a truncated datagram (handled None), an answer that is not "
+     "bytes, a reply that could not be sent (handled: its bytes)."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
      "blocking; the index of the first one not sent (len(replies) when all went)."},

@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Callable
 from types import ModuleType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from midgram.errors import BuildError, TransportError
 from midgram.native import load_extension
@@ -41,6 +41,9 @@ ENV: Final = "MIDGRAM_NATIVE"
 
 Datagram = tuple[bytes, PeerAddress, bool]
 Reply = tuple[bytes, PeerAddress]
+#: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
+Leftover = tuple[bytes, PeerAddress, bool, Any]
+Answer = Callable[[bytes], Any]
 
 
 class BatchIO(Protocol):
@@ -87,14 +90,34 @@ class NativeIO:
         batch = module.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
+        self._serve = batch.serve
 
     def recv(self, block: bool) -> list[Datagram]:
         try:
             batch: list[Datagram] = self._recv(block)
         except OSError as exc:
-            why = exc.strerror or str(exc)
-            raise TransportError(f"cannot receive: {why}", sock_label(self._sock)) from exc
+            raise self._receive_error(exc) from exc
         return batch
+
+    def serve(
+        self, answer: Answer, block: bool, flush: int
+    ) -> tuple[int, int, list[Leftover] | None]:
+        """Read a batch and serve its common case without a Python loop: ``answer(data)``
+        for each datagram, the bytes it returns sent ``flush`` at a time to the datagram's
+        own address. Returns ``(received, replied, leftovers)``: ``leftovers`` (None when
+        there are none) are, in order, what the caller must finish: a truncated datagram
+        (``handled`` None), an answer that is not bytes (an Outcome or a Pending), a reply
+        the kernel refused (its bytes; then every later reply of the batch too, so that
+        ReplySender keeps each client's replies in order)."""
+        try:
+            served: tuple[int, int, list[Leftover] | None] = self._serve(answer, block, flush)
+        except OSError as exc:
+            raise self._receive_error(exc) from exc
+        return served
+
+    def _receive_error(self, exc: OSError) -> TransportError:
+        why = exc.strerror or str(exc)
+        return TransportError(f"cannot receive: {why}", sock_label(self._sock))
 
 
 _module: ModuleType | None = None
