@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import struct
 from typing import Any
 
@@ -295,6 +296,38 @@ def test_packets_round_trip(packet: HepPacket) -> None:
 @given(packets())
 def test_the_fast_encoder_is_the_chunk_encoder(packet: HepPacket) -> None:
     assert hep.encode(packet) == hep.encode_chunks(packet.chunks())
+
+
+@given(packets())
+def test_a_route_encoder_is_encode(packet: HepPacket) -> None:
+    mi = packet._replace(proto_type=hep.PROTO_MI, ip_proto=hep.IPPROTO_TCP, extra=())
+    route = hep.route_encoder(mi.src_ip, mi.dst_ip, mi.src_port, mi.dst_port, mi.capture_id)
+    for ts_sec, ts_usec in ((mi.ts_sec, mi.ts_usec), (0, 0), (0xFFFF_FFFF, 999_999)):
+        expected = mi._replace(ts_sec=ts_sec, ts_usec=ts_usec)
+        assert route(ts_sec, ts_usec, mi.payload, mi.correlation_id) == hep.encode(expected)
+
+
+def test_a_route_encoder_fails_as_encode() -> None:
+    packet = _canonical_packet(b"x", reply=False)
+    cases = [
+        (packet._replace(src_port=65536), (1, 2, b"x", None)),  # refused for every packet
+        (packet._replace(dst_ip=V6("::1")), (1, 2, b"x", None)),
+        (packet, (2**32, 0, b"x", None)),  # a time out of range
+        (packet, (1, -1, b"x", None)),
+        (packet, (1, 2, b"x" * 65535, b"c")),  # too long
+    ]
+    for route_of, (ts_sec, ts_usec, payload, correlation) in cases:
+        route = hep.route_encoder(
+            route_of.src_ip, route_of.dst_ip, route_of.src_port, route_of.dst_port,
+            route_of.capture_id,
+        )  # fmt: skip
+        whole = route_of._replace(
+            ts_sec=ts_sec, ts_usec=ts_usec, payload=payload, correlation_id=correlation
+        )
+        with pytest.raises(HepError) as expected:
+            hep.encode(whole)
+        with pytest.raises(HepError, match=re.escape(str(expected.value))):
+            route(ts_sec, ts_usec, payload, correlation)
 
 
 @given(st.lists(st.builds(Chunk, vendor=_u16, type=_u16, value=_bytes), max_size=8))

@@ -286,6 +286,11 @@ _UNTRACED: Final = frozenset({Status.EMPTY})
 _UNREADABLE: Final = frozenset({Status.PARSE_ERROR, Status.OVERSIZE})
 
 
+#: Packet encoders kept per tracer (one per route and direction) before they are all
+#: dropped: a bound for a server that many clients reach.
+_ROUTES_KEPT: Final = 64
+
+
 class Trace(NamedTuple):
     """A traced request: its packet, and what its reply trace needs."""
 
@@ -322,6 +327,7 @@ class Tracer:
         # Most traffic comes from one client address at a time: convert it once.
         self._last_peer: Any = None
         self._last_client = UNIX_CLIENT
+        self._routes: dict[tuple[Endpoint, Endpoint], Callable[..., bytes]] = {}
 
     def request(self, outcome: Outcome, peer: Any, now_ns: int) -> Trace | None:
         """The request trace of a served datagram, or None when it is not traced."""
@@ -364,16 +370,17 @@ class Tracer:
         correlation: bytes,
     ) -> bytes:
         seconds, micros = divmod(now_ns // 1000, 1_000_000)
-        return hep.encode(
-            hep.HepPacket(
-                src_ip=src.ip,
-                dst_ip=dst.ip,
-                src_port=src.port,
-                dst_port=dst.port,
-                ts_sec=seconds,
-                ts_usec=micros,
-                capture_id=self._capture_id,
-                payload=payload,
-                correlation_id=correlation,
+        return self._route(src, dst)(seconds, micros, payload, correlation)
+
+    def _route(self, src: Endpoint, dst: Endpoint) -> Callable[..., bytes]:
+        """The encoder of the packets from ``src`` to ``dst`` (kept for the routes of the
+        last client, both ways: most traffic comes from one client at a time)."""
+        key = (src, dst)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            route = self._routes[key] = hep.route_encoder(
+                src.ip, dst.ip, src.port, dst.port, self._capture_id
             )
-        )
+        return route
