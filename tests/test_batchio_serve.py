@@ -1,0 +1,1064 @@
+"""The native batch loop: ``BatchSocket.serve`` (``_batchio.c``) and the worker around it.
+
+``serve(answer, block, flush)`` reads a batch with one recvmmsg(), calls ``answer`` on each
+datagram in C and sends the bytes it returns to that datagram's own source, ``flush`` replies
+per sendmmsg(); what it cannot finish (a truncated datagram, an answer that is not bytes, an
+unbound client, a reply the kernel refused and every later one) comes back as leftovers, in
+order. These tests drive it on real bound sockets with answers written here, then drive
+``Worker.serve_once`` (which uses it when nothing needs each datagram in Python) against
+``Dispatcher.handle`` and against the Python loop, for replies and statistics alike.
+
+Nothing sleeps to synchronise: a UNIX datagram is in the receiver's queue when sendto() or
+sendmmsg() returns, and anything else is awaited with select() and a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from servers import short_tmpdir
+from test_batchio import (
+    DEADLINE,
+    Signalling,
+    Sockets,
+    drain,
+    drain_junk,
+    fill_queue,
+    needs_ipv6,
+    receive,
+    reply_ids,
+    request,
+)
+from toolchain import needs_cc
+
+from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, SocketIO
+from midgram.commands import Dispatcher, Outcome, Registry, Status
+from midgram.core import with_core
+from midgram.errors import MIError, TransportError
+from midgram.native import load_extension
+from midgram.runtime import LocalRuntime
+from midgram.transport import set_recv_timeout
+from midgram.worker import ServerStats, Worker, source_filter
+
+Served = tuple[int, int, list[Leftover] | None]
+
+
+@pytest.fixture
+def sockets() -> Iterator[Sockets]:
+    folder = short_tmpdir()  # pytest's tmp_path is too long for the 108-byte sun_path
+    opened = Sockets(folder)
+    yield opened
+    opened.close()
+    for name in os.listdir(folder):
+        os.unlink(os.path.join(folder, name))
+    os.rmdir(folder)
+
+
+@pytest.fixture(scope="module")
+def native() -> ModuleType:
+    """The native module itself (tests using it are marked needs_cc)."""
+    return load_extension("_batchio")
+
+
+def echo(data: bytes) -> bytes:
+    """An answer: every datagram gets ``re:`` and itself back."""
+    return b"re:" + data
+
+
+class Recorder:
+    """An answer that records what it was called with and answers with ``rule(data)``."""
+
+    def __init__(self, rule: Callable[[bytes], Any] = echo) -> None:
+        self.rule = rule
+        self.calls: list[bytes] = []
+
+    def __call__(self, data: bytes) -> Any:
+        self.calls.append(data)
+        return self.rule(data)
+
+
+def peer_of(sock: socket.socket) -> Any:
+    """The peer the server sees for ``sock`` (None for an unbound UNIX client)."""
+    return sock.getsockname() or None
+
+
+def serve_all(batch: Any, answer: Answer, flush: int, count: int) -> tuple[list[int], Served]:
+    """``count`` datagrams through ``batch.serve`` (blocking), however many calls that takes:
+    the size of each batch and the summed result."""
+    sizes: list[int] = []
+    replied = 0
+    leftovers: list[Leftover] = []
+    deadline = time.monotonic() + DEADLINE
+    while sum(sizes) < count and time.monotonic() < deadline:
+        got, sent, left = batch.serve(answer, True, flush)
+        if got:
+            sizes.append(got)
+        replied += sent
+        leftovers += left or []
+    assert sum(sizes) == count
+    return sizes, (count, replied, leftovers or None)
+
+
+# --- 1. replies go back to each datagram's own source, flush at a time -------------------------
+
+SERVE_KINDS = ["unix", "udp4", pytest.param("udp6", marks=needs_ipv6)]
+
+
+def _serve_clients(sockets: Sockets, kind: str) -> list[socket.socket]:
+    if kind == "unix":  # a path, an abstract name, an autobound name
+        return [sockets.unix("a"), sockets.abstract(), sockets.unix(b"")]
+    host = "127.0.0.1" if kind == "udp4" else "::1"
+    return [sockets.udp(host) for _ in range(3)]
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 2, "slots"])
+@pytest.mark.parametrize("kind", SERVE_KINDS)
+def test_serve_replies_to_each_datagrams_own_source_in_order(
+    native: ModuleType, sockets: Sockets, kind: str, flush: int | str
+) -> None:
+    server = sockets.server(kind)
+    clients = _serve_clients(sockets, kind)
+    slots = 8
+    batch = native.BatchSocket(server.fileno(), server.family, slots, 64)
+    flush_n = slots if flush == "slots" else int(flush)
+    # fewer than net.unix.max_dgram_qlen: no sendto() blocks
+    plan = [clients[n] for n in (0, 1, 0, 2, 2, 1, 0, 1)]
+    sent = [b"%d:from-%d" % (n, clients.index(c)) for n, c in enumerate(plan)]
+    for client, data in zip(plan, sent, strict=True):
+        client.sendto(data, server.getsockname())
+    answer = Recorder()
+
+    if kind == "unix":  # the whole queue in one recvmmsg()
+        served = batch.serve(answer, True, flush_n)
+        sizes = [served[0]]
+    else:
+        sizes, served = serve_all(batch, answer, flush_n, len(sent))
+
+    assert served == (len(sent), len(sent), None)
+    assert sum(sizes) == len(sent)
+    assert answer.calls == sent
+    for client in clients:
+        mine = [b"re:" + data for data, by in zip(sent, plan, strict=True) if by is client]
+        assert receive(client, len(mine)) == mine
+        assert drain(client) == []
+    assert batch.serve(answer, False, flush_n) == (0, 0, None)
+
+
+@needs_cc
+def test_serve_takes_at_most_slots_datagrams_per_call(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    sent = [b"q%d" % n for n in range(9)]
+    for data in sent:
+        client.sendto(data, server.getsockname())
+    answer = Recorder()
+    results = [batch.serve(answer, False, 3) for _ in range(4)]
+    assert results == [(4, 4, None), (4, 4, None), (1, 1, None), (0, 0, None)]
+    assert answer.calls == sent
+    assert drain(client) == [b"re:" + data for data in sent]
+
+
+@needs_cc
+def test_serve_sends_a_reply_of_any_size_the_socket_takes(
+    native: ModuleType, sockets: Sockets
+) -> None:
+    # The reply is the answer's bytes as they are: empty, or far larger than bufsize.
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 16)
+    replies = {b"empty": b"", b"big": bytes(range(256)) * 200}
+    for data in replies:
+        client.sendto(data, server.getsockname())
+    assert batch.serve(replies.__getitem__, True, 4) == (2, 2, None)
+    assert drain(client) == list(replies.values())
+
+
+# --- 2. leftovers: in order, with the right shape ------------------------------------------
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["unix", "udp4"])
+def test_a_truncated_datagram_is_a_leftover_and_not_answered(
+    native: ModuleType, sockets: Sockets, kind: str
+) -> None:
+    server = sockets.server(kind)
+    client = sockets.unix("client") if kind == "unix" else sockets.udp()
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 16)
+    sent = [b"first", b"y" * 17, b"x" * 16, bytes(range(100)), b"last"]
+    for data in sent:
+        client.sendto(data, server.getsockname())
+    answer = Recorder()
+    _, served = serve_all(batch, answer, 8, len(sent))
+    peer = client.getsockname()
+    assert served == (
+        5,
+        3,
+        [(b"y" * 16, peer, True, None), (bytes(range(16)), peer, True, None)],
+    )
+    assert answer.calls == [b"first", b"x" * 16, b"last"]  # exactly bufsize: whole
+    assert receive(client, 3) == [b"re:first", b"re:" + b"x" * 16, b"re:last"]
+
+
+class Odd:
+    """What an answer gives when it is not a reply (an Outcome, a Pending)."""
+
+
+class BytesKind(bytes):
+    """A bytes subclass: not exactly bytes, so not sent by C."""
+
+
+NOT_BYTES: list[Any] = [
+    Odd(),
+    None,
+    Outcome(b"an outcome's reply", Status.PARSE_ERROR),
+    bytearray(b"bytearray"),
+    BytesKind(b"subclass"),
+    "str",
+    0,
+]
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 2, 8])
+@pytest.mark.parametrize("odd", NOT_BYTES, ids=lambda odd: type(odd).__name__)
+def test_an_answer_that_is_not_bytes_is_a_leftover_after_the_replies_before_it(
+    native: ModuleType, sockets: Sockets, odd: Any, flush: int
+) -> None:
+    server = sockets.server()
+    a, b = sockets.unix("a"), sockets.abstract()
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    plan = [(a, b"0"), (b, b"1"), (a, b"2"), (b, b"odd"), (a, b"4"), (b, b"5")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    # What each client had received when the datagram after the odd one was answered.
+    seen_then: dict[str, list[bytes]] = {}
+
+    def rule(data: bytes) -> Any:
+        if data == b"odd":
+            return odd
+        if data == b"4":
+            seen_then["a"], seen_then["b"] = drain(a), drain(b)
+        return b"re:" + data
+
+    answer = Recorder(rule)
+    received, replied, leftovers = batch.serve(answer, True, flush)
+
+    assert (received, replied) == (6, 5)
+    assert leftovers == [(b"odd", b.getsockname(), False, odd)]
+    assert leftovers[0][3] is odd
+    assert answer.calls == [data for _, data in plan]
+    # The replies before the odd one were out before the caller got the odd one back ...
+    assert seen_then == {"a": [b"re:0", b"re:2"], "b": [b"re:1"]}
+    # ... and those after it were out when serve() returned.
+    assert drain(a) == [b"re:4"]
+    assert drain(b) == [b"re:5"]
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 3])
+def test_a_reply_to_an_unbound_client_is_a_leftover(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    server = sockets.server()
+    bound, unbound = sockets.unix("bound"), sockets.unix()
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    plan = [(bound, b"0"), (unbound, b"1"), (bound, b"2"), (unbound, b"3"), (bound, b"4")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    received, replied, leftovers = batch.serve(Recorder(), True, flush)
+    assert (received, replied) == (5, 3)
+    assert leftovers == [(b"1", None, False, b"re:1"), (b"3", None, False, b"re:3")]
+    assert drain(bound) == [b"re:0", b"re:2", b"re:4"]
+    assert drain(unbound) == []
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 2, 8])
+def test_a_full_client_queue_makes_its_reply_and_every_later_one_a_leftover(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    server = sockets.server()
+    full, fine = sockets.unix("full"), sockets.abstract()
+    junk = fill_queue(sockets, full.getsockname())  # `full` never reads: its queue is full
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    plan = [(fine, b"0"), (fine, b"1"), (full, b"2"), (fine, b"3"), (full, b"4"), (fine, b"5")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    answer = Recorder()
+
+    received, replied, leftovers = batch.serve(answer, True, flush)  # must not raise EAGAIN
+
+    assert (received, replied) == (6, 2)
+    assert answer.calls == [data for _, data in plan]  # every datagram still answered
+    assert leftovers == [(data, peer_of(client), False, b"re:" + data) for client, data in plan[2:]]
+    assert drain(fine) == [b"re:0", b"re:1"]  # the ones before the refused one went
+    # The caller (ReplySender in a worker) can finish them, in order.
+    drain_junk(full, junk)
+    rest = [(reply, peer) for _, peer, _, reply in leftovers]
+    assert batch.send(rest, 0) == len(rest)
+    assert drain(full) == [b"re:2", b"re:4"]
+    assert drain(fine) == [b"re:3", b"re:5"]
+
+
+@needs_cc
+@pytest.mark.parametrize("how", ["file_removed", "socket_closed"])
+@pytest.mark.parametrize("flush", [1, 8])
+def test_a_vanished_client_makes_its_reply_and_every_later_one_a_leftover(
+    native: ModuleType, sockets: Sockets, how: str, flush: int
+) -> None:
+    server = sockets.server()
+    here, gone = sockets.unix("here"), sockets.unix("gone")
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    gone_peer = gone.getsockname()
+    plan = [(here, b"0"), (gone, b"1"), (here, b"2"), (here, b"3")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    if how == "file_removed":
+        os.unlink(gone_peer)  # ENOENT
+    else:
+        gone.close()  # the file stays: ECONNREFUSED
+    received, replied, leftovers = batch.serve(Recorder(), True, flush)
+    assert (received, replied) == (4, 1)
+    assert leftovers == [
+        (b"1", gone_peer, False, b"re:1"),
+        (b"2", here.getsockname(), False, b"re:2"),
+        (b"3", here.getsockname(), False, b"re:3"),
+    ]
+    assert drain(here) == [b"re:0"]
+
+
+@needs_cc
+def test_leftovers_of_every_kind_come_in_datagram_order(
+    native: ModuleType, sockets: Sockets
+) -> None:
+    server = sockets.server()
+    a, unbound, full = sockets.unix("a"), sockets.unix(), sockets.unix("full")
+    fill_queue(sockets, full.getsockname())
+    batch = native.BatchSocket(server.fileno(), server.family, 16, 8)
+    odd = Odd()
+    plan = [
+        (a, b"0"),
+        (a, b"too long!"),  # truncated
+        (unbound, b"2"),  # unbound: a leftover with its reply
+        (a, b"odd"),  # not bytes
+        (a, b"4"),
+        (full, b"5"),  # refused: from here on, every reply is a leftover
+        (a, b"6"),
+        (a, b"odd"),
+        (a, b"longer still"),
+        (a, b"9"),
+    ]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    answer = Recorder(lambda data: odd if data == b"odd" else b"re:" + data)
+    received, replied, leftovers = batch.serve(answer, True, 2)
+    a_peer, full_peer = a.getsockname(), full.getsockname()
+    assert (received, replied) == (10, 2)
+    assert leftovers == [
+        (b"too long", a_peer, True, None),
+        (b"2", None, False, b"re:2"),
+        (b"odd", a_peer, False, odd),
+        (b"5", full_peer, False, b"re:5"),
+        (b"6", a_peer, False, b"re:6"),
+        (b"odd", a_peer, False, odd),
+        (b"longer s", a_peer, True, None),
+        (b"9", a_peer, False, b"re:9"),
+    ]
+    assert drain(a) == [b"re:0", b"re:4"]
+
+
+# --- 3. an answer that raises -----------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 2, 8])
+def test_an_answer_that_raises_propagates_after_the_queued_replies_went(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    server = sockets.server()
+    a, b = sockets.unix("a"), sockets.abstract()
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    plan = [(a, b"0"), (b, b"1"), (a, b"2"), (b, b"boom"), (a, b"4")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    boom = Boom("from answer")
+
+    def rule(data: bytes) -> bytes:
+        if data == b"boom":
+            raise boom
+        return b"re:" + data
+
+    answer = Recorder(rule)
+    with pytest.raises(Boom) as raised:
+        batch.serve(answer, True, flush)
+    assert raised.value is boom
+    assert answer.calls == [b"0", b"1", b"2", b"boom"]  # nothing is answered after it
+    assert drain(a) == [b"re:0", b"re:2"]
+    assert drain(b) == [b"re:1"]
+    # The BatchSocket is still usable.
+    a.sendto(b"after", server.getsockname())
+    assert batch.serve(Recorder(), True, flush) == (1, 1, None)
+    assert drain(a) == [b"re:after"]
+
+
+@needs_cc
+def test_an_answer_that_raises_when_a_reply_was_refused_still_propagates(
+    native: ModuleType, sockets: Sockets
+) -> None:
+    server = sockets.server()
+    fine, full = sockets.unix("fine"), sockets.unix("full")
+    fill_queue(sockets, full.getsockname())
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    for client, data in [(fine, b"0"), (full, b"1"), (fine, b"boom")]:
+        client.sendto(data, server.getsockname())
+
+    def rule(data: bytes) -> bytes:
+        if data == b"boom":
+            raise Boom
+        return b"re:" + data
+
+    with pytest.raises(Boom):
+        batch.serve(rule, True, 8)
+    assert drain(fine) == [b"re:0"]
+
+
+# --- 4. nothing to read, arguments, timeouts, signals ------------------------------------------
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["unix", "udp4"])
+def test_serve_with_nothing_to_read(native: ModuleType, sockets: Sockets, kind: str) -> None:
+    server = sockets.server(kind)
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    answer = Recorder()
+    started = time.monotonic()
+    assert batch.serve(answer, False, 2) == (0, 0, None)
+    assert time.monotonic() - started < DEADLINE / 2
+    set_recv_timeout(server, 0.2)
+    started = time.monotonic()
+    assert batch.serve(answer, True, 2) == (0, 0, None)
+    assert 0.15 <= time.monotonic() - started < DEADLINE / 2
+    assert answer.calls == []
+
+
+@needs_cc
+def test_serve_checks_flush_before_reading(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    client.sendto(b"waiting", server.getsockname())
+    answer = Recorder()
+    for flush in (0, -1, 5, 2**40):
+        with pytest.raises(ValueError, match=r"flush must be 1\.\.4"):
+            batch.serve(answer, True, flush)
+    with pytest.raises(TypeError):
+        batch.serve(answer, True, "2")
+    with pytest.raises(TypeError):
+        batch.serve(answer, True)
+    assert answer.calls == []
+    # The datagram is still there for a good call.
+    assert batch.serve(answer, True, 4) == (1, 1, None)
+    assert drain(client) == [b"re:waiting"]
+
+
+@needs_cc
+def test_a_signal_interrupts_a_blocking_serve(native: ModuleType, sockets: Sockets) -> None:
+    # PEP 475: a handler that returns lets serve() give (0, 0, None) (the worker then looks
+    # at its flags); one that raises makes serve() raise.
+    server = sockets.server()  # SO_RCVTIMEO of DEADLINE
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    answer = Recorder()
+
+    class Stop(Exception):
+        pass
+
+    caught: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    def stop(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        if len(caught) == 1:  # the next ones, if any, land after serve() has raised
+            raise Stop
+
+    previous = signal.signal(signal.SIGUSR1, note)
+    try:
+        with Signalling(signal.SIGUSR1):
+            started = time.monotonic()
+            assert batch.serve(answer, True, 2) == (0, 0, None)
+            assert time.monotonic() - started < DEADLINE / 2
+        assert caught
+        signal.signal(signal.SIGUSR1, stop)
+        caught.clear()
+        with pytest.raises(Stop), Signalling(signal.SIGUSR1):
+            batch.serve(answer, True, 2)
+        assert caught
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert answer.calls == []
+
+
+@needs_cc
+def test_native_io_serve_turns_a_receive_error_into_a_transport_error(
+    native: ModuleType, sockets: Sockets
+) -> None:
+    listener = sockets.keep(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    io = NativeIO(listener, 64, native)
+    for block in (False, True):
+        with pytest.raises(TransportError, match="cannot receive: Transport endpoint"):
+            io.serve(echo, block, 1)
+
+
+@needs_cc
+def test_native_io_serve_is_batch_socket_serve(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()
+    client = sockets.unix("client")
+    io = NativeIO(server, 8, native, slots=4)
+    for data in (b"a", b"b", b"much too long"):
+        client.sendto(data, server.getsockname())
+    assert io.serve(echo, True, 4) == (3, 2, [(b"much too", client.getsockname(), True, None)])
+    assert drain(client) == [b"re:a", b"re:b"]
+    assert io.serve(echo, False, 4) == (0, 0, None)
+
+
+# --- 5. the worker: the native loop against Dispatcher.handle and the Python loop --------------
+
+BUF_SIZE = 4096
+
+
+def _registry() -> Registry:
+    """The core commands and deterministic ones of every kind of outcome."""
+    registry = with_core(Registry(), LocalRuntime())
+
+    @registry.command()
+    def ping() -> str:
+        return "pong"
+
+    @registry.command()
+    def echo(text: str) -> str:
+        return text
+
+    @registry.command()
+    def refuse() -> None:
+        raise MIError(403, "Forbidden")
+
+    @registry.command()
+    async def later(value: int) -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"later": value}
+
+    return registry
+
+
+def call(method: str, params: Any = None, req_id: Any = None) -> bytes:
+    """A request (a notification when ``req_id`` is None)."""
+    obj: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        obj["params"] = params
+    if req_id is not None:
+        obj["id"] = req_id
+    return orjson.dumps(obj)
+
+
+#: Client name -> datagram, in the order sent; each round is read as one batch.
+ROUNDS: list[list[tuple[str, bytes]]] = [
+    [
+        ("a", call("ping", req_id=1)),  # the fast path: bytes
+        ("b", call("echo", ["x"], "s")),  # with params: bytes too
+        ("a", b'{"jsonrpc":"2.0","method":'),  # 400 Parse_error
+        ("c", call("no_such_method", req_id=3)),  # -32601
+        ("b", b"{" * (BUF_SIZE + 904)),  # oversize: 400 Parse_error
+        ("a", call("later", [7], 4)),  # async: a Pending
+        ("c", call("ping")),  # a notification: no reply
+        ("b", call("refuse", req_id=5)),  # a command error
+        ("u", call("ping", req_id=6)),  # an unbound client: dropped
+        ("a", call("ping", req_id=7)),
+    ],
+    [
+        ("gone", call("ping", req_id=10)),  # a vanished client: dropped, the rest after it
+        ("a", b""),  # ignored
+        ("b", b'{"jsonrpc":"2.0","id":11}'),  # -32600
+        ("c", call("echo", [], 12)),  # wrong params: -32602, a command error
+        ("a", call("later", [8], 13)),
+        ("b", call("later", [9])),  # an async notification: no reply
+        ("c", call("ping", req_id=14)),
+        ("a", b"x" * (BUF_SIZE + 1)),  # oversize by one byte
+        ("b", call("ping", req_id=15)),
+    ],
+]
+
+#: Every statistic of the two rounds, worked out by hand.
+EXPECTED_STATS = {
+    "received": 19,
+    "replied": 14,  # 16 replies (no notification's, nor the empty one's), 2 of them dropped
+    "parse_errors": 1,
+    "oversize_requests": 2,
+    "invalid_requests": 1,
+    "unknown_methods": 1,
+    "command_errors": 2,
+    "oversize_replies": 0,
+    "dropped_replies": 2,
+    "refused": 0,
+    "traced": 0,
+}
+
+
+def handle_reply(dispatcher: Dispatcher, data: bytes) -> bytes | None:
+    """The reply ``Dispatcher.handle`` gives (async commands run to completion)."""
+    if len(data) > dispatcher.buf_size:
+        return dispatcher.handle_oversize(dispatcher.buf_size).reply
+    outcome = asyncio.run(dispatcher.handle_async(data))
+    return outcome.reply
+
+
+class WatchedIO(NativeIO):
+    """The real NativeIO, counting which of its methods the worker called."""
+
+    def __init__(self, sock: socket.socket, bufsize: int, module: ModuleType) -> None:
+        super().__init__(sock, bufsize, module)
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def recv(self, block: bool) -> list[Any]:
+        self.calls["recv"] += 1
+        return super().recv(block)
+
+    def serve(self, answer: Answer, block: bool, flush: int) -> Served:
+        self.calls["serve"] += 1
+        return super().serve(answer, block, flush)
+
+
+class Setup:
+    """A worker on a real UNIX socket (in process), with its clients."""
+
+    def __init__(
+        self,
+        sockets: Sockets,
+        make_io: Callable[[socket.socket, int], BatchIO],
+        tag: str,
+        **options: Any,
+    ) -> None:
+        self.server = sockets.server(name=f"srv{tag}")
+        self.registry = _registry()
+        self.dispatcher = Dispatcher(self.registry, buf_size=BUF_SIZE)
+        self.stats = ServerStats.declare(self.registry.stats)
+        self.io = make_io(self.server, BUF_SIZE)
+        self.worker = Worker(
+            self.server,
+            self.dispatcher,
+            self.stats,
+            socket_timeout_ms=10_000,
+            io=self.io,
+            **options,
+        )
+        self.clients = {
+            "a": sockets.unix(f"a{tag}"),
+            "b": sockets.abstract(),
+            "c": sockets.unix(b""),  # autobound
+            "u": sockets.unix(),  # unbound
+            "gone": sockets.unix(f"gone{tag}"),
+        }
+        os.unlink(self.clients["gone"].getsockname())  # it still sends; replies find no one
+
+    def send(self, plan: list[tuple[str, bytes]]) -> None:
+        for name, data in plan:
+            self.clients[name].sendto(data, self.server.getsockname())
+
+    def serve(self, count: int) -> int:
+        """serve_once() until ``count`` more datagrams were read; how many calls it took."""
+        target = self.stats.received.value + count
+        deadline = time.monotonic() + DEADLINE
+        calls = 0
+        while self.stats.received.value < target and time.monotonic() < deadline:
+            self.worker.serve_once()
+            calls += 1
+        assert self.stats.received.value == target
+        return calls
+
+    def deliveries(self) -> dict[str, list[bytes]]:
+        return {name: drain(sock) for name, sock in self.clients.items()}
+
+    def statistics(self) -> dict[str, int]:
+        return {name: getattr(self.stats, name).value for name in ServerStats.__dataclass_fields__}
+
+    def close(self) -> None:
+        # serve_once() does not close the worker's event loop for async commands; run() does.
+        self.worker.run(lambda: True)
+
+
+def _expected_deliveries(dispatcher: Dispatcher) -> dict[str, list[bytes]]:
+    expected: dict[str, list[bytes]] = {name: [] for name in ("a", "b", "c", "u", "gone")}
+    for plan in ROUNDS:
+        for name, data in plan:
+            reply = handle_reply(dispatcher, data)
+            if reply is not None and name not in ("u", "gone"):
+                expected[name].append(reply)
+    return expected
+
+
+def _run_rounds(setup: Setup) -> tuple[list[int], dict[str, list[bytes]]]:
+    calls = []
+    for plan in ROUNDS:
+        setup.send(plan)
+        calls.append(setup.serve(len(plan)))
+    return calls, setup.deliveries()
+
+
+IO_KINDS = ["native", "native_python_loop", "socket"]
+
+
+def _io_maker(kind: str, module: ModuleType | None) -> Callable[[socket.socket, int], BatchIO]:
+    if kind == "socket":
+        return SocketIO
+    assert module is not None
+
+    def make(sock: socket.socket, bufsize: int) -> BatchIO:
+        return WatchedIO(sock, bufsize, module)
+
+    return make
+
+
+def _serve_rounds(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
+    module = load_extension("_batchio") if kind != "socket" else None
+    setup = Setup(sockets, _io_maker(kind, module), tag)
+    try:
+        if kind == "native_python_loop":  # NativeIO under the Python loop
+            calls = []
+            for plan in ROUNDS:
+                setup.send(plan)
+                batch = setup.io.recv(True)
+                assert len(batch) == len(plan)
+                setup.worker.serve_batch(batch)
+                calls.append(1)
+            deliveries = setup.deliveries()
+        else:
+            calls, deliveries = _run_rounds(setup)
+        expected = _expected_deliveries(Dispatcher(setup.registry, buf_size=BUF_SIZE))
+        watched = dict(setup.io.calls) if isinstance(setup.io, WatchedIO) else None
+        return {
+            "deliveries": deliveries,
+            "expected": expected,
+            "statistics": setup.statistics(),
+            "calls": calls,
+            "watched": watched,
+            "pending": setup.worker.sender.pending(),
+        }
+    finally:
+        setup.close()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("native", marks=needs_cc),
+        pytest.param("native_python_loop", marks=needs_cc),
+        "socket",
+    ],
+)
+def test_a_worker_gives_every_client_what_dispatcher_handle_gives(
+    sockets: Sockets, kind: str
+) -> None:
+    run = _serve_rounds(sockets, kind, "")
+    assert run["statistics"] == EXPECTED_STATS
+    assert run["pending"] == 0
+    assert run["deliveries"] == run["expected"]
+    # Spot checks that the plan is what it says.
+    a = run["deliveries"]["a"]
+    assert reply_ids([a[0], a[2], a[3], a[4]]) == [1, 4, 7, 13]
+    assert a[1] == a[5] == b"400 Parse_error"
+    assert orjson.loads(a[2])["result"] == {"later": 7}
+    if kind == "native":  # one serve() per round, in C: recv() never called
+        assert run["calls"] == [1, 1]
+        assert run["watched"] == {"serve": 2}
+    elif kind == "socket":
+        assert run["calls"] == [len(plan) for plan in ROUNDS]
+
+
+#: A datagram whose reply Python finishes after serve() returned, and its reply.
+AFTER_SERVE = {
+    "parse_error": (b"not json", b"400 Parse_error"),
+    "unknown_method": (request(9, "no_such_method"), None),
+    "oversize": (b"x" * (BUF_SIZE + 1), b"400 Parse_error"),
+    "async": (call("later", [5], 9), b'{"jsonrpc":"2.0","result":{"later":5},"id":9}'),
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("native", marks=needs_cc), "socket"],
+)
+@pytest.mark.parametrize("first", list(AFTER_SERVE))
+def test_a_clients_replies_keep_its_requests_order_across_a_leftover(
+    sockets: Sockets, kind: str, first: str
+) -> None:
+    # One client, one batch: a request whose reply is not plain bytes from answer() (so it
+    # comes back to the worker as a leftover), then an ordinary one. Its replies must come
+    # in the order of its requests, as Dispatcher.handle one at a time (and OpenSIPS) give.
+    module = load_extension("_batchio") if kind == "native" else None
+    setup = Setup(sockets, _io_maker(kind, module), "")
+    try:
+        data, reply = AFTER_SERVE[first]
+        plan = [("a", data), ("a", request(1, "ping")), ("a", request(2, "ping"))]
+        setup.send(plan)
+        setup.serve(len(plan))
+        reference = Dispatcher(setup.registry, buf_size=BUF_SIZE)
+        expected = [handle_reply(reference, sent) for _, sent in plan]
+        if reply is not None:
+            assert expected[0] == reply
+        assert setup.stats.replied.value == len(plan)
+        assert setup.deliveries()["a"] == expected
+    finally:
+        setup.close()
+
+
+@needs_cc
+def test_the_native_and_python_loops_serve_the_same(sockets: Sockets) -> None:
+    runs = {kind: _serve_rounds(sockets, kind, str(n)) for n, kind in enumerate(IO_KINDS)}
+    outcomes = {
+        kind: (run["deliveries"], run["statistics"], run["pending"]) for kind, run in runs.items()
+    }
+    assert outcomes["native"] == outcomes["native_python_loop"] == outcomes["socket"]
+
+
+def _full_client_run(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
+    module = load_extension("_batchio") if kind != "socket" else None
+    setup = Setup(sockets, _io_maker(kind, module), tag)
+    full, fine = setup.clients["a"], setup.clients["b"]
+    junk = fill_queue(sockets, full.getsockname())
+    plan = [
+        ("b", request(0)),
+        ("a", request(100)),  # refused: queued, and the rest after it goes by ReplySender
+        ("b", request(1)),
+        ("a", request(101)),
+        ("b", b"not json"),
+        ("a", call("later", [1], 102)),
+        ("b", request(2, "no_such_method")),
+    ]
+    setup.send(plan)
+    calls = setup.serve(len(plan))
+    observed: dict[str, Any] = {
+        "fine": drain(fine),
+        "pending": setup.worker.sender.pending(),
+        "statistics": setup.statistics(),
+    }
+    drain_junk(full, junk)  # the client reads at last: nothing of ours came before
+    deadline = time.monotonic() + DEADLINE
+    while setup.worker.sender.pending() and time.monotonic() < deadline:
+        setup.worker.serve_once()  # polls no longer than the next retry
+    observed["full"] = drain(full)
+    observed["pending_after"] = setup.worker.sender.pending()
+    observed["statistics_after"] = setup.statistics()
+    if isinstance(setup.io, WatchedIO):
+        observed["serve_calls"] = setup.io.calls["serve"]
+    observed["calls"] = calls
+    setup.close()
+    return observed
+
+
+@needs_cc
+def test_a_full_client_under_the_native_loop_keeps_its_order(sockets: Sockets) -> None:
+    native_run = _full_client_run(sockets, "native", "n")
+    assert native_run.pop("calls") == 1  # one batch, served by serve()
+    assert native_run.pop("serve_calls") == 1  # then the Python loop, while replies wait
+    assert reply_ids(native_run["fine"][:2]) == [0, 1]
+    assert native_run["fine"][2] == b"400 Parse_error"
+    assert orjson.loads(native_run["fine"][3])["error"]["code"] == -32601
+    assert reply_ids(native_run["full"]) == [100, 101, 102]
+    assert native_run["pending"] == 3
+    assert native_run["pending_after"] == 0
+    stats = native_run["statistics"]
+    assert (stats["received"], stats["replied"], stats["dropped_replies"]) == (7, 7, 0)
+    assert (stats["parse_errors"], stats["unknown_methods"]) == (1, 1)
+    assert native_run["statistics_after"] == stats
+    socket_run = _full_client_run(sockets, "socket", "s")
+    assert socket_run.pop("calls") == 7  # one datagram a call
+    assert native_run == socket_run
+
+
+@needs_cc
+def test_a_worker_with_debug_logging_uses_the_python_loop(
+    sockets: Sockets, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="midgram.worker")
+    setup = Setup(sockets, _io_maker("native", load_extension("_batchio")), "")
+    try:
+        _, deliveries = _run_rounds(setup)
+        assert deliveries == _expected_deliveries(Dispatcher(setup.registry, buf_size=BUF_SIZE))
+        assert setup.statistics() == EXPECTED_STATS
+        assert isinstance(setup.io, WatchedIO)
+        assert "serve" not in setup.io.calls
+        assert setup.io.calls["recv"] >= len(ROUNDS)
+    finally:
+        setup.close()
+    # Every datagram that reached dispatching was logged, with its status (the native loop
+    # would have logged none of the OK ones).
+    logged = [record.getMessage() for record in caplog.records if record.name == "midgram.worker"]
+    assert sum(message.startswith("ping from ") for message in logged) == 7
+    assert any(message.startswith("later from ") for message in logged)
+
+
+@needs_cc
+def test_a_worker_with_allow_from_uses_the_python_loop(sockets: Sockets) -> None:
+    server = sockets.server("udp4")
+    registry = _registry()
+    dispatcher = Dispatcher(registry, buf_size=BUF_SIZE)
+    stats = ServerStats.declare(registry.stats)
+    io = WatchedIO(server, BUF_SIZE, load_extension("_batchio"))
+    rule = source_filter(["127.0.0.2/32"])
+    assert rule is not None
+    asked: list[Any] = []
+
+    def allowed(peer: Any) -> bool:
+        asked.append(peer)
+        return rule(peer)
+
+    worker = Worker(server, dispatcher, stats, socket_timeout_ms=10_000, allowed=allowed, io=io)
+    friend, stranger = sockets.udp("127.0.0.2"), sockets.udp("127.0.0.1")
+    plan = [
+        (friend, request(1)),
+        (stranger, request(2)),
+        (friend, b"not json"),
+        (friend, b"x" * (BUF_SIZE + 1)),
+        (stranger, b"x" * (BUF_SIZE + 1)),
+        (friend, request(3)),
+    ]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    deadline = time.monotonic() + DEADLINE
+    while stats.received.value < len(plan) and time.monotonic() < deadline:
+        worker.serve_once()
+    assert stats.received.value == len(plan)
+    got = receive(friend, 4)
+    assert reply_ids([got[0], got[3]]) == [1, 3]
+    assert got[1:3] == [b"400 Parse_error", b"400 Parse_error"]
+    assert drain(friend) == drain(stranger) == []
+    # Every datagram was checked (a refused one that fits twice: in serve_batch and _admit).
+    assert set(asked) == {peer_of(friend), peer_of(stranger)}
+    assert len(asked) >= len(plan)
+    assert "serve" not in io.calls
+    assert (stats.refused.value, stats.replied.value, stats.oversize_requests.value) == (2, 4, 1)
+    assert stats.parse_errors.value == 1
+
+
+class Once:
+    """``should_stop`` for ``Worker.run``: one pass of the loop (housekeeping, a burst)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked > 1
+
+
+@needs_cc
+def test_the_worker_follows_the_log_level_between_the_two_loops(sockets: Sockets) -> None:
+    # The log level is looked at between bursts: DEBUG (OpenSIPS 4) turns the native loop
+    # off, INFO (3) back on, and either way every client gets its replies.
+    level = [4]
+    setup = Setup(
+        sockets, _io_maker("native", load_extension("_batchio")), "", log_level=lambda: level[0]
+    )
+    set_recv_timeout(setup.server, 0.05)  # a burst ends 50 ms after the last datagram
+    io = setup.io
+    assert isinstance(io, WatchedIO)
+    tree = logging.getLogger("midgram")
+    before = tree.level
+    ping = ROUNDS[0][0]
+    try:
+        setup.send([ping, ping])
+        setup.worker.run(Once())
+        assert (io.calls["serve"], io.calls["recv"] >= 2) == (0, True)
+        recvs = io.calls["recv"]
+        level[0] = 3
+        setup.send([ping, ping])
+        setup.worker.run(Once())
+        assert (io.calls["serve"] >= 1, io.calls["recv"]) == (True, recvs)
+        assert setup.deliveries()["a"] == [b'{"jsonrpc":"2.0","result":"pong","id":1}'] * 4
+        assert (setup.stats.received.value, setup.stats.replied.value) == (4, 4)
+    finally:
+        tree.setLevel(before)
+        setup.close()
+
+
+# --- 6. reference counts and memory over many batches ---------------------------------------
+
+
+@needs_cc
+def test_serve_leaks_neither_references_nor_memory(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()
+    good, unbound, gone = sockets.unix("good"), sockets.unix(), sockets.unix("gone")
+    os.unlink(gone.getsockname())  # replies to it are refused (ENOENT): leftovers
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 16)
+    address = server.getsockname()
+    reply = bytes(range(40))  # one object, answered again and again
+    sentinel = Odd()
+
+    def answer(data: bytes) -> Any:
+        if data == b"odd":
+            return sentinel
+        if data == b"boom":
+            raise Boom
+        return reply
+
+    def one_round(number: int) -> None:
+        good.sendto(b"ok", address)
+        good.sendto(b"odd", address)
+        extra = number % 8 == 0
+        if extra:
+            good.sendto(b"t" * 40, address)  # truncated
+            unbound.sendto(b"ok", address)
+        if number % 16 == 1:
+            good.sendto(b"boom", address)
+            with pytest.raises(Boom):
+                batch.serve(answer, False, 2)
+            assert good.recv(64, socket.MSG_DONTWAIT) is not None  # the one queued before
+            return
+        gone.sendto(b"ok", address)
+        received, replied, leftovers = batch.serve(answer, False, 2)
+        assert (received, replied) == (5 if extra else 3, 1)
+        assert leftovers is not None
+        assert len(leftovers) == (4 if extra else 2)
+        assert leftovers[0][3] is sentinel
+        assert leftovers[-1][3] is reply
+        assert good.recv(64, socket.MSG_DONTWAIT) == reply
+
+    for number in range(200):  # warm up: caches, the peer cache, interned objects
+        one_round(number)
+    gc.collect()
+    refs = (sys.getrefcount(reply), sys.getrefcount(sentinel))
+    tracemalloc.start()
+    try:
+        gc.collect()
+        start, _ = tracemalloc.get_traced_memory()
+        for number in range(10_000):
+            one_round(number)
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (sys.getrefcount(reply), sys.getrefcount(sentinel)) == refs
+    assert end - start < 64 * 1024, f"{end - start} bytes more after 10000 batches"
+    assert drain(good) == []
