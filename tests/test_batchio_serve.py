@@ -45,7 +45,7 @@ from test_batchio import (
 )
 from toolchain import needs_cc
 
-from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, SocketIO
+from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
 from midgram.commands import Dispatcher, Outcome, Registry, Status
 from midgram.core import with_core
 from midgram.errors import MIError, TransportError
@@ -206,13 +206,19 @@ def test_a_truncated_datagram_is_a_leftover_and_not_answered(
     answer = Recorder()
     _, served = serve_all(batch, answer, 8, len(sent))
     peer = client.getsockname()
+    # Without settle, what follows the first truncated datagram is the caller's too.
     assert served == (
         5,
-        3,
-        [(b"y" * 16, peer, True, None), (bytes(range(16)), peer, True, None)],
+        1,
+        [
+            (b"y" * 16, peer, True, None),
+            (b"x" * 16, peer, False, b"re:" + b"x" * 16),
+            (bytes(range(16)), peer, True, None),
+            (b"last", peer, False, b"re:last"),
+        ],
     )
     assert answer.calls == [b"first", b"x" * 16, b"last"]  # exactly bufsize: whole
-    assert receive(client, 3) == [b"re:first", b"re:" + b"x" * 16, b"re:last"]
+    assert receive(client, 1) == [b"re:first"]
 
 
 class Odd:
@@ -237,7 +243,7 @@ NOT_BYTES: list[Any] = [
 @needs_cc
 @pytest.mark.parametrize("flush", [1, 2, 8])
 @pytest.mark.parametrize("odd", NOT_BYTES, ids=lambda odd: type(odd).__name__)
-def test_an_answer_that_is_not_bytes_is_a_leftover_after_the_replies_before_it(
+def test_without_settle_an_answer_that_is_not_bytes_and_all_after_it_are_leftovers(
     native: ModuleType, sockets: Sockets, odd: Any, flush: int
 ) -> None:
     server = sockets.server()
@@ -259,15 +265,63 @@ def test_an_answer_that_is_not_bytes_is_a_leftover_after_the_replies_before_it(
     answer = Recorder(rule)
     received, replied, leftovers = batch.serve(answer, True, flush)
 
-    assert (received, replied) == (6, 5)
-    assert leftovers == [(b"odd", b.getsockname(), False, odd)]
+    assert (received, replied) == (6, 3)
+    # The odd one is the caller's, and so is every reply after it: each client's replies
+    # keep their order.
+    assert leftovers == [
+        (b"odd", b.getsockname(), False, odd),
+        (b"4", a.getsockname(), False, b"re:4"),
+        (b"5", b.getsockname(), False, b"re:5"),
+    ]
     assert leftovers[0][3] is odd
     assert answer.calls == [data for _, data in plan]
     # The replies before the odd one were out before the caller got the odd one back ...
     assert seen_then == {"a": [b"re:0", b"re:2"], "b": [b"re:1"]}
-    # ... and those after it were out when serve() returned.
-    assert drain(a) == [b"re:4"]
-    assert drain(b) == [b"re:5"]
+    # ... and none after it.
+    assert drain(a) == []
+    assert drain(b) == []
+
+
+@needs_cc
+@pytest.mark.parametrize("flush", [1, 2, 8])
+def test_settle_answers_what_is_not_bytes_in_order(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    server = sockets.server()
+    a, b = sockets.unix("a"), sockets.abstract()
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 6)
+    plan = [(a, b"0"), (b, b"odd"), (a, b"too long"), (b, b"3"), (a, b"quiet"), (a, b"5")]
+    for client, data in plan:
+        client.sendto(data, server.getsockname())
+    odd = Odd()
+    settled: list[tuple[bytes, Any]] = []
+
+    def answer(data: bytes) -> Any:
+        return odd if data in (b"odd", b"quiet") else b"re:" + data
+
+    def settle(data: bytes, handled: Any) -> bytes | None:
+        settled.append((data, handled))
+        if data == b"quiet":
+            return None  # no reply, like a notification
+        return b"settled:" + data
+
+    received, replied, leftovers = batch.serve(answer, True, flush, settle)
+    assert (received, replied, leftovers) == (6, 5, None)
+    assert settled == [(b"odd", odd), (b"too lo", None), (b"quiet", odd)]
+    assert drain(a) == [b"re:0", b"settled:too lo", b"re:5"]
+    assert drain(b) == [b"settled:odd", b"re:3"]
+
+
+@needs_cc
+def test_settle_must_give_bytes_or_none(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()
+    a = sockets.unix("a")
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
+    for data in (b"0", b"odd", b"2"):
+        a.sendto(data, server.getsockname())
+    with pytest.raises(TypeError, match="settle\\(\\) must return bytes or None, not str"):
+        batch.serve(lambda data: None if data == b"odd" else b"re:" + data, True, 8, lambda *_: "x")
+    assert drain(a) == [b"re:0"]  # what was answered before it still went
 
 
 @needs_cc
@@ -369,18 +423,20 @@ def test_leftovers_of_every_kind_come_in_datagram_order(
     answer = Recorder(lambda data: odd if data == b"odd" else b"re:" + data)
     received, replied, leftovers = batch.serve(answer, True, 2)
     a_peer, full_peer = a.getsockname(), full.getsockname()
-    assert (received, replied) == (10, 2)
+    # After the truncated datagram (the caller's), every reply is the caller's too.
+    assert (received, replied) == (10, 1)
     assert leftovers == [
         (b"too long", a_peer, True, None),
         (b"2", None, False, b"re:2"),
         (b"odd", a_peer, False, odd),
+        (b"4", a_peer, False, b"re:4"),
         (b"5", full_peer, False, b"re:5"),
         (b"6", a_peer, False, b"re:6"),
         (b"odd", a_peer, False, odd),
         (b"longer s", a_peer, True, None),
         (b"9", a_peer, False, b"re:9"),
     ]
-    assert drain(a) == [b"re:0", b"re:4"]
+    assert drain(a) == [b"re:0"]
 
 
 # --- 3. an answer that raises -----------------------------------------------------------
@@ -645,9 +701,11 @@ class WatchedIO(NativeIO):
         self.calls["recv"] += 1
         return super().recv(block)
 
-    def serve(self, answer: Answer, block: bool, flush: int) -> Served:
+    def serve(
+        self, answer: Answer, block: bool, flush: int, settle: Settle | None = None
+    ) -> Served:
         self.calls["serve"] += 1
-        return super().serve(answer, block, flush)
+        return super().serve(answer, block, flush, settle)
 
 
 class Setup:

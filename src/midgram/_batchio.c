@@ -466,7 +466,20 @@ static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t 
     return rc;
 }
 
-static PyObject *serve_batch(BatchSocket *self, PyObject *answer, int count, unsigned int flush) {
+/* settle(data, handled) for a datagram whose answer is not bytes (handled None: truncated):
+ * its reply, a new reference to bytes or None; NULL with an exception set. */
+static PyObject *settled(PyObject *settle, PyObject *data, PyObject *handled) {
+    PyObject *reply = PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
+    if (reply && reply != Py_None && !PyBytes_CheckExact(reply)) {
+        PyErr_Format(PyExc_TypeError, "settle() must return bytes or None, not %.100s",
+                     Py_TYPE(reply)->tp_name);
+        Py_CLEAR(reply);
+    }
+    return reply;
+}
+
+static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *settle, int count,
+                             unsigned int flush) {
     Outbox box = {.count = 0};
     PyObject *leftovers = NULL;
     Py_ssize_t replied = 0;
@@ -479,6 +492,15 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, int count, uns
         if (!data)
             goto error;
         PyObject *handled = truncated ? Py_NewRef(Py_None) : PyObject_CallOneArg(answer, data);
+        if (handled && settle && !PyBytes_CheckExact(handled)) {
+            /* settled now, so that its reply goes out in order with the others */
+            Py_SETREF(handled, settled(settle, data, handled));
+            if (handled == Py_None) { /* nothing to send */
+                Py_DECREF(handled);
+                Py_DECREF(data);
+                continue;
+            }
+        }
         if (!handled) {
             Py_DECREF(data);
             goto error;
@@ -497,6 +519,8 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, int count, uns
             Py_DECREF(handled);
             goto error;
         }
+        if (!PyBytes_CheckExact(handled))
+            failed = 1; /* the caller answers it: every later reply is the caller's too */
         PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
         int rc = peer ? leftover(&leftovers, data, peer, truncated, handled) : -1;
         Py_XDECREF(peer);
@@ -521,10 +545,15 @@ error:
 }
 
 static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "serve(answer, block: bool, flush: int)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "serve(answer, block: bool, flush: int[, settle])");
         return NULL;
     }
+    if (!self->buffers) {
+        PyErr_SetString(PyExc_RuntimeError, "BatchSocket is not initialised");
+        return NULL;
+    }
+    PyObject *settle = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
     int block = PyObject_IsTrue(args[1]);
     long flush = PyLong_AsLong(args[2]);
     if (block < 0 || (flush == -1 && PyErr_Occurred()))
@@ -536,7 +565,7 @@ static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_
     int count = receive(self, block);
     if (count <= 0)
         return count < 0 ? NULL : Py_BuildValue("(iiO)", 0, 0, Py_None);
-    return serve_batch(self, args[0], count, (unsigned int)flush);
+    return serve_batch(self, args[0], settle, count, (unsigned int)flush);
 }
 
 static PyObject *BatchSocket_get_slots(BatchSocket *self, void *closure) {
@@ -554,11 +583,15 @@ static PyMethodDef BatchSocket_methods[] = {
      "recv(block) -> list of (data, peer, truncated): every datagram waiting, up to `slots`; "
      "with block, wait (up to SO_RCVTIMEO) for the first one."},
     {"serve", (PyCFunction)(void (*)(void))BatchSocket_serve, METH_FASTCALL,
-     "serve(answer, block, flush) -> (received, replied, leftovers): receive a batch, call "
-     "answer(data) on each datagram and send the bytes it returns, flush at a time; "
-     "leftovers (None if none) lists, in order, (data, peer, truncated, handled) for what "
-     "the caller must finish: a truncated datagram (handled None), an answer that is not "
-     "bytes, a reply that could not be sent (handled: its bytes)."},
+     "serve(answer, block, flush[, settle]) -> (received, replied, leftovers): receive a "
+     "batch, call answer(data) on each datagram and send the bytes it returns back to the "
+     "datagram's sender, flush at a time. An answer that is not bytes, or a truncated "
+     "datagram (answer not called, handled None), goes to settle(data, handled), whose "
+     "bytes are sent in turn (None: no reply). leftovers (None if none) lists, in order, "
+     "(data, peer, truncated, handled) for what the caller must finish: a reply the kernel "
+     "refused or to an unbound client (handled: its bytes) and, without settle, what settle "
+     "would have had; after a refused reply or one the caller finishes, every later reply "
+     "of the batch is a leftover too, so that each client's replies keep their order."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
      "blocking; the index of the first one not sent (len(replies) when all went)."},

@@ -44,6 +44,8 @@ Reply = tuple[bytes, PeerAddress]
 #: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
 Leftover = tuple[bytes, PeerAddress, bool, Any]
 Answer = Callable[[bytes], Any]
+#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes.
+Settle = Callable[[bytes, Any], bytes | None]
 
 
 class BatchIO(Protocol):
@@ -100,17 +102,22 @@ class NativeIO:
         return batch
 
     def serve(
-        self, answer: Answer, block: bool, flush: int
+        self, answer: Answer, block: bool, flush: int, settle: Settle | None = None
     ) -> tuple[int, int, list[Leftover] | None]:
         """Read a batch and serve its common case without a Python loop: ``answer(data)``
-        for each datagram, the bytes it returns sent ``flush`` at a time to the datagram's
-        own address. Returns ``(received, replied, leftovers)``: ``leftovers`` (None when
-        there are none) are, in order, what the caller must finish: a truncated datagram
-        (``handled`` None), an answer that is not bytes (an Outcome or a Pending), a reply
-        the kernel refused (its bytes; then every later reply of the batch too, so that
-        ReplySender keeps each client's replies in order)."""
+        for each datagram, the bytes it returns sent ``flush`` at a time back to the
+        datagram's sender. What is not bytes (and a truncated datagram, with ``handled``
+        None) goes to ``settle(data, handled)``, whose reply (None: none) goes out in turn.
+
+        Returns ``(received, replied, leftovers)``: ``leftovers`` (None when there are none)
+        are, in order, the replies the caller must send (``(data, peer, truncated, reply)``):
+        one the kernel refused, one to an unbound client, and every reply after one refused
+        (so that ReplySender keeps each client's replies in order). Without ``settle``, what
+        it would have had is a leftover too, and every reply after it."""
         try:
-            served: tuple[int, int, list[Leftover] | None] = self._serve(answer, block, flush)
+            served: tuple[int, int, list[Leftover] | None] = self._serve(
+                answer, block, flush, settle
+            )
         except OSError as exc:
             raise self._receive_error(exc) from exc
         return served

@@ -178,6 +178,7 @@ class Worker:
         finally:
             if self._loop is not None:
                 self._loop.close()
+                self._loop = None  # a later run() makes a new one
 
     def _burst(self) -> None:
         serve_once = self.serve_once
@@ -202,7 +203,7 @@ class Worker:
 
     def _serve_native(self, io: NativeIO) -> bool:
         """``serve_batch`` with its loop in C (``NativeIO.serve``); Python finishes the rest."""
-        received, replied, leftovers = io.serve(self._answer, True, FLUSH)
+        received, replied, leftovers = io.serve(self._answer, True, FLUSH, self._settle_now)
         if not received:
             return False
         self._received(received)
@@ -212,8 +213,16 @@ class Worker:
             self._replied(replied)
         return not self._stop_requested()
 
+    def _settle_now(self, data: bytes, handled: Outcome | Pending | None) -> bytes | None:
+        """For the native loop, in the batch's order: the reply to a datagram whose answer is
+        an Outcome or a Pending, or that was truncated (``handled`` None)."""
+        if handled is None:
+            handled = self.dispatcher.handle_oversize(len(data))
+        return self._count(self._settle(handled))
+
     def _finish(self, leftovers: list[Leftover]) -> int:
-        """What the native loop left, in order; how many of their replies went (or wait)."""
+        """The replies the native loop left (refused, or to an unbound client, and those after
+        them), in order, through ReplySender; how many went (or wait)."""
         replied = 0
         for data, peer, truncated, handled in leftovers:
             # handled None: a truncated datagram, whose answer is Python's
