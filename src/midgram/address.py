@@ -46,6 +46,7 @@ __all__ = [
     "HostKind",
     "UdpAddress",
     "UnixAddress",
+    "default_socket_name",
     "parse_hep_id",
     "parse_socket_name",
     "parse_target",
@@ -421,3 +422,14 @@ def parse_trace_destination(text: str, *, parameter: str = "trace_destination") 
     address = parse_target(text, parameter=parameter)
     assert isinstance(address, UdpAddress)  # the udp: prefix makes it one
     return address
+
+
+def default_socket_name(runtime_dir: str | None, uid: int) -> str:
+    """The socket path used when none is configured.
+
+    ``runtime_dir`` is typically ``$XDG_RUNTIME_DIR`` (private to the user); without one, the
+    uid keeps users of a shared ``/tmp`` apart.
+    """
+    if runtime_dir:
+        return f"{runtime_dir.rstrip('/')}/midgram.sock"
+    return f"/tmp/midgram-{uid}.sock"

@@ -51,8 +51,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
 
-from midgram.address import HostKind, UdpAddress, UnixAddress, parse_target
-from midgram.config import default_socket_name
+from midgram.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
 from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout
 from midgram.protocol import Params
 from midgram.rpc import (
@@ -104,7 +103,8 @@ Sockaddr = str | bytes | tuple[Any, ...]
 
 
 def default_target() -> str:
-    """The server's default socket: ``$XDG_RUNTIME_DIR/midgram.sock``, else in ``/tmp``."""
+    """Where ``midgram serve`` listens, and its clients call, when told nothing:
+    ``$XDG_RUNTIME_DIR/midgram.sock``, else ``/tmp/midgram-<uid>.sock``."""
     return default_socket_name(os.environ.get("XDG_RUNTIME_DIR"), os.getuid())
 
 

@@ -27,6 +27,7 @@ from midgram.address import (
     HepTransport,
     UdpAddress,
     UnixAddress,
+    default_socket_name,
     parse_hep_id,
     parse_socket_name,
     parse_trace_destination,
@@ -227,17 +228,6 @@ ALIASES: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 _NAMES: Final = frozenset(p.name for p in PARAMETERS)
-
-
-def default_socket_name(runtime_dir: str | None, uid: int) -> str:
-    """The socket path used when none is configured.
-
-    ``runtime_dir`` is typically ``$XDG_RUNTIME_DIR`` (private to the user); without one, the
-    uid keeps users of a shared ``/tmp`` apart.
-    """
-    if runtime_dir:
-        return f"{runtime_dir.rstrip('/')}/midgram.sock"
-    return f"/tmp/midgram-{uid}.sock"
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from typing import Any, Final
 
 from midgram.address import HepId, UdpAddress, UnixAddress, parse_socket_name
 from midgram.batchio import native_module
+from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
-from midgram.config import Settings, default_socket_name
+from midgram.config import Settings
 from midgram.core import with_core
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
 from midgram.supervisor import Supervisor, WorkerSignals
@@ -52,9 +53,8 @@ log = logging.getLogger(__name__)
 IDLE_WAKEUP: Final = 0.2
 
 
-def default_address() -> str:
-    """Where ``midgram serve`` listens when told nothing: a path a non-root user can create."""
-    return default_socket_name(os.environ.get("XDG_RUNTIME_DIR"), os.getuid())
+#: Where ``midgram serve`` listens when told nothing: where the client calls by default.
+default_address = default_target
 
 
 def _address(settings: Settings) -> UnixAddress | UdpAddress:

@@ -1,32 +1,52 @@
 """The ``midgram`` command: the only place in the package that prints or exits.
 
-Each sub-command lives in its own module and is added to the group here. Library errors are
-mapped to exit codes in one place (``exit_code_for``), so every sub-command reports failures
-the same way.
+Each sub-command lives in its own module, imported only when that sub-command runs (or a
+help lists them): ``midgram call`` does not load the server, and its cold start is what a
+script calling it in a loop pays. Library errors are mapped to exit codes in one place
+(``exit_code_for``), so every sub-command reports failures the same way.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Final
+
 import click
 
 from midgram import __version__
-from midgram.cli.bench import bench
-from midgram.cli.client import CLIENT_COMMANDS
-from midgram.cli.serve import serve
 
 __all__ = ["cli", "main"]
 
+#: Sub-command name -> ``module:attribute`` of its click command.
+COMMANDS: Final = {
+    "bench": "midgram.cli.bench:bench",
+    "call": "midgram.cli.client:call",
+    "completion": "midgram.cli.client:completion",
+    "help": "midgram.cli.client:help_",
+    "serve": "midgram.cli.serve:serve",
+    "shell": "midgram.cli.client:shell",
+    "which": "midgram.cli.client:which",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported by name when first needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="midgram")
 def cli() -> None:
     """midgram: OpenSIPS-compatible MI datagram server, library and client."""
-
-
-cli.add_command(serve)
-cli.add_command(bench)
-for command in CLIENT_COMMANDS:
-    cli.add_command(command)
 
 
 def main() -> None:

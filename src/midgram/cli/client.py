@@ -34,7 +34,7 @@ from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
 from midgram.rpc import DIALECTS
 
-__all__ = ["CLIENT_COMMANDS", "call", "completion", "help_", "shell", "which"]
+__all__ = ["call", "completion", "help_", "shell", "which"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -456,5 +456,3 @@ def completion(ctx: click.Context, shell_name: str | None) -> None:
     var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
     click.echo(cls(root.command, {}, prog, var).source())
 
-
-CLIENT_COMMANDS: Final = (call, which, help_, shell, completion)
