@@ -18,6 +18,7 @@ import pytest
 from hepgolden import HEP_GOLDEN, Exchange, all_exchanges
 from hepjs import Decoder, assert_hepjs_agrees, hepjs_decoder
 from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_server, server_command
+from toolchain import needs_ipv6
 
 from midgram import hep
 from midgram.commands import Registry
@@ -201,18 +202,6 @@ def test_traced_packets_are_counted(udp_v4: tuple[ServerProcess, Collector]) -> 
 
 
 # --- IPv6 and UNIX sockets (DESIGN difference 7) ---------------------------------------------
-
-
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback (::1) here")
 
 
 def _ipv6_chunks(packet: bytes) -> tuple[str, str]:

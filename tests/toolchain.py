@@ -1,10 +1,13 @@
-"""Whether this machine can build midgram's C code (the load generator, the batch I/O module).
+"""What this machine has that some tests need, as skip markers that say why it is missing.
 
-``.ci/run`` machines have gcc and Python's headers; elsewhere the tests that need them skip,
-saying why.
+- ``needs_cc``: a C compiler, for midgram's C code (the load generator, the batch I/O
+  module); ``.ci/run`` machines have gcc and Python's headers.
+- ``needs_ipv6``: an IPv6 loopback (``::1``).
 """
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
@@ -22,3 +25,15 @@ def _no_compiler() -> str | None:
 
 NO_COMPILER = _no_compiler()
 needs_cc = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback (::1) on this host")
