@@ -28,7 +28,7 @@ import orjson
 import pytest
 from golden import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
-from toolchain import needs_cc
+from toolchain import needs_cc, needs_ipv6
 
 from midgram import batchio
 from midgram.batchio import BatchIO, NativeIO, SocketIO, batch_io
@@ -39,18 +39,6 @@ from midgram.native import load_extension
 from midgram.runtime import LocalRuntime
 from midgram.transport import ReplySender, SendStatus, set_recv_timeout
 from midgram.worker import ServerStats, Worker
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
 
 #: How long a test waits for something that should happen at once.
 DEADLINE = 5.0

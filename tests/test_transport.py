@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from toolchain import needs_ipv6
 
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.transport import (
@@ -52,18 +53,6 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: changes file owners and switches to user nobody"
 )
 LOGGER = "midgram.transport"
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
 
 
 # --- helpers ----------------------------------------------------------------------------
