@@ -455,4 +455,3 @@ def completion(ctx: click.Context, shell_name: str | None) -> None:
     prog = root.info_name or "midgram"
     var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
     click.echo(cls(root.command, {}, prog, var).source())
-
