@@ -146,6 +146,8 @@ def native_module() -> ModuleType | None:
             _why_not = str(exc)
     if _module is None:
         log.info("batched datagram I/O is off (%s): serving one datagram per syscall", _why_not)
+    else:
+        log.debug("batched datagram I/O (recvmmsg/sendmmsg) from %s", _module.__file__)
     return _module
 
 
