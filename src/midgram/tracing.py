@@ -198,7 +198,10 @@ class PayloadFormat:
         )
 
     def reply(self, text: bytes) -> bytes | None:
-        return self.build(((b"reply", text[:MAX_TRACE_FIELD]),))
+        value = text[:MAX_TRACE_FIELD]
+        if self.homer5:  # build() of this one part, without its generality (once a request)
+            return value or None
+        return self.build(((b"reply", value),))
 
 
 # --- correlation ids (generate_hep_guid) ---------------------------------------------------
@@ -286,6 +289,8 @@ _UNTRACED: Final = frozenset({Status.EMPTY})
 _UNREADABLE: Final = frozenset({Status.PARSE_ERROR, Status.OVERSIZE})
 
 
+#: Request payloads kept per tracer, by command and params text, before they are all dropped.
+_PAYLOADS_KEPT: Final = 256
 #: Packet encoders kept per tracer (one per route and direction) before they are all
 #: dropped: a bound for a server that many clients reach.
 _ROUTES_KEPT: Final = 64
@@ -328,6 +333,7 @@ class Tracer:
         self._last_peer: Any = None
         self._last_client = UNIX_CLIENT
         self._routes: dict[tuple[Endpoint, Endpoint], Callable[..., bytes]] = {}
+        self._payloads: dict[tuple[str, bytes], bytes | None] = {}
 
     def request(self, outcome: Outcome, peer: Any, now_ns: int) -> Trace | None:
         """The request trace of a served datagram, or None when it is not traced."""
@@ -343,7 +349,7 @@ class Tracer:
             params = params_text(outcome.params)
         client = self._client(peer)
         correlation = self._ids()
-        payload = self._payload.request(command, params)
+        payload = self._request_payload(command, params)
         packet = self._packet(client, self._server, now_ns, payload, correlation)
         return Trace(packet, client, self._server, correlation)
 
@@ -371,6 +377,17 @@ class Tracer:
     ) -> bytes:
         seconds, micros = divmod(now_ns // 1000, 1_000_000)
         return self._route(src, dst)(seconds, micros, payload, correlation)
+
+    def _request_payload(self, command: str, params: bytes) -> bytes | None:
+        """The request payload, kept for the commands called most (a monitor polls the
+        same few, with the same params, again and again)."""
+        key = (command, params)
+        if key in self._payloads:
+            return self._payloads[key]
+        if len(self._payloads) >= _PAYLOADS_KEPT:
+            self._payloads.clear()
+        payload = self._payloads[key] = self._payload.request(command, params)
+        return payload
 
     def _route(self, src: Endpoint, dst: Endpoint) -> Callable[..., bytes]:
         """The encoder of the packets from ``src`` to ``dst`` (kept for the routes of the
