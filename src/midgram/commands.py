@@ -527,7 +527,9 @@ class Dispatcher:
         size limit gives that reply's bytes: status OK, nothing to count or log. Anything
         else gives what ``handle`` gives. Either way the handler runs at most once, and the
         reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both on any
-        datagram). It costs one JSON parse and no Request or Outcome object.
+        datagram). It costs one JSON parse and no Request or Outcome object. A result plain
+        orjson cannot encode (non-string keys, integers beyond 64 bits) takes the general
+        path after its handler ran: the same bytes, as an Outcome.
         """
         if not self._fast:
             return self.handle(data)
