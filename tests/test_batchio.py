@@ -382,12 +382,10 @@ def test_batch_socket_checks_its_arguments(native: ModuleType, sockets: Sockets)
             batch.send([], start)
 
 
-@needs_cc
-def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Sockets) -> None:
-    # PEP 475: a handler that returns lets recv() give [] (the worker then looks at its
-    # flags); one that raises makes recv() raise.
-    server = sockets.server()  # SO_RCVTIMEO of DEADLINE
-    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+def check_signals_interrupt(call: Callable[[], Any], nothing: Any) -> None:
+    """PEP 475 for a blocking native call: a signal handler that returns lets ``call()``
+    give ``nothing`` at once (the worker then looks at its flags); one that raises makes
+    ``call()`` raise it."""
 
     class Stop(Exception):
         pass
@@ -399,23 +397,30 @@ def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Socket
 
     def stop(signum: int, frame: Any) -> None:
         caught.append(signum)
-        if len(caught) == 1:  # the next ones, if any, land after recv() has raised
+        if len(caught) == 1:  # the next ones, if any, land after the call has raised
             raise Stop
 
     previous = signal.signal(signal.SIGUSR1, note)
     try:
         with Signalling(signal.SIGUSR1):
             started = time.monotonic()
-            assert batch.recv(True) == []
+            assert call() == nothing
             assert time.monotonic() - started < DEADLINE / 2
         assert caught
         signal.signal(signal.SIGUSR1, stop)
         caught.clear()
         with pytest.raises(Stop), Signalling(signal.SIGUSR1):
-            batch.recv(True)
+            call()
         assert caught
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@needs_cc
+def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server()  # SO_RCVTIMEO of DEADLINE
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    check_signals_interrupt(lambda: batch.recv(True), [])
 
 
 class Signalling:

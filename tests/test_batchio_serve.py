@@ -19,7 +19,6 @@ import collections
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -33,8 +32,8 @@ import pytest
 from servers import short_tmpdir
 from test_batchio import (
     DEADLINE,
-    Signalling,
     Sockets,
+    check_signals_interrupt,
     drain,
     drain_junk,
     fill_queue,
@@ -539,39 +538,10 @@ def test_serve_checks_flush_before_reading(native: ModuleType, sockets: Sockets)
 
 @needs_cc
 def test_a_signal_interrupts_a_blocking_serve(native: ModuleType, sockets: Sockets) -> None:
-    # PEP 475: a handler that returns lets serve() give (0, 0, None) (the worker then looks
-    # at its flags); one that raises makes serve() raise.
     server = sockets.server()  # SO_RCVTIMEO of DEADLINE
     batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
     answer = Recorder()
-
-    class Stop(Exception):
-        pass
-
-    caught: list[int] = []
-
-    def note(signum: int, frame: Any) -> None:
-        caught.append(signum)
-
-    def stop(signum: int, frame: Any) -> None:
-        caught.append(signum)
-        if len(caught) == 1:  # the next ones, if any, land after serve() has raised
-            raise Stop
-
-    previous = signal.signal(signal.SIGUSR1, note)
-    try:
-        with Signalling(signal.SIGUSR1):
-            started = time.monotonic()
-            assert batch.serve(answer, True, 2) == (0, 0, None)
-            assert time.monotonic() - started < DEADLINE / 2
-        assert caught
-        signal.signal(signal.SIGUSR1, stop)
-        caught.clear()
-        with pytest.raises(Stop), Signalling(signal.SIGUSR1):
-            batch.serve(answer, True, 2)
-        assert caught
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    check_signals_interrupt(lambda: batch.serve(answer, True, 2), (0, 0, None))
     assert answer.calls == []
 
 
