@@ -37,12 +37,11 @@ from test_batchio import (
     drain,
     drain_junk,
     fill_queue,
-    needs_ipv6,
     receive,
     reply_ids,
     request,
 )
-from toolchain import needs_cc
+from toolchain import needs_cc, needs_ipv6
 
 from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
 from midgram.commands import Dispatcher, Outcome, Registry, Status
