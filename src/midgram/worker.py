@@ -221,15 +221,12 @@ class Worker:
         return self._count(self._settle(handled))
 
     def _finish(self, leftovers: list[Leftover]) -> int:
-        """The replies the native loop left (refused, or to an unbound client, and those after
-        them), in order, through ReplySender; how many went (or wait)."""
+        """The replies the native loop could not send (refused, to an unbound client, and
+        every one after a refused one), in order, through ReplySender; how many went (or
+        wait). With ``settle`` given, a leftover always carries its reply's bytes."""
         replied = 0
-        for data, peer, truncated, handled in leftovers:
-            # handled None: a truncated datagram, whose answer is Python's
-            reply = self._reply_of(
-                self._admit(data, peer, truncated) if handled is None else handled
-            )
-            if reply is not None and self._send(reply, peer) is not _DROPPED:
+        for _data, peer, _truncated, reply in leftovers:
+            if self._send(reply, peer) is not _DROPPED:
                 replied += 1
         return replied
 
@@ -270,12 +267,6 @@ class Worker:
             handled = self._admit(data, peer, truncated)
             if handled is not None:
                 self.finish(self._settle(handled), peer)
-
-    def serve(self, data: bytes, peer: PeerAddress, truncated: bool) -> None:
-        """One datagram read on its own: dispatch it, send the reply, count what happened."""
-        handled = self.dispatch(data, peer, truncated)
-        if handled is not None:
-            self.finish(self._settle(handled), peer)
 
     def dispatch(self, data: bytes, peer: PeerAddress, truncated: bool) -> Outcome | Pending | None:
         """Count, admit and dispatch one datagram (None: refused by ``allow_from``)."""
