@@ -545,6 +545,34 @@ def test_a_signal_interrupts_a_blocking_serve(native: ModuleType, sockets: Socke
 
 
 @needs_cc
+def test_one_call_at_a_time(native: ModuleType, sockets: Sockets) -> None:
+    # The buffers are shared: a call from inside another (answer, settle, a signal handler)
+    # or from another thread while one runs is refused, and the first call goes on.
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
+    refused: list[str] = []
+
+    def answer(data: bytes) -> bytes:
+        for call in (
+            lambda: batch.recv(False),
+            lambda: batch.send([], 0),
+            lambda: batch.serve(answer, False, 1),
+        ):
+            with pytest.raises(RuntimeError, match="in use") as caught:
+                call()
+            refused.append(str(caught.value))
+        return b"re:" + data
+
+    client.sendto(b"x", server.getsockname())
+    assert batch.serve(answer, True, 1) == (1, 1, None)
+    assert len(refused) == 3
+    assert receive(client, 1) == [b"re:x"]
+    client.sendto(b"y", server.getsockname())
+    assert batch.recv(True) == [(b"y", client.getsockname(), False)]  # free again
+
+
+@needs_cc
 def test_native_io_serve_turns_a_receive_error_into_a_transport_error(
     native: ModuleType, sockets: Sockets
 ) -> None:

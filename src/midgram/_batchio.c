@@ -55,6 +55,7 @@ typedef struct {
     struct iovec *siov;
     struct sockaddr_storage *saddrs;
     PeerCache last; /* the last peer seen: a client sending many requests costs one decode */
+    int busy;       /* a call is using the buffers (they are shared): one at a time */
 } BatchSocket;
 
 /* --- peers: sockaddr -> Python ------------------------------------------------------- */
@@ -310,7 +311,7 @@ static int receive(BatchSocket *self, int block) {
     return -1;
 }
 
-static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
+static PyObject *recv_batch(BatchSocket *self, PyObject *arg) {
     int block = PyObject_IsTrue(arg);
     if (block < 0)
         return NULL;
@@ -346,7 +347,7 @@ static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
     return batch;
 }
 
-static PyObject *BatchSocket_send(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *send_replies(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "send(replies: list[tuple[bytes, peer]], start: int)");
         return NULL;
@@ -544,7 +545,7 @@ error:
     return NULL;
 }
 
-static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *serve(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 && nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "serve(answer, block: bool, flush: int[, settle])");
         return NULL;
@@ -566,6 +567,49 @@ static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_
     if (count <= 0)
         return count < 0 ? NULL : Py_BuildValue("(iiO)", 0, 0, Py_None);
     return serve_batch(self, args[0], settle, count, (unsigned int)flush);
+}
+
+/* --- one call at a time ------------------------------------------------------------------ */
+
+/* recv, send and serve share the buffers, and recv and serve run Python code (signal
+ * handlers, answer, settle) or release the GIL: a second call while one is running, from
+ * another thread or from that code, is refused instead of corrupting them. */
+static int enter(BatchSocket *self) {
+    if (!self->buffers) {
+        PyErr_SetString(PyExc_RuntimeError, "BatchSocket is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "BatchSocket is in use: recv, send and serve run one at a time");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+static PyObject *BatchSocket_recv(BatchSocket *self, PyObject *arg) {
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = recv_batch(self, arg);
+    self->busy = 0;
+    return result;
+}
+
+static PyObject *BatchSocket_send(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = send_replies(self, args, nargs);
+    self->busy = 0;
+    return result;
+}
+
+static PyObject *BatchSocket_serve(BatchSocket *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = serve(self, args, nargs);
+    self->busy = 0;
+    return result;
 }
 
 static PyObject *BatchSocket_get_slots(BatchSocket *self, void *closure) {
