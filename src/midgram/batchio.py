@@ -1,10 +1,11 @@
 """How a worker reads requests and sends replies: in batches when it can.
 
 With the native module (``_batchio.c``, compiled on first use by ``midgram.native``) one
-``recvmmsg()`` reads every datagram waiting on the socket, up to :data:`SLOTS`, and one
-``sendmmsg()`` sends the replies to that batch: the per-syscall cost, and the socket
-module's per-call cost, are paid once per batch instead of twice per request. OpenSIPS
-reads and answers one datagram at a time.
+``recvmmsg()`` reads every datagram waiting on the socket, up to :data:`SLOTS`, and
+``sendmmsg()`` sends their replies a few at a time: the per-syscall cost, and the socket
+module's per-call cost, are paid per batch instead of twice per request. ``NativeIO.serve``
+also runs the loop over a batch in C, calling back into Python only to answer each
+datagram. OpenSIPS reads and answers one datagram at a time.
 
 Without it (no C compiler or Python headers, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
