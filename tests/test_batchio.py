@@ -97,8 +97,9 @@ class Sockets:
             sock.close()
 
 
-@pytest.fixture
-def sockets() -> Iterator[Sockets]:
+def open_sockets() -> Iterator[Sockets]:
+    """The body of a ``sockets`` fixture: a short folder for socket files, and a Sockets
+    that closes everything it opened, then removes the folder."""
     folder = short_tmpdir()  # pytest's tmp_path is too long for the 108-byte sun_path
     opened = Sockets(folder)
     yield opened
@@ -106,6 +107,11 @@ def sockets() -> Iterator[Sockets]:
     for name in os.listdir(folder):
         os.unlink(os.path.join(folder, name))
     os.rmdir(folder)
+
+
+@pytest.fixture
+def sockets() -> Iterator[Sockets]:
+    yield from open_sockets()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import short_tmpdir
 from test_batchio import (
     DEADLINE,
     Sockets,
@@ -37,6 +36,7 @@ from test_batchio import (
     drain,
     drain_junk,
     fill_queue,
+    open_sockets,
     receive,
     reply_ids,
     request,
@@ -57,13 +57,7 @@ Served = tuple[int, int, list[Leftover] | None]
 
 @pytest.fixture
 def sockets() -> Iterator[Sockets]:
-    folder = short_tmpdir()  # pytest's tmp_path is too long for the 108-byte sun_path
-    opened = Sockets(folder)
-    yield opened
-    opened.close()
-    for name in os.listdir(folder):
-        os.unlink(os.path.join(folder, name))
-    os.rmdir(folder)
+    yield from open_sockets()
 
 
 @pytest.fixture(scope="module")
@@ -554,11 +548,12 @@ def test_one_call_at_a_time(native: ModuleType, sockets: Sockets) -> None:
     refused: list[str] = []
 
     def answer(data: bytes) -> bytes:
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: batch.recv(False),
             lambda: batch.send([], 0),
             lambda: batch.serve(answer, False, 1),
-        ):
+        )
+        for call in calls:
             with pytest.raises(RuntimeError, match="in use") as caught:
                 call()
             refused.append(str(caught.value))
