@@ -245,12 +245,12 @@ class Worker:
         answer = self._answer
         allowed = self._allowed
         replies: list[Reply] = []
-        handled: bytes | Outcome | Pending | None
+        handled: bytes | Outcome | Pending
         for data, peer, truncated in batch:
-            if truncated or (allowed is not None and not allowed(peer)):
-                handled = self._admit(data, peer, truncated)
-            else:
-                handled = answer(data)  # bytes in the common case: an OK reply, nothing to count
+            if allowed is not None and self._refused(peer):
+                continue
+            # bytes in the common case: an OK reply, nothing to count
+            handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
             reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
             if reply is None:
                 continue
@@ -274,13 +274,19 @@ class Worker:
         return self._admit(data, peer, truncated)
 
     def _admit(self, data: bytes, peer: PeerAddress, truncated: bool) -> Outcome | Pending | None:
-        if self._allowed is not None and not self._allowed(peer):
-            self.stats.refused.inc()
-            log.warning("ignoring a datagram from %s: not in allow_from", peer)
+        if self._refused(peer):
             return None
         if truncated:
             return self.dispatcher.handle_oversize(len(data))
         return self._handle(data)
+
+    def _refused(self, peer: PeerAddress) -> bool:
+        """``allow_from``: whether to ignore a datagram from ``peer`` (counted and logged)."""
+        if self._allowed is None or self._allowed(peer):
+            return False
+        self.stats.refused.inc()
+        log.warning("ignoring a datagram from %s: not in allow_from", peer)
+        return True
 
     def _settle(self, handled: Outcome | Pending) -> Outcome:
         if type(handled) is Outcome:
