@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,13 +25,23 @@ def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 
 
 def start_script(body: str) -> subprocess.Popen[str]:
+    """Start a supervisor in its own process group, so `end_group` can reach its workers too."""
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(body)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        start_new_session=True,
     )
+
+
+def end_group(proc: subprocess.Popen[str]) -> None:
+    """Kill a script and every worker it forked: a worker that outlives the script keeps its
+    pipes open, and reading them to the end would then wait for ever."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
 
 
 def test_workers_that_die_at_boot_stop_the_server() -> None:
@@ -63,7 +74,10 @@ def test_sigterm_stops_every_worker_and_sigkill_ends_stragglers(tmp_path: Path) 
 
         def stubborn(slot):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)   # ignores the graceful stop
-            Path({str(marker)!r} + str(slot)).write_text(str(os.getpid()))
+            # written aside and renamed, so the test never reads a half-written pid
+            part = Path({str(marker)!r} + str(slot) + ".part")
+            part.write_text(str(os.getpid()))
+            part.rename({str(marker)!r} + str(slot))
             while True:
                 time.sleep(1)
 
@@ -80,8 +94,7 @@ def test_sigterm_stops_every_worker_and_sigkill_ends_stragglers(tmp_path: Path) 
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            end_group(proc)
     assert out.strip() == "0"
     assert "did not stop" in err
     for pid in pids:
@@ -123,7 +136,6 @@ def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            end_group(proc)
     assert out.strip() == "0"
     assert "was killed by SIGKILL" in err
