@@ -5,11 +5,15 @@ below the size limit gives the reply's bytes; anything else gives exactly what `
 gives. Either way each handler runs at most once, and the reply is ``handle``'s byte for
 byte. Every check runs ``answer`` on one dispatcher and ``handle`` on a twin with the same
 commands but its own call counters, and compares replies, outcomes and handler runs.
+
+Each check runs twice: with ``answer`` itself ("python") and with its native twin,
+``Dispatcher.fast_answer(FastAnswer)`` ("native"), which must keep the same contract.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import time
@@ -17,6 +21,7 @@ import types
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,11 +29,21 @@ from golden import GOLDEN, OPENSIPS_UNIX, Case, assert_matches, load_cases
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_protocol import json_values
+from toolchain import needs_cc
 
 from midgram import core
-from midgram.commands import Dispatcher, Outcome, Pending, Registry, Status, make_command
+from midgram.commands import (
+    Answer,
+    Dispatcher,
+    Outcome,
+    Pending,
+    Registry,
+    Status,
+    make_command,
+)
 from midgram.core import with_core
 from midgram.errors import InvalidParams, MIError
+from midgram.native import load_extension
 from midgram.protocol import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request
 from midgram.runtime import LocalRuntime
 
@@ -171,6 +186,21 @@ COMMAND_NAMES = FAST_REGISTRY.names()
 
 # --- the comparison ---------------------------------------------------------------------------
 
+#: The two implementations of ``answer`` under test.
+KINDS = [pytest.param("python"), pytest.param("native", marks=needs_cc)]
+
+
+@functools.cache
+def native_module() -> ModuleType:
+    return load_extension("_batchio")
+
+
+def answering(dispatcher: Dispatcher, kind: str) -> Answer:
+    """``dispatcher.answer``, or its native twin."""
+    if kind == "python":
+        return dispatcher.answer
+    return dispatcher.fast_answer(native_module().FastAnswer)
+
 
 def drive(coroutine: Coroutine[Any, Any, Any]) -> tuple[Any, BaseException | None]:
     """Run a coroutine that awaits nothing real to its end: (result, exception)."""
@@ -192,12 +222,14 @@ def same_outcome(fast: Outcome, slow: Outcome, data: bytes) -> None:
     assert (fast.command and fast.command.name) == (slow.command and slow.command.name), data
 
 
-def check(fast_dispatcher: Dispatcher, slow_dispatcher: Dispatcher, data: bytes) -> bool:
+def check(
+    fast_dispatcher: Dispatcher, slow_dispatcher: Dispatcher, data: bytes, kind: str = "python"
+) -> bool:
     """``answer`` on one side, ``handle`` on the other: same reply, same handler runs.
     True when ``answer`` gave bytes (the fast path)."""
     FAST_CALLS.clear()
     SLOW_CALLS.clear()
-    fast = fast_dispatcher.answer(data)
+    fast = answering(fast_dispatcher, kind)(data)
     slow = slow_dispatcher.handle(data)
     assert FAST_CALLS == SLOW_CALLS, data
     assert all(runs <= 1 for runs in FAST_CALLS.values()), (data, FAST_CALLS)
@@ -520,14 +552,17 @@ def with_examples(test: Any) -> Any:
     return test
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("json_errors", [False, True])
 @settings(max_examples=600)
 @given(data=datagrams, small=st.booleans())
 @with_examples
-def test_answer_is_handle_on_any_datagram(json_errors: bool, data: bytes, small: bool) -> None:
+def test_answer_is_handle_on_any_datagram(
+    kind: str, json_errors: bool, data: bytes, small: bool
+) -> None:
     buf_size = SMALL_BUF if small else DEFAULT_BUF_SIZE
     fast, slow = twins(pretty=False, json_errors=json_errors, buf_size=buf_size)
-    check(fast, slow, data)
+    check(fast, slow, data, kind)
 
 
 @pytest.mark.parametrize("json_errors", [False, True])
@@ -547,9 +582,12 @@ def test_answer_is_handle_on_any_datagram_pretty(
 SWEEP_IDS: list[Any] = [0, 7, -1, 2**31, -(2**63), 2**64 - 1, "", "a", "é" * 9, "x" * 40]
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("json_errors", [False, True])
 @pytest.mark.parametrize("buf_size", [DEFAULT_BUF_SIZE, SMALL_BUF])
-def test_answer_is_handle_across_the_size_limit(buf_size: int, json_errors: bool) -> None:
+def test_answer_is_handle_across_the_size_limit(
+    buf_size: int, json_errors: bool, kind: str
+) -> None:
     fast, slow = twins(pretty=False, json_errors=json_errors, buf_size=buf_size)
     fast_paths = slow_paths = 0
     for req_id in SWEEP_IDS:
@@ -560,7 +598,7 @@ def test_answer_is_handle_across_the_size_limit(buf_size: int, json_errors: bool
         for n in range(start, buf_size - overhead + 3):
             request = {"jsonrpc": "2.0", "method": "sized", "params": [n], "id": req_id}
             data = json.dumps(request).encode()
-            if check(fast, slow, data):
+            if check(fast, slow, data, kind):
                 fast_paths += 1
             else:
                 slow_paths += 1
@@ -604,11 +642,14 @@ def test_golden_cases_are_there() -> None:
 
 
 @pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("json_errors", [False, True])
 @pytest.mark.parametrize(("folder", "case"), ALL_CASES)
-def test_golden_request_answer_is_handle(folder: Path, case: Case, json_errors: bool) -> None:
+def test_golden_request_answer_is_handle(
+    folder: Path, case: Case, json_errors: bool, kind: str
+) -> None:
     fast, slow = core_twins(json_errors=json_errors)
-    answered = fast.answer(case.request)
+    answered = answering(fast, kind)(case.request)
     handled = slow.handle(case.request)
     assert isinstance(handled, Outcome)
     if isinstance(answered, bytes):
@@ -626,10 +667,12 @@ def test_golden_request_answer_is_handle(folder: Path, case: Case, json_errors: 
 
 
 @pytest.mark.usefixtures("frozen_clock")
-def test_the_golden_common_requests_take_the_fast_path() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_golden_common_requests_take_the_fast_path(kind: str) -> None:
     fast, _ = core_twins(json_errors=False)
+    answer = answering(fast, kind)
     by_name = {case.name: case for case in OPENSIPS_CASES}
     for name in ("00_uptime", "02_ps", "03_version", "18_id_string", "38_duplicate_id_keys"):
-        assert isinstance(fast.answer(by_name[name].request), bytes), name
+        assert isinstance(answer(by_name[name].request), bytes), name
     for name in ("19_id_null", "20_id_float", "21_notification_no_id", "40_nul_byte_inside"):
-        assert not isinstance(fast.answer(by_name[name].request), bytes), name
+        assert not isinstance(answer(by_name[name].request), bytes), name

@@ -660,18 +660,321 @@ static PyTypeObject BatchSocketType = {
     .tp_getset = BatchSocket_getset,
 };
 
+/* --- FastAnswer: Dispatcher.answer's busiest case, in C ---------------------------------- */
+
+/* The request monitors send most is a bare call: {"jsonrpc":"2.0","method":"uptime","id":7}.
+ * For it Dispatcher.answer parses the datagram with orjson, checks the members, looks the
+ * method up and calls its handler: about as much Python as the rest of the request. A
+ * FastAnswer recognises that shape in C, straight from the bytes, and calls the same handler
+ * and the same Python functions after it, so the reply is the same. It recognises only text
+ * whose meaning is beyond doubt (see recognise()); anything else, however valid, is handed
+ * to Dispatcher.answer unread, so it can only be faster than answer, never different.
+ * tests/test_dispatch_fast.py checks it against Dispatcher.handle on any datagram. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *bare;       /* Registry's live table: method -> handler taking no arguments */
+    PyObject *compact;    /* Dispatcher._compact(result, id) -> bytes | None */
+    PyObject *after_bare; /* Dispatcher._after_bare(method, id, result, error) -> Outcome */
+    PyObject *answer;     /* Dispatcher.answer: everything else */
+    PyObject *method;     /* the last method name seen: a poller sends the same one */
+} FastAnswer;
+
+typedef struct {
+    const char *p, *end;
+} Cursor;
+
+typedef struct {
+    const char *start;
+    Py_ssize_t len;
+} Span;
+
+static void skip_space(Cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static int take(Cursor *c, char ch) {
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes (what method names and most ids are). */
+static int plain_string(Cursor *c, Span *out) {
+    if (!take(c, '"'))
+        return 0;
+    const char *start = c->p;
+    for (; c->p < c->end; c->p++) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            out->start = start;
+            out->len = c->p++ - start;
+            return 1;
+        }
+        if (ch < 0x20 || ch > 0x7e || ch == '\\')
+            return 0;
+    }
+    return 0;
+}
+
+static int span_is(const Span *span, const char *text) {
+    size_t n = strlen(text);
+    return (size_t)span->len == n && memcmp(span->start, text, n) == 0;
+}
+
+/* An integer of at most 18 digits (so it fits a long long), in JSON's own spelling. */
+static int small_integer(Cursor *c, long long *out) {
+    int negative = take(c, '-');
+    const char *digits = c->p;
+    long long value = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+        value = value * 10 + (*c->p++ - '0');
+    Py_ssize_t n = c->p - digits;
+    if (n == 0 || n > 18 || (n > 1 && digits[0] == '0'))
+        return 0;
+    *out = negative ? -value : value; /* a fraction or exponent after it: not a ',' or '}' */
+    return 1;
+}
+
+/* [] or {}: params that OpenSIPS counts as absent. */
+static int empty_container(Cursor *c) {
+    char close = take(c, '[') ? ']' : take(c, '{') ? '}' : 0;
+    if (!close)
+        return 0;
+    skip_space(c);
+    return take(c, close);
+}
+
+enum { SEEN_JSONRPC = 1, SEEN_METHOD = 2, SEEN_ID = 4, SEEN_PARAMS = 8 };
+
+typedef struct {
+    Span method;
+    Span id_text; /* when the id is a string */
+    long long id_number;
+    int id_is_text;
+} BareCall;
+
+/* One member of the request object; 0 if it is not one recognise() accepts. */
+static int member(Cursor *c, int *seen, BareCall *call) {
+    Span key, value;
+    if (!plain_string(c, &key))
+        return 0;
+    skip_space(c);
+    if (!take(c, ':'))
+        return 0;
+    skip_space(c);
+    int which = span_is(&key, "jsonrpc")  ? SEEN_JSONRPC
+                : span_is(&key, "method") ? SEEN_METHOD
+                : span_is(&key, "id")     ? SEEN_ID
+                : span_is(&key, "params") ? SEEN_PARAMS
+                                          : 0;
+    if (!which || (*seen & which)) /* another member, or one given twice */
+        return 0;
+    *seen |= which;
+    switch (which) {
+    case SEEN_JSONRPC:
+        return plain_string(c, &value) && span_is(&value, "2.0");
+    case SEEN_METHOD:
+        return plain_string(c, &call->method);
+    case SEEN_ID:
+        call->id_is_text = c->p < c->end && *c->p == '"';
+        return call->id_is_text ? plain_string(c, &call->id_text)
+                                : small_integer(c, &call->id_number);
+    default:
+        return empty_container(c);
+    }
+}
+
+/* Whether the datagram is exactly a bare call: one object with "jsonrpc":"2.0", a method,
+ * an id (a plain string or an integer of at most 18 digits) and maybe empty params, each
+ * once, in any order, with any JSON whitespace, and nothing after it. */
+static int recognise(const char *text, Py_ssize_t len, BareCall *call) {
+    Cursor c = {text, text + len};
+    int seen = 0;
+    skip_space(&c);
+    if (!take(&c, '{'))
+        return 0;
+    do {
+        skip_space(&c);
+        if (!member(&c, &seen, call))
+            return 0;
+        skip_space(&c);
+    } while (take(&c, ','));
+    if (!take(&c, '}'))
+        return 0;
+    skip_space(&c);
+    int required = SEEN_JSONRPC | SEEN_METHOD | SEEN_ID;
+    return c.p == c.end && (seen & required) == required;
+}
+
+/* The method's name as a str, the last one's when it is the same. New reference. */
+static PyObject *method_name(FastAnswer *self, const Span *span) {
+    PyObject *last = self->method;
+    if (last && PyUnicode_GET_LENGTH(last) == span->len &&
+        memcmp(PyUnicode_1BYTE_DATA(last), span->start, (size_t)span->len) == 0)
+        return Py_NewRef(last);
+    PyObject *name = PyUnicode_DecodeASCII(span->start, span->len, NULL);
+    if (name)
+        Py_XSETREF(self->method, Py_NewRef(name));
+    return name;
+}
+
+/* The exception being raised, taken (new reference), with its traceback attached. */
+static PyObject *raised(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback)
+        PyException_SetTraceback(error, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return error;
+#endif
+}
+
+/* What answer's inlined case does once the handler is known: call it, encode compactly,
+ * or hand the result (or the error) to the general path. */
+static PyObject *run_bare(FastAnswer *self, PyObject *handler, PyObject *method, PyObject *id) {
+    Py_INCREF(handler); /* the call may unregister it */
+    PyObject *result = PyObject_CallNoArgs(handler);
+    Py_DECREF(handler);
+    if (!result) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL; /* KeyboardInterrupt, SystemExit: as answer, let them go */
+        PyObject *error = raised(); /* as `except Exception as exc` sees it */
+        PyObject *outcome =
+            PyObject_CallFunctionObjArgs(self->after_bare, method, id, Py_None, error, NULL);
+        Py_DECREF(error);
+        return outcome;
+    }
+    PyObject *reply = PyObject_CallFunctionObjArgs(self->compact, result, id, NULL);
+    if (reply == Py_None)
+        Py_SETREF(reply,
+                  PyObject_CallFunctionObjArgs(self->after_bare, method, id, result, Py_None, NULL));
+    Py_DECREF(result);
+    return reply;
+}
+
+static PyObject *fast_answer(FastAnswer *self, PyObject *data) {
+    BareCall call;
+    if (!PyBytes_CheckExact(data) ||
+        !recognise(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &call))
+        return PyObject_CallOneArg(self->answer, data);
+    PyObject *method = method_name(self, &call.method);
+    if (!method)
+        return NULL;
+    PyObject *handler = PyDict_GetItemWithError(self->bare, method); /* borrowed */
+    if (!handler) {
+        Py_DECREF(method);
+        /* params to bind, an unknown method, async: the general path */
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->answer, data);
+    }
+    PyObject *id = call.id_is_text ? PyUnicode_DecodeASCII(call.id_text.start, call.id_text.len, NULL)
+                                   : PyLong_FromLongLong(call.id_number);
+    PyObject *reply = id ? run_bare(self, handler, method, id) : NULL;
+    Py_XDECREF(id);
+    Py_DECREF(method);
+    return reply;
+}
+
+static PyObject *FastAnswer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "FastAnswer takes one argument: the datagram");
+        return NULL;
+    }
+    if (!((FastAnswer *)callable)->answer) {
+        PyErr_SetString(PyExc_RuntimeError, "FastAnswer is not initialised");
+        return NULL;
+    }
+    return fast_answer((FastAnswer *)callable, args[0]);
+}
+
+static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"bare", "compact", "after_bare", "answer", NULL};
+    PyObject *bare, *compact, *after_bare, *answer;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO:FastAnswer", keywords, &PyDict_Type,
+                                     &bare, &compact, &after_bare, &answer))
+        return -1;
+    if (!PyCallable_Check(compact) || !PyCallable_Check(after_bare) || !PyCallable_Check(answer)) {
+        PyErr_SetString(PyExc_TypeError, "FastAnswer: compact, after_bare and answer must be callable");
+        return -1;
+    }
+    Py_XSETREF(self->bare, Py_NewRef(bare));
+    Py_XSETREF(self->compact, Py_NewRef(compact));
+    Py_XSETREF(self->after_bare, Py_NewRef(after_bare));
+    Py_XSETREF(self->answer, Py_NewRef(answer));
+    self->vectorcall = FastAnswer_vectorcall;
+    return 0;
+}
+
+static PyObject *FastAnswer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    FastAnswer *self = (FastAnswer *)PyType_GenericNew(type, args, kwargs);
+    if (self)
+        self->vectorcall = FastAnswer_vectorcall;
+    return (PyObject *)self;
+}
+
+static int FastAnswer_traverse(FastAnswer *self, visitproc visit, void *arg) {
+    Py_VISIT(self->bare);
+    Py_VISIT(self->compact);
+    Py_VISIT(self->after_bare);
+    Py_VISIT(self->answer);
+    return 0;
+}
+
+static int FastAnswer_clear(FastAnswer *self) {
+    Py_CLEAR(self->bare);
+    Py_CLEAR(self->compact);
+    Py_CLEAR(self->after_bare);
+    Py_CLEAR(self->answer);
+    Py_CLEAR(self->method);
+    return 0;
+}
+
+static void FastAnswer_dealloc(FastAnswer *self) {
+    PyObject_GC_UnTrack(self);
+    FastAnswer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FastAnswerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram._batchio.FastAnswer",
+    .tp_basicsize = sizeof(FastAnswer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "FastAnswer(bare, compact, after_bare, answer): a callable equal to "
+              "Dispatcher.answer, which answers a bare call (no params) without parsing it in "
+              "Python: bare is the registry's table of handlers taking no arguments, compact "
+              "and after_bare the dispatcher's own steps after the handler, answer the rest.",
+    .tp_new = FastAnswer_new,
+    .tp_init = (initproc)FastAnswer_init,
+    .tp_dealloc = (destructor)FastAnswer_dealloc,
+    .tp_traverse = (traverseproc)FastAnswer_traverse,
+    .tp_clear = (inquiry)FastAnswer_clear,
+    .tp_vectorcall_offset = offsetof(FastAnswer, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
 static struct PyModuleDef batchio_module = {
     PyModuleDef_HEAD_INIT, "_batchio", "Batched datagram I/O (recvmmsg/sendmmsg).", -1,
     NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__batchio(void) {
-    if (PyType_Ready(&BatchSocketType) < 0)
+    if (PyType_Ready(&BatchSocketType) < 0 || PyType_Ready(&FastAnswerType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&batchio_module);
     if (!module)
         return NULL;
     if (PyModule_AddObjectRef(module, "BatchSocket", (PyObject *)&BatchSocketType) < 0 ||
+        PyModule_AddObjectRef(module, "FastAnswer", (PyObject *)&FastAnswerType) < 0 ||
         PyModule_AddIntConstant(module, "MAX_SLOTS", MAX_SLOTS) < 0) {
         Py_DECREF(module);
         return NULL;

@@ -5,7 +5,8 @@ With the native module (``_batchio.c``, compiled on first use by ``midgram.nativ
 ``sendmmsg()`` sends their replies a few at a time: the per-syscall cost, and the socket
 module's per-call cost, are paid per batch instead of twice per request. ``NativeIO.serve``
 also runs the loop over a batch in C, calling back into Python only to answer each
-datagram. OpenSIPS reads and answers one datagram at a time.
+datagram, and ``FastAnswer`` answers the busiest kind of datagram (a call without params)
+without parsing it in Python. OpenSIPS reads and answers one datagram at a time.
 
 Without it (no C compiler or Python headers, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final, Protocol
 
+from midgram.commands import Answer
 from midgram.errors import BuildError, TransportError
 from midgram.native import load_extension
 from midgram.transport import PeerAddress, Receiver, sock_label
@@ -44,7 +46,6 @@ Datagram = tuple[bytes, PeerAddress, bool]
 Reply = tuple[bytes, PeerAddress]
 #: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
 Leftover = tuple[bytes, PeerAddress, bool, Any]
-Answer = Callable[[bytes], Any]
 #: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes.
 Settle = Callable[[bytes, Any], bytes | None]
 
@@ -54,6 +55,11 @@ class BatchIO(Protocol):
 
     #: Whether recvmmsg/sendmmsg are used.
     native: bool
+
+    @property
+    def fast_answer(self) -> Callable[..., Answer] | None:
+        """The native twin of ``Dispatcher.answer`` (``_batchio.FastAnswer``), if there is
+        one: see ``Dispatcher.fast_answer``."""
 
     def recv(self, block: bool) -> list[Datagram]:
         """``(data, peer, truncated)`` for each datagram read ([] when none came): with
@@ -68,6 +74,7 @@ class SocketIO:
     """One datagram per call with the socket module; replies are all ReplySender's."""
 
     native = False
+    fast_answer: None = None
 
     def __init__(self, sock: socket.socket, bufsize: int) -> None:
         self._recv = Receiver(sock, bufsize).recv
@@ -94,6 +101,7 @@ class NativeIO:
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
+        self.fast_answer: Callable[..., Answer] = module.FastAnswer
 
     def recv(self, block: bool) -> list[Datagram]:
         try:

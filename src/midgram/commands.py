@@ -364,10 +364,11 @@ class Registry:
         still sees commands added later."""
         return self._commands.get
 
-    def bare_lookup_function(self) -> Callable[[str], Handler | None]:
-        """The handler to call without arguments for a call of ``name`` without params, if
-        that is all there is to it (a sync command with the empty recipe); live too."""
-        return self._bare.get
+    def bare_handlers(self) -> dict[str, Handler]:
+        """By name, the handler to call without arguments for a call without params, where
+        that is all there is to it (a sync command with the empty recipe). The live table,
+        for the dispatcher's fast paths: read it, never change it."""
+        return self._bare
 
     def names(self) -> list[str]:
         return list(self._commands)
@@ -480,6 +481,10 @@ class Pending:
         return self._dispatcher._complete(self._call, self._command, result, error)
 
 
+#: What serves one datagram: ``Dispatcher.answer``, or its native twin.
+Answer: TypeAlias = Callable[[bytes], "bytes | Outcome | Pending"]
+
+
 class Dispatcher:
     """Runs datagrams against a registry. Pure: no sockets, no clock."""
 
@@ -497,7 +502,7 @@ class Dispatcher:
         self.json_errors = json_errors
         self._fast = not pretty
         self._lookup = registry.lookup_function()
-        self._bare = registry.bare_lookup_function()
+        self._bare = registry.bare_handlers().get
         # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
 
@@ -558,6 +563,15 @@ class Dispatcher:
             return self._after_bare(method, req_id, None, exc)
         reply = self._compact(result, req_id)
         return reply if reply is not None else self._after_bare(method, req_id, result, None)
+
+    def fast_answer(self, native: Callable[..., Answer] | None) -> Answer:
+        """``answer``, or the same in C when ``native`` (``_batchio.FastAnswer``) is given
+        and can serve this dispatcher: it recognises a bare call (no params) in the
+        datagram's bytes, runs its handler and hands the result to ``_compact`` and
+        ``_after_bare`` as ``answer`` would, and calls ``answer`` itself for anything else."""
+        if native is None or not self._fast:
+            return self.answer
+        return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
 
     def _after_bare(
         self, method: str, req_id: Any, result: Any, error: BaseException | None

@@ -1,0 +1,338 @@
+"""``FastAnswer`` (``_batchio.c``): ``Dispatcher.answer``'s bare-call case, in C.
+
+tests/test_dispatch_fast.py already holds it to ``answer``'s contract on any datagram. These
+tests check what that cannot see: which datagrams it answers itself (``answer`` is never
+called for them) and which it hands to ``answer`` unread, that a handler's exception reaches
+the general path as ``except Exception`` would give it, that it follows the live registry,
+refuses bad arguments, and leaks nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import tracemalloc
+import weakref
+from types import ModuleType
+from typing import Any
+
+import pytest
+from toolchain import needs_cc
+
+from midgram.commands import Answer, Dispatcher, Outcome, Pending, Registry, Status
+from midgram.errors import MIError
+from midgram.native import load_extension
+
+pytestmark = needs_cc
+
+
+class Boom(Exception):
+    pass
+
+
+def build_registry() -> Registry:
+    registry = Registry(module="fast")
+
+    @registry.command()
+    def ping() -> str:
+        return "pong"
+
+    @registry.command()
+    def nothing() -> None:
+        pass
+
+    @registry.command()
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    @registry.command()
+    def refuse() -> str:
+        raise MIError(403, "Forbidden")
+
+    @registry.command()
+    def boom() -> str:
+        raise Boom("handler failed")
+
+    @registry.command()
+    def interrupt() -> str:
+        raise KeyboardInterrupt
+
+    @registry.command()
+    def odd_keys() -> dict[Any, str]:
+        return {1: "one"}  # plain orjson cannot write it: the general path does
+
+    @registry.command()
+    async def later() -> str:
+        return "done"
+
+    return registry
+
+
+class Spy:
+    """``answer``, counting the datagrams handed to it."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.calls: list[bytes] = []
+
+    def __call__(self, data: bytes) -> bytes | Outcome | Pending:
+        self.calls.append(data)
+        return self.answer(data)
+
+
+@pytest.fixture(scope="module")
+def native() -> ModuleType:
+    return load_extension("_batchio")
+
+
+@pytest.fixture
+def served(native: ModuleType) -> tuple[Answer, Spy, Dispatcher]:
+    """A FastAnswer over a dispatcher whose ``answer`` is spied on, and a twin dispatcher
+    (its own registry) for the expected replies."""
+    dispatcher = Dispatcher(build_registry())
+    spy = Spy(dispatcher.answer)
+    dispatcher.answer = spy  # type: ignore[method-assign]  # fast_answer hands the rest to it
+    fast = dispatcher.fast_answer(native.FastAnswer)
+    assert type(fast) is native.FastAnswer
+    return fast, spy, Dispatcher(build_registry())
+
+
+def reply_of(handled: bytes | Outcome | Pending) -> bytes | None:
+    if isinstance(handled, bytes):
+        return handled
+    assert isinstance(handled, Outcome), handled
+    return handled.reply
+
+
+#: Bare calls in the shapes FastAnswer reads itself: any member order, JSON whitespace,
+#: empty params, integer ids of up to 18 digits, plain string ids.
+RECOGNISED = [
+    b'{"jsonrpc":"2.0","method":"ping","id":1}',
+    b' {\n "id" : "abc" ,\t"method":"ping", "jsonrpc":"2.0"}\r\n',
+    b'{"jsonrpc":"2.0","method":"ping","id":7,"params":[]}',
+    b'{"params":{ \n},"jsonrpc":"2.0","method":"ping","id":7}',
+    b'{"jsonrpc":"2.0","method":"ping","id":0}',
+    b'{"jsonrpc":"2.0","method":"ping","id":-0}',
+    b'{"jsonrpc":"2.0","method":"ping","id":-42}',
+    b'{"jsonrpc":"2.0","method":"ping","id":123456789012345678}',
+    b'{"jsonrpc":"2.0","method":"ping","id":-999999999999999999}',
+    b'{"jsonrpc":"2.0","method":"ping","id":""}',
+    b'{"jsonrpc":"2.0","method":"ping","id":"a b:c/~!"}',
+    b'{"jsonrpc":"2.0","method":"nothing","id":3}',
+    b'{"jsonrpc":"2.0","method":"refuse","id":3}',
+    b'{"jsonrpc":"2.0","method":"boom","id":3}',
+    b'{"jsonrpc":"2.0","method":"odd_keys","id":3}',
+]
+
+#: Everything else goes to ``answer`` as it came, valid or not.
+HANDED_ON = [
+    b'{"jsonrpc":"2.0","method":"ping","id":1,"id":2}',  # a member twice
+    b'{"jsonrpc":"2.0","method":"ping","id":1,"extra":0}',  # another member
+    b'{"jsonrpc":"2.0","method":"p\\u0069ng","id":1}',  # an escape
+    b'{"jsonrpc":"2.0","method":"ping","id":"\xc3\xa9"}',  # not ASCII
+    b'{"jsonrpc":"2.0","method":"ping","id":"a\x7f"}',  # DEL
+    b'{"jsonrpc":"2.0","method":"ping","id":1234567890123456789}',  # 19 digits
+    b'{"jsonrpc":"2.0","method":"ping","id":01}',
+    b'{"jsonrpc":"2.0","method":"ping","id":1.0}',
+    b'{"jsonrpc":"2.0","method":"ping","id":1e2}',
+    b'{"jsonrpc":"2.0","method":"ping","id":-}',
+    b'{"jsonrpc":"2.0","method":"ping","id":null}',
+    b'{"jsonrpc":"2.0","method":"ping","id":true}',
+    b'{"jsonrpc":"2.0","method":"ping"}',  # a notification
+    b'{"jsonrpc":"2.0","method":"ping","id":1,"params":null}',
+    b'{"jsonrpc":"2.0","method":"ping","id":1,"params":[1]}',
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":[1,2]}',
+    b'{"jsonrpc":"2.0","method":"add","id":1}',  # a command with params: its recipes
+    b'{"jsonrpc":"2.0","method":"later","id":1}',  # async
+    b'{"jsonrpc":"2.0","method":"nope","id":1}',  # unknown
+    b'{"jsonrpc":"1.0","method":"ping","id":1}',
+    b'{"jsonrpc":2.0,"method":"ping","id":1}',
+    b'{"method":"ping","id":1}',
+    b'{"jsonrpc":"2.0","method":"ping","id":1}\0',
+    b'{"jsonrpc":"2.0","method":"ping","id":1}x',
+    b'{"jsonrpc":"2.0","method":"ping","id":1,}',
+    b'\x0c{"jsonrpc":"2.0","method":"ping","id":1}',  # form feed: not JSON whitespace
+    b'{"jsonrpc":"2.0","method":"ping","id":1',
+    b"{}",
+    b"[]",
+    b"",
+    b"\xff",
+]
+
+
+@pytest.mark.parametrize("data", RECOGNISED)
+def test_a_bare_call_is_answered_without_answer(
+    served: tuple[Answer, Spy, Dispatcher], data: bytes
+) -> None:
+    fast, spy, twin = served
+    handled = fast(data)
+    assert spy.calls == []
+    expected = twin.handle(data)
+    assert isinstance(expected, Outcome)
+    assert reply_of(handled) == expected.reply
+    if isinstance(handled, Outcome):  # an error, or a result only the general path writes
+        assert (handled.status, handled.method) == (expected.status, expected.method)
+
+
+@pytest.mark.parametrize("data", HANDED_ON)
+def test_anything_else_goes_to_answer_unread(
+    served: tuple[Answer, Spy, Dispatcher], data: bytes
+) -> None:
+    fast, spy, twin = served
+    handled = fast(data)
+    assert spy.calls == [data]
+    expected = twin.handle(data)
+    if isinstance(expected, Pending):
+        assert isinstance(handled, Pending)
+        expected.coroutine.close()
+        handled.coroutine.close()
+        return
+    assert reply_of(handled) == expected.reply
+
+
+def test_the_same_method_again_is_answered_the_same(
+    served: tuple[Answer, Spy, Dispatcher],
+) -> None:
+    fast, spy, _ = served
+    replies = [
+        fast(f'{{"jsonrpc":"2.0","method":"{m}","id":{i}}}'.encode())
+        for i, m in enumerate(["ping", "ping", "nothing", "ping", "nothing", "nothing"])
+    ]
+    assert replies == [
+        b'{"jsonrpc":"2.0","result":"pong","id":0}',
+        b'{"jsonrpc":"2.0","result":"pong","id":1}',
+        b'{"jsonrpc":"2.0","result":"OK","id":2}',
+        b'{"jsonrpc":"2.0","result":"pong","id":3}',
+        b'{"jsonrpc":"2.0","result":"OK","id":4}',
+        b'{"jsonrpc":"2.0","result":"OK","id":5}',
+    ]
+    assert spy.calls == []
+
+
+def test_a_failing_handler_is_logged_with_its_traceback(
+    served: tuple[Answer, Spy, Dispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    fast, _, _ = served
+    with caplog.at_level(logging.ERROR, logger="midgram.commands"):
+        handled = fast(b'{"jsonrpc":"2.0","method":"boom","id":1}')
+    assert isinstance(handled, Outcome)
+    assert handled.status is Status.SERVER_ERROR
+    [record] = caplog.records
+    assert record.exc_info is not None
+    assert record.exc_info[0] is Boom
+    assert "in boom" in caplog.text  # the handler's own frame is in the traceback
+    assert 'raise Boom("handler failed")' in caplog.text
+
+
+def test_what_is_not_an_exception_goes_through(served: tuple[Answer, Spy, Dispatcher]) -> None:
+    fast, _, _ = served
+    with pytest.raises(KeyboardInterrupt):
+        fast(b'{"jsonrpc":"2.0","method":"interrupt","id":1}')
+    assert fast(b'{"jsonrpc":"2.0","method":"ping","id":2}') == (
+        b'{"jsonrpc":"2.0","result":"pong","id":2}'
+    )
+
+
+def test_a_command_added_later_is_answered_too(native: ModuleType) -> None:
+    registry = build_registry()
+    dispatcher = Dispatcher(registry)
+    fast = dispatcher.fast_answer(native.FastAnswer)
+    data = b'{"jsonrpc":"2.0","method":"late","id":1}'
+    assert reply_of(fast(data)) == reply_of(dispatcher.handle(data))  # not found, yet
+
+    @registry.command()
+    def late() -> str:
+        return "here"
+
+    assert fast(data) == b'{"jsonrpc":"2.0","result":"here","id":1}'
+
+
+def test_it_serves_only_where_answer_has_its_fast_path(native: ModuleType) -> None:
+    pretty = Dispatcher(build_registry(), pretty=True)
+    assert pretty.fast_answer(native.FastAnswer) == pretty.answer
+    plain = Dispatcher(build_registry())
+    assert plain.fast_answer(None) == plain.answer
+
+
+def test_bad_arguments_are_refused(native: ModuleType) -> None:
+    dispatcher = Dispatcher(build_registry())
+    parts = (dispatcher.registry.bare_handlers(), dispatcher._compact, dispatcher._after_bare)
+    with pytest.raises(TypeError):
+        native.FastAnswer([], *parts[1:], dispatcher.answer)
+    with pytest.raises(TypeError, match="must be callable"):
+        native.FastAnswer(*parts, "answer")
+    fast = native.FastAnswer(*parts, dispatcher.answer)
+    with pytest.raises(TypeError, match="one argument"):
+        fast()
+    with pytest.raises(TypeError, match="one argument"):
+        fast(b"{}", b"{}")
+    with pytest.raises(TypeError, match="one argument"):
+        fast(data=b"{}")
+    unready = native.FastAnswer.__new__(native.FastAnswer)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        unready(b"{}")
+
+
+def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
+    registry = build_registry()
+    result = object()  # one object, returned again and again: its refcount must come back
+    odd = {1: result}
+
+    @registry.command()
+    def same() -> dict[int, object]:
+        return odd
+
+    dispatcher = Dispatcher(registry)
+    fast = dispatcher.fast_answer(native.FastAnswer)
+    requests = [
+        *(b'{"jsonrpc":"2.0","method":"ping","id":%d}' % n for n in range(3)),
+        b'{"jsonrpc":"2.0","method":"ping","id":"x"}',
+        b'{"jsonrpc":"2.0","method":"nothing","id":1}',
+        b'{"jsonrpc":"2.0","method":"boom","id":1}',
+        b'{"jsonrpc":"2.0","method":"same","id":1}',
+        b'{"jsonrpc":"2.0","method":"nope","id":1}',
+        b'{"jsonrpc":"2.0","method":"add","id":1,"params":[1]}',
+        b"garbage",
+    ]
+    logging.getLogger("midgram.commands").disabled = True  # boom logs each time
+    try:
+
+        def rounds(count: int) -> None:
+            for _ in range(count):
+                for data in requests:
+                    fast(data)
+                with pytest.raises(KeyboardInterrupt):
+                    fast(b'{"jsonrpc":"2.0","method":"interrupt","id":1}')
+
+        rounds(200)  # warm up: caches, interned objects
+        gc.collect()
+        refs = sys.getrefcount(result)
+        tracemalloc.start()
+        try:
+            gc.collect()
+            start, _ = tracemalloc.get_traced_memory()
+            rounds(5_000)
+            gc.collect()
+            end, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        logging.getLogger("midgram.commands").disabled = False
+    assert sys.getrefcount(result) == refs
+    assert end - start < 64 * 1024, f"{end - start} bytes more after 5000 rounds"
+
+
+def test_a_reference_cycle_through_it_is_collected(native: ModuleType) -> None:
+    dispatcher = Dispatcher(build_registry())
+    spy = Spy(dispatcher.answer)
+    fast = dispatcher.fast_answer(native.FastAnswer)
+    fast_twin = native.FastAnswer(
+        dispatcher.registry.bare_handlers(), dispatcher._compact, dispatcher._after_bare, spy
+    )
+    spy.answer = fast_twin  # FastAnswer -> spy -> FastAnswer
+    assert gc.is_tracked(fast_twin)
+    gone = weakref.finalize(spy, lambda: None)
+    del spy, fast_twin, fast
+    gc.collect()
+    assert not gone.alive
