@@ -1051,7 +1051,10 @@ def _md_micro(micro: dict[str, float] | None) -> list[str]:
     if not micro:
         return []
     base = micro.get("nothing", 0.0)  # the cost of calling the timed lambda itself
-    by_lambda = ("json", "decode", "lookup", "handler", "encode", "fits", "handle", "stats")
+    by_lambda = (
+        *("json", "decode", "lookup", "handler", "encode", "fits", "handle", "answer", "native"),
+        "stats",
+    )
     lines = [
         "## In-process cost of each stage, uptime (bench/micro.py, us, best of 5)",
         "",

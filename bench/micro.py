@@ -10,7 +10,9 @@ many calls each, in one Python process:
     encode     protocol.encode_result (the reply bytes)
     fits       protocol.reply_fits (OpenSIPS's reply size rule)
     handle     Dispatcher.handle: all of the above, through the general path
-    answer     Dispatcher.answer: the same request as a worker serves it (the flat path)
+    answer     Dispatcher.answer: the same request as a Python worker serves it (the flat path)
+    native     the same through FastAnswer, which reads a bare call in C (what a worker with
+               the native module runs; absent without it)
     stats      one shared-memory counter increment (a worker does 2-3 per request)
     syscalls   recvfrom + sendto of the same datagram over a UNIX socketpair, per side
     echo_loop  recvfrom + sendto as the echo loop does them, from a queue of waiting requests
@@ -40,7 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson
 from harness import REQUESTS
 
-STAGES_BY_LAMBDA = ("json", "decode", "lookup", "handler", "encode", "fits", "handle", "stats")
+STAGES_BY_LAMBDA = (
+    *("json", "decode", "lookup", "handler", "encode", "fits", "handle", "answer", "native"),
+    "stats",
+)
 
 
 def best_us(fn: Callable[[], object], number: int, repeat: int = 5) -> float:
@@ -132,6 +137,16 @@ def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, floa
         }
 
 
+def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object]]:
+    from midgram.batchio import native_module  # noqa: PLC0415
+
+    module = native_module()
+    if module is None:
+        return {}
+    fast = dispatcher.fast_answer(module.FastAnswer)
+    return {"native": lambda: fast(data)}
+
+
 def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     import app  # noqa: PLC0415 (the bench commands)
 
@@ -167,6 +182,7 @@ def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
         "fits": lambda: protocol.reply_fits(reply, call.id, protocol.DEFAULT_BUF_SIZE),
         "handle": lambda: dispatcher.handle(data),
         "answer": lambda: dispatcher.answer(data),
+        **_native_stage(dispatcher, data),
         "stats": counter_inc,
         "nothing": lambda: None,
     }
