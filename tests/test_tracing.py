@@ -358,9 +358,17 @@ def test_unix_peers_are_traced_with_loopback_placeholders(server: Any, peer: Any
 
 def test_the_client_address_follows_the_peer() -> None:
     ours = tracer()
-    for port in (1, 2, 2, 1):
-        request = traced(ours.request(Outcome(b"R", Status.OK, "ps"), ("127.0.0.9", port), NOW))
+    traces = []
+    for port in (1, 2, 2, 1, 3):
+        trace = ours.request(Outcome(b"R", Status.OK, "ps"), ("127.0.0.9", port), NOW)
+        request = traced(trace)
         assert (str(request.src_ip), request.src_port) == ("127.0.0.9", port)
+        traces.append(trace)
+    # each reply goes back to its own request's client, whoever came since
+    for port, trace in reversed(list(zip((1, 2, 2, 1, 3), traces, strict=True))):
+        assert trace is not None
+        reply = hep.decode(ours.reply(trace, b"R", NOW))
+        assert (str(reply.dst_ip), reply.dst_port, reply.src_port) == ("127.0.0.9", port, 8080)
 
 
 # --- the golden captures, replayed through midgram's engine ------------------------------

@@ -303,6 +303,8 @@ class Trace(NamedTuple):
     client: Endpoint
     server: Endpoint
     correlation_id: bytes
+    #: The encoder of the reply's packet (server to client).
+    reply_route: Callable[..., bytes]
 
 
 class Tracer:
@@ -333,6 +335,10 @@ class Tracer:
         self._last_peer: Any = None
         self._last_client = UNIX_CLIENT
         self._routes: dict[tuple[Endpoint, Endpoint], Callable[..., bytes]] = {}
+        # The last client's routes, both ways, found by its Endpoint's identity: hashing
+        # an Endpoint hashes its ipaddress object, in Python, twice a trace otherwise.
+        self._routes_client: Endpoint | None = None
+        self._client_routes: tuple[Callable[..., bytes], Callable[..., bytes]] | None = None
         self._payloads: dict[tuple[str, bytes], bytes | None] = {}
 
     def request(self, outcome: Outcome, peer: Any, now_ns: int) -> Trace | None:
@@ -348,16 +354,26 @@ class Tracer:
                 return None
             params = params_text(outcome.params)
         client = self._client(peer)
+        to_server, to_client = self._routes_of(client)
         correlation = self._ids()
         payload = self._request_payload(command, params)
-        packet = self._packet(client, self._server, now_ns, payload, correlation)
-        return Trace(packet, client, self._server, correlation)
+        packet = _packet(to_server, now_ns, payload, correlation)
+        return Trace(packet, client, self._server, correlation, to_client)
 
     def reply(self, trace: Trace, reply: bytes, now_ns: int) -> bytes:
         """The reply trace: ``reply`` as sent (or ``500 Internal error`` if it was not),
         from the server back to the client, with the request's correlation id."""
         payload = self._payload.reply(reply)
-        return self._packet(trace.server, trace.client, now_ns, payload, trace.correlation_id)
+        return _packet(trace.reply_route, now_ns, payload, trace.correlation_id)
+
+    def _routes_of(self, client: Endpoint) -> tuple[Callable[..., bytes], Callable[..., bytes]]:
+        """The encoders from ``client`` to the server and back."""
+        routes = self._client_routes
+        if routes is None or client is not self._routes_client:
+            server = self._server
+            routes = (self._route(client, server), self._route(server, client))
+            self._client_routes, self._routes_client = routes, client
+        return routes
 
     def _client(self, peer: Any) -> Endpoint:
         if self._unix:
@@ -366,17 +382,6 @@ class Tracer:
             self._last_client = endpoint(peer) or UNIX_CLIENT
             self._last_peer = peer
         return self._last_client
-
-    def _packet(
-        self,
-        src: Endpoint,
-        dst: Endpoint,
-        now_ns: int,
-        payload: bytes | None,
-        correlation: bytes,
-    ) -> bytes:
-        seconds, micros = divmod(now_ns // 1000, 1_000_000)
-        return self._route(src, dst)(seconds, micros, payload, correlation)
 
     def _request_payload(self, command: str, params: bytes) -> bytes | None:
         """The request payload, kept for the commands called most (a monitor polls the
@@ -401,3 +406,10 @@ class Tracer:
                 src.ip, dst.ip, src.port, dst.port, self._capture_id
             )
         return route
+
+
+def _packet(
+    route: Callable[..., bytes], now_ns: int, payload: bytes | None, correlation: bytes
+) -> bytes:
+    seconds, micros = divmod(now_ns // 1000, 1_000_000)
+    return route(seconds, micros, payload, correlation)
