@@ -12,17 +12,22 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 import tracemalloc
 import weakref
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
+from test_batchio import DEADLINE, Sockets, open_sockets
 from toolchain import needs_cc
 
+from midgram.batchio import NativeIO, SocketIO
 from midgram.commands import Answer, Dispatcher, Outcome, Pending, Registry, Status
 from midgram.errors import MIError
 from midgram.native import load_extension
+from midgram.worker import ServerStats, Worker
 
 pytestmark = needs_cc
 
@@ -336,3 +341,39 @@ def test_a_reference_cycle_through_it_is_collected(native: ModuleType) -> None:
     del spy, fast_twin, fast
     gc.collect()
     assert not gone.alive
+
+
+@pytest.fixture
+def sockets() -> Iterator[Sockets]:
+    yield from open_sockets()
+
+
+@pytest.mark.parametrize("native_io", [True, False])
+def test_a_worker_serves_with_it_when_its_io_is_native(
+    native: ModuleType, sockets: Sockets, native_io: bool
+) -> None:
+    """On real sockets: a worker with native I/O answers bare calls without calling
+    ``Dispatcher.answer``; one with the socket module calls it for every datagram."""
+    server, client = sockets.server(), sockets.unix("client")
+    registry = build_registry()
+    dispatcher = Dispatcher(registry)
+    spy = Spy(dispatcher.answer)
+    dispatcher.answer = spy  # type: ignore[method-assign]
+    bufsize = dispatcher.buf_size
+    io = NativeIO(server, bufsize, native) if native_io else SocketIO(server, bufsize)
+    stats = ServerStats.declare(registry.stats)
+    worker = Worker(server, dispatcher, stats, socket_timeout_ms=1000, io=io)
+    bare = b'{"jsonrpc":"2.0","method":"ping","id":1}'
+    with_params = b'{"jsonrpc":"2.0","method":"add","params":[2,3],"id":2}'
+    for data in (bare, with_params):
+        client.sendto(data, server.getsockname())
+    deadline = time.monotonic() + DEADLINE
+    while stats.received.value < 2:
+        assert time.monotonic() < deadline, "the worker did not read both requests"
+        worker.serve_once()
+    client.settimeout(DEADLINE)
+    assert [client.recv(1024) for _ in range(2)] == [
+        b'{"jsonrpc":"2.0","result":"pong","id":1}',
+        b'{"jsonrpc":"2.0","result":5,"id":2}',
+    ]
+    assert spy.calls == ([with_params] if native_io else [bare, with_params])
