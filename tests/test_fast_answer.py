@@ -138,6 +138,7 @@ HANDED_ON = [
     b'{"jsonrpc":"2.0","method":"ping","id":"\xc3\xa9"}',  # not ASCII
     b'{"jsonrpc":"2.0","method":"ping","id":"a\x7f"}',  # DEL
     b'{"jsonrpc":"2.0","method":"ping","id":1234567890123456789}',  # 19 digits
+    b'{"jsonrpc":"2.0","method":"ping","id":%s}' % (b"9" * 40),  # far beyond a long long
     b'{"jsonrpc":"2.0","method":"ping","id":01}',
     b'{"jsonrpc":"2.0","method":"ping","id":1.0}',
     b'{"jsonrpc":"2.0","method":"ping","id":1e2}',

@@ -730,12 +730,14 @@ static int span_is(const Span *span, const char *text) {
 static int small_integer(Cursor *c, long long *out) {
     int negative = take(c, '-');
     const char *digits = c->p;
-    long long value = 0;
     while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
-        value = value * 10 + (*c->p++ - '0');
+        c->p++;
     Py_ssize_t n = c->p - digits;
     if (n == 0 || n > 18 || (n > 1 && digits[0] == '0'))
         return 0;
+    long long value = 0; /* summed only once it is known to fit: no signed overflow */
+    for (Py_ssize_t i = 0; i < n; i++)
+        value = value * 10 + (digits[i] - '0');
     *out = negative ? -value : value; /* a fraction or exponent after it: not a ',' or '}' */
     return 1;
 }
