@@ -913,7 +913,6 @@ static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(self->compact, Py_NewRef(compact));
     Py_XSETREF(self->after_bare, Py_NewRef(after_bare));
     Py_XSETREF(self->answer, Py_NewRef(answer));
-    self->vectorcall = FastAnswer_vectorcall;
     return 0;
 }
 

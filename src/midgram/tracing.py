@@ -395,8 +395,8 @@ class Tracer:
         return payload
 
     def _route(self, src: Endpoint, dst: Endpoint) -> Callable[..., bytes]:
-        """The encoder of the packets from ``src`` to ``dst`` (kept for the routes of the
-        last client, both ways: most traffic comes from one client at a time)."""
+        """The encoder of the packets from ``src`` to ``dst``, kept for the last
+        ``_ROUTES_KEPT`` routes: clients that take turns reuse theirs."""
         key = (src, dst)
         route = self._routes.get(key)
         if route is None:
