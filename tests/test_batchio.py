@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 import pytest
-from golden import assert_matches, load_cases
+from golden_cases import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
 from toolchain import needs_cc, needs_ipv6
 

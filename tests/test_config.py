@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from golden_cases import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -597,34 +598,8 @@ def test_toml_unknown_key_reported_by_from_mapping() -> None:
 
 # --- opensips.cfg ----------------------------------------------------------------------------
 
-# The shape of /work/shared/configs/opensips-3.6-mi_datagram.cfg.
-REFERENCE_CFG = """\
-# OpenSIPS 3.6: the configuration the golden UNIX-socket captures were made with
-log_level=3
-stderror_enabled=yes
-socket=udp:127.0.0.1:15060
-mpath="/usr/lib/x86_64-linux-gnu/opensips/modules/"
-
-loadmodule "proto_udp.so"
-loadmodule "mi_datagram.so"
-modparam("mi_datagram", "socket_name", "/run/opensips/opensips_mi.sock")
-modparam("mi_datagram", "children_count", 1)
-modparam("mi_datagram", "unix_socket_mode", 0660)
-modparam("mi_datagram", "unix_socket_group", "opensips")
-modparam("mi_datagram", "pretty_printing", 0)
-
-# HEP tracing of MI
-loadmodule "proto_hep.so"
-socket=hep_udp:127.0.0.1:19061
-modparam("proto_hep", "hep_id", "[hep_dst]127.0.0.1:9060;transport=udp;version=3")
-# modparam("mi_datagram", "socket_name", "udp:127.0.0.1:18080")
-modparam("mi_datagram", "trace_destination", "hep_dst")
-modparam("mi_datagram", "trace_bwlist", "b: ps, which")
-
-route {
-\texit;
-}
-"""
+# The configuration the golden OpenSIPS captures were made with, as an operator writes one.
+REFERENCE_CFG = (GOLDEN / "opensips-3.6" / "opensips.cfg").read_text()
 
 
 def test_reference_cfg() -> None:

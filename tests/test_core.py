@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from golden import Case, assert_matches, load_cases
+from golden_cases import Case, assert_matches, load_cases
 
 from midgram.commands import Dispatcher, Outcome, Registry
 from midgram.core import SERVER_NAME, with_core

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from golden import GOLDEN, OPENSIPS_UNIX, Case, assert_matches, load_cases
+from golden_cases import GOLDEN, OPENSIPS_UNIX, REQUEST_SETS, Case, assert_matches, load_cases
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_protocol import json_values
@@ -614,7 +614,7 @@ OPENSIPS_CASES = load_cases()
 #: Every golden request, OpenSIPS's and the others (Kamailio's dialect): (folder, case).
 ALL_CASES = [
     pytest.param(folder, case, id=f"{folder.relative_to(GOLDEN)}/{case}")
-    for folder in sorted(p for p in GOLDEN.glob("*/*") if p.is_dir())
+    for folder in REQUEST_SETS
     for case in load_cases(folder)
 ]
 

@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 import pytest
-from hepgolden import Captured, all_packets, canonical
+from golden_hep import Captured, all_packets, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from golden import GOLDEN
+from golden_cases import KAMAILIO_UNIX, golden_files
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +22,6 @@ from midgram.rpc import (
 
 OPENSIPS = DIALECTS["opensips"]
 KAMAILIO = DIALECTS["kamailio"]
-KAMAILIO_GOLDEN = GOLDEN / "kamailio-5.6" / "unix"
 
 
 def test_request_member_order_and_no_empty_params() -> None:
@@ -139,9 +138,7 @@ def test_big_integers_are_exact() -> None:
 
 
 def test_kamailio_golden_replies_decode() -> None:
-    replies = sorted(KAMAILIO_GOLDEN.glob("*.rsp"))
-    assert replies
-    for path in replies:
+    for path in golden_files(KAMAILIO_UNIX, "*.rsp"):
         request = json.loads(path.with_suffix(".req").read_bytes())
         response = decode_response(path.read_bytes())
         if isinstance(request, dict) and "id" in request and request["id"] is not None:

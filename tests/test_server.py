@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from golden import Case, assert_matches, load_cases
+from golden_cases import Case, assert_matches, load_cases
 from servers import (
     RawClient,
     ServerProcess,

@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
-from hepgolden import HEP_GOLDEN, Exchange, all_exchanges
+from golden_cases import golden_files
+from golden_hep import HEP_GOLDEN, Exchange, all_exchanges
 from hepjs import Decoder, assert_hepjs_agrees, hepjs_decoder
 from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_server, server_command
 from toolchain import needs_ipv6
@@ -489,7 +490,7 @@ def hepjs() -> Decoder:
 
 
 def test_hepjs_reads_the_golden_captures_as_we_do(hepjs: Decoder) -> None:
-    packets = [path.read_bytes() for path in sorted(HEP_GOLDEN.glob("*.bin"))]
+    packets = [path.read_bytes() for path in golden_files(HEP_GOLDEN, "*.bin")]
     for packet, decoded in zip(packets, hepjs(packets), strict=True):
         assert_hepjs_agrees(packet, decoded)
 

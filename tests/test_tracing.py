@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 import pytest
-from hepgolden import Exchange, all_exchanges, canonical
+from golden_hep import Exchange, all_exchanges, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 

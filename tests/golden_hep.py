@@ -1,4 +1,4 @@
-"""The HEP packets captured from real OpenSIPS servers (``../shared/golden/hep/``).
+"""The HEP packets captured from real OpenSIPS servers (``tests/golden/hep/``).
 
 Each capture lists, for one MI exchange over UDP, the request and reply datagrams and the HEP
 packets OpenSIPS sent for them (``pkt0`` the request trace, ``pkt1`` the reply trace), with
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from golden import GOLDEN
+from golden_cases import GOLDEN, golden_files
 
 HEP_GOLDEN = GOLDEN / "hep"
 CAPTURES = ("opensips-3.6-udp", "opensips-4.1dev-udp")
@@ -48,7 +48,10 @@ class Exchange:
 
 
 def load_exchanges(capture: str) -> list[Exchange]:
-    listing = json.loads((HEP_GOLDEN / f"{capture}-decoded.json").read_text())
+    (listing_file,) = golden_files(HEP_GOLDEN, f"{capture}-decoded.json")
+    listing = json.loads(listing_file.read_text())
+    if not listing:
+        raise ValueError(f"golden set empty: {listing_file} lists no exchange")
     exchanges = []
     for entry in listing:
         request = entry["mi_request"].encode()
@@ -78,5 +81,6 @@ def all_packets() -> list[Captured]:
 
 
 def canonical(name: str) -> bytes:
-    """A worked vector of the spec, section 5: ``canonical_{req,rpl}_homer5_{0,1}``."""
+    """A worked vector built to OpenSIPS's rules (docs/tracing.md):
+    ``canonical_{req,rpl}_homer5_{0,1}``."""
     return (HEP_GOLDEN / f"canonical_{name}.bin").read_bytes()

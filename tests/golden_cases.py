@@ -1,9 +1,14 @@
-"""The golden captures of a real OpenSIPS 3.6.8, and how a midgram reply is held against them.
+"""The golden captures of a real OpenSIPS 3.6.8 (``tests/golden/``, see its README), and how
+a midgram reply is held against them.
 
 Used by the engine tests (through the Dispatcher) and the server tests (through real
 sockets). Each case is compared byte for byte, or by shape where the value varies by nature
-(times, pids, versions, counters, the command list), or as one of DESIGN.md's deliberate
-differences says: those are listed in ``DIFFERENCES`` with the reason and the reply we send.
+(times, pids, versions, counters, the command list), or as one of the deliberate differences
+of docs/compatibility.md says: those are listed in ``DIFFERENCES`` with the reason and the
+reply we send.
+
+A golden set that is missing or empty is an error, never an empty parameter list: the
+oracle is the point of these tests.
 """
 
 from __future__ import annotations
@@ -13,8 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 OPENSIPS_UNIX = GOLDEN / "opensips-3.6" / "unix"
+KAMAILIO_UNIX = GOLDEN / "kamailio-5.6" / "unix"
+#: The sets of request/reply files (``NN_case.req`` and ``.rsp``).
+REQUEST_SETS = (OPENSIPS_UNIX, KAMAILIO_UNIX)
+
+
+def golden_files(folder: Path, pattern: str) -> list[Path]:
+    """The files of a golden set matching ``pattern``, sorted; an error when there are none."""
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"golden set missing or empty: no {pattern} in {folder}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -29,7 +45,7 @@ class Case:
 
 def load_cases(folder: Path = OPENSIPS_UNIX) -> list[Case]:
     cases = []
-    for req in sorted(folder.glob("*.req")):
+    for req in golden_files(folder, "*.req"):
         rsp = req.with_suffix(".rsp")
         reply = rsp.read_bytes() if rsp.exists() else None
         cases.append(Case(req.stem, req.read_bytes(), reply))
@@ -38,7 +54,7 @@ def load_cases(folder: Path = OPENSIPS_UNIX) -> list[Case]:
 
 _INVALID_NULL = b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}'
 
-#: DESIGN.md deliberate differences: case -> (reason, the exact reply midgram sends).
+#: docs/compatibility.md, deliberate differences: case -> (reason, the exact reply midgram sends).
 DIFFERENCES: dict[str, tuple[str, bytes | None]] = {
     "26_id_object": ("difference 4: a bad id type gets -32600 with id null", _INVALID_NULL),
     "27_id_array": ("difference 4: a bad id type gets -32600 with id null", _INVALID_NULL),
