@@ -406,6 +406,52 @@ def test_completion_cache_is_shared_and_expires(server: ServerProcess, folder: P
     assert "uptime" in Catalog(server.target, directory=folder, ttl=0).methods()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_a_catalog_another_user_wrote_is_not_trusted(server: ServerProcess, tmp_path: Path) -> None:
+    """Root completing with a user's XDG_CACHE_HOME (sudo -E) must not take that user's file
+    for what the server said, nor write its own into the user's folder."""
+    from midgram.cli.complete import Catalog
+
+    nobody = 65534
+    catalog = Catalog(server.target, directory=tmp_path, ttl=60)
+    planted = {"methods": {"saved": time.time(), "value": ["planted"]}}
+    catalog.path.write_text(json.dumps(planted))
+    os.chown(catalog.path, nobody, nobody)
+    assert "uptime" in catalog.methods()
+    assert json.loads(catalog.path.read_text()) != planted  # replaced by this user's own
+    assert catalog.path.stat().st_uid == os.geteuid()
+    # Through a symbolic link to someone else's file: not followed.
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text(json.dumps(planted))
+    catalog.path.unlink()
+    catalog.path.symlink_to(theirs)
+    assert Catalog(server.target, directory=tmp_path, ttl=60).methods() != ["planted"]
+    # A folder of another owner is neither read nor written.
+    folder = tmp_path / "users"
+    folder.mkdir()
+    os.chown(folder, nobody, nobody)
+    assert "uptime" in Catalog(server.target, directory=folder, ttl=60).methods()
+    assert list(folder.iterdir()) == []
+
+
+def test_the_cache_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from midgram.cli.complete import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "midgram"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "midgram"
+
+
+def test_the_cache_folder_is_private(server: ServerProcess, tmp_path: Path) -> None:
+    from midgram.cli.complete import Catalog
+
+    folder = tmp_path / "cache" / "midgram"
+    assert "uptime" in Catalog(server.target, directory=folder).methods()
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
 # --- shell --------------------------------------------------------------------------------------
 
 

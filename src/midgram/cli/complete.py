@@ -4,6 +4,10 @@ A completion runs a fresh ``midgram`` process for every TAB, so what the server 
 in a small file under ``$XDG_CACHE_HOME/midgram`` (or ``~/.cache/midgram``) for a few
 seconds: TAB, TAB stays fast, and a command added to the server shows up soon after.
 Completion never fails loudly: if the server cannot be asked, there is nothing to offer.
+
+The folder is the user's own (created 0700), and only what this user wrote is read back: a
+file or folder of another owner (root completing with a user's ``XDG_CACHE_HOME``, as under
+``sudo -E``) is ignored, never trusted.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from click.shell_completion import CompletionItem
 
 from midgram.client import Client, default_target
 from midgram.errors import MidgramError
-from midgram.native import cache_dir
 
-__all__ = ["CACHE_TTL", "Catalog", "complete_method", "complete_param"]
+__all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,18 @@ log = logging.getLogger(__name__)
 CACHE_TTL: Final = 5.0
 #: A completion must not hang the shell: the server gets at most this long to answer.
 COMPLETION_TIMEOUT: Final = 1.0
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/midgram``, else ``~/.cache/midgram``."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec says a relative path there is invalid and must be ignored.
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "midgram"
+
+
+def _mine(stat: os.stat_result) -> bool:
+    return stat.st_uid == os.geteuid()
 
 
 class Catalog:
@@ -83,9 +98,18 @@ class Catalog:
 
     def _load(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            # Not through a symbolic link, and checked on the file that was opened.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return {}
+        with os.fdopen(fd, "rb") as file:
+            try:
+                if not _mine(os.fstat(fd)):
+                    log.debug("completion: %s is not this user's: ignored", self.path)
+                    return {}
+                data = json.loads(file.read())
+            except (OSError, ValueError):
+                return {}
         return data if isinstance(data, dict) else {}
 
     def _save(self, entries: dict[str, Any]) -> None:
@@ -93,6 +117,9 @@ class Catalog:
         fresh = {k: v for k, v in entries.items() if now - v.get("saved", 0) < self.ttl}
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _mine(self.path.parent.stat()):
+                log.debug("completion: %s is not this user's: not written", self.path.parent)
+                return
             fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".catalog-")
         except OSError as exc:
             log.debug("completion: cannot write in %s: %s", self.path.parent, exc)
