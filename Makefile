@@ -1,44 +1,80 @@
 # The two commands a newcomer runs: `make run` and `make test`.
 # Each bootstraps .venv by itself on a fresh machine (Python >= 3.11 and make are all it needs).
+#
+# Every package comes at the exact version constraints.txt names: the test and lint tools and
+# everything they pull in, pip itself and the build backend (setuptools) included, so `make
+# test` gives the same verdict on a fresh machine today and in six months. `make lock`
+# re-resolves it at the newest versions (then run `make test` and commit both).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench clean
+# Through the environment they reach every pip run, and the isolated environments in which
+# pip and `python -m build` build midgram (PIP_BUILD_CONSTRAINT: pip >= 25.3).
+export PIP_CONSTRAINT       := $(CURDIR)/constraints.txt
+export PIP_BUILD_CONSTRAINT := $(CURDIR)/constraints.txt
+
+# What the compiled modules are built from: a change re-installs, so re-builds, them.
+NATIVE_SOURCES := setup.py $(wildcard src/midgram/*.c src/midgram/*.h)
+
+.PHONY: run test lint typecheck pytest bench wheel-check lock clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "midgram needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
-# Re-install when pyproject.toml changes; the stamp files keep repeated runs fast.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# pip at its pinned version (the dependency groups below need pip >= 25.1).
+$(VENV)/.pip: constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	touch $@
+
+# Re-install when the metadata, the pins or the C change; the stamp files keep repeated runs
+# fast. The editable install builds the compiled modules in place (src/midgram/*.so).
+$(VENV)/.installed: pyproject.toml constraints.txt $(NATIVE_SOURCES) $(VENV)/.pip
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt $(NATIVE_SOURCES) $(VENV)/.pip
+	$(BIN)/python -m pip install -q -e . --group dev
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
 	$(BIN)/midgram serve $(ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
+# mypy --strict, and stubtest: the .pyi stubs of the compiled modules match what was built.
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict src
+	$(BIN)/python -m mypy.stubtest midgram._batchio midgram._loadgen
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
+# The wheel a release would ship, built from the sdist, installed into a fresh venv and run
+# where no compiler can be found (tools/wheel_check.py says what it checks).
+wheel-check: $(VENV)/.installed-test
+	$(BIN)/python tools/wheel_check.py
+
 # The benchmark suite against its references (a few minutes; BENCH_ARGS="--help" lists options).
 bench: $(VENV)/.installed-test
-	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q --group bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# constraints.txt anew: every group's tools, midgram's dependencies and extras, pip and
+# setuptools, resolved now at their newest versions, in a scratch venv (not constrained).
+lock: | $(BIN)/python
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	PIP_CONSTRAINT=/dev/null PIP_BUILD_CONSTRAINT=/dev/null $(VENV)-lock/bin/python -m pip install -q --upgrade pip setuptools
+	PIP_CONSTRAINT=/dev/null PIP_BUILD_CONSTRAINT=/dev/null $(VENV)-lock/bin/python -m pip install -q -e '.[yaml]' --group dev --group bench
+	{ echo "# Exact versions of every package the Makefile installs (written by make lock)."; \
+	  $(VENV)-lock/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt
+	rm -rf $(VENV)-lock
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info src/midgram/*.so

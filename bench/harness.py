@@ -2,8 +2,9 @@
 
 Every scenario starts midgram and its references (the bare Python echo loop, the C echo
 reflector and, where it has a counterpart command, Kamailio's jsonrpcs datagram server), then
-drives them in turn (A B C A B C ...) with the compiled load generator (``midgram.loadtest``
-builds and runs it, as for ``midgram bench``), ``--runs`` times each.
+drives them in turn (A B C A B C ...) with midgram's load generator (``midgram.loadtest``
+runs it, as for ``midgram bench``; it is compiled when midgram is installed), ``--runs``
+times each.
 Figures are medians with their spread; ratios compare servers measured in the same invocation,
 never absolute numbers, because on a small machine the server competes with its load generator.
 
@@ -41,9 +42,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cbuild import BuildError, compile_c
 from kamailio_ref import kamailio_binary, kamailio_config
 
-from midgram import loadtest, native
+from midgram import loadtest
+from midgram.batchio import version_line
 from midgram.errors import MidgramError
 from midgram.loadtest import process_tree
 
@@ -87,16 +90,21 @@ class BenchError(Exception):
     """The benchmark cannot go on (a missing compiler, a server that does not start...)."""
 
 
-# --- building the C programs ----------------------------------------------------------------
+# --- the C programs -------------------------------------------------------------------------
 
 
 def build(name: str, *, force: bool = False) -> Path:
-    """A C program's binary: midgram's load generator (built by ``midgram.loadtest`` into the
-    per-user cache, as ``midgram bench`` builds it), or ``bench/NAME.c`` into ``bench/bin/``."""
+    """``bench/NAME.c``'s binary, built into ``bench/bin/`` with the system compiler."""
     try:
-        if name == "loadgen":
-            return loadtest.build_loadgen(force=force)
-        return native.compile_c(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
+        return compile_c(BENCH_DIR / f"{name}.c", BIN_DIR, force=force)
+    except BuildError as exc:
+        raise BenchError(str(exc)) from exc
+
+
+def check_loadgen() -> None:
+    """The load generator must be installed (midgram built it at install time)."""
+    try:
+        loadtest.loadgen_command()
     except MidgramError as exc:
         raise BenchError(str(exc)) from exc
 
@@ -1183,6 +1191,7 @@ def environment() -> dict[str, Any]:
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "midgram": version_line(),
         "max_dgram_qlen": qlen,
         "kamailio": kamailio_binary(),
     }
@@ -1208,7 +1217,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def run_suite(opts: Options, command: str) -> dict[str, Any]:
-    build("loadgen")
+    check_loadgen()
     build("echo")
     chosen = [s for s in SCENARIOS if not opts.scenarios or s.name in opts.scenarios]
     unknown = set(opts.scenarios) - {s.name for s in SCENARIOS}

@@ -138,12 +138,13 @@ def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, floa
 
 
 def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object]]:
-    from midgram.batchio import native_module  # noqa: PLC0415
+    from midgram.batchio import native_status  # noqa: PLC0415
 
-    module = native_module()
-    if module is None:
+    if not native_status().on:
         return {}
-    fast = dispatcher.fast_answer(module.FastAnswer)
+    from midgram import _batchio  # noqa: PLC0415
+
+    fast = dispatcher.fast_answer(_batchio.FastAnswer)
     return {"native": lambda: fast(data)}
 
 

@@ -11,6 +11,7 @@ returns, and anything else is awaited with select() and a deadline.
 
 from __future__ import annotations
 
+import importlib
 import os
 import select
 import signal
@@ -28,14 +29,13 @@ import orjson
 import pytest
 from golden_cases import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
-from toolchain import needs_cc, needs_ipv6
+from toolchain import needs_ipv6, needs_native
 
 from midgram import batchio
 from midgram.batchio import BatchIO, NativeIO, SocketIO, batch_io
 from midgram.commands import Dispatcher, Registry
 from midgram.core import with_core
 from midgram.errors import TransportError
-from midgram.native import load_extension
 from midgram.runtime import LocalRuntime
 from midgram.transport import ReplySender, SendStatus, set_recv_timeout
 from midgram.worker import ServerStats, Worker
@@ -116,8 +116,8 @@ def sockets() -> Iterator[Sockets]:
 
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    """The native module itself (tests using it are marked needs_cc)."""
-    return load_extension("_batchio")
+    """The compiled module itself (tests using it are marked needs_native)."""
+    return importlib.import_module("midgram._batchio")
 
 
 def wait_readable(sock: socket.socket, timeout: float = DEADLINE) -> None:
@@ -172,8 +172,7 @@ def reply_ids(replies: list[bytes]) -> list[Any]:
 def io_for(monkeypatch: pytest.MonkeyPatch, *, native: bool) -> Callable[..., BatchIO]:
     """``batch_io`` as a fresh process would see it, with the native module on or off
     (``MIDGRAM_NATIVE=0``): the module's cached verdict is cleared first."""
-    monkeypatch.setattr(batchio, "_module", None)
-    monkeypatch.setattr(batchio, "_why_not", None)
+    monkeypatch.setattr(batchio, "_status", None)
     if native:
         monkeypatch.delenv(batchio.ENV, raising=False)
     else:
@@ -216,7 +215,7 @@ def _client(sockets: Sockets, kind: str) -> socket.socket:
     return _CLIENT_MAKERS[kind](sockets)
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
 def test_recv_gives_the_peer_the_socket_module_gives(
     native: ModuleType, sockets: Sockets, kind: str
@@ -276,7 +275,7 @@ def _copy(peer: Any) -> Any:
     return peer
 
 
-@needs_cc
+@needs_native
 def test_one_client_after_another_each_gets_its_own_peer(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -293,7 +292,7 @@ def test_one_client_after_another_each_gets_its_own_peer(
     assert seen == [(b"%d" % n, names[i], False) for n, i in enumerate(order)]
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_a_datagram_over_bufsize_comes_cut_and_flagged(
     native: ModuleType, sockets: Sockets, kind: str
@@ -315,7 +314,7 @@ def test_a_datagram_over_bufsize_comes_cut_and_flagged(
     ]
 
 
-@needs_cc
+@needs_native
 def test_queued_datagrams_come_in_one_call_in_order_up_to_slots(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -338,7 +337,7 @@ def test_queued_datagrams_come_in_one_call_in_order_up_to_slots(
     assert batch.recv(False) == []
 
 
-@needs_cc
+@needs_native
 def test_a_blocking_recv_returns_with_the_first_datagram(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -352,7 +351,7 @@ def test_a_blocking_recv_returns_with_the_first_datagram(
     assert time.monotonic() - started < DEADLINE / 2
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_nothing_to_read(native: ModuleType, sockets: Sockets, kind: str) -> None:
     server = sockets.server(kind)
@@ -367,7 +366,7 @@ def test_nothing_to_read(native: ModuleType, sockets: Sockets, kind: str) -> Non
     assert 0.15 <= waited < DEADLINE / 2
 
 
-@needs_cc
+@needs_native
 def test_batch_socket_checks_its_arguments(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     fd = server.fileno()
@@ -422,7 +421,7 @@ def check_signals_interrupt(call: Callable[[], Any], nothing: Any) -> None:
         signal.signal(signal.SIGUSR1, previous)
 
 
-@needs_cc
+@needs_native
 def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()  # SO_RCVTIMEO of DEADLINE
     batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
@@ -454,7 +453,7 @@ class Signalling:
 
 @pytest.mark.parametrize(
     "native_on",
-    [pytest.param(True, marks=needs_cc, id="native"), pytest.param(False, id="socket")],
+    [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="socket")],
 )
 def test_a_receive_error_is_a_transport_error(
     monkeypatch: pytest.MonkeyPatch, sockets: Sockets, native_on: bool
@@ -469,7 +468,7 @@ def test_a_receive_error_is_a_transport_error(
             io.recv(block)
 
 
-@needs_cc
+@needs_native
 def test_slots_beyond_an_unsigned_int_are_refused(native: ModuleType, sockets: Sockets) -> None:
     # 2**32 + 4 is not 1 <= slots <= MAX_SLOTS; it must not be taken as 4.
     server = sockets.server()
@@ -479,8 +478,7 @@ def test_slots_beyond_an_unsigned_int_are_refused(native: ModuleType, sockets: S
 
 _HUGE_BUFFERS = """
 import socket, sys
-from midgram.native import load_extension
-native = load_extension("_batchio")
+from midgram import _batchio as native
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 try:
     batch = native.BatchSocket(a.fileno(), socket.AF_UNIX, 1024, 2**54)  # 1024 * 2**54 = 2**64
@@ -493,7 +491,7 @@ del batch
 """
 
 
-@needs_cc
+@needs_native
 def test_buffers_too_big_to_allocate_are_refused() -> None:
     # slots * bufsize must not wrap around to a small allocation that recvmmsg() then
     # writes far beyond. In a child process: a heap overflow must not take pytest with it.
@@ -508,7 +506,7 @@ def test_buffers_too_big_to_allocate_are_refused() -> None:
 # --- BatchSocket.send ---------------------------------------------------------------------
 
 
-@needs_cc
+@needs_native
 def test_send_to_several_peers_in_one_call_keeps_each_ones_order(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -523,7 +521,7 @@ def test_send_to_several_peers_in_one_call_keeps_each_ones_order(
         assert drain(sock) == mine
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
 def test_send_over_udp(native: ModuleType, sockets: Sockets, host: str) -> None:
     server = sockets.server("udp4" if host == "127.0.0.1" else "udp6")
@@ -537,7 +535,7 @@ def test_send_over_udp(native: ModuleType, sockets: Sockets, host: str) -> None:
     assert receive(two, 2) == [b"r1", b"r3"]
 
 
-@needs_cc
+@needs_native
 def test_send_stops_at_a_peer_it_cannot_convert(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     a = sockets.unix("a")
@@ -555,7 +553,7 @@ def test_send_stops_at_a_peer_it_cannot_convert(native: ModuleType, sockets: Soc
         assert drain(a) == [b"before"]
 
 
-@needs_cc
+@needs_native
 def test_send_stops_at_an_unbound_peer_just_received(native: ModuleType, sockets: Sockets) -> None:
     # The peer recv() gave last is sent to without conversion: None must still stop send().
     server = sockets.server()
@@ -571,7 +569,7 @@ def test_send_stops_at_an_unbound_peer_just_received(native: ModuleType, sockets
     assert drain(unbound) == []
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
 def test_send_leaves_names_and_scopes_to_the_socket_module(
     native: ModuleType, sockets: Sockets, host: str
@@ -594,7 +592,7 @@ def test_send_leaves_names_and_scopes_to_the_socket_module(
         assert receive(client, 1) == [b"by name"]
 
 
-@needs_cc
+@needs_native
 def test_send_starts_at_start(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     a = sockets.unix("a")
@@ -607,7 +605,7 @@ def test_send_starts_at_start(native: ModuleType, sockets: Sockets) -> None:
     assert drain(a) == []
 
 
-@needs_cc
+@needs_native
 def test_a_full_client_queue_stops_send_at_the_first_refused_reply(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -634,7 +632,7 @@ def test_a_full_client_queue_stops_send_at_the_first_refused_reply(
     assert drain(other) == [b"other"]
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("how", ["file_removed", "socket_closed"])
 def test_a_vanished_client_stops_send_without_raising(
     native: ModuleType, sockets: Sockets, how: str
@@ -666,13 +664,14 @@ def test_native_module_honours_midgram_native_0(
     io = make(server, 64)
     assert isinstance(io, SocketIO)
     assert io.native is False
-    assert batchio.native_module() is None
-    assert batchio._why_not == "MIDGRAM_NATIVE=0"
+    assert not batchio.native_status().on
+    assert batchio.native_status().off_because == "MIDGRAM_NATIVE=0"
+    assert str(batchio.native_status()) == "off (MIDGRAM_NATIVE=0)"
     monkeypatch.delenv(batchio.ENV)
-    assert batchio.native_module() is None  # the verdict is kept for the process's life
+    assert not batchio.native_status().on  # the verdict is kept for the process's life
 
 
-@needs_cc
+@needs_native
 def test_batch_io_is_native_when_it_can_be(
     monkeypatch: pytest.MonkeyPatch, sockets: Sockets
 ) -> None:
@@ -680,7 +679,8 @@ def test_batch_io_is_native_when_it_can_be(
     io = io_for(monkeypatch, native=True)(server, 64)
     assert isinstance(io, NativeIO)
     assert io.native is True
-    assert batchio.native_module() is not None
+    assert batchio.native_status().on
+    assert str(batchio.native_status()) == "on"
 
 
 def _clients(sockets: Sockets, kind: str) -> list[socket.socket]:
@@ -721,7 +721,7 @@ SIZES = [5, 32, 33, 0, 100]  # around a 32-byte buffer
 
 @pytest.mark.parametrize(
     "native_on",
-    [pytest.param(True, marks=needs_cc, id="native"), pytest.param(False, id="socket")],
+    [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="socket")],
 )
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_batch_io_reads_what_recvfrom_reads(
@@ -738,7 +738,7 @@ def test_batch_io_reads_what_recvfrom_reads(
         assert by_io == by_socket, size
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_native_and_socket_io_read_the_same(
     monkeypatch: pytest.MonkeyPatch, sockets: Sockets, kind: str
@@ -817,7 +817,7 @@ def drain_junk(sock: socket.socket, junk: int) -> list[bytes]:
 
 @pytest.mark.parametrize(
     "native_on",
-    [pytest.param(True, marks=needs_cc, id="native"), pytest.param(False, id="socket")],
+    [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="socket")],
 )
 def test_a_full_client_mid_batch_keeps_its_order_and_others_are_served(
     monkeypatch: pytest.MonkeyPatch, sockets: Sockets, native_on: bool
@@ -843,7 +843,7 @@ def test_a_full_client_mid_batch_keeps_its_order_and_others_are_served(
     }
 
 
-@needs_cc
+@needs_native
 def test_native_and_socket_io_serve_the_same(
     monkeypatch: pytest.MonkeyPatch, sockets: Sockets
 ) -> None:
@@ -883,18 +883,19 @@ def _burst(server: ServerProcess, count: int) -> list[bytes]:
 def test_a_server_without_native_io_still_answers() -> None:
     env = {batchio.ENV: "0"}
     with midgram_server("--children", "1", "--timeout", "10000", env=env) as server:
-        assert "batched datagram I/O is off (MIDGRAM_NATIVE=0)" in server.log()
+        assert "WARNING midgram.server: midgram " in server.log()
+        assert "; native I/O: off (MIDGRAM_NATIVE=0))" in server.log()
         with server.client() as client:
             for name in ("00_uptime", "01_which"):
                 assert_matches(GOLDEN[name], client.exchange(GOLDEN[name].request))
         assert reply_ids(_burst(server, 50)) == list(range(50))
 
 
-@needs_cc
+@needs_native
 def test_a_native_server_answers_a_burst_in_order_and_counts_it() -> None:
     count = 200
     with midgram_server("--children", "1", "--timeout", "10000", env=NATIVE_ON) as server:
-        assert "batched datagram I/O is off" not in server.log()
+        assert "native I/O: off" not in server.log()
         before = _statistics(server)
         replies = _burst(server, count)
         after = _statistics(server)
@@ -908,7 +909,7 @@ def test_a_native_server_answers_a_burst_in_order_and_counts_it() -> None:
     assert delta["mi_datagram:dropped_replies"] == 0
 
 
-@needs_cc
+@needs_native
 def test_a_server_keeps_a_full_clients_order_and_serves_the_others(sockets: Sockets) -> None:
     flags = ("--children", "1", "--timeout", "10000", "--app", "apps:mi")
     with (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import importlib
 import logging
 import os
 import socket
@@ -41,13 +42,12 @@ from test_batchio import (
     reply_ids,
     request,
 )
-from toolchain import needs_cc, needs_ipv6
+from toolchain import needs_ipv6, needs_native
 
 from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
 from midgram.commands import Dispatcher, Outcome, Registry, Status
 from midgram.core import with_core
 from midgram.errors import MIError, TransportError
-from midgram.native import load_extension
 from midgram.runtime import LocalRuntime
 from midgram.transport import set_recv_timeout
 from midgram.worker import ServerStats, Worker, source_filter
@@ -62,8 +62,8 @@ def sockets() -> Iterator[Sockets]:
 
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    """The native module itself (tests using it are marked needs_cc)."""
-    return load_extension("_batchio")
+    """The compiled module itself (tests using it are marked needs_native)."""
+    return importlib.import_module("midgram._batchio")
 
 
 def echo(data: bytes) -> bytes:
@@ -117,7 +117,7 @@ def _serve_clients(sockets: Sockets, kind: str) -> list[socket.socket]:
     return [sockets.udp(host) for _ in range(3)]
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 2, "slots"])
 @pytest.mark.parametrize("kind", SERVE_KINDS)
 def test_serve_replies_to_each_datagrams_own_source_in_order(
@@ -151,7 +151,7 @@ def test_serve_replies_to_each_datagrams_own_source_in_order(
     assert batch.serve(answer, False, flush_n) == (0, 0, None)
 
 
-@needs_cc
+@needs_native
 def test_serve_takes_at_most_slots_datagrams_per_call(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     client = sockets.unix("client")
@@ -166,7 +166,7 @@ def test_serve_takes_at_most_slots_datagrams_per_call(native: ModuleType, socket
     assert drain(client) == [b"re:" + data for data in sent]
 
 
-@needs_cc
+@needs_native
 def test_serve_sends_a_reply_of_any_size_the_socket_takes(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -184,7 +184,7 @@ def test_serve_sends_a_reply_of_any_size_the_socket_takes(
 # --- 2. leftovers: in order, with the right shape ------------------------------------------
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_a_truncated_datagram_is_a_leftover_and_not_answered(
     native: ModuleType, sockets: Sockets, kind: str
@@ -232,7 +232,7 @@ NOT_BYTES: list[Any] = [
 ]
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 2, 8])
 @pytest.mark.parametrize("odd", NOT_BYTES, ids=lambda odd: type(odd).__name__)
 def test_without_settle_an_answer_that_is_not_bytes_and_all_after_it_are_leftovers(
@@ -274,7 +274,7 @@ def test_without_settle_an_answer_that_is_not_bytes_and_all_after_it_are_leftove
     assert drain(b) == []
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 2, 8])
 def test_settle_answers_what_is_not_bytes_in_order(
     native: ModuleType, sockets: Sockets, flush: int
@@ -304,7 +304,7 @@ def test_settle_answers_what_is_not_bytes_in_order(
     assert drain(b) == [b"settled:odd", b"re:3"]
 
 
-@needs_cc
+@needs_native
 def test_settle_must_give_bytes_or_none(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     a = sockets.unix("a")
@@ -316,7 +316,7 @@ def test_settle_must_give_bytes_or_none(native: ModuleType, sockets: Sockets) ->
     assert drain(a) == [b"re:0"]  # what was answered before it still went
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 3])
 def test_a_reply_to_an_unbound_client_is_a_leftover(
     native: ModuleType, sockets: Sockets, flush: int
@@ -334,7 +334,7 @@ def test_a_reply_to_an_unbound_client_is_a_leftover(
     assert drain(unbound) == []
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 2, 8])
 def test_a_full_client_queue_makes_its_reply_and_every_later_one_a_leftover(
     native: ModuleType, sockets: Sockets, flush: int
@@ -362,7 +362,7 @@ def test_a_full_client_queue_makes_its_reply_and_every_later_one_a_leftover(
     assert drain(fine) == [b"re:3", b"re:5"]
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("how", ["file_removed", "socket_closed"])
 @pytest.mark.parametrize("flush", [1, 8])
 def test_a_vanished_client_makes_its_reply_and_every_later_one_a_leftover(
@@ -389,7 +389,7 @@ def test_a_vanished_client_makes_its_reply_and_every_later_one_a_leftover(
     assert drain(here) == [b"re:0"]
 
 
-@needs_cc
+@needs_native
 def test_leftovers_of_every_kind_come_in_datagram_order(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -438,7 +438,7 @@ class Boom(Exception):
     pass
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("flush", [1, 2, 8])
 def test_an_answer_that_raises_propagates_after_the_queued_replies_went(
     native: ModuleType, sockets: Sockets, flush: int
@@ -469,7 +469,7 @@ def test_an_answer_that_raises_propagates_after_the_queued_replies_went(
     assert drain(a) == [b"re:after"]
 
 
-@needs_cc
+@needs_native
 def test_an_answer_that_raises_when_a_reply_was_refused_still_propagates(
     native: ModuleType, sockets: Sockets
 ) -> None:
@@ -493,7 +493,7 @@ def test_an_answer_that_raises_when_a_reply_was_refused_still_propagates(
 # --- 4. nothing to read, arguments, timeouts, signals ------------------------------------------
 
 
-@needs_cc
+@needs_native
 @pytest.mark.parametrize("kind", ["unix", "udp4"])
 def test_serve_with_nothing_to_read(native: ModuleType, sockets: Sockets, kind: str) -> None:
     server = sockets.server(kind)
@@ -509,7 +509,7 @@ def test_serve_with_nothing_to_read(native: ModuleType, sockets: Sockets, kind: 
     assert answer.calls == []
 
 
-@needs_cc
+@needs_native
 def test_serve_checks_flush_before_reading(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     client = sockets.unix("client")
@@ -529,7 +529,7 @@ def test_serve_checks_flush_before_reading(native: ModuleType, sockets: Sockets)
     assert drain(client) == [b"re:waiting"]
 
 
-@needs_cc
+@needs_native
 def test_a_signal_interrupts_a_blocking_serve(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()  # SO_RCVTIMEO of DEADLINE
     batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
@@ -538,7 +538,7 @@ def test_a_signal_interrupts_a_blocking_serve(native: ModuleType, sockets: Socke
     assert answer.calls == []
 
 
-@needs_cc
+@needs_native
 def test_one_call_at_a_time(native: ModuleType, sockets: Sockets) -> None:
     # The buffers are shared: a call from inside another (answer, settle, a signal handler)
     # or from another thread while one runs is refused, and the first call goes on.
@@ -567,24 +567,24 @@ def test_one_call_at_a_time(native: ModuleType, sockets: Sockets) -> None:
     assert batch.recv(True) == [(b"y", client.getsockname(), False)]  # free again
 
 
-@needs_cc
+@needs_native
 def test_native_io_serve_turns_a_receive_error_into_a_transport_error(
     native: ModuleType, sockets: Sockets
 ) -> None:
     listener = sockets.keep(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    io = NativeIO(listener, 64, native)
+    io = NativeIO(listener, 64)
     for block in (False, True):
         with pytest.raises(TransportError, match="cannot receive: Transport endpoint"):
             io.serve(echo, block, 1)
 
 
-@needs_cc
+@needs_native
 def test_native_io_serve_is_batch_socket_serve(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     client = sockets.unix("client")
-    io = NativeIO(server, 8, native, slots=4)
+    io = NativeIO(server, 8, slots=4)
     for data in (b"a", b"b", b"much too long"):
         client.sendto(data, server.getsockname())
     assert io.serve(echo, True, 4) == (3, 2, [(b"much too", client.getsockname(), True, None)])
@@ -685,8 +685,8 @@ def handle_reply(dispatcher: Dispatcher, data: bytes) -> bytes | None:
 class WatchedIO(NativeIO):
     """The real NativeIO, counting which of its methods the worker called."""
 
-    def __init__(self, sock: socket.socket, bufsize: int, module: ModuleType) -> None:
-        super().__init__(sock, bufsize, module)
+    def __init__(self, sock: socket.socket, bufsize: int) -> None:
+        super().__init__(sock, bufsize)
         self.calls: collections.Counter[str] = collections.Counter()
 
     def recv(self, block: bool) -> list[Any]:
@@ -779,20 +779,12 @@ def _run_rounds(setup: Setup) -> tuple[list[int], dict[str, list[bytes]]]:
 IO_KINDS = ["native", "native_python_loop", "socket"]
 
 
-def _io_maker(kind: str, module: ModuleType | None) -> Callable[[socket.socket, int], BatchIO]:
-    if kind == "socket":
-        return SocketIO
-    assert module is not None
-
-    def make(sock: socket.socket, bufsize: int) -> BatchIO:
-        return WatchedIO(sock, bufsize, module)
-
-    return make
+def _io_maker(kind: str) -> Callable[[socket.socket, int], BatchIO]:
+    return SocketIO if kind == "socket" else WatchedIO
 
 
 def _serve_rounds(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
-    module = load_extension("_batchio") if kind != "socket" else None
-    setup = Setup(sockets, _io_maker(kind, module), tag)
+    setup = Setup(sockets, _io_maker(kind), tag)
     try:
         if kind == "native_python_loop":  # NativeIO under the Python loop
             calls = []
@@ -822,8 +814,8 @@ def _serve_rounds(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("native", marks=needs_cc),
-        pytest.param("native_python_loop", marks=needs_cc),
+        pytest.param("native", marks=needs_native),
+        pytest.param("native_python_loop", marks=needs_native),
         "socket",
     ],
 )
@@ -857,7 +849,7 @@ AFTER_SERVE = {
 
 @pytest.mark.parametrize(
     "kind",
-    [pytest.param("native", marks=needs_cc), "socket"],
+    [pytest.param("native", marks=needs_native), "socket"],
 )
 @pytest.mark.parametrize("first", list(AFTER_SERVE))
 def test_a_clients_replies_keep_its_requests_order_across_a_leftover(
@@ -866,8 +858,7 @@ def test_a_clients_replies_keep_its_requests_order_across_a_leftover(
     # One client, one batch: a request whose reply is not plain bytes from answer() (so it
     # comes back to the worker as a leftover), then an ordinary one. Its replies must come
     # in the order of its requests, as Dispatcher.handle one at a time (and OpenSIPS) give.
-    module = load_extension("_batchio") if kind == "native" else None
-    setup = Setup(sockets, _io_maker(kind, module), "")
+    setup = Setup(sockets, _io_maker(kind), "")
     try:
         data, reply = AFTER_SERVE[first]
         plan = [("a", data), ("a", request(1, "ping")), ("a", request(2, "ping"))]
@@ -883,7 +874,7 @@ def test_a_clients_replies_keep_its_requests_order_across_a_leftover(
         setup.close()
 
 
-@needs_cc
+@needs_native
 def test_the_native_and_python_loops_serve_the_same(sockets: Sockets) -> None:
     runs = {kind: _serve_rounds(sockets, kind, str(n)) for n, kind in enumerate(IO_KINDS)}
     outcomes = {
@@ -893,8 +884,7 @@ def test_the_native_and_python_loops_serve_the_same(sockets: Sockets) -> None:
 
 
 def _full_client_run(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
-    module = load_extension("_batchio") if kind != "socket" else None
-    setup = Setup(sockets, _io_maker(kind, module), tag)
+    setup = Setup(sockets, _io_maker(kind), tag)
     full, fine = setup.clients["a"], setup.clients["b"]
     junk = fill_queue(sockets, full.getsockname())
     plan = [
@@ -927,7 +917,7 @@ def _full_client_run(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
     return observed
 
 
-@needs_cc
+@needs_native
 def test_a_full_client_under_the_native_loop_keeps_its_order(sockets: Sockets) -> None:
     native_run = _full_client_run(sockets, "native", "n")
     assert native_run.pop("calls") == 1  # one batch, served by serve()
@@ -947,12 +937,12 @@ def test_a_full_client_under_the_native_loop_keeps_its_order(sockets: Sockets) -
     assert native_run == socket_run
 
 
-@needs_cc
+@needs_native
 def test_a_worker_with_debug_logging_uses_the_python_loop(
     sockets: Sockets, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="midgram.worker")
-    setup = Setup(sockets, _io_maker("native", load_extension("_batchio")), "")
+    setup = Setup(sockets, _io_maker("native"), "")
     try:
         _, deliveries = _run_rounds(setup)
         assert deliveries == _expected_deliveries(Dispatcher(setup.registry, buf_size=BUF_SIZE))
@@ -969,13 +959,13 @@ def test_a_worker_with_debug_logging_uses_the_python_loop(
     assert any(message.startswith("later from ") for message in logged)
 
 
-@needs_cc
+@needs_native
 def test_a_worker_with_allow_from_uses_the_python_loop(sockets: Sockets) -> None:
     server = sockets.server("udp4")
     registry = _registry()
     dispatcher = Dispatcher(registry, buf_size=BUF_SIZE)
     stats = ServerStats.declare(registry.stats)
-    io = WatchedIO(server, BUF_SIZE, load_extension("_batchio"))
+    io = WatchedIO(server, BUF_SIZE)
     rule = source_filter(["127.0.0.2/32"])
     assert rule is not None
     asked: list[Any] = []
@@ -1023,14 +1013,12 @@ class Once:
         return self.asked > 1
 
 
-@needs_cc
+@needs_native
 def test_the_worker_follows_the_log_level_between_the_two_loops(sockets: Sockets) -> None:
     # The log level is looked at between bursts: DEBUG (OpenSIPS 4) turns the native loop
     # off, INFO (3) back on, and either way every client gets its replies.
     level = [4]
-    setup = Setup(
-        sockets, _io_maker("native", load_extension("_batchio")), "", log_level=lambda: level[0]
-    )
+    setup = Setup(sockets, _io_maker("native"), "", log_level=lambda: level[0])
     set_recv_timeout(setup.server, 0.05)  # a burst ends 50 ms after the last datagram
     io = setup.io
     assert isinstance(io, WatchedIO)
@@ -1056,7 +1044,7 @@ def test_the_worker_follows_the_log_level_between_the_two_loops(sockets: Sockets
 # --- 6. reference counts and memory over many batches ---------------------------------------
 
 
-@needs_cc
+@needs_native
 def test_serve_leaks_neither_references_nor_memory(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()
     good, unbound, gone = sockets.unix("good"), sockets.unix(), sockets.unix("gone")

@@ -1,8 +1,8 @@
 """``midgram bench`` against a real midgram server, for a fraction of a second per run.
 
-The load generator is compiled once for the module into a private cache folder. Nothing here
-asserts a speed: benchmarks are run on demand, these tests check shapes, figures that must be
-there, and exit statuses.
+The load generator is the compiled module midgram._loadgen, built at install time. Nothing
+here asserts a speed: benchmarks are run on demand, these tests check shapes, figures that must
+be there, and exit statuses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from servers import ROOT, ServerProcess, midgram_server, short_tmpdir
-from toolchain import needs_cc
+from toolchain import needs_loadgen
 
 from midgram.cli import cli
 from midgram.cli.bench import TIMEOUT
@@ -40,7 +40,7 @@ def folder() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def env(folder: Path) -> dict[str, str | None]:
-    """No target, timeout or profile from the caller's environment; a private build cache."""
+    """No target, timeout or profile from the caller's environment; a private cache folder."""
     clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MIDGRAM_")}
     return {**clean, "XDG_CACHE_HOME": str(folder / "cache")}
 
@@ -67,7 +67,7 @@ def table_rows(output: str) -> tuple[str, list[str], list[list[str]]]:
     return title, _cells(header), [_cells(row) for row in rows]
 
 
-@needs_cc
+@needs_loadgen
 def test_table_with_the_server_cpu(server: ServerProcess, env: dict[str, str | None]) -> None:
     result = invoke(env, "-t", server.target, "--pid", str(server.proc.pid), *SHORT)
     assert (result.exit_code, result.stderr) == (0, "")
@@ -84,7 +84,7 @@ def test_table_with_the_server_cpu(server: ServerProcess, env: dict[str, str | N
         assert cpu > 0
 
 
-@needs_cc
+@needs_loadgen
 def test_json_with_params(server: ServerProcess, env: dict[str, str | None]) -> None:
     args = ("get_statistics", 'statistics:=["core:"]', "--inflight", "2", "-f", "json")
     result = invoke(env, "-t", server.target, *args, *SHORT)
@@ -125,7 +125,7 @@ def test_an_unreachable_target_exits_4_with_one_line(folder: Path) -> None:
     )
 
 
-@needs_cc
+@needs_loadgen
 def test_a_method_the_server_refuses_exits_1(
     server: ServerProcess, env: dict[str, str | None]
 ) -> None:
@@ -151,7 +151,7 @@ def answers_once(path: str) -> Iterator[None]:
         thread.join(5)
 
 
-@needs_cc
+@needs_loadgen
 def test_a_server_that_stops_answering_exits_3(folder: Path, env: dict[str, str | None]) -> None:
     path = f"{folder}/once.sock"
     with answers_once(path):
@@ -184,14 +184,28 @@ def test_usage_errors_exit_2(
     assert message in result.stderr
 
 
-def test_no_c_compiler_is_said_plainly(
-    server: ServerProcess, folder: Path, env: dict[str, str | None]
-) -> None:
-    result = invoke({**env, "CC": str(folder / "no-cc")}, "-t", server.target)
-    assert (result.exit_code, result.stdout) == (1, "")
-    assert result.stderr == (
-        f"midgram: midgram bench's load generator needs a C compiler ({folder}/no-cc): "
-        "apt-get install gcc\n"
+# An install that could not build the generator: its import fails as it would there.
+_WITHOUT_LOADGEN = """
+import sys
+sys.modules["midgram._loadgen"] = None
+from midgram.cli import main
+sys.argv[0] = "midgram"
+main()
+"""
+
+
+def test_a_missing_load_generator_is_said_plainly(server: ServerProcess) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LOADGEN, "bench", "-t", server.target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        "midgram: midgram._loadgen was not built when midgram was installed: reinstall it "
+        "where a C compiler and Python's headers are (gcc, python3-dev)\n"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import time
@@ -29,7 +30,7 @@ from golden_cases import GOLDEN, OPENSIPS_UNIX, REQUEST_SETS, Case, assert_match
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_protocol import json_values
-from toolchain import needs_cc
+from toolchain import needs_native
 
 from midgram import core
 from midgram.commands import (
@@ -43,7 +44,6 @@ from midgram.commands import (
 )
 from midgram.core import with_core
 from midgram.errors import InvalidParams, MIError
-from midgram.native import load_extension
 from midgram.protocol import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request
 from midgram.runtime import LocalRuntime
 
@@ -187,12 +187,12 @@ COMMAND_NAMES = FAST_REGISTRY.names()
 # --- the comparison ---------------------------------------------------------------------------
 
 #: The two implementations of ``answer`` under test.
-KINDS = [pytest.param("python"), pytest.param("native", marks=needs_cc)]
+KINDS = [pytest.param("python"), pytest.param("native", marks=needs_native)]
 
 
 @functools.cache
 def native_module() -> ModuleType:
-    return load_extension("_batchio")
+    return importlib.import_module("midgram._batchio")
 
 
 def answering(dispatcher: Dispatcher, kind: str) -> Answer:

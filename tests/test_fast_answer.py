@@ -10,6 +10,7 @@ refuses bad arguments, and leaks nothing.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import sys
 import time
@@ -21,15 +22,14 @@ from typing import Any
 
 import pytest
 from test_batchio import DEADLINE, Sockets, open_sockets
-from toolchain import needs_cc
+from toolchain import needs_native
 
 from midgram.batchio import NativeIO, SocketIO
 from midgram.commands import Answer, Dispatcher, Outcome, Pending, Registry, Status
 from midgram.errors import MIError
-from midgram.native import load_extension
 from midgram.worker import ServerStats, Worker
 
-pytestmark = needs_cc
+pytestmark = needs_native
 
 
 class Boom(Exception):
@@ -88,7 +88,7 @@ class Spy:
 
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    return load_extension("_batchio")
+    return importlib.import_module("midgram._batchio")
 
 
 @pytest.fixture
@@ -361,7 +361,7 @@ def test_a_worker_serves_with_it_when_its_io_is_native(
     spy = Spy(dispatcher.answer)
     dispatcher.answer = spy  # type: ignore[method-assign]
     bufsize = dispatcher.buf_size
-    io = NativeIO(server, bufsize, native) if native_io else SocketIO(server, bufsize)
+    io = NativeIO(server, bufsize) if native_io else SocketIO(server, bufsize)
     stats = ServerStats.declare(registry.stats)
     worker = Worker(server, dispatcher, stats, socket_timeout_ms=1000, io=io)
     bare = b'{"jsonrpc":"2.0","method":"ping","id":1}'

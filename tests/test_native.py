@@ -1,91 +1,232 @@
-"""midgram.native: the build cache of the C code midgram compiles on first use."""
+"""midgram's compiled modules: built when midgram is installed, imported from the package like
+any module, and nothing compiled or loaded from anywhere else when it runs.
+
+The hostile environment of a production host is played here: no compiler to be found, a
+``CC`` that records any call, no home folder, an empty cache folder that must stay absent.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import os
+import platform
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
-from toolchain import needs_cc
+from servers import ROOT, midgram_server
+from toolchain import needs_loadgen, needs_native
 
-from midgram import loadtest, native
-from midgram.errors import BuildError, LoadgenError
-from midgram.native import cache_dir, compile_c, load_extension
+import midgram
+from midgram.compiled import why_not_loaded
 
-
-def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "midgram"
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
-    assert cache_dir() == tmp_path / "home" / ".cache" / "midgram"
+PACKAGE = Path(midgram.__file__).resolve().parent
+SOURCES = ROOT / "src" / "midgram"
+VERSION = f"midgram {midgram.__version__} (Python {platform.python_version()}; native I/O: "
+#: The environment variables a test sets, over the caller's (unset: None).
+Env = dict[str, str | None]
 
 
-def test_no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
-    with pytest.raises(LoadgenError, match=r"generator needs a C compiler .*install gcc"):
-        loadtest.build_loadgen(directory=tmp_path)
-    with pytest.raises(BuildError, match=r"_batchio module needs a C compiler \(.*/no-cc\)"):
-        load_extension("_batchio", directory=tmp_path)
-    assert list(tmp_path.iterdir()) == []
-
-
-@needs_cc
-def test_binaries_are_keyed_by_source_and_compiler(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    source = tmp_path / "prog.c"
-    source.write_text("int main(void) { return 0; }\n")
-    first = compile_c(source, tmp_path / "out")
-    assert first.name.startswith("prog-")
-    assert subprocess.run([first], check=False).returncode == 0
-    built = first.stat().st_mtime_ns
-    assert compile_c(source, tmp_path / "out") == first  # cached: not built again
-    assert first.stat().st_mtime_ns == built
-    assert compile_c(source, tmp_path / "out", flags=["-DX"]) != first  # other flags
-    monkeypatch.setenv("CC", f"{native.compiler()[0]} -DOTHER")
-    assert compile_c(source, tmp_path / "out") != first  # another compiler line
-    monkeypatch.delenv("CC")
-    source.write_text("int main(void) { return 3; }\n")  # an upgrade
-    second = compile_c(source, tmp_path / "out")
-    assert second != first
-    assert subprocess.run([second], check=False).returncode == 3
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
-
-
-@needs_cc
-def test_a_compile_error_is_a_build_error(tmp_path: Path) -> None:
-    source = tmp_path / "broken.c"
-    source.write_text("int main(void) { return }\n")
-    with pytest.raises(BuildError, match=r"failed on broken\.c"):
-        compile_c(source, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["broken.c"]  # no half-built file left
-
-
-@needs_cc
-def test_the_batchio_module_builds_once_and_loads_in_a_fresh_process(tmp_path: Path) -> None:
-    module = load_extension("_batchio", directory=tmp_path)
-    assert module.__name__ == "midgram._batchio"
-    built = [p for p in tmp_path.iterdir() if p.name.startswith("_batchio-")]
-    assert len(built) == 1
-    assert built[0].name.endswith(".so")
-    mtime = built[0].stat().st_mtime_ns
-    # Another process (a later server start) finds it in the cache and does not rebuild.
-    code = (
-        "import sys; from pathlib import Path; from midgram.native import load_extension;"
-        "m = load_extension('_batchio', directory=Path(sys.argv[1])); print(m.MAX_SLOTS)"
+def run_midgram(
+    *args: str, env: Env | None = None, code: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m midgram ARGS`` (or ``python -c CODE ARGS``) with ``env`` over this one's."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MIDGRAM_")}
+    for name, value in (env or {}).items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
+    start = ["-c", code] if code is not None else ["-m", "midgram"]
+    return subprocess.run(
+        [sys.executable, *start, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+
+
+@pytest.fixture
+def no_compiler(tmp_path: Path) -> Env:
+    """A PATH where ``cc`` and ``gcc`` only record that they were called (and fail), the same
+    as ``CC``; no home folder; a cache folder that does not exist."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    recorder = tools / "cc"
+    recorder.write_text(f'#!/bin/sh\necho "$0 $*" >> {tmp_path / "compiler-called"}\nexit 1\n')
+    recorder.chmod(0o755)
+    (tools / "gcc").symlink_to(recorder)
+    return {
+        "PATH": str(tools),
+        "CC": str(recorder),
+        "HOME": "/nonexistent",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT / "tests"),
+    }
+
+
+def nothing_was_compiled_or_cached(tmp_path: Path) -> None:
+    assert not (tmp_path / "compiler-called").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+@needs_native
+@needs_loadgen
+def test_the_compiled_modules_are_part_of_the_package() -> None:
+    for name in ("_batchio", "_loadgen"):
+        module = importlib.import_module(f"midgram.{name}")
+        assert module.__file__ is not None
+        path = Path(module.__file__)
+        assert path.parent == PACKAGE, path
+        assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
+
+
+@needs_native
+def test_version_says_native_io_is_on_without_a_compiler(no_compiler: Env, tmp_path: Path) -> None:
+    proc = run_midgram("--version", env=no_compiler)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, VERSION + "on)\n", "")
+    nothing_was_compiled_or_cached(tmp_path)
+
+
+def test_midgram_native_0_turns_it_off_and_says_so() -> None:
+    proc = run_midgram("--version", env={"MIDGRAM_NATIVE": "0"})
+    assert (proc.returncode, proc.stdout) == (0, VERSION + "off (MIDGRAM_NATIVE=0))\n")
+
+
+@needs_native
+@needs_loadgen
+def test_serve_and_bench_run_native_without_a_compiler(no_compiler: Env, tmp_path: Path) -> None:
+    with midgram_server("--children", "1", "--log-level", "info", env=no_compiler) as server:  # type: ignore[arg-type]
+        assert f"INFO midgram.server: {VERSION}on)" in server.log()
+        assert server.call("uptime")["result"]["Up time"]
+        call = run_midgram("call", "uptime", "-t", server.target, env=no_compiler)
+        assert (call.returncode, call.stderr) == (0, "")
+        bench = run_midgram(
+            "bench",
+            "-t",
+            server.target,
+            "--duration",
+            "0.1",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            env=no_compiler,
+        )
+        assert (bench.returncode, bench.stderr) == (0, ""), bench.stderr
+        assert bench.stdout.startswith(f"uptime on {server.target}: 8 in flight, 1 run")
+        # The worker serves with the module of the package, mapped from there.
+        for pid in server.worker_pids():
+            mapped = {
+                line.split()[-1]
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "_batchio" in line
+            }
+            assert mapped, f"worker {pid} has no _batchio mapped"
+            assert {Path(path).parent for path in mapped} == {PACKAGE}, mapped
+    nothing_was_compiled_or_cached(tmp_path)
+
+
+# What an install that could not build _batchio, or whose copy is damaged, runs into: the
+# import fails as it would there.
+_WITHOUT_BATCHIO = """
+import sys
+sys.modules["midgram._batchio"] = None
+from midgram.cli import main
+sys.argv[0] = "midgram"
+main()
+"""
+_DAMAGED_BATCHIO = """
+import sys, midgram
+midgram.__path__.insert(0, sys.argv.pop(1))
+from midgram.cli import main
+sys.argv[0] = "midgram"
+main()
+"""
+
+
+def test_a_module_not_built_at_install_is_said_plainly() -> None:
+    proc = run_midgram("--version", code=_WITHOUT_BATCHIO)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == (
+        f"{VERSION}off (midgram._batchio was not built when midgram was installed: reinstall "
+        "it where a C compiler and Python's headers are (gcc, python3-dev)))\n"
     )
-    assert out.stdout.strip() == str(module.MAX_SLOTS)
-    assert built[0].stat().st_mtime_ns == mtime
 
 
-def test_missing_python_headers_are_said_plainly(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(native.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
-    with pytest.raises(BuildError, match=r"needs Python's C headers .*apt-get install python3-dev"):
-        load_extension("_batchio", directory=tmp_path)
+def test_a_damaged_module_is_said_plainly_not_a_crash(tmp_path: Path) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / f"_batchio{suffix}").write_bytes(b"\x7fELF" + b"\0" * 12)  # a truncated file
+    proc = run_midgram(str(tmp_path), "--version", code=_DAMAGED_BATCHIO)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith(f"{VERSION}off (midgram._batchio cannot be loaded: ")
+    assert str(tmp_path) in proc.stdout
+
+
+def test_why_not_loaded_tells_a_missing_module_from_a_broken_one() -> None:
+    missing = ModuleNotFoundError("No module named 'midgram._loadgen'", name="midgram._loadgen")
+    assert "was not built when midgram was installed" in why_not_loaded("midgram._loadgen", missing)
+    # A module the compiled one needs is another matter: said as it is.
+    other = ModuleNotFoundError("No module named 'midgram.transport'", name="midgram.transport")
+    assert why_not_loaded("midgram._batchio", other) == (
+        "midgram._batchio cannot be loaded: No module named 'midgram.transport'"
+    )
+
+
+@needs_loadgen
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-h"], "loadgen: usage: loadgen -t TARGET"),
+        (["-t", "@nowhere", "-r", "{}"], "loadgen: the request template has no %ID%"),
+        (["-t", "@nowhere", "-c", "0"], "loadgen: in-flight count must be 1..4096"),
+        (["-t", "@nowhere", "extra"], "loadgen: usage:"),
+    ],
+)
+def test_the_generators_process_says_what_is_wrong(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "midgram.cli.loadgen", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.startswith(message), proc.stderr
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc").split()[0])
+
+
+@pytest.mark.skipif(_compiler() is None, reason="no C compiler here to check the sources with")
+@pytest.mark.parametrize("source", ["_batchio.c", "_loadgen.c", "loadgen.c"])
+def test_the_c_sources_compile_without_warnings(source: str, tmp_path: Path) -> None:
+    # setup.py builds them at install time, where pip keeps the compiler's warnings to itself.
+    include = sysconfig.get_paths()["include"]
+    proc = subprocess.run(
+        [
+            str(_compiler()),
+            "-c",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fPIC",
+            f"-I{include}",
+            "-o",
+            str(tmp_path / "out.o"),
+            str(SOURCES / source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")

@@ -1,30 +1,41 @@
-"""What this machine has that some tests need, as skip markers that say why it is missing.
+"""What this install and machine have that some tests need, as markers that say why not.
 
-- ``needs_cc``: a C compiler, for midgram's C code (the load generator, the batch I/O
-  module); ``.ci/run`` machines have gcc and Python's headers.
+- ``needs_native``, ``needs_loadgen``: midgram's compiled modules (``midgram._batchio``,
+  ``midgram._loadgen``), which ``pip install -e .`` builds (``make test`` does it). A test
+  marked so FAILS where its module is missing (conftest.py), with the reason: an install that
+  did not build them is a broken one, not a reason to test less. Only a run that declares
+  itself pure Python, with ``MIDGRAM_NATIVE=0`` in its environment, skips them instead.
 - ``needs_ipv6``: an IPv6 loopback (``::1``).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import socket
 
 import pytest
 
-from midgram import native
-from midgram.errors import BuildError
+from midgram.batchio import ENV
+from midgram.compiled import why_not_loaded
+
+#: The marker conftest.py acts on: ``needs_compiled(module)``.
+needs_native = pytest.mark.needs_compiled("midgram._batchio")
+needs_loadgen = pytest.mark.needs_compiled("midgram._loadgen")
 
 
-def _no_compiler() -> str | None:
+def missing(module: str) -> str | None:
+    """Why the compiled ``module`` cannot be imported, or None when it can."""
     try:
-        native.compiler()
-    except BuildError as exc:
-        return str(exc)
+        importlib.import_module(module)
+    except ImportError as exc:
+        return why_not_loaded(module, exc)
     return None
 
 
-NO_COMPILER = _no_compiler()
-needs_cc = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
+def pure_python_run() -> bool:
+    """The test run was started with ``MIDGRAM_NATIVE=0``: compiled modules are not expected."""
+    return os.environ.get(ENV, "").strip() == "0"
 
 
 def _has_ipv6() -> bool:

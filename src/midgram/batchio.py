@@ -1,6 +1,6 @@
 """How a worker reads requests and sends replies: in batches when it can.
 
-With the native module (``_batchio.c``, compiled on first use by ``midgram.native``) one
+With the native module (``_batchio.c``, built at install time: ``midgram.compiled``) one
 ``recvmmsg()`` reads every datagram waiting on the socket, up to :data:`SLOTS`, and
 ``sendmmsg()`` sends their replies a few at a time: the per-syscall cost, and the socket
 module's per-call cost, are paid per batch instead of twice per request. ``NativeIO.serve``
@@ -8,9 +8,11 @@ also runs the loop over a batch in C, calling back into Python only to answer ea
 datagram, and ``FastAnswer`` answers the busiest kind of datagram (a call without params)
 without parsing it in Python. OpenSIPS reads and answers one datagram at a time.
 
-Without it (no C compiler or Python headers, or ``MIDGRAM_NATIVE=0`` in the environment)
+Without it (an install that could not build it, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
 reply to :class:`~midgram.transport.ReplySender`: the behaviour is the same, only slower.
+:func:`native_status` says which it is and why; ``midgram --version`` shows it, and the
+server logs it at start (a warning when off).
 
 Either way :class:`~midgram.transport.ReplySender` stays in charge of anything unusual: a
 reply the batch could not send (a full client queue, a vanished client, an unbound peer) is
@@ -19,21 +21,38 @@ handed to it, with every reply after it, so replies to one client keep their ord
 
 from __future__ import annotations
 
-import logging
 import os
+import platform
 import socket
 from collections.abc import Callable
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from midgram import __version__
 from midgram.commands import Answer
-from midgram.errors import BuildError, TransportError
-from midgram.native import load_extension
+from midgram.compiled import why_not_loaded
+from midgram.errors import TransportError
 from midgram.transport import PeerAddress, Receiver, sock_label
 
-__all__ = ["ENV", "SLOTS", "BatchIO", "NativeIO", "SocketIO", "batch_io", "native_module"]
+try:
+    from midgram import _batchio
+except ImportError as exc:
+    #: Why the compiled module is not there (None: it is).
+    _MISSING: str | None = why_not_loaded("midgram._batchio", exc)
+else:
+    _MISSING = None
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ENV",
+    "SLOTS",
+    "BatchIO",
+    "NativeIO",
+    "NativeStatus",
+    "SocketIO",
+    "batch_io",
+    "native_status",
+    "version_line",
+]
 
 #: Datagrams read by one recvmmsg(). Each slot is a buffer of the server's buffer size, of
 #: which only the pages a datagram fills are ever resident; a batch is served before its
@@ -93,15 +112,13 @@ class NativeIO:
     native = True
     send: Callable[[list[Reply], int], int]
 
-    def __init__(
-        self, sock: socket.socket, bufsize: int, module: ModuleType, slots: int = SLOTS
-    ) -> None:
+    def __init__(self, sock: socket.socket, bufsize: int, slots: int = SLOTS) -> None:
         self._sock = sock  # keeps the descriptor open as long as this object lives
-        batch = module.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
+        batch = _batchio.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
-        self.fast_answer: Callable[..., Answer] = module.FastAnswer
+        self.fast_answer: Callable[..., Answer] = _batchio.FastAnswer
 
     def recv(self, block: bool) -> list[Datagram]:
         try:
@@ -136,33 +153,46 @@ class NativeIO:
         return TransportError(f"cannot receive: {why}", sock_label(self._sock))
 
 
-_module: ModuleType | None = None
-_why_not: str | None = None
+@dataclass(frozen=True)
+class NativeStatus:
+    """Whether this process serves with the compiled module, and why not when it does not."""
+
+    #: Why it is off (``MIDGRAM_NATIVE=0``, or why the module could not be loaded); None: on.
+    off_because: str | None
+
+    @property
+    def on(self) -> bool:
+        return self.off_because is None
+
+    def __str__(self) -> str:
+        return "on" if self.off_because is None else f"off ({self.off_because})"
 
 
-def native_module() -> ModuleType | None:
-    """The native module, built and loaded on the first call; None (and why, logged once)
-    when it cannot be. Call it before forking workers, so that they inherit it."""
-    global _module, _why_not
-    if _module is not None or _why_not is not None:
-        return _module
-    if os.environ.get(ENV, "").strip() == "0":
-        _why_not = f"{ENV}=0"
-    else:
-        try:
-            _module = load_extension("_batchio")
-        except BuildError as exc:
-            _why_not = str(exc)
-    if _module is None:
-        log.info("batched datagram I/O is off (%s): serving one datagram per syscall", _why_not)
-    else:
-        log.debug("batched datagram I/O (recvmmsg/sendmmsg) from %s", _module.__file__)
-    return _module
+_status: NativeStatus | None = None
+
+
+def native_status() -> NativeStatus:
+    """Decided on the first call, from ``MIDGRAM_NATIVE`` and the install, and kept for the
+    process's life (its workers inherit it)."""
+    global _status
+    if _status is None:
+        if os.environ.get(ENV, "").strip() == "0":
+            _status = NativeStatus(f"{ENV}=0")
+        else:
+            _status = NativeStatus(_MISSING)
+    return _status
+
+
+def version_line() -> str:
+    """``midgram X.Y.Z (Python A.B.C; native I/O: on)``, or ``off (why)``: what
+    ``midgram --version`` prints and the server logs at start."""
+    return (
+        f"midgram {__version__} (Python {platform.python_version()}; native I/O: {native_status()})"
+    )
 
 
 def batch_io(sock: socket.socket, bufsize: int, *, slots: int = SLOTS) -> BatchIO:
     """The best I/O this process has for ``sock``."""
-    module = native_module()
-    if module is None:
-        return SocketIO(sock, bufsize)
-    return NativeIO(sock, bufsize, module, slots)
+    if native_status().on:
+        return NativeIO(sock, bufsize, slots)
+    return SocketIO(sock, bufsize)

@@ -21,10 +21,8 @@
     |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
     |   |                           unresolvable host (code 4); .target, .reason, .errno
     |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
-    +-- BuildError                  C code midgram builds on first use cannot be built (no C
-        |                           compiler, no Python headers, a compile error)
-        +-- LoadgenError            ``midgram bench``'s load generator cannot be built or
-                                    failed to run
+    +-- LoadgenError                ``midgram bench``'s load generator is not installed (it
+                                    was not built at install time) or failed to run
 
 ``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
 statuses the CLI maps them to.
@@ -37,7 +35,6 @@ from typing import ClassVar
 __all__ = [
     "AddressError",
     "BadReply",
-    "BuildError",
     "ClientError",
     "ConfigError",
     "ConnectError",
@@ -213,9 +210,5 @@ class BadReply(ClientError):
     """A reply that is truncated, not JSON, or not a JSON-RPC response."""
 
 
-class BuildError(MidgramError):
-    """C code that midgram compiles on first use (``midgram.native``) cannot be built."""
-
-
-class LoadgenError(BuildError):
-    """The load generator of ``midgram bench`` cannot be built or did not run to the end."""
+class LoadgenError(MidgramError):
+    """The load generator of ``midgram bench`` is not installed or did not run to the end."""

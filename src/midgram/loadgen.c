@@ -23,16 +23,21 @@
  * With -p PID,PID,... it also reads utime+stime of those processes (/proc/PID/stat) at the
  * start and end of the measured window, so the server's CPU excludes the warm-up.
  *
- * Build: cc -O2 -Wall -Wextra -o loadgen loadgen.c
- * (midgram.loadtest does this on first use, into the per-user cache.)
+ * It is plain C with no Python in it: loadgen_run() (loadgen.h) takes the command line a
+ * program would and returns the JSON line, or an error message. _loadgen.c wraps it as the
+ * extension module midgram._loadgen, built at install time with _batchio; midgram.loadtest
+ * runs it in a process of its own (python -m midgram.cli.loadgen), which keeps the process
+ * model of a standalone program: one run per process, its own CPU figures, killed at will.
  */
 #define _GNU_SOURCE
+#include "loadgen.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <signal.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -104,18 +109,21 @@ static char sample[SAMPLE_BYTES];
 static size_t sample_len;
 static int have_sample;
 static char bound_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static int sock_fd = -1;   /* what a failed run must release: */
+static char *reply_bufs;   /* the socket, the reply buffers */
+static jmp_buf failed;     /* die() returns to loadgen_run() through this */
+static char *error_text;   /* ...with its message here */
+static size_t error_size;
 
+/* Ends the run: the message goes to loadgen_run()'s caller. */
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("loadgen: ", stderr);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(error_text, error_size, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	if (bound_path[0])
-		unlink(bound_path);
-	exit(2);
+	longjmp(failed, 1);
 }
 
 static uint64_t now_ns(void)
@@ -298,7 +306,7 @@ static void flush_queue(int fd)
 			msgs[k].msg_hdr.msg_iov = &iov[k];
 			msgs[k].msg_hdr.msg_iovlen = 1;
 		}
-		int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT);
+		int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (sent < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
 				st.eagain++;
@@ -531,14 +539,14 @@ static void json_string(FILE *out, const char *s, size_t len)
 	fputc('"', out);
 }
 
+static void usage(void) __attribute__((noreturn));
 static void usage(void)
 {
-	fputs("usage: loadgen -t TARGET [-r TEMPLATE] [-c INFLIGHT] [-d SECONDS] [-w SECONDS]\n"
-	      "               [-T TIMEOUT_MS] [-b BUFSIZE] [-p PID,PID...] [-B REPLY_PATH] [-l LABEL]\n"
-	      "  TARGET: /path | unix:/path | unix:@abstract | udp:HOST:PORT | udp:[V6]:PORT\n"
-	      "  TEMPLATE: the request, with " ID_MARK " where the id goes (default: uptime)\n",
-	      stderr);
-	exit(2);
+	die("usage: loadgen -t TARGET [-r TEMPLATE] [-c INFLIGHT] [-d SECONDS] [-w SECONDS]\n"
+	    "               [-T TIMEOUT_MS] [-b BUFSIZE] [-p PID,PID...] [-B REPLY_PATH] [-l LABEL]\n"
+	    "  TARGET: /path | unix:/path | unix:@abstract | udp:HOST:PORT | udp:[V6]:PORT\n"
+	    "  TEMPLATE: the request, with %s where the id goes (default: uptime)",
+	    ID_MARK);
 }
 
 static void parse_pids(const char *arg)
@@ -556,7 +564,8 @@ static void parse_pids(const char *arg)
 	}
 }
 
-int main(int argc, char **argv)
+/* The options of argv into cfg; the first word (the program's name) is skipped. */
+static void configure(int argc, char **argv)
 {
 	const char *tmpl = DEFAULT_TEMPLATE;
 	cfg.inflight = 8;
@@ -565,8 +574,10 @@ int main(int argc, char **argv)
 	cfg.timeout_ns = 1000000000ull;
 	cfg.bufsize = 65536;
 	cfg.label = "";
+	optind = 0; /* GNU getopt: start over, as a new program would */
+	opterr = 0; /* an unknown option is die()'s to report, not getopt's on stderr */
 	int opt;
-	while ((opt = getopt(argc, argv, "t:r:c:d:w:T:b:p:B:l:h")) != -1) {
+	while ((opt = getopt(argc, argv, "+t:r:c:d:w:T:b:p:B:l:h")) != -1) {
 		switch (opt) {
 		case 't': cfg.target = optarg; break;
 		case 'r': tmpl = optarg; break;
@@ -589,23 +600,33 @@ int main(int argc, char **argv)
 		die("bad duration, warm-up, timeout or buffer size");
 	const char *mark = strstr(tmpl, ID_MARK);
 	if (!mark)
-		die("the request template has no " ID_MARK);
+		die("the request template has no %s", ID_MARK);
 	cfg.tmpl_pre = tmpl;
 	cfg.pre_len = (size_t)(mark - tmpl);
 	cfg.tmpl_post = mark + strlen(ID_MARK);
 	cfg.post_len = strlen(cfg.tmpl_post);
-	signal(SIGPIPE, SIG_IGN);
 	parse_target(cfg.target);
+}
 
-	int fd = open_socket();
+/* What a run measured, besides st. */
+struct window {
+	double secs;
+	long long cpu_ticks;
+	uint64_t self_us;
+};
+
+/* The closed loop: warm-up, then the measured window. */
+static struct window measure(void)
+{
+	sock_fd = open_socket();
 	size_t reqmax = cfg.pre_len + cfg.post_len + 24;
 	for (int i = 0; i < cfg.inflight; i++) {
 		slots[i].buf = malloc(reqmax);
 		if (!slots[i].buf)
 			die("out of memory");
 	}
-	char *bufs = malloc(cfg.bufsize * BATCH);
-	if (!bufs)
+	reply_bufs = malloc(cfg.bufsize * BATCH);
+	if (!reply_bufs)
 		die("out of memory");
 
 	uint64_t t0 = now_ns();
@@ -619,7 +640,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < cfg.inflight; i++)
 		enqueue(i);
 	for (;;) {
-		flush_queue(fd);
+		flush_queue(sock_fd);
 		uint64_t t = now_ns();
 		if (!measuring && t >= warm_end) {
 			memset(&st, 0, sizeof st);
@@ -638,28 +659,30 @@ int main(int argc, char **argv)
 		}
 		/* Wait for replies (at most SCAN_NS: the receive timeout), read them all. Requests
 		 * a full server queue refused are retried after them, or after the timeout. */
-		drain(fd, bufs, measuring);
+		drain(sock_fd, reply_bufs, measuring);
 	}
 	uint64_t measure_end = now_ns();
-	long long cpu_end = servers_cpu_ticks();
-	uint64_t self_end = self_cpu_us();
-	if (bound_path[0])
-		unlink(bound_path);
-	close(fd);
+	struct window w = {
+		.secs = (double)(measure_end - measure_start) / 1e9,
+		.cpu_ticks = servers_cpu_ticks() - cpu_start,
+		.self_us = self_cpu_us() - self_start,
+	};
+	return w;
+}
 
-	double secs = (double)(measure_end - measure_start) / 1e9;
-	double ticks = (double)(cpu_end - cpu_start);
+/* The JSON line. */
+static void report(FILE *o, const struct window *w)
+{
 	double hz = (double)sysconf(_SC_CLK_TCK);
-	double server_cpu_us = cfg.npids ? ticks / hz * 1e6 : -1.0;
+	double server_cpu_us = cfg.npids ? (double)w->cpu_ticks / hz * 1e6 : -1.0;
 	uint64_t n = st.received;
 
-	FILE *o = stdout;
 	fputs("{\"label\":", o);
 	json_string(o, cfg.label, strlen(cfg.label));
 	fputs(",\"target\":", o);
 	json_string(o, cfg.target, strlen(cfg.target));
 	fprintf(o, ",\"inflight\":%d,\"warmup_s\":%.3f,\"duration_s\":%.6f", cfg.inflight,
-		cfg.warmup, secs);
+		cfg.warmup, w->secs);
 	fprintf(o,
 		",\"sent\":%llu,\"received\":%llu,\"ok\":%llu,\"error_replies\":%llu,"
 		"\"bad_replies\":%llu,\"late\":%llu,\"timeouts\":%llu,\"truncated\":%llu,"
@@ -669,7 +692,7 @@ int main(int argc, char **argv)
 		(unsigned long long)st.late, (unsigned long long)st.timeouts,
 		(unsigned long long)st.truncated, (unsigned long long)st.send_errors,
 		(unsigned long long)st.eagain);
-	fprintf(o, ",\"rps\":%.1f", secs > 0 ? (double)n / secs : 0.0);
+	fprintf(o, ",\"rps\":%.1f", w->secs > 0 ? (double)n / w->secs : 0.0);
 	fprintf(o,
 		",\"latency_us\":{\"mean\":%.1f,\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,"
 		"\"p999\":%.1f,\"max\":%.1f}",
@@ -686,10 +709,61 @@ int main(int argc, char **argv)
 	} else {
 		fputs(",\"server_cpu_us\":null,\"server_cpu_us_per_req\":null,\"clk_tck\":null", o);
 	}
-	fprintf(o, ",\"loadgen_cpu_us_per_req\":%.3f",
-		n ? (double)(self_end - self_start) / (double)n : 0.0);
+	fprintf(o, ",\"loadgen_cpu_us_per_req\":%.3f", n ? (double)w->self_us / (double)n : 0.0);
 	fputs(",\"sample\":", o);
 	json_string(o, sample, have_sample ? sample_len : 0);
 	fputs("}\n", o);
+}
+
+/* Everything a run leaves behind, whether it ended well or in die(). */
+static void release(void)
+{
+	if (bound_path[0])
+		unlink(bound_path);
+	if (sock_fd >= 0)
+		close(sock_fd);
+	for (int i = 0; i < MAX_INFLIGHT; i++)
+		free(slots[i].buf);
+	free(reply_bufs);
+}
+
+/* The state a run starts from: a second run in the same process starts as the first. */
+static void reset(void)
+{
+	memset(&cfg, 0, sizeof cfg);
+	memset(slots, 0, sizeof slots);
+	memset(&st, 0, sizeof st);
+	queue_len = 0;
+	sample_len = 0;
+	have_sample = 0;
+	bound_path[0] = '\0';
+	connected = 0;
+	sock_fd = -1;
+	reply_bufs = NULL;
+}
+
+int loadgen_run(int argc, char **argv, char **json, char *error, size_t error_len)
+{
+	*json = NULL;
+	reset();
+	error_text = error;
+	error_size = error_len;
+	if (setjmp(failed)) {
+		release();
+		return -1;
+	}
+	configure(argc, argv);
+	struct window w = measure();
+	size_t size = 0;
+	FILE *out = open_memstream(json, &size);
+	if (!out)
+		die("open_memstream: %s", strerror(errno));
+	report(out, &w);
+	if (fclose(out) != 0) {
+		free(*json);
+		*json = NULL;
+		die("out of memory");
+	}
+	release();
 	return 0;
 }

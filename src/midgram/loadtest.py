@@ -13,8 +13,10 @@ sendto cost it about what they cost the server), so its own limit would be repor
 server's. The generator keeps N requests in flight with sendmmsg/recvmmsg, matches replies
 by id, counts error replies and timeouts, and prints one JSON line (see the top of the file).
 
-It is compiled on first use with the system C compiler into the per-user cache
-(``midgram.native``).
+It is compiled when midgram is installed, as the extension module ``midgram._loadgen``
+(``midgram.compiled``), and each run is a process of its own (``python -m
+midgram.cli.loadgen``), as a standalone program's would be: the generator's CPU is its own,
+and a stuck run is killed without harm to the caller.
 
 Server CPU per request: given the server's pid, the generator reads utime+stime of that
 process and its descendants (the tree as it is before the runs) from ``/proc`` at the start
@@ -28,15 +30,15 @@ import logging
 import os
 import statistics
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from midgram.address import parse_target
 from midgram.client import Client
-from midgram.errors import BuildError, ConfigError, LoadgenError
-from midgram.native import cache_dir, compile_c, packaged_source
+from midgram.compiled import why_not_loaded
+from midgram.errors import ConfigError, LoadgenError
 from midgram.protocol import Params
 from midgram.rpc import Dialect, check_params, encode_request, get_dialect
 
@@ -45,9 +47,9 @@ __all__ = [
     "LoadTestResult",
     "RunResult",
     "Summary",
-    "build_loadgen",
     "check_target",
     "load_test",
+    "loadgen_command",
     "process_tree",
     "request_template",
     "run_once",
@@ -58,7 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Where the generator writes each request's id in the request text.
 ID_MARK: Final = "%ID%"
-_PURPOSE: Final = "midgram bench's load generator"
+#: The generator's module (compiled) and the entry point that runs it in its own process.
+_MODULE: Final = "midgram._loadgen"
+_ENTRY: Final = "midgram.cli.loadgen"
 #: Seconds a reply may take before it counts as a timeout. Shorter than the client's 5 s: in
 #: a run of a few seconds a lost datagram must show up as a timeout, not as a stalled slot.
 DEFAULT_TIMEOUT: Final = 1.0
@@ -71,16 +75,18 @@ _STUCK_AFTER: Final = 30.0
 _ZERO_ID_TAIL: Final = ',"id":0}'
 
 
-# --- building the generator -----------------------------------------------------------------
+# --- the generator --------------------------------------------------------------------------
 
 
-def build_loadgen(*, force: bool = False, directory: Path | None = None) -> Path:
-    """The load generator's binary, compiled on first use (into ``cache_dir()`` by default)."""
+def loadgen_command() -> list[str]:
+    """The command that runs the generator once (its options follow); ``LoadgenError`` when
+    this install has no generator (it was not built when midgram was installed)."""
     try:
-        with packaged_source("loadgen.c") as source:
-            return compile_c(source, directory or cache_dir(), force=force, purpose=_PURPOSE)
-    except BuildError as exc:
-        raise LoadgenError(str(exc)) from exc
+        from midgram import _loadgen  # noqa: F401, PLC0415 - checked here, used by the child
+    except ImportError as exc:
+        raise LoadgenError(why_not_loaded(_MODULE, exc)) from exc
+    # -P: the child imports midgram from where this process did, never from its cwd.
+    return [sys.executable, "-P", "-m", _ENTRY]
 
 
 # --- results --------------------------------------------------------------------------------
@@ -314,7 +320,7 @@ def run_once(
     _check_options(inflight, duration, warmup, timeout)
     if ID_MARK not in request:
         raise ConfigError("request", request, f"needs {ID_MARK} where the id goes")
-    argv = [str(build_loadgen()), "-t", str(parse_target(target)), "-r", request]
+    argv = [*loadgen_command(), "-t", str(parse_target(target)), "-r", request]
     argv += ["-c", str(inflight), "-d", str(duration), "-w", str(warmup)]
     argv += ["-T", str(timeout * 1000), "-l", label]
     if pids:
@@ -419,7 +425,8 @@ def load_test(
     errors say when the server is not there or refuses the request. Then ``runs`` runs of
     ``inflight`` requests in flight for ``duration`` seconds after ``warmup``. ``timeout``:
     seconds before a request counts as unanswered. Raises ``ConfigError`` for a bad option,
-    ``LoadgenError`` without a C compiler, a ``ClientError`` when the check fails.
+    ``LoadgenError`` when the generator is not installed or fails, a ``ClientError`` when the
+    check fails.
     """
     target = str(parse_target(target))
     plan = _Plan(inflight, duration, warmup, runs, timeout)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from midgram.address import HepId, UdpAddress, UnixAddress, parse_socket_name
-from midgram.batchio import native_module
+from midgram.batchio import native_status, version_line
 from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
@@ -151,7 +151,7 @@ def serve(
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
         enlarge_send_buffer(sock)
-        native_module()  # built or found once, here, before the workers fork
+        _log_start()  # native I/O is decided here, once, before the workers fork
         where = str(_address(settings)) if settings.socket_name else default_address()
         if settings.children_count == 0:
             return _serve_inline(sock, settings, registry, where, on_ready)
@@ -159,6 +159,12 @@ def serve(
     finally:
         _close(sock, settings)
         log.info("stopped")
+
+
+def _log_start() -> None:
+    """What runs: midgram's version, Python's, and whether native I/O is on (a warning when
+    off: the server then serves at a fraction of its rate)."""
+    log.log(logging.INFO if native_status().on else logging.WARNING, "%s", version_line())
 
 
 def _serve_inline(

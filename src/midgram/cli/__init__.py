@@ -13,8 +13,6 @@ from typing import Final
 
 import click
 
-from midgram import __version__
-
 __all__ = ["cli", "main"]
 
 #: Sub-command name -> ``module:attribute`` of its click command.
@@ -43,8 +41,26 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: one line, with whether native I/O is on (the server's start-up log says
+    the same). batchio is imported only here: other commands do not pay for it."""
+    if not value or ctx.resilient_parsing:
+        return
+    from midgram.batchio import version_line  # noqa: PLC0415
+
+    click.echo(version_line())
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="midgram")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, Python's, and whether native I/O is on, and exit.",
+)
 def cli() -> None:
     """midgram: OpenSIPS-compatible MI datagram server, library and client."""
 

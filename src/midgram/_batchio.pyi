@@ -1,0 +1,39 @@
+"""Types of the compiled module ``_batchio.c`` (built at install time): what mypy checks
+every call into it against. The docstrings are in the C source."""
+
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from midgram.commands import Outcome, Pending
+from midgram.transport import PeerAddress
+
+MAX_SLOTS: Final[int]
+
+@final
+class BatchSocket:
+    def __init__(self, fd: int, family: int, slots: int, bufsize: int) -> None: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def bufsize(self) -> int: ...
+    def recv(self, block: bool, /) -> list[tuple[bytes, PeerAddress, bool]]: ...
+    def send(self, replies: list[tuple[bytes, PeerAddress]], start: int, /) -> int: ...
+    def serve(
+        self,
+        answer: Callable[[bytes], Any],
+        block: bool,
+        flush: int,
+        settle: Callable[[bytes, Any], bytes | None] | None = None,
+        /,
+    ) -> tuple[int, int, list[tuple[bytes, PeerAddress, bool, Any]] | None]: ...
+
+@final
+class FastAnswer:
+    def __init__(
+        self,
+        bare: dict[str, Callable[..., Any]],
+        compact: Callable[[Any, Any], bytes | None],
+        after_bare: Callable[[str, Any, Any, BaseException | None], Outcome],
+        answer: Callable[[bytes], bytes | Outcome | Pending],
+    ) -> None: ...
+    def __call__(self, data: bytes, /) -> bytes | Outcome | Pending: ...
