@@ -925,6 +925,7 @@ def _md_header(results: dict[str, Any]) -> list[str]:
         f"# midgram benchmark, {results['started']}",
         "",
         f"`{results['command']}`  ",
+        f"{env.get('midgram', 'midgram')}  ",  # what ran, and whether native I/O was on
         f"{env['cpus']} CPUs ({env['cpu_model']}), Linux {env['kernel']}, Python "
         f"{env['python']}, net.unix.max_dgram_qlen={env['max_dgram_qlen']}; "
         f"{opts['runs']} runs x {opts['duration']} s (+{opts['warmup']} s warm-up) per server, "
