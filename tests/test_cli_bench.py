@@ -184,30 +184,5 @@ def test_usage_errors_exit_2(
     assert message in result.stderr
 
 
-# An install that could not build the generator: its import fails as it would there.
-_WITHOUT_LOADGEN = """
-import sys
-sys.modules["midgram._loadgen"] = None
-from midgram.cli import main
-sys.argv[0] = "midgram"
-main()
-"""
-
-
-def test_a_missing_load_generator_is_said_plainly(server: ServerProcess) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_LOADGEN, "bench", "-t", server.target],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert (proc.returncode, proc.stdout) == (1, "")
-    assert proc.stderr == (
-        "midgram: midgram._loadgen was not built when midgram was installed: reinstall it "
-        "where a C compiler and Python's headers are (gcc, python3-dev)\n"
-    )
-
-
 def test_the_cli_default_timeout_is_the_library_one() -> None:
     assert TIMEOUT == DEFAULT_TIMEOUT

@@ -27,24 +27,17 @@ from midgram.compiled import why_not_loaded
 PACKAGE = Path(midgram.__file__).resolve().parent
 SOURCES = ROOT / "src" / "midgram"
 VERSION = f"midgram {midgram.__version__} (Python {platform.python_version()}; native I/O: "
-#: The environment variables a test sets, over the caller's (unset: None).
-Env = dict[str, str | None]
+#: The environment variables a test sets, over the caller's.
+Env = dict[str, str]
 
 
-def run_midgram(
-    *args: str, env: Env | None = None, code: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m midgram ARGS`` (or ``python -c CODE ARGS``) with ``env`` over this one's."""
+def run_midgram(*args: str, env: Env | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m midgram ARGS`` with ``env`` over this process's environment (less its
+    MIDGRAM_ variables)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("MIDGRAM_")}
-    for name, value in (env or {}).items():
-        if value is None:
-            full.pop(name, None)
-        else:
-            full[name] = value
-    start = ["-c", code] if code is not None else ["-m", "midgram"]
     return subprocess.run(
-        [sys.executable, *start, *args],
-        env=full,
+        [sys.executable, "-m", "midgram", *args],
+        env={**full, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,7 +95,7 @@ def test_midgram_native_0_turns_it_off_and_says_so() -> None:
 @needs_native
 @needs_loadgen
 def test_serve_and_bench_run_native_without_a_compiler(no_compiler: Env, tmp_path: Path) -> None:
-    with midgram_server("--children", "1", "--log-level", "info", env=no_compiler) as server:  # type: ignore[arg-type]
+    with midgram_server("--children", "1", "--log-level", "info", env=no_compiler) as server:
         assert f"INFO midgram.server: {VERSION}on)" in server.log()
         assert server.call("uptime")["result"]["Up time"]
         call = run_midgram("call", "uptime", "-t", server.target, env=no_compiler)
@@ -133,49 +126,62 @@ def test_serve_and_bench_run_native_without_a_compiler(no_compiler: Env, tmp_pat
     nothing_was_compiled_or_cached(tmp_path)
 
 
-# What an install that could not build _batchio, or whose copy is damaged, runs into: the
-# import fails as it would there.
-_WITHOUT_BATCHIO = """
-import sys
-sys.modules["midgram._batchio"] = None
-from midgram.cli import main
-sys.argv[0] = "midgram"
-main()
-"""
-_DAMAGED_BATCHIO = """
-import sys, midgram
-midgram.__path__.insert(0, sys.argv.pop(1))
-from midgram.cli import main
-sys.argv[0] = "midgram"
-main()
-"""
+def install_without_compiled_modules(folder: Path) -> Path:
+    """A copy of the package as an install that could not build its C modules has it (the
+    Python alone); the folder to put first on PYTHONPATH."""
+    shutil.copytree(
+        PACKAGE, folder / "midgram", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    return folder
 
 
-def test_a_module_not_built_at_install_is_said_plainly() -> None:
-    proc = run_midgram("--version", code=_WITHOUT_BATCHIO)
+def test_a_module_not_built_at_install_is_said_plainly(tmp_path: Path) -> None:
+    where = install_without_compiled_modules(tmp_path)
+    proc = run_midgram("--version", env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout == (
         f"{VERSION}off (midgram._batchio was not built when midgram was installed: reinstall "
-        "it where a C compiler and Python's headers are (gcc, python3-dev)))\n"
+        "midgram with a C compiler and Python's headers present, e.g. apt-get install gcc "
+        "python3-dev))\n"
     )
 
 
 def test_a_damaged_module_is_said_plainly_not_a_crash(tmp_path: Path) -> None:
+    where = install_without_compiled_modules(tmp_path)
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    (tmp_path / f"_batchio{suffix}").write_bytes(b"\x7fELF" + b"\0" * 12)  # a truncated file
-    proc = run_midgram(str(tmp_path), "--version", code=_DAMAGED_BATCHIO)
+    (where / "midgram" / f"_batchio{suffix}").write_bytes(b"\x7fELF" + b"\0" * 12)  # truncated
+    proc = run_midgram("--version", env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith(f"{VERSION}off (midgram._batchio cannot be loaded: ")
-    assert str(tmp_path) in proc.stdout
+    assert str(where / "midgram") in proc.stdout
+
+
+def test_without_the_module_the_server_warns_and_still_serves(tmp_path: Path) -> None:
+    where = install_without_compiled_modules(tmp_path)
+    with midgram_server("--children", "1", env={"PYTHONPATH": str(where)}) as server:
+        assert f"WARNING midgram.server: {VERSION}off (midgram._batchio was not built" in (
+            server.log()
+        )
+        assert server.call("uptime")["result"]["Up time"]
+
+
+def test_without_the_generator_bench_says_why(tmp_path: Path) -> None:
+    where = install_without_compiled_modules(tmp_path)
+    with midgram_server("--children", "1") as server:
+        proc = run_midgram("bench", "-t", server.target, env={"PYTHONPATH": str(where)})
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        "midgram: midgram._loadgen was not built when midgram was installed: reinstall midgram "
+        "with a C compiler and Python's headers present, e.g. apt-get install gcc python3-dev\n"
+    )
 
 
 def test_why_not_loaded_tells_a_missing_module_from_a_broken_one() -> None:
-    missing = ModuleNotFoundError("No module named 'midgram._loadgen'", name="midgram._loadgen")
-    assert "was not built when midgram was installed" in why_not_loaded("midgram._loadgen", missing)
-    # A module the compiled one needs is another matter: said as it is.
-    other = ModuleNotFoundError("No module named 'midgram.transport'", name="midgram.transport")
-    assert why_not_loaded("midgram._batchio", other) == (
-        "midgram._batchio cannot be loaded: No module named 'midgram.transport'"
+    failure = ImportError("cannot import name '_nothing' from 'midgram'")
+    assert "was not built when midgram was installed" in why_not_loaded("midgram._nothing", failure)
+    damaged = ImportError("invalid ELF header")
+    assert why_not_loaded("midgram.compiled", damaged) == (
+        "midgram.compiled cannot be loaded: invalid ELF header"
     )
 
 

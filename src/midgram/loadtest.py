@@ -85,7 +85,8 @@ def loadgen_command() -> list[str]:
         from midgram import _loadgen  # noqa: F401, PLC0415 - checked here, used by the child
     except ImportError as exc:
         raise LoadgenError(why_not_loaded(_MODULE, exc)) from exc
-    # -P: the child imports midgram from where this process did, never from its cwd.
+    # -P: the caller's cwd is not put first on the child's path, so that a `midgram` folder
+    # there cannot stand in for the installed package.
     return [sys.executable, "-P", "-m", _ENTRY]
 
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     # SIGINT handler would only act once the C loop returned, seconds later.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        from midgram import _loadgen  # noqa: PLC0415 - the one import this process needs
+        from midgram import _loadgen  # noqa: PLC0415 - what this process runs
     except ImportError as exc:
         print(f"loadgen: {why_not_loaded('midgram._loadgen', exc)}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
