@@ -42,3 +42,24 @@ def test_library_never_prints() -> None:
             and node.func.id in {"print", "exit", "quit"}
         ]
         assert not calls, f"{path.name} prints or exits"
+
+
+#: What compiling C or loading a shared object by its path would take (issue 15: a module
+#: loaded from a user-writable cache ran that user's code as root).
+RUN_TIME_BUILD = {"ctypes", "cffi", "sysconfig", "spec_from_file_location", "ExtensionFileLoader"}
+
+
+def test_nothing_is_compiled_or_loaded_by_path_at_run_time() -> None:
+    """The compiled modules are built at install time and imported from the package like any
+    module (test_native checks it in use); no code of the package compiles or dlopens."""
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = imported_modules(path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.ImportFrom):
+                names.update(alias.name for alias in node.names)
+        assert not names & RUN_TIME_BUILD, f"{path.relative_to(SRC)}: {names & RUN_TIME_BUILD}"
