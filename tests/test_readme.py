@@ -10,12 +10,15 @@ from click.testing import CliRunner
 from midgram.cli import cli
 from midgram.config import PARAMETERS
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+PARAMETERS_PAGE = (ROOT / "docs" / "parameters.md").read_text()
 
 
 def parameter_table() -> str:
-    start = README.index("<!-- parameters:start")
-    return README[start : README.index("<!-- parameters:end")]
+    """The table of docs/parameters.md, between its markers."""
+    start = PARAMETERS_PAGE.index("<!-- parameters:start")
+    return PARAMETERS_PAGE[start : PARAMETERS_PAGE.index("<!-- parameters:end")]
 
 
 def test_every_parameter_is_documented() -> None:
