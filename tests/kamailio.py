@@ -1,8 +1,8 @@
 """A real Kamailio (Debian package ``kamailio``) with jsonrpcs on a datagram socket, for tests.
 
-``kamailio_server(udp=False)`` starts it in the foreground in a temporary folder, as
-``shared/configs/kamailio-jsonrpcs-dgram.cfg`` explains, waits until it answers, yields its
-target text and stops it. ``KAMAILIO_MISSING`` is the reason to skip with where the binary
+``kamailio_server(udp=False)`` starts it in the foreground in a temporary folder, with the
+config of ``bench/kamailio_ref.py``, waits until it answers, yields its target text and
+stops it. ``KAMAILIO_MISSING`` is the reason to skip with where the binary
 is not installed.
 """
 

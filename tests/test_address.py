@@ -1,4 +1,4 @@
-"""The socket_name grammar (spec 1.2): every rule and every error text."""
+"""The socket_name grammar (docs/parameters.md, "socket_name"): every rule and error text."""
 
 from __future__ import annotations
 

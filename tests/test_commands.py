@@ -203,7 +203,7 @@ def test_named_and_positional_calls(dispatcher: Dispatcher) -> None:
     assert reply_of(dispatcher, call("stats", [["a", 1.9]]))["result"] == ["a", "1"]
 
 
-# --- getters (spec 2.6) ---------------------------------------------------------------------
+# --- getters (docs/compatibility.md, "Parameter types and their errors") ----------------------
 
 
 @pytest.mark.parametrize(

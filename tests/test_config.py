@@ -332,7 +332,7 @@ def test_no_warnings_for_a_usual_setup() -> None:
     assert settings.warnings() == ()
 
 
-# --- UDP rules: buffer size and DESIGN difference 9 -----------------------------------------
+# --- UDP rules: buffer size and difference 9 (docs/compatibility.md) ------------------------
 
 
 def test_udp_buffer_is_limited_to_a_datagram() -> None:
@@ -386,7 +386,7 @@ def test_empty_allow_from_does_not_open_the_socket() -> None:
     assert error.parameter == "socket_name"
 
 
-# --- trace_bwlist grammar (spec 4.4) -----------------------------------------------------------
+# --- trace_bwlist grammar (docs/tracing.md, "trace_bwlist") -----------------------------------
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from midgram.hep import Chunk, ChunkType, HepPacket
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
 
-# HEP3 spec rev 37, section "example" (hep-mi-tracing.md 1.6): 113 bytes of a SIP INVITE.
+# The HEP3 specification (rev 37), its section "example": 113 bytes of a SIP INVITE.
 SPEC_EXAMPLE = bytes.fromhex(
     "484550330071"
     "00000001000702"
@@ -47,7 +47,8 @@ REQUEST_JSON = (
 
 
 def _canonical_packet(payload: bytes, *, reply: bool) -> HepPacket:
-    """Spec section 5: client 127.0.0.1:40000, server 127.0.0.1:8080, capture id 1."""
+    """docs/tracing.md, "Worked vectors": client 127.0.0.1:40000, server 127.0.0.1:8080,
+    capture id 1."""
     client, server = (V4("127.0.0.1"), 40000), (V4("127.0.0.1"), 8080)
     src, dst = (server, client) if reply else (client, server)
     return HepPacket(
@@ -80,8 +81,8 @@ def test_spec_example_decodes() -> None:
         ip_proto=17,
     )
     assert packet.family == hep.AF_INET
-    # The spec puts the addresses before the ports, OpenSIPS after the capture id: the order
-    # is free, and ours is OpenSIPS's, so only the chunks' contents compare.
+    # The HEP3 specification puts the addresses before the ports, OpenSIPS after the capture
+    # id: the order is free, and ours is OpenSIPS's, so only the chunks' contents compare.
     again = hep.encode(packet)
     assert len(again) == len(SPEC_EXAMPLE)
     assert sorted(hep.decode_chunks(again)) == sorted(hep.decode_chunks(SPEC_EXAMPLE))
@@ -108,7 +109,7 @@ def test_canonical_vectors_byte_for_byte(name: str, payload: bytes, reply: bool)
 
 
 def test_canonical_request_layout() -> None:
-    """Spec section 5, chunk by chunk: OpenSIPS's order, sizes and values."""
+    """docs/tracing.md, "Worked vectors", chunk by chunk: OpenSIPS's order, sizes and values."""
     chunks = hep.decode_chunks(canonical("req_homer5_0"))
     assert [(c.vendor, c.type, len(c.value)) for c in chunks] == [
         (0, ChunkType.IP_FAMILY, 1),

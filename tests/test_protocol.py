@@ -173,7 +173,7 @@ def test_non_json_values_raise_type_error() -> None:
         encode_result({1, 2}, 1, pretty=True)
 
 
-# --- the size rule (spec 1.8) ----------------------------------------------------------------
+# --- the size rule (docs/compatibility.md, "The size rule") ---------------------------------
 
 
 def test_numeric_id_reply_limit_is_bufsize_minus_19() -> None:

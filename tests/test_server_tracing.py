@@ -202,7 +202,7 @@ def test_traced_packets_are_counted(udp_v4: tuple[ServerProcess, Collector]) -> 
     assert after["mi_datagram:traced"] - before["mi_datagram:traced"] == 2
 
 
-# --- IPv6 and UNIX sockets (DESIGN difference 7) ---------------------------------------------
+# --- IPv6 and UNIX sockets (docs/compatibility.md, difference 11) ----------------------------
 
 
 def _ipv6_chunks(packet: bytes) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """The real clients people use today, from PyPI, against our server, unchanged.
 
 python-opensips (``opensips-mi`` and its ``OpenSIPSMI`` class) and opensips-cli, over the
-UNIX socket and over UDP, with the invocations of ``shared/spec/clients.md``.
+UNIX socket and over UDP, invoked as their users invoke them (docs/compatibility.md,
+"Clients").
 """
 
 from __future__ import annotations

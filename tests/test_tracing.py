@@ -54,7 +54,7 @@ def traced(trace: Trace | None) -> hep.HepPacket:
     return hep.decode(trace.packet)
 
 
-# --- the worked vectors of the spec (section 5), through the tracer --------------------------
+# --- the worked vectors (docs/tracing.md, "Worked vectors"), through the tracer ------------
 
 
 @pytest.mark.parametrize("homer5", [0, 1])
@@ -310,7 +310,7 @@ def test_each_request_gets_its_own_correlation_id() -> None:
     assert first.correlation_id != second.correlation_id
 
 
-# --- addresses (DESIGN difference 7) -------------------------------------------------------
+# --- addresses (docs/compatibility.md, difference 11) ---------------------------------------
 
 
 def test_ipv6_peers_are_traced_with_their_whole_address() -> None:

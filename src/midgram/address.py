@@ -1,5 +1,6 @@
-"""The address grammars, sans-IO: mi_datagram's ``socket_name`` (spec 1.2), client targets,
-and proto_hep's ``hep_id`` with the ``trace_destination`` that names one (see the end).
+"""The address grammars, sans-IO: mi_datagram's ``socket_name`` (docs/parameters.md), client
+targets, and proto_hep's ``hep_id`` with the ``trace_destination`` that names one (see the
+end).
 
 ::
 
@@ -300,7 +301,7 @@ def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAd
 #     param   := "transport=" ( "udp" | "tcp" | "tls" )     (proto_hep's default: tcp)
 #              | "version=" ( "1" | "2" | "3" )             (default: 3)
 #
-# As OpenSIPS's parse_hep_id() reads it (spec hep-mi-tracing 2.1), except that an IPv6
+# As OpenSIPS's parse_hep_id() reads it (docs/tracing.md, "hep_id"), except that an IPv6
 # address in brackets works here (OpenSIPS takes its first ':' as the port separator) and
 # a name that is not a valid host name is refused now rather than at the first send.
 

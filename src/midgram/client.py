@@ -83,7 +83,8 @@ DEFAULT_TIMEOUT: Final = 5.0
 REPLY_BUF_SIZE: Final = 1 << 20
 # Linux reports ICMP errors (port unreachable -> ECONNREFUSED) on an unconnected UDP socket
 # only with these options; connect() would do it too, but then a reply from another address
-# of a multi-homed server would be dropped (spec 1.6). The numbers are Linux's.
+# of a multi-homed server would be dropped (docs/compatibility.md, "Where replies go"). The
+# numbers are Linux's.
 _RECVERR: Final[dict[int, tuple[int, int]]] = {
     socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
     socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),

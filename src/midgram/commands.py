@@ -3,7 +3,8 @@
 A command has one or more *recipes*: the lists of parameter names it can be called with.
 They come from the handler's signature (required parameters, then each optional one in
 turn) or are given explicitly. Picking a recipe, fetching and coercing each parameter, and
-every error text follow OpenSIPS 3.6 (spec 2.5 and 2.6).
+every error text follow OpenSIPS 3.6 (docs/compatibility.md, "Recipe matching" and
+"Parameter types and their errors").
 
 ``Dispatcher.handle(datagram)`` is pure: bytes in, an ``Outcome`` out (the reply bytes or
 none, and a small record of what happened for logs, statistics and tracing). For an
@@ -57,7 +58,7 @@ Handler: TypeAlias = Callable[..., Any]
 Coercer: TypeAlias = Callable[[Any, str], Any]
 F = TypeVar("F", bound=Handler)
 
-# OpenSIPS's -32602 data texts (spec 2.5, 2.6).
+# OpenSIPS's -32602 data texts (docs/compatibility.md, "Error codes and texts").
 NAMED_ONLY: Final = "Command only supports named parameters"
 AMBIGUOUS: Final = "Ambiguous call, use named parameters instead"
 WRONG_COUNT: Final = "Too few or too many parameters"
@@ -383,7 +384,7 @@ class Registry:
         return name in self._commands
 
 
-# --- recipe matching (spec 2.5) -----------------------------------------------------------
+# --- recipe matching (docs/compatibility.md, "Recipe matching") ---------------------------
 
 
 def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
@@ -634,7 +635,7 @@ class Dispatcher:
         return self._complete(call or _call(method, params, req_id), command, result, None)
 
     def handle_oversize(self, size: int) -> Outcome:
-        """A datagram larger than the buffer (DESIGN.md difference 5): answered as unparsable."""
+        """A datagram larger than the buffer (difference 5): answered as unparsable."""
         why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
         return Outcome(self._parse_error(why), Status.OVERSIZE)
 
@@ -696,7 +697,8 @@ class Dispatcher:
         status: Status,
         error: MIError,
     ) -> Outcome:
-        # Notifications are answered only for -32700/-32600 (spec 2.3): never here.
+        # Notifications are answered only for -32700/-32600 (docs/compatibility.md,
+        # "Notifications"): never here.
         if type(call) is Notification:
             return Outcome(None, status, call.method, call.params, command)
         assert isinstance(call, Request)

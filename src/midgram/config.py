@@ -517,7 +517,7 @@ _COERCERS: Final[Mapping[str, Coercer]] = MappingProxyType(
 
 
 # --------------------------------------------------------------------------------------------
-# trace_bwlist (spec 4.4, steps 1, 2, 4 and the shape of step 5)
+# trace_bwlist (docs/tracing.md, "trace_bwlist")
 
 # The list type, after trimming spaces, maps to "is a whitelist".
 _LIST_TYPES: Final[Mapping[str, bool]] = MappingProxyType(
@@ -580,8 +580,8 @@ def _udp_rules(settings: Settings, address: UdpAddress) -> list[str]:
             f"must be at most {UDP_MAX_PAYLOAD} with a UDP socket_name: "
             "a UDP datagram cannot carry more",
         )
-    # DESIGN difference 9: the MI has no authentication, so a network-facing socket needs an
-    # explicit decision about who may talk to it.
+    # Difference 9 (docs/compatibility.md): the MI has no authentication, so a network-facing
+    # socket needs an explicit decision about who may talk to it.
     if not address.is_loopback and not settings.allow_from and not settings.allow_any:
         raise ConfigError(
             "socket_name",

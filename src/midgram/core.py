@@ -2,7 +2,8 @@
 
 ``with_core(registry, runtime)`` returns the registry a server runs: these commands first
 (as OpenSIPS lists its core before its modules), then the program's own, sharing the
-program's statistics. The handlers read the server through a ``Runtime`` (spec section 3).
+program's statistics. The handlers read the server through a ``Runtime``. What each
+command answers: docs/compatibility.md, "Core commands".
 """
 
 from __future__ import annotations

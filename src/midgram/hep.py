@@ -6,10 +6,11 @@
     chunk := vendor (u16) | type (u16) | length (u16, includes these 6 bytes) | payload
 
 All integers are big-endian, addresses are their raw 4 or 16 octets. ``encode`` writes the
-chunks in the order OpenSIPS's ``build_hep3_buf`` does for an MI trace (spec 4.1: family,
-protocol, ports, time, protocol type, capture id, addresses, payload, correlation id), so a
-packet is byte-identical to OpenSIPS's for the same values; ``decode`` accepts any order,
-as the HEP spec allows, and keeps chunks it does not know so that nothing is lost.
+chunks in the order OpenSIPS's ``build_hep3_buf`` does for an MI trace (docs/tracing.md,
+"What a trace packet holds": family, protocol, ports, time, protocol type, capture id,
+addresses, payload, correlation id), so a packet is byte-identical to OpenSIPS's for the same
+values; ``decode`` accepts any order, as the HEP spec allows, and keeps chunks it does not
+know so that nothing is lost.
 
 No compression, no authentication key, no node name: OpenSIPS sends none of them for MI.
 """
@@ -316,7 +317,7 @@ def _address(kind: ChunkType, known: Mapping[int, bytes]) -> IPAddress:
 
 
 def _fixed_part(address_size: int) -> struct.Struct:
-    """Header and chunks 1-10 of an MI trace (spec 4.1) as one struct: a packet is two
+    """Header and chunks 1-10 of an MI trace (docs/tracing.md) as one struct: a packet is two
     ``pack`` calls and a join, not a dozen small ones (tracing runs per request)."""
     return struct.Struct(
         ">4sH"

@@ -7,9 +7,10 @@ compact or cJSON's "formatted" layout), and ``reply_fits`` applies OpenSIPS's si
 
 Why orjson: it is the fastest JSON codec for CPython (a Rust extension, several times faster
 than the stdlib in both directions on MI-sized documents), it is strict RFC 8259 by design
-(no NaN, no trailing junk, no single quotes: DESIGN.md difference 2), and its string escaping
-is byte-identical to cJSON's (``\\u00xx`` lower-case for control bytes, ``/``, DEL and UTF-8
-raw). The pretty format is cJSON's own and needs a small encoder of our own (``_pretty``).
+(no NaN, no trailing junk, no single quotes: docs/compatibility.md, difference 2), and its
+string escaping is byte-identical to cJSON's (``\\u00xx`` lower-case for control bytes,
+``/``, DEL and UTF-8 raw). The pretty format is cJSON's own and needs a small encoder of our
+own (``_pretty``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ _PARAMS_TYPES: Final = frozenset({list, dict})
 
 
 def _validate(obj: dict[str, Any], data: bytes) -> Request | Notification:
-    """OpenSIPS's parse_mi_request checks, with DESIGN.md differences 3 and 4 applied.
+    """OpenSIPS's parse_mi_request checks (docs/compatibility.md, "Request validation"),
+    with differences 3 and 4 applied.
 
     Every datagram comes through here: one lookup per member, no helper calls on the
     common path.
@@ -132,7 +134,7 @@ def _exact_id(data: bytes, parsed: float) -> JsonId:
     """orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
 
     Only float ids pay for this second parse, and the reply id stays the request's id
-    exactly (DESIGN.md difference 3).
+    exactly (docs/compatibility.md, difference 3).
     """
     try:
         value = json.loads(data)["id"]
@@ -218,7 +220,8 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
     the ``id`` (printed last) is the binding one: 21 bytes for an integral number, 64 for
     any other number, the quoted length + 1 for a string and 5 for null. The whole text
     also needs a byte for its NUL terminator. So with a one-digit numeric id the largest
-    reply is ``bufsize - 19`` bytes, and with a string id ``bufsize - 1`` (spec 1.8).
+    reply is ``bufsize - 19`` bytes, and with a string id ``bufsize - 1``
+    (docs/compatibility.md, "The size rule").
     """
     size = len(reply)
     if size <= bufsize - ALWAYS_FITS_MARGIN:

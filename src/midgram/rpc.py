@@ -35,7 +35,8 @@ __all__ = [
     "make_params",
 ]
 
-#: Request ids stay within a C int: OpenSIPS echoes a number as ``(int)valueint`` (spec 2.7).
+#: Request ids stay within a C int: OpenSIPS echoes a number as a C int
+#: (docs/compatibility.md, difference 3).
 MAX_REQUEST_ID: Final = 2**31 - 1
 
 # "400 Parse_error", "500 Internal error": a status, a space, printable ASCII.

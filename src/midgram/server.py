@@ -3,8 +3,8 @@ own asyncio loop.
 
 ``serve`` binds the socket (permissions applied atomically), declares the statistics, and
 then either forks ``children_count`` workers under a ``Supervisor`` or, with
-``children_count = 0``, serves in the calling process (DESIGN.md difference 8). Either way
-the UNIX socket file is removed on the way out.
+``children_count = 0``, serves in the calling process (docs/compatibility.md, difference 8).
+Either way the UNIX socket file is removed on the way out.
 
 Tracing (``trace_destination``) is checked before any fork: the bw-list against the commands
 served, the collector's name resolved. Each worker then makes its own HEP socket and

@@ -2,7 +2,7 @@
 
 For each datagram it served, a worker asks ``Tracer.request`` (after the command ran, before
 the reply goes out) and, when a reply was sent, ``Tracer.reply``; each returns a HEP3 packet
-or None. The rules are OpenSIPS's (spec mi-datagram 1.11 and 4, hep-mi-tracing 3 and 4):
+or None. The rules are OpenSIPS's (docs/tracing.md, "What is traced" and "The payload"):
 
 - a call is traced with its method name, the backend ``datagram`` and its params flattened
   by ``params_text``; ``trace_bwlist`` (``TraceFilter``) can leave a command out, but a
@@ -14,12 +14,13 @@ or None. The rules are OpenSIPS's (spec mi-datagram 1.11 and 4, hep-mi-tracing 3
 - request and reply share one correlation id, ``MICORR`` + base64 of 20 bytes;
 - payloads are HOMER 5 plain text (``homer5_on``, the default) or cJSON's formatted JSON.
 
-Deliberately unlike OpenSIPS (DESIGN.md difference 7): IPv6 peers are traced with their
-real address (OpenSIPS copies half of it), and a UNIX-socket peer, which has no IP address,
-is traced with loopback placeholders, ``127.0.0.1:0`` for the client and ``127.0.0.2:0`` for
-the server (the pair proto_hep's trace API defines for address-less traffic), where OpenSIPS
-sends nothing at all. Async commands are traced like the others: a midgram worker awaits
-them and replies at once (OpenSIPS never traces its own, differently made, async replies).
+Deliberately unlike OpenSIPS (docs/compatibility.md, difference 11): IPv6 peers are traced
+with their real address (OpenSIPS copies half of it), and a UNIX-socket peer, which has no IP
+address, is traced with loopback placeholders, ``127.0.0.1:0`` for the client and
+``127.0.0.2:0`` for the server (the pair proto_hep's trace API defines for address-less
+traffic), where OpenSIPS sends nothing at all. Async commands are traced like the others
+(difference 19): a midgram worker awaits them and replies at once (OpenSIPS never traces its
+own, differently made, async replies).
 
 No clock here: times come in as nanoseconds since the epoch, randomness from a seedable
 ``random.Random``.
@@ -79,8 +80,8 @@ class Endpoint(NamedTuple):
     port: int
 
 
-#: DESIGN difference 7: a UNIX peer has no IP address; proto_hep's TRACE_INADDR_LOOPBACK
-#: and TRACE_INADDR_LOOPBACK2 stand in for the client and the server.
+#: Difference 11 (docs/compatibility.md): a UNIX peer has no IP address; proto_hep's
+#: TRACE_INADDR_LOOPBACK and TRACE_INADDR_LOOPBACK2 stand in for the client and the server.
 UNIX_CLIENT: Final = Endpoint(ipaddress.IPv4Address("127.0.0.1"), 0)
 UNIX_SERVER: Final = Endpoint(ipaddress.IPv4Address("127.0.0.2"), 0)
 

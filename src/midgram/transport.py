@@ -4,7 +4,7 @@
   A UNIX socket appears at its path only once it has the asked mode and owner, and a live
   server's socket is never replaced.
 - :class:`Receiver` reads one whole datagram per call and reports one that did not fit the
-  buffer (DESIGN difference 5: a request is never executed in part).
+  buffer (docs/compatibility.md, difference 5: a request is never executed in part).
 - :class:`ReplySender` sends replies from the receiving socket itself (difference 6: a client
   that ``connect()``-ed to the server gets its answer) and honours ``socket_timeout``
   (difference 1): a reply the client's full queue refuses is retried, without blocking the

@@ -99,7 +99,8 @@ class Tracing:
 
 
 def source_filter(networks: Sequence[str]) -> Callable[[Any], bool] | None:
-    """``allow_from`` (DESIGN.md difference 9): which UDP peers may send. None: everyone."""
+    """``allow_from`` (docs/compatibility.md, difference 9): which UDP peers may send.
+    None: everyone."""
     if not networks:
         return None
     parsed = [ipaddress.ip_network(net) for net in networks]
