@@ -14,13 +14,14 @@ correlation ids after the fork.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,6 +31,7 @@ from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
+from midgram.errors import ConfigError
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
 from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
@@ -45,7 +47,7 @@ from midgram.transport import (
 )
 from midgram.worker import ServerStats, Tracing, Worker, source_filter
 
-__all__ = ["AsyncServer", "default_address", "open_socket", "serve"]
+__all__ = ["AsyncServer", "default_address", "importing_app", "open_socket", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,46 @@ IDLE_WAKEUP: Final = 0.2
 
 #: Where ``midgram serve`` listens when told nothing: where the client calls by default.
 default_address = default_target
+
+
+# The ``module:attribute`` that ``midgram serve --app`` is importing, while it does.
+_importing_app: str | None = None
+
+
+@contextlib.contextmanager
+def importing_app(spec: str) -> Iterator[None]:
+    """While ``midgram serve --app`` imports ``spec``'s module: a server started by that
+    import is refused (``ConfigError``). It would serve elsewhere, block the import, and then
+    leave its registry's statistics allocated for another number of workers."""
+    global _importing_app  # one import at a time, in the CLI's main thread
+    _importing_app = spec
+    try:
+        yield
+    finally:
+        _importing_app = None
+
+
+def _refuse_during_app_import() -> None:
+    if _importing_app is not None:
+        raise ConfigError(
+            "--app",
+            _importing_app,
+            "its module starts a server when imported: put that call under "
+            '`if __name__ == "__main__":` (midgram serve --app serves the registry itself)',
+        )
+
+
+def _check_slots(settings: Settings, registry: Registry) -> None:
+    """A registry served before keeps its shared statistics: the same number of workers."""
+    slots = registry.stats.slots
+    if slots is not None and settings.children_count not in (0, slots):
+        raise ConfigError(
+            "children_count",
+            settings.children_count,
+            f"this Registry's statistics are already shared by {slots} worker(s) (it was "
+            f"served before): serve it again with children_count = {slots}, or serve a new "
+            "Registry",
+        )
 
 
 def _address(settings: Settings) -> UnixAddress | UdpAddress:
@@ -145,6 +187,8 @@ def serve(
     """Serve until stopped (SIGTERM, SIGINT or the ``kill`` command). Returns an exit status:
     0 after a clean stop, 1 when the workers kept dying at start-up."""
     registry = registry if registry is not None else Registry()
+    _refuse_during_app_import()
+    _check_slots(settings, registry)
     for warning in settings.warnings():
         log.warning("%s", warning)
     sock = open_socket(settings)
@@ -310,6 +354,7 @@ class AsyncServer:
         return str(_address(self.settings))
 
     async def start(self) -> None:
+        _refuse_during_app_import()
         sock = open_socket(self.settings)
         try:
             sock.setblocking(False)  # one process: the flag is ours alone

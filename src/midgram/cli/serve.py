@@ -16,6 +16,7 @@ from midgram.commands import Registry
 from midgram.config import load_settings, load_toml, parse_opensips_cfg
 from midgram.errors import ConfigError, MidgramError
 from midgram.runtime import OPENSIPS_LEVELS
+from midgram.server import importing_app
 from midgram.server import serve as run_server
 
 __all__ = ["serve"]
@@ -60,12 +61,16 @@ def _config_layer(path: str | None) -> dict[str, Any]:
 
 
 def _load_registry(spec: str | None) -> Registry | None:
-    """``--app module:attribute``: a Registry, or a function returning one."""
+    """``--app module:attribute``: a Registry, or a function returning one. The current
+    directory is on the import path first, as uvicorn and gunicorn put it."""
     if spec is None:
         return None
     module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        target = getattr(importlib.import_module(module_name), attribute or "mi")
+        with importing_app(spec):
+            target = getattr(importlib.import_module(module_name), attribute or "mi")
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--app") from exc
     registry = target() if callable(target) and not isinstance(target, Registry) else target
@@ -148,7 +153,6 @@ def serve(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     _setup_logging(settings.log_level, log_file)
-    registry = _load_registry(app)
 
     def ready(where: str) -> None:
         if pid_file:
@@ -156,7 +160,7 @@ def serve(
         click.echo(_how_to_call(where), err=True)
 
     try:
-        status = run_server(settings, registry, on_ready=ready)
+        status = run_server(settings, _load_registry(app), on_ready=ready)
     except MidgramError as exc:
         click.echo(f"midgram: {exc}", err=True)
         sys.exit(exc.code)

@@ -1,0 +1,109 @@
+"""``midgram serve`` as a newcomer and an operator meet it: ``--app``, ``--config``, the
+start-up banner, logging, and the errors on the way (issue 10).
+
+The server runs as the installed ``midgram`` script (``BIN/midgram``), not ``python -m
+midgram``: ``-m`` would put the current folder on the import path and hide what a user of
+the script sees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import ROOT, short_tmpdir, started_server
+
+from midgram.commands import Registry
+from midgram.config import Settings
+from midgram.errors import ConfigError
+from midgram.server import serve
+
+BIN = Path(sys.executable).parent
+MIDGRAM = str(BIN / "midgram")
+README = (ROOT / "README.md").read_text()
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """A user's environment: no PYTHONPATH of the tests."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(extra)
+    return env
+
+
+def run_serve(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``midgram serve ARGS`` expected to end by itself (an error at start)."""
+    return subprocess.run(
+        [MIDGRAM, "serve", *args],
+        cwd=cwd,
+        env=env or user_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+
+
+# --- --app with the README's example (issue 10 item 4) ---------------------------------------
+
+
+def readme_embed_example() -> str:
+    match = re.search(r"<!-- example: embed-serve -->\n```python\n(.*?)^```", README, re.S | re.M)
+    assert match is not None
+    return match.group(1)
+
+
+def test_app_serves_the_readme_example_from_its_folder(folder: Path) -> None:
+    own = folder / "own.sock"
+    (folder / "yourmodule.py").write_text(
+        readme_embed_example().replace("/run/calls/mi.sock", str(own))
+    )
+    target = str(folder / "mi.sock")
+    command = [MIDGRAM, "serve", "--app", "yourmodule:mi", "--socket", target]
+    with started_server(command, target, folder=str(folder), cwd=folder, env=user_env()) as server:
+        assert server.call("calls_active")["result"] == {"active": 3}
+        assert server.call("call_limit", {"limit": "5"})["result"] == {
+            "limit": 5,
+            "scope": "global",
+        }
+        assert not own.exists()  # the module's own serve() did not run
+
+
+def test_app_whose_module_serves_when_imported_is_refused_in_one_line(folder: Path) -> None:
+    unguarded = re.sub(
+        r'^if __name__ == "__main__":.*\n    ', "", readme_embed_example(), flags=re.M
+    ).replace("/run/calls/mi.sock", str(folder / "own.sock"))
+    assert unguarded.rstrip().endswith("mi)")
+    assert "__main__" not in unguarded
+    (folder / "yourmodule.py").write_text(unguarded)
+    done = run_serve("--app", "yourmodule:mi", "--socket", str(folder / "mi.sock"), cwd=folder)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("midgram:")]
+    assert len(errors) == 1, done.stderr
+    assert 'if __name__ == "__main__":' in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (folder / "own.sock").exists()
+
+
+def test_serving_a_registry_again_with_other_workers_says_what_to_do(folder: Path) -> None:
+    registry = Registry()
+    registry.stats.allocate(2)  # as a first serve() with children_count = 2 leaves it
+    with pytest.raises(ConfigError, match="children_count = 2, or serve a new Registry"):
+        serve(Settings(socket_name=str(folder / "mi.sock"), children_count=1), registry)
+    assert not (folder / "mi.sock").exists()
