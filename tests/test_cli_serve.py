@@ -107,3 +107,40 @@ def test_serving_a_registry_again_with_other_workers_says_what_to_do(folder: Pat
     with pytest.raises(ConfigError, match="children_count = 2, or serve a new Registry"):
         serve(Settings(socket_name=str(folder / "mi.sock"), children_count=1), registry)
     assert not (folder / "mi.sock").exists()
+
+
+# --- --config: TOML or opensips.cfg by content (issue 10 items 6 and 15) ---------------------
+
+
+def test_a_toml_config_named_conf_is_served_as_written(folder: Path) -> None:
+    target = str(folder / "mi.sock")
+    config = folder / "midgram.conf"
+    config.write_text(f'socket_name = "{target}"\nchildren_count = 2\n')
+    command = [MIDGRAM, "serve", "--config", str(config)]
+    with started_server(command, target, folder=str(folder), cwd=folder, env=user_env()) as server:
+        assert len(server.worker_pids()) == 2
+        assert "no modparam" not in server.log()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['loadmodule "mi_fifo.so"\nmodparam("mi_fifo", "fifo_name", "/tmp/fifo")\n', "# empty\n"],
+    ids=["opensips-cfg", "toml"],
+)
+def test_a_config_without_midgram_parameters_is_an_error_naming_it(folder: Path, text: str) -> None:
+    config = folder / "midgram.conf"
+    config.write_text(text)
+    done = run_serve("--config", str(config), cwd=folder, env=user_env(XDG_RUNTIME_DIR=str(folder)))
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: no midgram parameter in it" in done.stderr
+    assert "listening" not in done.stderr
+    assert not (folder / "midgram.sock").exists()  # the default socket was never bound
+
+
+def test_a_toml_syntax_error_names_the_file(folder: Path) -> None:
+    config = folder / "midgram.toml"
+    config.write_text('socket_name = "/tmp/x.sock"\nchildren_count = \n')
+    done = run_serve("--config", str(config), cwd=folder)
+    assert done.returncode == 2, done.stderr
+    assert f"{config}: not valid TOML: " in done.stderr
+    assert "'children_count ='" in done.stderr

@@ -5,6 +5,7 @@
     MidgramError                    code: 1 unless a subclass says otherwise
     +-- ConfigError                 a bad parameter value; .parameter, .value (code 2)
     |   +-- AddressError            a socket_name / target that does not parse
+    |   +-- ConfigFileError         a config file unusable as a whole; .parameter is its name
     +-- MIError                     a command's error reply: .code, .message, .data
     |   +-- InvalidParams           -32602 "Invalid params" with a data text
     |   +-- ServerError             -32000 "Server error" with a data text
@@ -40,6 +41,7 @@ __all__ = [
     "BuildError",
     "ClientError",
     "ConfigError",
+    "ConfigFileError",
     "ConnectError",
     "HepError",
     "InvalidParams",
@@ -78,6 +80,15 @@ class ConfigError(MidgramError):
 
 class AddressError(ConfigError):
     """A ``socket_name`` (or a client target) that does not follow the grammar."""
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file that cannot be used as a whole (not valid TOML, no parameter in
+    it): the message starts with the file's name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, None, reason)
+        self.args = (f"{name}: {reason}",)
 
 
 class MIError(MidgramError):

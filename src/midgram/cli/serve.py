@@ -13,7 +13,7 @@ import click
 
 from midgram.address import UnixAddress, parse_socket_name
 from midgram.commands import Registry
-from midgram.config import load_settings, load_toml, parse_opensips_cfg
+from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
 from midgram.runtime import OPENSIPS_LEVELS
 from midgram.server import importing_app
@@ -45,19 +45,13 @@ def _python_level(level: str) -> int:
 
 
 def _config_layer(path: str | None) -> dict[str, Any]:
-    """A TOML file, or the modparam lines of an existing opensips.cfg."""
+    """A TOML file, or the modparam lines of an existing opensips.cfg (told by content)."""
     if path is None:
         return {}
-    text = Path(path).read_text()
-    if path.endswith(".toml"):
-        return dict(load_toml(text))
-    cfg = parse_opensips_cfg(text)
-    warnings = list(cfg.warnings())
-    if not cfg.params:
-        warnings.append('no modparam("mi_datagram", ...) line found: nothing taken from it')
-    for warning in warnings:
+    found = read_config(Path(path).read_text(), path)
+    for warning in found.warnings:
         click.echo(f"midgram: {path}: {warning}", err=True)
-    return cfg.layer()
+    return found.layer
 
 
 def _load_registry(spec: str | None) -> Registry | None:
@@ -128,7 +122,8 @@ def _how_to_call(where: str) -> str:
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
-    help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams).",
+    help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams), told "
+    "apart by content.",
 )
 @click.option("--app", help="module:attribute of a Registry whose commands to serve too.")
 @click.option("--log-level", help="debug|info|warning|error|critical, or OpenSIPS -3..4.")
