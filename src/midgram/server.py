@@ -31,8 +31,8 @@ from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
-from midgram.errors import ConfigError
-from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
+from midgram.errors import ConfigError, TransportError
+from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
@@ -47,9 +47,20 @@ from midgram.transport import (
 )
 from midgram.worker import ServerStats, Tracing, Worker, source_filter
 
-__all__ = ["AsyncServer", "default_address", "importing_app", "open_socket", "serve"]
+__all__ = [
+    "LOG_FORMAT",
+    "AsyncServer",
+    "default_address",
+    "importing_app",
+    "logging_level",
+    "open_socket",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
+
+#: midgram's log lines: ``midgram serve``'s, and ``serve()``'s when the program set up none.
+LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 #: How often an idle worker wakes up to look at its stop flag and log level.
 IDLE_WAKEUP: Final = 0.2
@@ -103,13 +114,59 @@ def _address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
 
 
+def logging_level(name: str) -> int:
+    """The ``logging`` level of a ``Settings.log_level`` (already one of debug, info,
+    warning, error, critical)."""
+    level = logging.getLevelName(name.upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
+def _opensips_level(settings: Settings) -> int:
+    """``settings.log_level`` as the ``log_level`` command reports and workers apply it."""
+    return opensips_level(logging_level(settings.log_level))
+
+
+@contextlib.contextmanager
+def _own_logging(settings: Settings) -> Iterator[None]:
+    """Meanwhile, midgram's logger is at ``settings.log_level`` (in every process, as the
+    ``log_level`` command reports it) and, if the program set up no logging at all, writes
+    to stderr (Python would show warnings only, without midgram's format). The root logger
+    and the program's own handlers are left as they are."""
+    logger = logging.getLogger("midgram")
+    handler: logging.Handler | None = None
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging_level(settings.log_level))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
 def open_socket(settings: Settings) -> socket.socket:
     """Bind the server socket as ``settings`` says (path, owner, mode; or UDP host:port)."""
     address = _address(settings)
     if isinstance(address, UdpAddress):
         return bind_udp(address.host, address.port)
+    _check_folder(address)
     uid, gid = resolve_owner(settings.unix_socket_user, settings.unix_socket_group)
     return bind_unix(str(address), mode=settings.unix_socket_mode, uid=uid, gid=gid)
+
+
+def _check_folder(address: UnixAddress) -> None:
+    """A socket file's folder must exist: said in one line, not as a bare ENOENT."""
+    folder = os.path.dirname(address.path) or "."
+    if not address.abstract and not os.path.isdir(folder):
+        raise TransportError(
+            f"cannot bind {address}: no folder {folder}: create it first (writable by the "
+            "user midgram runs as)",
+            str(address),
+        )
 
 
 def _close(sock: socket.socket, settings: Settings) -> None:
@@ -189,6 +246,11 @@ def serve(
     registry = registry if registry is not None else Registry()
     _refuse_during_app_import()
     _check_slots(settings, registry)
+    with _own_logging(settings):
+        return _serve(settings, registry, on_ready)
+
+
+def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
     for warning in settings.warnings():
         log.warning("%s", warning)
     sock = open_socket(settings)
@@ -213,7 +275,7 @@ def _serve_inline(
     on_ready: Callable[[str], None] | None,
 ) -> int:
     """``children_count = 0``: this process is the one worker (embedding, debugging)."""
-    runtime = LocalRuntime()
+    runtime = LocalRuntime(level=_opensips_level(settings))
     dispatcher = _dispatcher(settings, registry, runtime)
     plan = _trace_plan(settings, sock, dispatcher)
     tracing = plan.start() if plan is not None else None
@@ -257,7 +319,7 @@ def _serve_forked(
     on_ready: Callable[[str], None] | None,
 ) -> int:
     children = settings.children_count
-    table = ProcessTable(children)
+    table = ProcessTable(children, level=_opensips_level(settings))
     table.register(0, os.getpid())
     runtime = SharedRuntime(table, 0, time.time(), os.getpid())
     dispatcher = _dispatcher(settings, registry, runtime)
@@ -341,13 +403,14 @@ class AsyncServer:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else Registry()
-        self.runtime = LocalRuntime()
+        self.runtime = LocalRuntime(level=_opensips_level(settings))
         self._sock: socket.socket | None = None
         self._worker: Worker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: asyncio.Event | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tracing: Tracing | None = None
+        self._logging = contextlib.ExitStack()
 
     @property
     def address(self) -> str:
@@ -355,13 +418,19 @@ class AsyncServer:
 
     async def start(self) -> None:
         _refuse_during_app_import()
-        sock = open_socket(self.settings)
+        self._logging.enter_context(_own_logging(self.settings))
+        try:
+            sock = open_socket(self.settings)
+        except BaseException:
+            self._logging.close()
+            raise
         try:
             sock.setblocking(False)  # one process: the flag is ours alone
             dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
             plan = _trace_plan(self.settings, sock, dispatcher)
         except BaseException:
             _close(sock, self.settings)
+            self._logging.close()
             raise
         self._tracing = plan.start() if plan is not None else None
         stats = ServerStats.declare(self.registry.stats)
@@ -391,6 +460,7 @@ class AsyncServer:
         self._sock = None
         _close_tracing(self._tracing)
         self._tracing = None
+        self._logging.close()
         if self._closed is not None:
             self._closed.set()
 

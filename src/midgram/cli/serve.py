@@ -15,15 +15,10 @@ from midgram.address import UnixAddress, parse_socket_name
 from midgram.commands import Registry
 from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
-from midgram.runtime import OPENSIPS_LEVELS
-from midgram.server import importing_app
+from midgram.server import LOG_FORMAT, importing_app, logging_level
 from midgram.server import serve as run_server
 
 __all__ = ["serve"]
-
-LOG_FORMAT = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
-
-_LEVEL_NAMES = {"debug", "info", "warning", "warn", "error", "critical", "notice", "err", "crit"}
 
 
 def _setup_logging(level: str, log_file: str | None) -> None:
@@ -33,15 +28,7 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_python_level(level))
-
-
-def _python_level(level: str) -> int:
-    aliases = {"warn": "WARNING", "notice": "INFO", "err": "ERROR", "crit": "CRITICAL"}
-    text = level.strip()
-    if text.lstrip("-").isdigit():
-        return OPENSIPS_LEVELS[max(-3, min(4, int(text)))]
-    return logging.getLevelName(aliases.get(text.lower(), text.upper()))  # type: ignore[no-any-return]
+    root.setLevel(logging_level(level))
 
 
 def _config_layer(path: str | None) -> dict[str, Any]:
