@@ -15,9 +15,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from servers import ROOT, short_tmpdir, started_server
+from servers import ROOT, ServerProcess, short_tmpdir, started_server
 
 from midgram.commands import Registry
 from midgram.config import Settings
@@ -144,3 +145,57 @@ def test_a_toml_syntax_error_names_the_file(folder: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert f"{config}: not valid TOML: " in done.stderr
     assert "'children_count ='" in done.stderr
+
+
+# --- the start-up banner (issue 10 items 8 and 9) ---------------------------------------------
+
+
+def banner_commands(server: ServerProcess) -> list[str]:
+    """The commands the banner suggests (its `call it:` and `or:` lines)."""
+    server.wait_for_log("stop it:")
+    found = re.findall(r"^\s+(?:call it|or):\s+(.*)$", server.log(), re.M)
+    assert found, server.log()
+    return found
+
+
+def run_in(shell: str, line: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [shell, "-c", line], env=env, capture_output=True, text=True, timeout=DEADLINE, check=False
+    )
+
+
+def started_as(command: list[str], folder: Path, env: dict[str, str], cwd: Path) -> Any:
+    target = str(folder / "mi.sock")
+    return started_server(
+        [*command, "--socket", target], target, folder=str(folder), cwd=cwd, env=env
+    )
+
+
+def test_the_banner_shows_the_path_it_was_started_by_when_midgram_is_not_on_path(
+    folder: Path,
+) -> None:
+    env = user_env(PATH="/usr/bin:/bin", HOME=str(folder))
+    assert shutil.which("midgram", path=env["PATH"]) is None
+    # As `make run` starts it: a path relative to the checkout.
+    with started_as(["bin/midgram", "serve"], folder, env, cwd=BIN.parent) as server:
+        call, _ = banner_commands(server)
+        assert call.startswith(f"{MIDGRAM} call uptime")
+        done = run_in("bash", call, env)
+    assert done.returncode == 0, done.stderr
+    assert "Up since" in done.stdout
+
+
+def test_the_banner_says_midgram_when_that_is_the_program_on_path(folder: Path) -> None:
+    env = user_env(PATH=f"{BIN}{os.pathsep}/usr/bin:/bin", HOME=str(folder))
+    with started_as(["midgram", "serve"], folder, env, cwd=folder) as server:
+        call, _ = banner_commands(server)
+    assert call.startswith("midgram call uptime")
+
+
+def test_the_banner_of_python_m_midgram_says_so(folder: Path) -> None:
+    env = user_env(PATH="/usr/bin:/bin", HOME=str(folder))
+    with started_as([sys.executable, "-m", "midgram", "serve"], folder, env, cwd=folder) as server:
+        call, _ = banner_commands(server)
+        done = run_in("bash", call, env)
+    assert call.startswith(f"{sys.executable} -m midgram call uptime")
+    assert done.returncode == 0, done.stderr

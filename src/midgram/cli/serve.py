@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,19 @@ def _load_registry(spec: str | None) -> Registry | None:
     return registry
 
 
+def _program() -> list[str]:
+    """How to run this midgram again from a shell: ``midgram`` when that is this program on
+    PATH, else the path it was started by (``make run`` starts ``.venv/bin/midgram``), or
+    ``python -m midgram``."""
+    started_as = sys.argv[0]
+    if os.path.basename(started_as) == "__main__.py" or not os.path.isfile(started_as):
+        return [sys.executable, "-m", "midgram"]
+    on_path = shutil.which("midgram")
+    if on_path is not None and os.path.samefile(on_path, started_as):
+        return ["midgram"]
+    return [os.path.abspath(started_as)]
+
+
 def _how_to_call(where: str) -> str:
     address = parse_socket_name(where)
     if isinstance(address, UnixAddress) and not address.abstract:
@@ -71,7 +86,7 @@ def _how_to_call(where: str) -> str:
         opensips = f"-o datagram_ip={host} -o datagram_port={address.port}"
     return (
         f"midgram listening on {where}\n"
-        f"  call it:  midgram call uptime --target {where}\n"
+        f"  call it:  {shlex.join(_program())} call uptime --target {where}\n"
         f"       or:  opensips-cli -o communication_type=datagram {opensips} -x mi uptime\n"
         "  stop it:  Ctrl-C (or the MI command `kill`)"
     )
