@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ROOT, ServerProcess, short_tmpdir, started_server
+from servers import ROOT, ServerProcess, free_udp_port, short_tmpdir, started_server
 
 from midgram.commands import Registry
 from midgram.config import Settings
@@ -199,3 +199,64 @@ def test_the_banner_of_python_m_midgram_says_so(folder: Path) -> None:
         done = run_in("bash", call, env)
     assert call.startswith(f"{sys.executable} -m midgram call uptime")
     assert done.returncode == 0, done.stderr
+
+
+def _shell(name: str) -> Any:
+    reason = f"{name} is not installed (apt-get install {name})"
+    return pytest.param(name, marks=pytest.mark.skipif(not shutil.which(name), reason=reason))
+
+
+SHELLS = [_shell("bash"), _shell("zsh")]
+
+
+def _socket(kind: str, folder: Path) -> str:
+    return {
+        "path with a space": f"{folder}/my mi.sock",
+        "abstract": f"@midgram-banner-{os.getpid()}",
+        "udp ipv4": f"udp:127.0.0.1:{free_udp_port()}",
+        "udp ipv6": f"udp:[::1]:{free_udp_port('::1')}",
+        "udp name": f"udp:localhost:{free_udp_port()}",
+    }[kind]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    "kind", ["path with a space", "abstract", "udp ipv4", "udp ipv6", "udp name"]
+)
+def test_every_command_the_banner_suggests_runs_as_pasted(
+    folder: Path, kind: str, shell: str
+) -> None:
+    env = user_env(PATH=f"{BIN}{os.pathsep}/usr/bin:/bin", HOME=str(folder))  # opensips-cli too
+    target = _socket(kind, folder)
+    command = [MIDGRAM, "serve", "--socket", target]
+    with started_server(command, target, folder=str(folder), cwd=folder, env=env) as server:
+        suggested = banner_commands(server)
+        for line in suggested:
+            done = run_in(shell, line, env)
+            assert done.returncode == 0, f"{line}\n{done.stderr}"
+            assert "Up since" in done.stdout, line
+    opensips_cli = [line for line in suggested if line.startswith("opensips-cli")]
+    if kind in ("abstract", "udp ipv6"):
+        assert not opensips_cli  # it cannot reach those: the banner says why instead
+        assert re.search(r"^\s+\(opensips-cli .*\)$", server.log(), re.M)
+    else:
+        assert len(opensips_cli) == 1
+
+
+def help_examples(*command: str) -> list[str]:
+    text = subprocess.run(
+        [MIDGRAM, *command, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    examples = text.split("Examples:")[1].split("\n\n")[0]
+    return [line.strip() for line in examples.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_examples_of_call_help_run_as_pasted(shell: str, folder: Path) -> None:
+    examples = help_examples("call")
+    assert any("[::1]" in line for line in examples)
+    env = user_env(PATH=f"{BIN}{os.pathsep}/usr/bin:/bin", HOME=str(folder))
+    for line in examples:
+        assert line.startswith("midgram call ")
+        done = run_in(shell, line.replace("midgram call ", "midgram call --dry-run ", 1), env)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"

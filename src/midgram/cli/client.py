@@ -232,7 +232,7 @@ Examples:
   midgram call uptime
   midgram call log_level level:=-1
   midgram call get_statistics statistics:='["core:"]'
-  midgram call -t udp:[::1]:8080 which uptime
+  midgram call -t 'udp:[::1]:8080' which uptime
   midgram call --dialect kamailio -t /run/kamailio/kamailio_rpc.sock core.echo a :=1""",
 )
 @click.argument("method", shell_complete=complete_method)

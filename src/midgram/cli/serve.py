@@ -7,13 +7,14 @@ import logging
 import os
 import shlex
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from midgram.address import UnixAddress, parse_socket_name
+from midgram.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
 from midgram.commands import Registry
 from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
@@ -75,19 +76,35 @@ def _program() -> list[str]:
     return [os.path.abspath(started_as)]
 
 
+def _opensips_cli(address: UnixAddress | UdpAddress) -> list[str] | str:
+    """opensips-cli's options for the address, or why it cannot reach it: it binds its reply
+    socket by path and sends UDP over IPv4 only."""
+    if isinstance(address, UnixAddress):
+        if address.abstract:
+            return "opensips-cli cannot reach an abstract socket"
+        return ["-o", f"datagram_unix_socket={address.path}"]
+    host = address.host
+    if address.host_kind is HostKind.NAME:  # what the server bound: the first address found
+        host = str(socket.getaddrinfo(host, address.port, type=socket.SOCK_DGRAM)[0][4][0])
+    if ":" in host:
+        return "opensips-cli sends over IPv4 only"
+    return ["-o", f"datagram_ip={host}", "-o", f"datagram_port={address.port}"]
+
+
 def _how_to_call(where: str) -> str:
+    """The banner: every command in it runs as shown when pasted into bash or zsh."""
     address = parse_socket_name(where)
-    if isinstance(address, UnixAddress) and not address.abstract:
-        opensips = f"-o datagram_unix_socket={where}"
-    elif isinstance(address, UnixAddress):
-        opensips = "(opensips-cli cannot reach abstract sockets)"
+    call = shlex.join([*_program(), "call", "uptime", "--target", where])
+    opensips = _opensips_cli(address)
+    if isinstance(opensips, str):
+        other = f"            ({opensips})"
     else:
-        host = address.host
-        opensips = f"-o datagram_ip={host} -o datagram_port={address.port}"
+        command = ["opensips-cli", "-o", "communication_type=datagram", *opensips]
+        other = f"       or:  {shlex.join([*command, '-x', 'mi', 'uptime'])}"
     return (
         f"midgram listening on {where}\n"
-        f"  call it:  {shlex.join(_program())} call uptime --target {where}\n"
-        f"       or:  opensips-cli -o communication_type=datagram {opensips} -x mi uptime\n"
+        f"  call it:  {call}\n"
+        f"{other}\n"
         "  stop it:  Ctrl-C (or the MI command `kill`)"
     )
 
