@@ -167,6 +167,41 @@ def test_named_positional_and_typed_params(server: ServerProcess) -> None:
     assert all(name.startswith("core:") for name in json.loads(stats.stdout))
 
 
+def test_array_params_without_json(server: ServerProcess) -> None:
+    """`which get_statistics` shows `statistics`; the forms a user tries next work (issue 10
+    item 10)."""
+    for words in (["statistics[]=all"], ["statistics=core:", "statistics=shmem:"]):
+        result = invoke("call", "-t", server.target, "get_statistics", *words)
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)
+
+
+def test_a_bad_type_hint_shows_the_form_that_works(
+    server: ServerProcess, env: dict[str, str]
+) -> None:
+    failed = invoke("call", "-t", server.target, "get_statistics", "statistics=all")
+    assert failed.exit_code == 1
+    assert "midgram which" not in failed.stderr  # not back to `which`: it shows no types
+    suggested = re.search(r"write ('statistics\[\]=all')", failed.stderr)
+    assert suggested is not None, failed.stderr
+    line = f"{sys.executable} -m midgram call -t {server.target} get_statistics {suggested[1]}"
+    for shell in ("bash", "zsh") if shutil.which("zsh") else ("bash",):
+        done = subprocess.run(
+            [shell, "-c", line],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    number = invoke("call", "-t", server.target, "log_level", "level=x3")
+    assert "level takes another type" not in number.stderr
+    assert "if level takes an array, write 'level[]=x3'" in number.stderr
+    typed = invoke("call", "-t", server.target, "log_level", "level:=[3]")
+    assert "level takes another type: level=text sends a string" in typed.stderr
+
+
 def test_json_params(server: ServerProcess) -> None:
     assert invoke("call", "-t", server.target, "-j", '{"size": 2}', "big").stdout == '"xx"\n'
     from_stdin = invoke("call", "-t", server.target, "-j", "-", "big", stdin="[3]")
@@ -515,5 +550,6 @@ def test_shell_reads_lines_from_a_pipe(server: ServerProcess, env: dict[str, str
         "midgram: no_such: error -32601: Method not found: "
         "run `midgram which` for the server's commands",
         "midgram: big: error -32602: Invalid params (Bad type for parameter 'size'): "
-        "run `midgram which big` for the parameters it takes",
+        "size takes another type: size=text sends a string, size[]=text an array, "
+        "size:=5 a number",
     ]

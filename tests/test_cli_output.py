@@ -48,6 +48,13 @@ PS = {
         (["name="], {"name": ""}),
         (["x.y-z_1=v"], {"x.y-z_1": "v"}),
         (["k=v=w"], {"k": "v=w"}),
+        # Arrays (issue 10 item 10): name[]=, or a name given more than once.
+        (["statistics[]=all"], {"statistics": ["all"]}),
+        (["statistics=core:", "statistics=shmem:"], {"statistics": ["core:", "shmem:"]}),
+        (["ids[]:=1", "ids[]:=2", "on:=true"], {"ids": [1, 2], "on": True}),
+        (["a=1", "a[]=2"], {"a": ["1", "2"]}),
+        (["a[]:=[1]"], {"a": [[1]]}),
+        (["x[]"], ["x[]"]),
     ],
 )
 def test_words_to_params(words: list[str], params: object) -> None:
@@ -58,7 +65,7 @@ def test_words_to_params(words: list[str], params: object) -> None:
     ("words", "message"),
     [
         (["a=1", "b"], "cannot be mixed"),
-        (["a=1", "a=2"], "given twice"),
+        (["a=1", "b", "a=2"], "cannot be mixed"),
         (["a:=nope"], "not valid JSON"),
         ([":=[1,"], "not valid JSON"),
     ],

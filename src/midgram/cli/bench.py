@@ -127,7 +127,15 @@ def _measure(ctx: click.Context, target: str, method: str, **options: Any) -> Lo
     except (ConfigError, TypeError) as exc:  # TypeError: params the dialect cannot send
         raise click.UsageError(str(exc)) from None
     except ClientError as exc:
-        _fail(describe(exc, target=target, method=method, dialect=options["dialect"]))
+        _fail(
+            describe(
+                exc,
+                target=target,
+                method=method,
+                dialect=options["dialect"],
+                params=options["params"],
+            )
+        )
         ctx.exit(exit_code_for(exc))
     except LoadgenError as exc:
         _fail(str(exc))

@@ -221,9 +221,11 @@ def _clients(targets: list[str], timeout: float, dialect: str, verbose: bool) ->
 ARGS, read as httpie reads them:
   name=text     a named string
   name:=JSON    a named JSON value: limit:=5  stats:='["core:"]'
+  name[]=text   a named array: 'statistics[]=all' (quoted for zsh)
   :=JSON        a positional JSON value: :=5  :='{"a":1}'
   other words   positional strings
 
+A name given more than once is an array too: statistics=core: statistics=shmem:.
 Named and positional params cannot be mixed. A word that starts with `-` (like `-1`)
 is a param when midgram has no such option; put `--` before the params to be sure.
 
@@ -294,7 +296,15 @@ def call(
         _show_many(outcomes, fmt, colour)
     for outcome in outcomes:
         if outcome.error is not None:
-            _fail(describe(outcome.error, target=outcome.target, method=method, dialect=dialect))
+            _fail(
+                describe(
+                    outcome.error,
+                    target=outcome.target,
+                    method=method,
+                    dialect=dialect,
+                    params=params,
+                )
+            )
     ctx.exit(max(outcome.status for outcome in outcomes))
 
 

@@ -7,8 +7,11 @@ sub-command (``call``, ``which``, ``help``, ``shell``).
 from __future__ import annotations
 
 import errno
+import json
+import re
+import shlex
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from midgram.address import UnixAddress, parse_target
 from midgram.errors import (
@@ -20,6 +23,7 @@ from midgram.errors import (
     RemoteError,
     ReplyTimeout,
 )
+from midgram.protocol import Params
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -113,14 +117,49 @@ def _connect_hint(exc: ConnectError) -> str:
     return template.format(where=exc.target)
 
 
-def _remote_line(exc: RemoteError, method: str) -> str:
+_BAD_TYPE_RE: Final = re.compile(r"Bad type for parameter '([^']*)'")
+
+
+def _bad_type_hint(data: object, params: Params) -> str | None:
+    """For ``Bad type for parameter 'x'``: the form that sends what the server wanted."""
+    match = _BAD_TYPE_RE.fullmatch(str(data))
+    if match is None:
+        return None
+    name = match.group(1)
+    value = params.get(name) if isinstance(params, dict) else None
+    if not isinstance(value, str):
+        return (
+            f"{name} takes another type: {name}=text sends a string, {name}[]=text an array, "
+            f"{name}:=5 a number"
+        )
+    hint = (
+        f"{name}={value} sends a string: if {name} takes an array, write "
+        f"{shlex.quote(f'{name}[]={value}')} (or give {name}=… once per value)"
+    )
+    if _json_scalar(value):
+        hint += f"; a number or true/false: {name}:={value}"
+    return hint
+
+
+def _json_scalar(text: str) -> bool:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, int | float | bool)
+
+
+def _remote_line(exc: RemoteError, method: str, params: Params) -> str:
     text = f"{method}: error {exc.code}: {exc.message}"
     if exc.data is not None:
         text += f" ({exc.data})"
-    hint = _REMOTE_HINTS.get(exc.code)
-    if hint is None and exc.message.lower() == "method not found":  # Kamailio's 500
-        hint = _REMOTE_HINTS[-32601]
-    return f"{text}: {hint.format(method=method)}" if hint else text
+    template = _REMOTE_HINTS.get(exc.code)
+    if template is None and exc.message.lower() == "method not found":  # Kamailio's 500
+        template = _REMOTE_HINTS[-32601]
+    hint = _bad_type_hint(exc.data, params) if exc.code == -32602 else None
+    if hint is None and template is not None:
+        hint = template.format(method=method)
+    return f"{text}: {hint}" if hint else text
 
 
 def _plain_text_line(exc: PlainTextError, target: str) -> str:
@@ -132,9 +171,15 @@ def _plain_text_line(exc: PlainTextError, target: str) -> str:
 
 
 def describe(
-    exc: ClientError, *, target: str = "the server", method: str = "", dialect: str = "opensips"
+    exc: ClientError,
+    *,
+    target: str = "the server",
+    method: str = "",
+    dialect: str = "opensips",
+    params: Params = None,
 ) -> str:
-    """One line for stderr: what went wrong, then what to check."""
+    """One line for stderr: what went wrong, then what to check (``params``: what was sent,
+    for a hint that shows the right form)."""
     if isinstance(exc, ConnectError):
         return _connect_hint(exc)
     if isinstance(exc, ReplyTimeout):
@@ -143,7 +188,7 @@ def describe(
             why += " (Kamailio sends nothing back when a reply is too big)"
         return f"{exc}: {why}"
     if isinstance(exc, RemoteError):
-        return _remote_line(exc, method)
+        return _remote_line(exc, method, params)
     if isinstance(exc, PlainTextError):
         return _plain_text_line(exc, target)
     if isinstance(exc, BadReply):

@@ -88,13 +88,18 @@ class Shell:
 
     def _call(self, method: str, words: list[str]) -> None:
         try:
-            result = self.client.request(method, parse_words(words))
+            params = parse_words(words)
+            result = self.client.request(method, params)
         except (ParamsError, TypeError) as exc:
             self._error(str(exc), status=2)
             return
         except ClientError as exc:
             line = describe(
-                exc, target=self.client.target, method=method, dialect=self.client.dialect.name
+                exc,
+                target=self.client.target,
+                method=method,
+                dialect=self.client.dialect.name,
+                params=params,
             )
             self._error(line, status=exit_code_for(exc))
             return
