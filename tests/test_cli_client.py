@@ -284,6 +284,32 @@ def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
     assert "no server listens on" in refused.stderr
 
 
+def test_each_unreachable_target_gets_its_own_true_message(
+    folder: Path, env: dict[str, str]
+) -> None:
+    """Not "(the file is stale)" for everything that refuses (issue 10 item 11)."""
+    (folder / "plain").write_text("not a socket")
+    (folder / "sub").mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as left:
+        left.bind(str(folder / "left.sock"))  # closed below, the file stays: a stopped server
+    cases = {
+        str(folder / "sub"): (4, f"{folder}/sub is a folder, not a socket"),
+        str(folder / "plain"): (4, f"{folder}/plain is a regular file, not a socket"),
+        "@midgram-nosuch": (4, "no server listens on the abstract socket @midgram-nosuch"),
+        str(folder / "left.sock"): (4, "(the socket file was left by a server that stopped)"),
+        "tcp:127.0.0.1:8080": (2, "speaks UDP and UNIX datagram sockets: write udp:127.0.0.1:8080"),
+        "unix:/run/mi.sock": (2, "write the socket's path itself: /run/mi.sock"),
+    }
+    lines = set()
+    for target, (status, message) in cases.items():
+        result = run("call", "-t", target, "uptime", env=env)
+        assert result.returncode == status, result.stderr
+        assert message in result.stderr
+        assert "stale" not in result.stderr
+        lines.add(result.stderr)
+    assert len(lines) == len(cases)
+
+
 def test_exit_130_interrupted(folder: Path, env: dict[str, str]) -> None:
     with silent_peer(folder) as (target, peer):
         proc = subprocess.Popen(

@@ -200,7 +200,7 @@ def test_every_exit_code_is_documented() -> None:
         ),
         (
             ConnectError("/run/x.sock", "Connection refused", errno.ECONNREFUSED),
-            "no server listens on /run/x.sock: is it running? (the file is stale)",
+            "no server listens on /run/x.sock: is it running? is the path right?",
         ),
         (
             ConnectError("udp:127.0.0.1:9", "Connection refused", errno.ECONNREFUSED),

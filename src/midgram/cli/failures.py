@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shlex
+import stat
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -82,7 +84,6 @@ _UNIX_HINTS: Final = MappingProxyType(
     {
         errno.ENOENT: "no socket at {where}: is the server running? is the path right?",
         errno.ENOTDIR: "no socket at {where}: is the path right?",
-        errno.ECONNREFUSED: "no server listens on {where}: is it running? (the file is stale)",
         errno.EACCES: "permission denied on {where}: run as a user who may write to the socket "
         "(the server's unix_socket_mode/user/group)",
         errno.EPERM: "permission denied on {where}: run as a user who may write to the socket "
@@ -108,8 +109,33 @@ _REMOTE_HINTS: Final = MappingProxyType(
 )
 
 
+def _refused_unix(address: UnixAddress) -> str:
+    """ECONNREFUSED on a UNIX target: what is really there, said as it is."""
+    where = str(address)
+    if address.abstract:
+        return (
+            f"no server listens on the abstract socket {where}: is it running? is the name right?"
+        )
+    try:
+        mode = os.stat(address.path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISDIR(mode):
+        return f"{where} is a folder, not a socket: give the socket's path in it"
+    if stat.S_ISREG(mode):
+        return f"{where} is a regular file, not a socket: is the path right?"
+    if stat.S_ISSOCK(mode):
+        return (
+            f"no server listens on {where}: is it running? (the socket file was left by a "
+            "server that stopped)"
+        )
+    return f"no server listens on {where}: is it running? is the path right?"
+
+
 def _connect_hint(exc: ConnectError) -> str:
     address = parse_target(exc.target)
+    if isinstance(address, UnixAddress) and exc.errno == errno.ECONNREFUSED:
+        return _refused_unix(address)
     hints = _UNIX_HINTS if isinstance(address, UnixAddress) else _UDP_HINTS
     template = hints.get(exc.errno or 0)
     if template is None:
