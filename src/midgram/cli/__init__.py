@@ -9,6 +9,7 @@ script calling it in a loop pays. Library errors are mapped to exit codes in one
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Final
 
 import click
@@ -49,5 +50,13 @@ def cli() -> None:
     """midgram: OpenSIPS-compatible MI datagram server, library and client."""
 
 
+#: The variable click's completion scripts set when they ask for completions.
+COMPLETE_VAR: Final = "_MIDGRAM_COMPLETE"
+
+
 def main() -> None:
+    if COMPLETE_VAR in os.environ:  # a TAB: answer as midgram's own scripts expect
+        from midgram.cli.shells import register  # noqa: PLC0415 - only completion needs it
+
+        register()
     cli(prog_name="midgram")

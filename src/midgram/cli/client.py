@@ -29,6 +29,7 @@ from midgram.cli.failures import (
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
+from midgram.cli.shells import register as register_shells
 from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
@@ -457,6 +458,7 @@ def completion(ctx: click.Context, shell_name: str | None) -> None:
     zsh:   eval "$(midgram completion zsh)"           (in ~/.zshrc)
     fish:  midgram completion fish > ~/.config/fish/completions/midgram.fish
     """
+    register_shells()
     name = shell_name or os.path.basename(os.environ.get("SHELL", "")) or "bash"
     cls = get_completion_class(name) if name in _SHELLS else None
     if cls is None:
