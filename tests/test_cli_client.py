@@ -412,6 +412,25 @@ def test_help(server: ServerProcess) -> None:
     assert json.loads(as_json.stdout)["Exported by"] == "core"
 
 
+@pytest.mark.parametrize("command", ["which", "help", "shell", "bench"])
+def test_one_target_commands_say_so_and_refuse_a_second(command: str) -> None:
+    """Their -t help said "Repeat it to call several servers", and a second was refused
+    (issue 10 item 13): the help and the behaviour agree now."""
+    text = " ".join(invoke(command, "--help").stdout.split())
+    assert "Repeat it" not in text
+    assert "One server (`midgram call` takes several)" in text
+    args = ["uptime"] if command == "help" else []
+    result = invoke(command, "-t", "/run/a.sock", "-t", "/run/b.sock", *args)
+    assert result.exit_code == 2
+    assert f"`midgram {command}` talks to one server, and got 2" in result.stderr
+
+
+def test_call_takes_several_targets_and_says_so() -> None:
+    assert "Repeat it to call several servers at once." in " ".join(
+        invoke("call", "--help").stdout.split()
+    )
+
+
 def test_help_lists_the_exit_codes() -> None:
     text = invoke("call", "--help").stdout
     for line in ("0    ok", "3    no reply within --timeout", "130  interrupted"):

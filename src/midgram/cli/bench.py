@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
-from midgram.cli.client import _call_params, _fail, _one_target, target_options
+from midgram.cli.client import _call_params, _fail, _one_target, one_target_options
 from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.failures import EXIT_INTERRUPTED, EXIT_TIMEOUT, describe, exit_code_for
 from midgram.cli.output import render
@@ -180,7 +180,7 @@ Examples:
     metavar="PARAMS",
     help="The params as raw JSON (an array or an object); '-' reads them from stdin.",
 )
-@target_options
+@one_target_options
 @click.option(
     "--inflight",
     type=click.IntRange(1, 4096),

@@ -35,7 +35,7 @@ from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
 from midgram.rpc import DIALECTS
 
-__all__ = ["call", "completion", "help_", "shell", "which"]
+__all__ = ["call", "completion", "help_", "one_target_options", "shell", "target_options", "which"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,20 +47,37 @@ def _fail(message: str) -> None:
 # --- shared options --------------------------------------------------------------------------
 
 
+_TARGET_HELP: Final = "The server: /path, @abstract, udp:host:port or 'udp:[v6]:port'."
+_SEVERAL_HELP: Final = {
+    True: "Repeat it to call several servers at once.",
+    False: "One server (`midgram call` takes several).",
+}
+
+
 def target_options(func: F) -> F:
-    """--target (repeatable), --timeout and --dialect, with their environment variables."""
+    """--target (repeatable: several servers), --timeout and --dialect."""
+    return _with_target_options(func, several=True)
+
+
+def one_target_options(func: F) -> F:
+    """The same for a command that talks to one server (``which``, ``help``, ``shell``,
+    ``bench``): a second target is a usage error, and its help says so."""
+    return _with_target_options(func, several=False)
+
+
+def _with_target_options(func: F, *, several: bool) -> F:
+    """--target, --timeout and --dialect, with their environment variables."""
     options = (
         profile_option,
         click.option(
             "-t",
             "--target",
             "targets",
-            multiple=True,
+            multiple=True,  # even for one: a second is refused, not silently dropped
             envvar="MIDGRAM_TARGET",
             metavar="TARGET",
-            help="The server: /path, @abstract, udp:host:port or udp:[v6]:port. Repeat it to "
-            "call several servers at once. Default: $MIDGRAM_TARGET, else the server's "
-            f"default socket ({default_target()}).",
+            help=f"{_TARGET_HELP} {_SEVERAL_HELP[several]} Default: $MIDGRAM_TARGET, else "
+            f"the server's default socket ({default_target()}).",
         ),
         click.option(
             "--timeout",
@@ -96,7 +113,12 @@ def _targets(targets: Sequence[str]) -> list[str]:
 def _one_target(targets: Sequence[str]) -> str:
     texts = _targets(targets)
     if len(texts) > 1:
-        raise click.BadParameter("this command talks to one target", param_hint="--target")
+        command = click.get_current_context().info_name
+        raise click.BadParameter(
+            f"`midgram {command}` talks to one server, and got {len(texts)} "
+            f"({', '.join(texts)}): give one (`midgram call` calls several)",
+            param_hint="--target",
+        )
     return texts[0]
 
 
@@ -330,7 +352,7 @@ def _usage_lines(command: str, recipes: list[list[str]]) -> str:
 
 @click.command(epilog=EXIT_STATUS_HELP)
 @click.argument("command", required=False, shell_complete=complete_method)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
@@ -376,7 +398,7 @@ def _help_text(command: str, info: Any, recipes: list[list[str]] | None) -> str:
 
 @click.command("help", epilog=EXIT_STATUS_HELP)
 @click.argument("command", shell_complete=complete_method)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
@@ -411,7 +433,7 @@ def help_(
 
 
 @click.command(epilog=EXIT_STATUS_HELP)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
