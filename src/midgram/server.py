@@ -251,6 +251,8 @@ def serve(
 
 
 def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
+    listening: list[str] = []
+    on_ready = _noting(listening, on_ready)
     for warning in settings.warnings():
         log.warning("%s", warning)
     sock = open_socket(settings)
@@ -264,7 +266,19 @@ def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], Non
         return _serve_forked(sock, settings, registry, where, on_ready)
     finally:
         _close(sock, settings)
-        log.info("stopped")
+        if listening:  # a server that never listened did not stop: its error says it all
+            log.info("stopped")
+
+
+def _noting(listening: list[str], on_ready: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``on_ready``, noting in ``listening`` that the server listens."""
+
+    def ready(where: str) -> None:
+        listening.append(where)
+        if on_ready is not None:
+            on_ready(where)
+
+    return ready
 
 
 def _serve_inline(
