@@ -260,6 +260,21 @@ def test_exit_2_usage(args: tuple[str, ...], message: str) -> None:
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["udp", "unix"])
+def test_a_request_too_large_to_send_is_a_usage_error(
+    server: ServerProcess, kind: str, env: dict[str, str]
+) -> None:
+    """Refused by the client's own socket (EMSGSIZE): nothing reached the server, so not
+    "the server answered with an error" (issue 10 item 15)."""
+    target = f"udp:127.0.0.1:{free_udp_port()}" if kind == "udp" else server.target
+    size = 70_000 if kind == "udp" else 8 << 20  # past any UNIX send buffer
+    result = run("call", "-t", target, "-j", "-", "which", env=env, stdin=json.dumps(["x" * size]))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("midgram: the request (")
+    assert f"is too large to send to {target} in one datagram" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
 def test_exit_3_no_reply(folder: Path, env: dict[str, str]) -> None:
     with silent_peer(folder) as (target, _):
         started = time.monotonic()

@@ -21,6 +21,7 @@
     |   +-- ReplyTimeout            no reply within the timeout (code 3); .target
     |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
     |   |                           unresolvable host (code 4); .target, .reason, .errno
+    |   +-- RequestTooLarge         the request does not fit in one datagram (code 2)
     |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
     +-- BuildError                  C code midgram builds on first use cannot be built (no C
         |                           compiler, no Python headers, a compile error)
@@ -54,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "ReplyTimeout",
+    "RequestTooLarge",
     "ServerError",
     "SocketInUse",
     "TransportError",
@@ -218,6 +220,23 @@ class ConnectError(ClientError):
         self.target = target
         self.reason = reason
         self.errno = errno
+
+
+class RequestTooLarge(ClientError):
+    """The client's own socket refused to send the request (EMSGSIZE): it does not fit in one
+    datagram. Nothing was sent; a usage error (code 2), not the server's answer."""
+
+    code = 2
+
+    def __init__(self, target: str, size: int | None, reason: str) -> None:
+        what = "the request" if size is None else f"the request ({size} bytes)"
+        super().__init__(
+            f"{what} is too large to send to {target} in one datagram ({reason}): UDP carries "
+            "at most 65507 bytes, a UNIX socket what its send buffer holds; send fewer or "
+            "shorter params"
+        )
+        self.target = target
+        self.size = size
 
 
 class BadReply(ClientError):

@@ -34,7 +34,8 @@ Exit status:
   0    ok (errors and timeouts during the runs are counted, not fatal)
   1    the check request got an error reply, or the load generator
        could not be built or run
-  2    usage error (bad option, target or params)
+  2    usage error (bad option, target or params; a request too
+       large to send in one datagram)
   3    no reply: to the check request, or to any request of a whole run
   4    cannot reach the target (no socket, refused, permission denied)
   130  interrupted (Ctrl-C)"""

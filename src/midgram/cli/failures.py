@@ -24,6 +24,7 @@ from midgram.errors import (
     PlainTextError,
     RemoteError,
     ReplyTimeout,
+    RequestTooLarge,
 )
 from midgram.protocol import Params
 
@@ -52,7 +53,8 @@ EXIT_STATUS_HELP: Final = """\b
 Exit status:
   0    ok
   1    the server answered with an error (or an unusable reply)
-  2    usage error (bad option, target or params)
+  2    usage error (bad option, target or params; a request too
+       large to send in one datagram)
   3    no reply within --timeout
   4    cannot reach the target (no socket, refused, permission denied)
   130  interrupted (Ctrl-C)
@@ -63,6 +65,7 @@ _EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
     (ReplyTimeout, EXIT_TIMEOUT),
     (ConnectError, EXIT_UNREACHABLE),
     (AddressError, EXIT_USAGE),
+    (RequestTooLarge, EXIT_USAGE),
     (ClientError, EXIT_REMOTE),
 )
 STATUS_NAMES: Final = MappingProxyType(
