@@ -287,6 +287,16 @@ def test_exit_3_no_reply(folder: Path, env: dict[str, str]) -> None:
     )
 
 
+@pytest.mark.parametrize("timeout", ["300ms", "0.3s", "0.3"])
+def test_call_timeout_takes_units(folder: Path, timeout: str) -> None:
+    """`serve --timeout` is ms and `call --timeout` seconds: both take a unit (issue 10
+    item 15); a bare number keeps each one's unit."""
+    with silent_peer(folder) as (target, _):
+        result = invoke("call", "-t", target, "--timeout", timeout, "uptime")
+    assert result.exit_code == 3
+    assert f"no reply from {target} within 0.3 s" in result.stderr
+
+
 def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
     result = run("call", "-t", str(folder / "none.sock"), "uptime", env=env)
     assert (result.returncode, result.stdout) == (4, "")

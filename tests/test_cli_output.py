@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 
+import click
 import pytest
 import yaml
 
+from midgram.cli.durations import Duration
 from midgram.cli.failures import EXIT_STATUS_HELP, describe, exit_code_for
 from midgram.cli.output import auto_format, render, use_colour
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
@@ -238,3 +240,32 @@ def test_plain_text_and_bad_reply_lines() -> None:
     assert "socket_buf_size" in line
     assert "--dialect" in describe(BadReply("reply is not JSON"))
     assert "Kamailio" in describe(ReplyTimeout("/k.sock", 1), dialect="kamailio")
+
+
+# --- durations (issue 10 item 15) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unit", "text", "value"),
+    [
+        ("ms", "500", 500),
+        ("ms", "500ms", 500),
+        ("ms", "2s", 2000),
+        ("ms", "0.3s", 300),
+        ("ms", " 2 S ", 2000),
+        ("s", "2", 2.0),
+        ("s", "2.5s", 2.5),
+        ("s", "500ms", 0.5),
+        ("s", ".25", 0.25),
+    ],
+)
+def test_durations(unit: str, text: str, value: float) -> None:
+    converted = Duration(unit, whole=unit == "ms").convert(text, None, None)
+    assert converted == value
+    assert type(converted) is type(value)
+
+
+@pytest.mark.parametrize("text", ["", "ms", "2h", "-1", "1e3", "2 s s"])
+def test_not_durations(text: str) -> None:
+    with pytest.raises(click.BadParameter, match="not a duration"):
+        Duration("s").convert(text, None, None)

@@ -260,3 +260,36 @@ def test_the_examples_of_call_help_run_as_pasted(shell: str, folder: Path) -> No
         assert line.startswith("midgram call ")
         done = run_in(shell, line.replace("midgram call ", "midgram call --dry-run ", 1), env)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
+
+
+# --- papercuts (issue 10 item 15) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        ("601s", "bad value for socket_timeout: 601000: must be between 0 and 600000 ms"),
+        ("700000", "bad value for socket_timeout: 700000: must be between 0 and 600000 ms"),
+        ("1.5ms", "'1.5ms': must be whole ms"),
+        ("2 minutes", "'2 minutes': not a duration: write 500ms, 2s or 2.5s (a bare number is ms)"),
+    ],
+)
+def test_serve_timeout_takes_units_and_a_bare_number_is_ms(
+    folder: Path, timeout: str, message: str
+) -> None:
+    done = run_serve("--timeout", timeout, "--socket", str(folder / "mi.sock"), cwd=folder)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_both_timeouts_say_their_unit_in_their_help() -> None:
+    serve_help = " ".join(run_help("serve").split())
+    assert "500ms or 2s; a bare number is milliseconds" in serve_help
+    call_help = " ".join(run_help("call").split())
+    assert "2.5s or 500ms; a bare number is seconds" in call_help
+
+
+def run_help(command: str) -> str:
+    return subprocess.run(
+        [MIDGRAM, command, "--help"], capture_output=True, text=True, check=True
+    ).stdout

@@ -18,6 +18,7 @@ from click.shell_completion import get_completion_class
 
 from midgram.address import parse_target
 from midgram.cli.complete import complete_method, complete_param
+from midgram.cli.durations import Duration
 from midgram.cli.failures import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -81,11 +82,11 @@ def _with_target_options(func: F, *, several: bool) -> F:
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=Duration("s", positive=True),
             default=DEFAULT_TIMEOUT,
             show_default=True,
             envvar="MIDGRAM_TIMEOUT",
-            help="Seconds to wait for a reply (fractions welcome).",
+            help="How long to wait for a reply: 2.5s or 500ms; a bare number is seconds.",
         ),
         click.option(
             "--dialect",

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from midgram.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
+from midgram.cli.durations import Duration
 from midgram.commands import Registry
 from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
@@ -117,7 +118,13 @@ def _how_to_call(where: str) -> str:
 @click.option("--mode", "unix_socket_mode", help="unix_socket_mode, octal (default 0660).")
 @click.option("--user", "unix_socket_user", help="unix_socket_user: owner of the socket file.")
 @click.option("--group", "unix_socket_group", help="unix_socket_group: group of the socket file.")
-@click.option("--timeout", "socket_timeout", type=int, help="socket_timeout in ms (default 2000).")
+@click.option(
+    "--timeout",
+    "socket_timeout",
+    type=Duration("ms", whole=True),
+    help="socket_timeout: how long a reply waits for a client that cannot take it yet: "
+    "500ms or 2s; a bare number is milliseconds (default 2000).",
+)
 @click.option("--buf-size", "socket_buf_size", type=int, help="socket_buf_size (default 65457).")
 @click.option("--pretty/--no-pretty", "pretty_printing", default=None, help="pretty_printing.")
 @click.option("--json-errors/--plain-errors", default=None, help="JSON-RPC errors, not plain text.")
