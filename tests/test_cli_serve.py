@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -293,3 +294,17 @@ def run_help(command: str) -> str:
     return subprocess.run(
         [MIDGRAM, command, "--help"], capture_output=True, text=True, check=True
     ).stdout
+
+
+def test_serve_help_documents_its_exit_statuses(folder: Path) -> None:
+    text = run_help("serve")
+    assert "Exit status:" in text
+    documented = dict(re.findall(r"^ +(\d+) +(\S.*)$", text.split("Exit status:")[1], re.M))
+    assert set(documented) == {"0", "1", "2", "4"}
+    # 0, 2 and 4 as they happen (1 needs workers that keep dying: test_supervisor's).
+    target = str(folder / "mi.sock")
+    command = [MIDGRAM, "serve", "--socket", target]
+    with started_server(command, target, folder=str(folder), cwd=folder, env=user_env()) as server:
+        assert run_serve("--socket", target, cwd=folder).returncode == 4  # in use
+        assert server.stop(signal.SIGINT) == 0
+    assert run_serve("--children", "300", cwd=folder).returncode == 2

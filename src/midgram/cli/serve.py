@@ -110,7 +110,17 @@ def _how_to_call(where: str) -> str:
     )
 
 
-@click.command()
+# \b keeps click from re-flowing the block.
+EXIT_STATUS_HELP = """\b
+Exit status:
+  0    stopped cleanly (SIGTERM, Ctrl-C or the MI command `kill`)
+  1    the workers kept dying at start-up
+  2    a bad parameter, config file or --app
+  4    the socket cannot be bound (another server listens there,
+       permission denied, no such folder)"""
+
+
+@click.command(epilog=EXIT_STATUS_HELP)
 @click.option(
     "-s", "--socket", "socket_name", help="socket_name: a path, @abstract or udp:host:port."
 )
