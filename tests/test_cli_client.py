@@ -275,6 +275,26 @@ def test_a_request_too_large_to_send_is_a_usage_error(
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("call", "-t", "udp:127.0.0.1", "uptime"),  # a bad target (our BadParameter)
+        ("which", "--no-such-option"),  # click's own usage error
+        ("nosuch",),  # no such sub-command
+        ("which", "-f", "xml"),
+        ("serve", "--children", "300"),  # a bad parameter
+        ("completion", "tcsh"),
+        ("bench", "--runs", "0"),
+    ],
+)
+def test_every_error_has_the_one_prefix(args: tuple[str, ...], env: dict[str, str]) -> None:
+    """`midgram:` everywhere, click's usage errors included (issue 10 item 15)."""
+    result = run(*args, env=env)
+    assert result.returncode == 2
+    assert "Error:" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("midgram: "), result.stderr
+
+
 def test_exit_3_no_reply(folder: Path, env: dict[str, str]) -> None:
     with silent_peer(folder) as (target, _):
         started = time.monotonic()
