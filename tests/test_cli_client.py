@@ -631,6 +631,24 @@ def test_pretty_output_is_coloured_on_a_terminal(
     assert b"\x1b[" not in term.raw
 
 
+def test_shell_raw_is_the_reply_datagram_both_ways(
+    server: ServerProcess, env: dict[str, str]
+) -> None:
+    """`shell -f raw` printed JSON and `.format raw` was refused (issue 10 item 15): both
+    print the reply datagram now, as `call -f raw` does."""
+    raw = re.compile(
+        r'\{"jsonrpc":"2\.0","result":\[\[\],\["level"\],\["level","pid"\]\],"id":\d+\}'
+    )
+    flag = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="which log_level\n")
+    command = run("shell", "-t", server.target, env=env, stdin=".format raw\nwhich log_level\n")
+    for result in (flag, command):
+        assert (result.returncode, result.stderr) == (0, "")
+        assert raw.fullmatch(result.stdout.strip()), result.stdout
+    error = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="nope\n")
+    assert '"error":{"code":-32601,"message":"Method not found"}' in error.stdout
+    assert error.returncode == 1
+
+
 def test_shell_reads_lines_from_a_pipe(server: ServerProcess, env: dict[str, str]) -> None:
     lines = "big :=2\n# a comment\n\n.format lines\nwhich log_level\nno_such\nbig 'a b'\n"
     result = run("shell", "-t", server.target, env=env, stdin=lines)

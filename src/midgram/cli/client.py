@@ -440,7 +440,8 @@ def help_(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="How results are shown (default: pretty on a terminal, json otherwise).",
+    help="How results are shown: json, pretty, yaml, lines, table, or raw (the reply "
+    "datagram, as `midgram call -f raw`). Default: pretty on a terminal, json otherwise.",
 )
 @click.pass_context
 def shell(
