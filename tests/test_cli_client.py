@@ -655,8 +655,8 @@ def test_shell_reads_lines_from_a_pipe(server: ServerProcess, env: dict[str, str
     assert result.returncode == 1  # the worst status of all the lines
     assert result.stdout == '"xx"\n[0]: []\n[1][0]: level\n[2][0]: level\n[2][1]: pid\n'
     assert result.stderr.splitlines() == [
-        "midgram: no_such: error -32601: Method not found: "
-        "run `midgram which` for the server's commands",
+        # What to type in the shell, not a midgram command (issue 10 item 15).
+        "midgram: no_such: error -32601: Method not found: type `which` for the server's commands",
         "midgram: big: error -32602: Invalid params (Bad type for parameter 'size'): "
         "size takes another type: size=text sends a string, size[]=text an array, "
         "size:=5 a number",

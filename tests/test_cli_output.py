@@ -234,6 +234,31 @@ def test_error_lines(error: ClientError, line: str) -> None:
     assert describe(error, target="/run/x.sock", method="ps") == line
 
 
+@pytest.mark.parametrize(
+    ("error", "dialect", "hint"),
+    [
+        (RemoteError(-32601, "Method not found"), "opensips", "type `which` for the server's"),
+        (
+            RemoteError(-32602, "Invalid params", "Too few or too many parameters"),
+            "opensips",
+            "type `which ps` for the parameters it takes",
+        ),
+        (
+            RemoteError(500, "Method Not Found"),
+            "kamailio",
+            "type `system.listMethods` for the server's commands",
+        ),
+        (ReplyTimeout("/x.sock", 1), "opensips", "start the shell with a longer --timeout"),
+    ],
+)
+def test_hints_in_the_shell_say_what_to_type_there(
+    error: ClientError, dialect: str, hint: str
+) -> None:
+    line = describe(error, method="ps", dialect=dialect, in_shell=True)
+    assert hint in line
+    assert "midgram " not in line
+
+
 def test_plain_text_and_bad_reply_lines() -> None:
     line = describe(PlainTextError("500 Internal error"), target="/x.sock")
     assert line.startswith("/x.sock replied '500 Internal error': ")

@@ -27,6 +27,7 @@ from midgram.errors import (
     RequestTooLarge,
 )
 from midgram.protocol import Params
+from midgram.rpc import get_dialect
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -105,8 +106,8 @@ _UDP_HINTS: Final = MappingProxyType(
 )
 _REMOTE_HINTS: Final = MappingProxyType(
     {
-        -32601: "run `midgram which` for the server's commands",
-        -32602: "run `midgram which {method}` for the parameters it takes",
+        -32601: "{run} `{list}` for the server's commands",
+        -32602: "{run} `{recipes} {method}` for the parameters it takes",
         -32001: "use one of the names the server lists",
     }
 )
@@ -178,7 +179,17 @@ def _json_scalar(text: str) -> bool:
     return isinstance(value, int | float | bool)
 
 
-def _remote_line(exc: RemoteError, method: str, params: Params) -> str:
+def _spelling(dialect: str, in_shell: bool) -> dict[str, str]:
+    """How a hint says to list commands or show one's parameters: as a midgram command, or
+    as a line to type in ``midgram shell`` (its own dialect's commands)."""
+    if not in_shell:
+        return {"run": "run", "list": "midgram which", "recipes": "midgram which"}
+    spelled = get_dialect(dialect)
+    recipes = spelled.recipes_method or spelled.help_method
+    return {"run": "type", "list": spelled.list_method, "recipes": recipes}
+
+
+def _remote_line(exc: RemoteError, method: str, params: Params, spelling: dict[str, str]) -> str:
     text = f"{method}: error {exc.code}: {exc.message}"
     if exc.data is not None:
         text += f" ({exc.data})"
@@ -187,7 +198,7 @@ def _remote_line(exc: RemoteError, method: str, params: Params) -> str:
         template = _REMOTE_HINTS[-32601]
     hint = _bad_type_hint(exc.data, params) if exc.code == -32602 else None
     if hint is None and template is not None:
-        hint = template.format(method=method)
+        hint = template.format(method=method, **spelling)
     return f"{text}: {hint}" if hint else text
 
 
@@ -206,18 +217,21 @@ def describe(
     method: str = "",
     dialect: str = "opensips",
     params: Params = None,
+    in_shell: bool = False,
 ) -> str:
     """One line for stderr: what went wrong, then what to check (``params``: what was sent,
-    for a hint that shows the right form)."""
+    for a hint that shows the right form; ``in_shell``: hints say what to type in ``midgram
+    shell`` rather than which command to run)."""
     if isinstance(exc, ConnectError):
         return _connect_hint(exc)
     if isinstance(exc, ReplyTimeout):
-        why = "is the server busy or stuck? try a longer --timeout"
+        longer = "start the shell with a longer --timeout" if in_shell else "try a longer --timeout"
+        why = f"is the server busy or stuck? {longer}"
         if dialect == "kamailio":
             why += " (Kamailio sends nothing back when a reply is too big)"
         return f"{exc}: {why}"
     if isinstance(exc, RemoteError):
-        return _remote_line(exc, method, params)
+        return _remote_line(exc, method, params, _spelling(dialect, in_shell))
     if isinstance(exc, PlainTextError):
         return _plain_text_line(exc, target)
     if isinstance(exc, BadReply):

@@ -109,6 +109,7 @@ class Shell:
                 method=method,
                 dialect=self.client.dialect.name,
                 params=params,
+                in_shell=True,
             )
             self._error(line, status=exit_code_for(exc))
             return
