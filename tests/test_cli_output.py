@@ -290,7 +290,14 @@ def test_durations(unit: str, text: str, value: float) -> None:
     assert type(converted) is type(value)
 
 
-@pytest.mark.parametrize("text", ["", "ms", "2h", "-1", "1e3", "2 s s"])
+@pytest.mark.parametrize("text", ["", "ms", "2h", "--1", "1e3", "2 s s"])
 def test_not_durations(text: str) -> None:
     with pytest.raises(click.BadParameter, match="not a duration"):
         Duration("s").convert(text, None, None)
+
+
+def test_a_positive_duration_refuses_zero_and_less() -> None:
+    for text in ("0", "-1s", "0ms"):
+        with pytest.raises(click.BadParameter, match="must be more than 0"):
+            Duration("s", positive=True).convert(text, None, None)
+    assert Duration("ms", whole=True).convert("-5", None, None) == -5  # Settings refuses it

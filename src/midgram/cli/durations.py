@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # generic in click's stubs (8.2+), not at run time in older c
 else:
     _ParamType = click.ParamType
 
-_DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s)?\s*", re.I)
+# A sign is read too: a negative socket_timeout is then refused by Settings, naming it.
+_DURATION_RE: Final = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*(ms|s)?\s*", re.I)
 #: Seconds in each unit.
 _UNITS: Final = {"ms": 0.001, "s": 1.0}
 
