@@ -387,9 +387,14 @@ def server_as(user: str, folder: Path) -> Iterator[str]:
     )
     try:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("ready"), f"the server did not start: {line}"
+        deadline = time.monotonic() + 20
+        shown: list[str] = []  # serve() logs to stderr (here merged) before it is ready
+        while not (shown and shown[-1].startswith("ready")):
+            left = max(deadline - time.monotonic(), 0)
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            line = proc.stdout.readline() if ready else ""
+            assert line, f"the server did not start: {''.join(shown)}"
+            shown.append(line)
         yield target
     finally:
         proc.terminate()
