@@ -172,13 +172,32 @@ def midgram_server(
     """A running ``midgram serve`` (UNIX socket in a fresh short folder unless ``socket``)."""
     folder = short_tmpdir()
     target = socket or f"{folder}/mi.sock"
+    try:
+        with started_server(
+            server_command("--socket", target, *flags),
+            target,
+            folder=folder,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+        ) as server:
+            yield server
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_server(
+    command: list[str], target: str, *, folder: str, cwd: str | Path, env: dict[str, str]
+) -> Iterator[ServerProcess]:
+    """``command`` (a ``midgram serve`` however invoked), once it has announced that it
+    listens on ``target``; stopped afterwards."""
     proc = subprocess.Popen(
-        server_command("--socket", target, *flags),
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+        cwd=cwd,
+        env=env,
     )
     server = ServerProcess(target, proc, folder)
     pump = threading.Thread(target=server._pump, daemon=True)
@@ -193,4 +212,3 @@ def midgram_server(
         pump.join(5)
         if proc.stderr is not None:
             proc.stderr.close()
-        shutil.rmtree(folder, ignore_errors=True)

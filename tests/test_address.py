@@ -169,7 +169,8 @@ def test_everything_else_is_a_unix_path(text: str) -> None:
     assert address == UnixAddress(text)
     assert isinstance(address, UnixAddress)
     assert address.sockaddr() == text
-    assert str(address) == text
+    # A path that a client would refuse as another tool's scheme is written "./udp6:...".
+    assert str(address) == (f"./{text}" if text.startswith("udp6:") else text)
 
 
 def test_unix_path_of_exactly_108_bytes_is_allowed() -> None:
@@ -452,3 +453,25 @@ def test_any_hep_id_parses_or_raises_address_error(text: str) -> None:
     except AddressError:
         return
     assert parse_hep_id(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("tcp:10.0.0.1:8080", "write udp:10.0.0.1:8080 (./tcp:10.0.0.1:8080 for a file of"),
+        ("TLS:host:5061", "write udp:host:5061"),
+        ("unix:/run/opensips/mi.sock", "write the socket's path itself: /run/opensips/mi.sock"),
+        ("unix:///run/mi.sock", "write the socket's path itself: /run/mi.sock"),
+        ("http://127.0.0.1:8888/mi", "mi_datagram has no HTTP"),
+    ],
+)
+def test_a_target_with_another_tools_scheme_says_what_to_write(text: str, reason: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_target(text)
+    assert reason in info.value.reason
+
+
+def test_a_file_named_like_a_scheme_is_written_so_that_it_reads_back() -> None:
+    assert str(parse_target("./tcp:x")) == "./tcp:x"
+    assert parse_target(str(UnixAddress("tcp:x"))) == UnixAddress("./tcp:x")
+    assert parse_socket_name("tcp:x") == UnixAddress("tcp:x")  # the server: OpenSIPS's grammar

@@ -167,6 +167,41 @@ def test_named_positional_and_typed_params(server: ServerProcess) -> None:
     assert all(name.startswith("core:") for name in json.loads(stats.stdout))
 
 
+def test_array_params_without_json(server: ServerProcess) -> None:
+    """`which get_statistics` shows `statistics`; the forms a user tries next work (issue 10
+    item 10)."""
+    for words in (["statistics[]=all"], ["statistics=core:", "statistics=shmem:"]):
+        result = invoke("call", "-t", server.target, "get_statistics", *words)
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)
+
+
+def test_a_bad_type_hint_shows_the_form_that_works(
+    server: ServerProcess, env: dict[str, str]
+) -> None:
+    failed = invoke("call", "-t", server.target, "get_statistics", "statistics=all")
+    assert failed.exit_code == 1
+    assert "midgram which" not in failed.stderr  # not back to `which`: it shows no types
+    suggested = re.search(r"write ('statistics\[\]=all')", failed.stderr)
+    assert suggested is not None, failed.stderr
+    line = f"{sys.executable} -m midgram call -t {server.target} get_statistics {suggested[1]}"
+    for shell in ("bash", "zsh") if shutil.which("zsh") else ("bash",):
+        done = subprocess.run(
+            [shell, "-c", line],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    number = invoke("call", "-t", server.target, "log_level", "level=x3")
+    assert "level takes another type" not in number.stderr
+    assert "if level takes an array, write 'level[]=x3'" in number.stderr
+    typed = invoke("call", "-t", server.target, "log_level", "level:=[3]")
+    assert "level takes another type: level=text sends a string" in typed.stderr
+
+
 def test_json_params(server: ServerProcess) -> None:
     assert invoke("call", "-t", server.target, "-j", '{"size": 2}', "big").stdout == '"xx"\n'
     from_stdin = invoke("call", "-t", server.target, "-j", "-", "big", stdin="[3]")
@@ -225,6 +260,41 @@ def test_exit_2_usage(args: tuple[str, ...], message: str) -> None:
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["udp", "unix"])
+def test_a_request_too_large_to_send_is_a_usage_error(
+    server: ServerProcess, kind: str, env: dict[str, str]
+) -> None:
+    """Refused by the client's own socket (EMSGSIZE): nothing reached the server, so not
+    "the server answered with an error" (issue 10 item 15)."""
+    target = f"udp:127.0.0.1:{free_udp_port()}" if kind == "udp" else server.target
+    size = 70_000 if kind == "udp" else 8 << 20  # past any UNIX send buffer
+    result = run("call", "-t", target, "-j", "-", "which", env=env, stdin=json.dumps(["x" * size]))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("midgram: the request (")
+    assert f"is too large to send to {target} in one datagram" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("call", "-t", "udp:127.0.0.1", "uptime"),  # a bad target (our BadParameter)
+        ("which", "--no-such-option"),  # click's own usage error
+        ("nosuch",),  # no such sub-command
+        ("which", "-f", "xml"),
+        ("serve", "--children", "300"),  # a bad parameter
+        ("completion", "tcsh"),
+        ("bench", "--runs", "0"),
+    ],
+)
+def test_every_error_has_the_one_prefix(args: tuple[str, ...], env: dict[str, str]) -> None:
+    """`midgram:` everywhere, click's usage errors included (issue 10 item 15)."""
+    result = run(*args, env=env)
+    assert result.returncode == 2
+    assert "Error:" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("midgram: "), result.stderr
+
+
 def test_exit_3_no_reply(folder: Path, env: dict[str, str]) -> None:
     with silent_peer(folder) as (target, _):
         started = time.monotonic()
@@ -237,6 +307,16 @@ def test_exit_3_no_reply(folder: Path, env: dict[str, str]) -> None:
     )
 
 
+@pytest.mark.parametrize("timeout", ["300ms", "0.3s", "0.3"])
+def test_call_timeout_takes_units(folder: Path, timeout: str) -> None:
+    """`serve --timeout` is ms and `call --timeout` seconds: both take a unit (issue 10
+    item 15); a bare number keeps each one's unit."""
+    with silent_peer(folder) as (target, _):
+        result = invoke("call", "-t", target, "--timeout", timeout, "uptime")
+    assert result.exit_code == 3
+    assert f"no reply from {target} within 0.3 s" in result.stderr
+
+
 def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
     result = run("call", "-t", str(folder / "none.sock"), "uptime", env=env)
     assert (result.returncode, result.stdout) == (4, "")
@@ -247,6 +327,32 @@ def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
     refused = run("call", "-t", f"udp:127.0.0.1:{port}", "uptime", env=env)
     assert refused.returncode == 4
     assert "no server listens on" in refused.stderr
+
+
+def test_each_unreachable_target_gets_its_own_true_message(
+    folder: Path, env: dict[str, str]
+) -> None:
+    """Not "(the file is stale)" for everything that refuses (issue 10 item 11)."""
+    (folder / "plain").write_text("not a socket")
+    (folder / "sub").mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as left:
+        left.bind(str(folder / "left.sock"))  # closed below, the file stays: a stopped server
+    cases = {
+        str(folder / "sub"): (4, f"{folder}/sub is a folder, not a socket"),
+        str(folder / "plain"): (4, f"{folder}/plain is a regular file, not a socket"),
+        "@midgram-nosuch": (4, "no server listens on the abstract socket @midgram-nosuch"),
+        str(folder / "left.sock"): (4, "(the socket file was left by a server that stopped)"),
+        "tcp:127.0.0.1:8080": (2, "speaks UDP and UNIX datagram sockets: write udp:127.0.0.1:8080"),
+        "unix:/run/mi.sock": (2, "write the socket's path itself: /run/mi.sock"),
+    }
+    lines = set()
+    for target, (status, message) in cases.items():
+        result = run("call", "-t", target, "uptime", env=env)
+        assert result.returncode == status, result.stderr
+        assert message in result.stderr
+        assert "stale" not in result.stderr
+        lines.add(result.stderr)
+    assert len(lines) == len(cases)
 
 
 def test_exit_130_interrupted(folder: Path, env: dict[str, str]) -> None:
@@ -349,6 +455,25 @@ def test_help(server: ServerProcess) -> None:
     )
     as_json = invoke("help", "-t", server.target, "uptime", "-f", "json")
     assert json.loads(as_json.stdout)["Exported by"] == "core"
+
+
+@pytest.mark.parametrize("command", ["which", "help", "shell", "bench"])
+def test_one_target_commands_say_so_and_refuse_a_second(command: str) -> None:
+    """Their -t help said "Repeat it to call several servers", and a second was refused
+    (issue 10 item 13): the help and the behaviour agree now."""
+    text = " ".join(invoke(command, "--help").stdout.split())
+    assert "Repeat it" not in text
+    assert "One server (`midgram call` takes several)" in text
+    args = ["uptime"] if command == "help" else []
+    result = invoke(command, "-t", "/run/a.sock", "-t", "/run/b.sock", *args)
+    assert result.exit_code == 2
+    assert f"`midgram {command}` talks to one server, and got 2" in result.stderr
+
+
+def test_call_takes_several_targets_and_says_so() -> None:
+    assert "Repeat it to call several servers at once." in " ".join(
+        invoke("call", "--help").stdout.split()
+    )
 
 
 def test_help_lists_the_exit_codes() -> None:
@@ -552,14 +677,33 @@ def test_pretty_output_is_coloured_on_a_terminal(
     assert b"\x1b[" not in term.raw
 
 
+def test_shell_raw_is_the_reply_datagram_both_ways(
+    server: ServerProcess, env: dict[str, str]
+) -> None:
+    """`shell -f raw` printed JSON and `.format raw` was refused (issue 10 item 15): both
+    print the reply datagram now, as `call -f raw` does."""
+    raw = re.compile(
+        r'\{"jsonrpc":"2\.0","result":\[\[\],\["level"\],\["level","pid"\]\],"id":\d+\}'
+    )
+    flag = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="which log_level\n")
+    command = run("shell", "-t", server.target, env=env, stdin=".format raw\nwhich log_level\n")
+    for result in (flag, command):
+        assert (result.returncode, result.stderr) == (0, "")
+        assert raw.fullmatch(result.stdout.strip()), result.stdout
+    error = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="nope\n")
+    assert '"error":{"code":-32601,"message":"Method not found"}' in error.stdout
+    assert error.returncode == 1
+
+
 def test_shell_reads_lines_from_a_pipe(server: ServerProcess, env: dict[str, str]) -> None:
     lines = "big :=2\n# a comment\n\n.format lines\nwhich log_level\nno_such\nbig 'a b'\n"
     result = run("shell", "-t", server.target, env=env, stdin=lines)
     assert result.returncode == 1  # the worst status of all the lines
     assert result.stdout == '"xx"\n[0]: []\n[1][0]: level\n[2][0]: level\n[2][1]: pid\n'
     assert result.stderr.splitlines() == [
-        "midgram: no_such: error -32601: Method not found: "
-        "run `midgram which` for the server's commands",
+        # What to type in the shell, not a midgram command (issue 10 item 15).
+        "midgram: no_such: error -32601: Method not found: type `which` for the server's commands",
         "midgram: big: error -32602: Invalid params (Bad type for parameter 'size'): "
-        "run `midgram which big` for the parameters it takes",
+        "size takes another type: size=text sends a string, size[]=text an array, "
+        "size:=5 a number",
     ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 
+import click
 import pytest
 import yaml
 
+from midgram.cli.durations import Duration
 from midgram.cli.failures import EXIT_STATUS_HELP, describe, exit_code_for
 from midgram.cli.output import auto_format, render, use_colour
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
@@ -48,6 +50,13 @@ PS = {
         (["name="], {"name": ""}),
         (["x.y-z_1=v"], {"x.y-z_1": "v"}),
         (["k=v=w"], {"k": "v=w"}),
+        # Arrays (issue 10 item 10): name[]=, or a name given more than once.
+        (["statistics[]=all"], {"statistics": ["all"]}),
+        (["statistics=core:", "statistics=shmem:"], {"statistics": ["core:", "shmem:"]}),
+        (["ids[]:=1", "ids[]:=2", "on:=true"], {"ids": [1, 2], "on": True}),
+        (["a=1", "a[]=2"], {"a": ["1", "2"]}),
+        (["a[]:=[1]"], {"a": [[1]]}),
+        (["x[]"], ["x[]"]),
     ],
 )
 def test_words_to_params(words: list[str], params: object) -> None:
@@ -58,7 +67,7 @@ def test_words_to_params(words: list[str], params: object) -> None:
     ("words", "message"),
     [
         (["a=1", "b"], "cannot be mixed"),
-        (["a=1", "a=2"], "given twice"),
+        (["a=1", "b", "a=2"], "cannot be mixed"),
         (["a:=nope"], "not valid JSON"),
         ([":=[1,"], "not valid JSON"),
     ],
@@ -193,7 +202,7 @@ def test_every_exit_code_is_documented() -> None:
         ),
         (
             ConnectError("/run/x.sock", "Connection refused", errno.ECONNREFUSED),
-            "no server listens on /run/x.sock: is it running? (the file is stale)",
+            "no server listens on /run/x.sock: is it running? is the path right?",
         ),
         (
             ConnectError("udp:127.0.0.1:9", "Connection refused", errno.ECONNREFUSED),
@@ -225,9 +234,70 @@ def test_error_lines(error: ClientError, line: str) -> None:
     assert describe(error, target="/run/x.sock", method="ps") == line
 
 
+@pytest.mark.parametrize(
+    ("error", "dialect", "hint"),
+    [
+        (RemoteError(-32601, "Method not found"), "opensips", "type `which` for the server's"),
+        (
+            RemoteError(-32602, "Invalid params", "Too few or too many parameters"),
+            "opensips",
+            "type `which ps` for the parameters it takes",
+        ),
+        (
+            RemoteError(500, "Method Not Found"),
+            "kamailio",
+            "type `system.listMethods` for the server's commands",
+        ),
+        (ReplyTimeout("/x.sock", 1), "opensips", "start the shell with a longer --timeout"),
+    ],
+)
+def test_hints_in_the_shell_say_what_to_type_there(
+    error: ClientError, dialect: str, hint: str
+) -> None:
+    line = describe(error, method="ps", dialect=dialect, in_shell=True)
+    assert hint in line
+    assert "midgram " not in line
+
+
 def test_plain_text_and_bad_reply_lines() -> None:
     line = describe(PlainTextError("500 Internal error"), target="/x.sock")
     assert line.startswith("/x.sock replied '500 Internal error': ")
     assert "socket_buf_size" in line
     assert "--dialect" in describe(BadReply("reply is not JSON"))
     assert "Kamailio" in describe(ReplyTimeout("/k.sock", 1), dialect="kamailio")
+
+
+# --- durations (issue 10 item 15) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unit", "text", "value"),
+    [
+        ("ms", "500", 500),
+        ("ms", "500ms", 500),
+        ("ms", "2s", 2000),
+        ("ms", "0.3s", 300),
+        ("ms", " 2 S ", 2000),
+        ("s", "2", 2.0),
+        ("s", "2.5s", 2.5),
+        ("s", "500ms", 0.5),
+        ("s", ".25", 0.25),
+    ],
+)
+def test_durations(unit: str, text: str, value: float) -> None:
+    converted = Duration(unit, whole=unit == "ms").convert(text, None, None)
+    assert converted == value
+    assert type(converted) is type(value)
+
+
+@pytest.mark.parametrize("text", ["", "ms", "2h", "--1", "1e3", "2 s s"])
+def test_not_durations(text: str) -> None:
+    with pytest.raises(click.BadParameter, match="not a duration"):
+        Duration("s").convert(text, None, None)
+
+
+def test_a_positive_duration_refuses_zero_and_less() -> None:
+    for text in ("0", "-1s", "0ms"):
+        with pytest.raises(click.BadParameter, match="must be more than 0"):
+            Duration("s", positive=True).convert(text, None, None)
+    assert Duration("ms", whole=True).convert("-5", None, None) == -5  # Settings refuses it

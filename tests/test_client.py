@@ -27,11 +27,11 @@ from midgram.client import AsyncClient, Client, Exchange, default_target
 from midgram.errors import (
     AddressError,
     BadReply,
-    ClientError,
     ConnectError,
     PlainTextError,
     RemoteError,
     ReplyTimeout,
+    RequestTooLarge,
 )
 
 APP = ("--app", "apps:mi")
@@ -284,7 +284,7 @@ def test_request_too_big_for_udp() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         target = f"udp:127.0.0.1:{sock.getsockname()[1]}"
-        with pytest.raises(ClientError, match="request too large"):
+        with pytest.raises(RequestTooLarge, match=r"the request \(700\d\d bytes\) is too large"):
             Client(target, timeout=1).call("which", "x" * 70_000)
 
 
@@ -387,9 +387,14 @@ def server_as(user: str, folder: Path) -> Iterator[str]:
     )
     try:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("ready"), f"the server did not start: {line}"
+        deadline = time.monotonic() + 20
+        shown: list[str] = []  # serve() logs to stderr (here merged) before it is ready
+        while not (shown and shown[-1].startswith("ready")):
+            left = max(deadline - time.monotonic(), 0)
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            line = proc.stdout.readline() if ready else ""
+            assert line, f"the server did not start: {''.join(shown)}"
+            shown.append(line)
         yield target
     finally:
         proc.terminate()

@@ -21,8 +21,9 @@ from midgram.config import (
     merge,
     parse_bwlist,
     parse_opensips_cfg,
+    read_config,
 )
-from midgram.errors import AddressError, ConfigError
+from midgram.errors import AddressError, ConfigError, ConfigFileError
 
 
 def _error(values: dict[str, object]) -> ConfigError:
@@ -919,3 +920,42 @@ hep_capture_id = 7
     assert settings.trace_target.address == UdpAddress("127.0.0.1", 9060)
     assert settings.homer5_on is False
     assert settings.hep_capture_id == 7
+
+
+# --- a config file of either kind (issue 10 item 6) -----------------------------------------
+
+
+def test_a_toml_file_not_named_toml_is_read_as_toml() -> None:
+    found = read_config('children_count = 3\nsocket_name = "/run/mi.sock"\n', "midgram.conf")
+    assert found.format == "TOML"
+    assert found.layer == {"children_count": 3, "socket_name": "/run/mi.sock"}
+
+
+def test_an_opensips_cfg_named_anything_is_read_as_one() -> None:
+    found = read_config('modparam("mi_datagram", "children_count", 3)\n', "opensips.toml.bak")
+    assert found.format == "opensips.cfg"
+    assert found.layer == {"children_count": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "TOML with neither parameters nor a [mi_datagram] table"),
+        ("# nothing yet\n[mi_datagram]\n", "TOML with neither parameters"),
+        ('loadmodule "mi_fifo.so"\nmodparam("mi_fifo", "fifo_name", "/x")\n', "opensips.cfg"),
+    ],
+)
+def test_a_config_file_that_gives_no_parameter_is_refused(text: str, why: str) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        read_config(text, "/etc/midgram/mi.conf")
+    assert str(info.value).startswith("/etc/midgram/mi.conf: no midgram parameter in it (")
+    assert why in str(info.value)
+
+
+def test_neither_toml_nor_an_opensips_cfg_names_the_file_and_both_formats() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        read_config('loadmodule "mi_datagram.so"\nmodparm("mi_datagram", "x", 1)\n', "mi.conf")
+    message = str(info.value)
+    assert message.startswith("mi.conf: not valid TOML: ")
+    assert "line 1" in message
+    assert message.endswith("nor is it an opensips.cfg (no modparam(...) in it)")

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
-from servers import RawClient, midgram_server, short_tmpdir, wait_until
+import pytest
+from servers import RawClient, midgram_server, server_command, short_tmpdir, wait_until
 
 from midgram.commands import Registry
 from midgram.config import Settings
-from midgram.server import AsyncServer
+from midgram.errors import TransportError
+from midgram.server import AsyncServer, serve
 
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":1}'
 
@@ -149,3 +154,90 @@ def test_pid_file_is_written_while_serving_and_removed_after() -> None:
         assert int(pid_file.read_text()) == running.proc.pid
         assert running.stop() == 0
     assert not pid_file.exists()
+
+
+# --- serve() in a program: its logs, its log_level, its errors (issue 10 item 7) -------------
+
+PROGRAM = """
+import logging, sys
+from midgram import Settings, serve
+{setup}
+status = serve(Settings(socket_name={path!r}, children_count=1, log_level={level!r},
+                        unix_socket_mode=0))
+root, midgram = logging.getLogger(), logging.getLogger("midgram")
+print(root.level, len(root.handlers), midgram.level, len(midgram.handlers))
+sys.exit(status)
+"""
+
+
+def run_program(setup: str, level: str) -> tuple[str, list[object], str]:
+    """A program that serves: its stderr, what ``log_level`` reported, and the state of its
+    loggers after serve() returned (root level and handlers, midgram's)."""
+    folder = short_tmpdir()
+    path = f"{folder}/mi.sock"
+    code = PROGRAM.format(setup=setup, path=path, level=level)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until(lambda: os.path.exists(path) or proc.poll() is not None, what="the socket")
+        with RawClient(path) as client:
+            levels = [p["Log level"] for p in client.call("log_level")["result"]["Processes"]]
+            client.call("kill")
+        after, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    return stderr, levels, after.strip()
+
+
+def test_serve_logs_to_stderr_when_the_program_set_up_no_logging() -> None:
+    stderr, levels, after = run_program("", "info")
+    assert re.search(r"midgram\[\d+\] INFO midgram.server: listening on /", stderr), stderr
+    assert "WARNING midgram.server: cannot specify unix_socket_mode = 0" in stderr
+    assert "stopped" in stderr
+    assert levels == [3, 3]
+    assert after == "30 0 0 0"  # nothing left behind: root WARNING, no handler anywhere
+
+
+def test_serve_honours_settings_log_level() -> None:
+    quiet, levels, _ = run_program("", "error")
+    assert quiet == ""
+    assert levels == [0, 0]
+    verbose, levels, _ = run_program("", "debug")
+    assert " DEBUG midgram." in verbose
+    assert levels == [4, 4]
+
+
+def test_serve_leaves_the_programs_own_logging_alone() -> None:
+    setup = "logging.basicConfig(level=logging.WARNING, format='APP %(levelname)s %(message)s')"
+    stderr, _, after = run_program(setup, "warning")
+    assert stderr.splitlines() == [
+        "APP WARNING cannot specify unix_socket_mode = 0, forcing it to rw------- (0600)"
+    ]
+    assert after == "30 1 0 0"  # the program's root logger and handler, as it set them
+    stderr, _, _ = run_program(setup, "debug")
+    lines = stderr.splitlines()
+    assert "APP DEBUG" in stderr
+    assert all(line.startswith("APP ") for line in lines), stderr  # its handler, its format
+
+
+def test_a_socket_in_a_missing_folder_is_one_line_naming_it() -> None:
+    folder = short_tmpdir()
+    path = f"{folder}/no/such/mi.sock"
+    with pytest.raises(TransportError) as info:
+        serve(Settings(socket_name=path))
+    assert str(info.value) == (
+        f"cannot bind {path}: no folder {folder}/no/such: create it first "
+        "(writable by the user midgram runs as)"
+    )
+    done = subprocess.run(
+        server_command("--socket", path), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (done.returncode, done.stderr) == (4, f"midgram: {info.value}\n")

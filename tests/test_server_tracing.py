@@ -436,6 +436,18 @@ def test_bad_tracing_stops_the_server_at_start(flags: list[str], message: str) -
     assert message in done.stderr
 
 
+@pytest.mark.parametrize("children", ["0", "1"])
+def test_a_bad_trace_bwlist_is_one_error_line(children: str) -> None:
+    """Not "stopped" without "listening" first (issue 10 item 15)."""
+    flags = ["--trace-to", "udp:127.0.0.1:9060", "--trace-bwlist", "w: no_such_cmd"]
+    done = _refused_start(*flags, "--children", children)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "midgram: bad value for trace_bwlist: 'w: no_such_cmd': "
+        "can't find mi command [no_such_cmd]!\n"
+    )
+
+
 def test_a_tcp_hep_id_in_an_opensips_cfg_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "opensips.cfg"
     cfg.write_text(

@@ -130,9 +130,9 @@ class UnixAddress:
     def __str__(self) -> str:
         if self.abstract:
             return ABSTRACT_PREFIX + self.path
-        # A file really named "@x" is written "./@x" so that the text does not read back as
-        # an abstract name.
-        if self.path.startswith(ABSTRACT_PREFIX):
+        # A file really named "@x" (or "tcp:x") is written "./@x" so that the text does not
+        # read back as an abstract name (or a refused target).
+        if self.path.startswith(ABSTRACT_PREFIX) or _foreign_scheme(self.path) is not None:
             return "./" + self.path
         return self.path
 
@@ -289,9 +289,45 @@ def parse_socket_name(
     return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract)
 
 
+# Schemes a target may be written with by habit (other tools' URLs), and what to write
+# instead. The socket_name grammar would read them as relative file paths and fail later as
+# "no socket at tcp:host:port", which hides the mistake.
+_UDP_INSTEAD: Final = "midgram speaks UDP and UNIX datagram sockets: write udp:{rest}"
+_FOREIGN_SCHEMES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "tcp": _UDP_INSTEAD,
+        "tls": _UDP_INSTEAD,
+        "sctp": _UDP_INSTEAD,
+        "udp4": _UDP_INSTEAD,
+        "udp6": _UDP_INSTEAD,
+        "http": "mi_datagram has no HTTP (that is OpenSIPS's mi_http): write udp:host:port "
+        "or a socket path",
+        "https": "mi_datagram has no HTTP (that is OpenSIPS's mi_http): write udp:host:port "
+        "or a socket path",
+        "unix": "write the socket's path itself: {rest}",
+    }
+)
+_SCHEME_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9]*):(?://)?(.*)", re.DOTALL)
+
+
 def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAddress:
-    """Parse a client's target: the ``socket_name`` grammar, any UDP port 1-65535."""
+    """Parse a client's target: the ``socket_name`` grammar, any UDP port 1-65535.
+
+    ``tcp:``, ``http:``, ``unix:`` and the like are refused with what to write instead (a file
+    really named so is written ``./tcp:...``)."""
+    match = _foreign_scheme(text)
+    if match is not None:
+        scheme, rest = match.groups()
+        reason = _FOREIGN_SCHEMES[scheme.lower()].format(rest=rest)
+        if "/" not in text:
+            reason += f" (./{text} for a file of that name)"
+        raise AddressError(parameter, text, reason)
     return _parse(text, parameter, TARGET_PORT_RANGE, allow_abstract=True)
+
+
+def _foreign_scheme(text: str) -> re.Match[str] | None:
+    match = _SCHEME_RE.fullmatch(text)
+    return match if match is not None and match.group(1).lower() in _FOREIGN_SCHEMES else None
 
 
 # --- proto_hep's hep_id, and trace_destination ------------------------------------------

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
 
 from midgram.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
-from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout
+from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout, RequestTooLarge
 from midgram.protocol import Params
 from midgram.rpc import (
     MAX_REQUEST_ID,
@@ -137,9 +137,9 @@ class _Ids:
         return value
 
 
-def _oserror(target: str, exc: OSError) -> ClientError:
+def _oserror(target: str, exc: OSError, size: int | None = None) -> ClientError:
     if exc.errno == errno.EMSGSIZE:
-        return ClientError(f"request too large for {target}: {exc.strerror}")
+        return RequestTooLarge(target, size, exc.strerror or str(exc))
     return ConnectError(target, exc.strerror or str(exc), exc.errno)
 
 
@@ -405,7 +405,7 @@ class Client(_ClientBase):
                 time.sleep(min(pause, call.remaining()))
                 pause = min(pause * 2, _SEND_RETRY_MAX)
             except OSError as exc:
-                raise _oserror(self.target, exc) from exc
+                raise _oserror(self.target, exc, len(call.data)) from exc
 
     def _receive(self, sock: socket.socket, call: _Call) -> Response:
         while True:
@@ -509,7 +509,7 @@ class AsyncClient(_ClientBase):
                 await asyncio.sleep(min(pause, call.remaining()))
                 pause = min(pause * 2, _SEND_RETRY_MAX)
             except OSError as exc:
-                raise _oserror(self.target, exc) from exc
+                raise _oserror(self.target, exc, len(call.data)) from exc
 
     async def _receive(self, sock: socket.socket, call: _Call) -> Response:
         while True:

@@ -32,12 +32,13 @@ from midgram.address import (
     parse_socket_name,
     parse_trace_destination,
 )
-from midgram.errors import ConfigError
+from midgram.errors import ConfigError, ConfigFileError
 
 __all__ = [
     "ALIASES",
     "PARAMETERS",
     "SECTION",
+    "ConfigFile",
     "OpensipsCfg",
     "Parameter",
     "Settings",
@@ -47,6 +48,7 @@ __all__ = [
     "merge",
     "parse_bwlist",
     "parse_opensips_cfg",
+    "read_config",
 ]
 
 #: The module name in ``modparam(...)`` and the TOML table name.
@@ -802,16 +804,20 @@ def merge(*layers: Mapping[str, object]) -> dict[str, object]:
 _TOML_LINE_RE: Final = re.compile(r"at line (\d+)")
 
 
-def load_toml(text: str) -> dict[str, object]:
+def load_toml(text: str, *, source: str | None = None) -> dict[str, object]:
     """The parameters of a TOML document: top-level keys, or the ``[mi_datagram]`` table.
 
     With a ``[mi_datagram]`` table, other tables are ignored (the file may configure other
-    things) but a top-level key is refused, since it would be silently lost.
+    things) but a top-level key is refused, since it would be silently lost. A syntax error
+    names ``source`` (the file) when given.
     """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("TOML", _toml_line(text, str(exc)), f"not valid TOML: {exc}") from exc
+        line = _toml_line(text, str(exc))
+        if source is not None:
+            raise ConfigFileError(source, f"not valid TOML: {exc}: {line!r}") from exc
+        raise ConfigError("TOML", line, f"not valid TOML: {exc}") from exc
     if SECTION not in data:
         return data
     section = data[SECTION]
@@ -1017,3 +1023,50 @@ def parse_opensips_cfg(text: str) -> OpensipsCfg:
         elif _module_matches(module, _HEP_MODULE) and name in _HEP_PARAMS:
             hep_params[name] = value
     return OpensipsCfg(params, hep_ids, tuple(includes), hep_params)
+
+
+# --------------------------------------------------------------------------------------------
+# A config file of either kind
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What a config file gives: its layer for ``merge``, the format it was read as, and
+    warnings for the caller to show."""
+
+    layer: dict[str, object]
+    format: str
+    warnings: tuple[str, ...] = ()
+
+
+def _has_modparam(text: str) -> bool:
+    """Whether the text holds a ``modparam(`` statement, which no TOML document can."""
+    tokens = _cfg_tokens(text)
+    return any(
+        token == ("word", "modparam") and _is_punct(tokens, at + 1, "(")
+        for at, token in enumerate(tokens)
+    )
+
+
+def read_config(text: str, name: str) -> ConfigFile:
+    """The parameters of the config file ``name``, told apart by content, not by name: an
+    opensips.cfg has ``modparam(...)`` statements, which TOML cannot have; anything else is
+    TOML. A file that gives no parameter at all is refused (``ConfigFileError`` naming it):
+    serving the defaults after a config file was given would hide the mistake."""
+    if _has_modparam(text):
+        cfg = parse_opensips_cfg(text)
+        found = ConfigFile(cfg.layer(), "opensips.cfg", cfg.warnings())
+        missing = 'an opensips.cfg without a modparam("mi_datagram", ...) line'
+    else:
+        try:
+            found = ConfigFile(load_toml(text, source=name), "TOML")
+        except ConfigFileError as exc:
+            if name.endswith(".toml"):
+                raise
+            raise ConfigFileError(
+                name, f"{exc.reason}; nor is it an opensips.cfg (no modparam(...) in it)"
+            ) from exc
+        missing = f"TOML with neither parameters nor a [{SECTION}] table"
+    if not found.layer:
+        raise ConfigFileError(name, f"no midgram parameter in it ({missing})")
+    return found

@@ -5,6 +5,7 @@
     MidgramError                    code: 1 unless a subclass says otherwise
     +-- ConfigError                 a bad parameter value; .parameter, .value (code 2)
     |   +-- AddressError            a socket_name / target that does not parse
+    |   +-- ConfigFileError         a config file unusable as a whole; .parameter is its name
     +-- MIError                     a command's error reply: .code, .message, .data
     |   +-- InvalidParams           -32602 "Invalid params" with a data text
     |   +-- ServerError             -32000 "Server error" with a data text
@@ -20,6 +21,7 @@
     |   +-- ReplyTimeout            no reply within the timeout (code 3); .target
     |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
     |   |                           unresolvable host (code 4); .target, .reason, .errno
+    |   +-- RequestTooLarge         the request does not fit in one datagram (code 2)
     |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
     +-- LoadgenError                ``midgram bench``'s load generator is not installed (it
                                     was not built at install time) or failed to run
@@ -37,6 +39,7 @@ __all__ = [
     "BadReply",
     "ClientError",
     "ConfigError",
+    "ConfigFileError",
     "ConnectError",
     "HepError",
     "InvalidParams",
@@ -49,6 +52,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "ReplyTimeout",
+    "RequestTooLarge",
     "ServerError",
     "SocketInUse",
     "TransportError",
@@ -75,6 +79,15 @@ class ConfigError(MidgramError):
 
 class AddressError(ConfigError):
     """A ``socket_name`` (or a client target) that does not follow the grammar."""
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file that cannot be used as a whole (not valid TOML, no parameter in
+    it): the message starts with the file's name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, None, reason)
+        self.args = (f"{name}: {reason}",)
 
 
 class MIError(MidgramError):
@@ -204,6 +217,23 @@ class ConnectError(ClientError):
         self.target = target
         self.reason = reason
         self.errno = errno
+
+
+class RequestTooLarge(ClientError):
+    """The client's own socket refused to send the request (EMSGSIZE): it does not fit in one
+    datagram. Nothing was sent; a usage error (code 2), not the server's answer."""
+
+    code = 2
+
+    def __init__(self, target: str, size: int | None, reason: str) -> None:
+        what = "the request" if size is None else f"the request ({size} bytes)"
+        super().__init__(
+            f"{what} is too large to send to {target} in one datagram ({reason}): UDP carries "
+            "at most 65507 bytes, a UNIX socket what its send buffer holds; send fewer or "
+            "shorter params"
+        )
+        self.target = target
+        self.size = size
 
 
 class BadReply(ClientError):

@@ -21,6 +21,7 @@ __all__ = [
     "Runtime",
     "SharedRuntime",
     "apply_log_level",
+    "opensips_level",
     "opensips_to_logging",
     "reopen_log_files",
 ]
@@ -42,6 +43,15 @@ DEFAULT_LOG_LEVEL: Final = 3
 def opensips_to_logging(level: int) -> int:
     """OpenSIPS accepts any integer: below -3 logs only alerts, above 4 logs everything."""
     return OPENSIPS_LEVELS[max(-3, min(4, level))]
+
+
+def opensips_level(logging_level: int) -> int:
+    """The OpenSIPS level that ``log_level`` reports for a ``logging`` level: the highest
+    that maps onto it (3 for INFO, as OpenSIPS's default)."""
+    return max(
+        (level for level, mapped in OPENSIPS_LEVELS.items() if mapped == logging_level),
+        default=DEFAULT_LOG_LEVEL,
+    )
 
 
 def apply_log_level(level: int) -> None:
@@ -83,10 +93,15 @@ class Runtime(Protocol):
 class LocalRuntime:
     """A server that is just this process (embedded use, ``children_count`` 0, tests)."""
 
-    def __init__(self, process_type: str = "MI Datagram", started: float | None = None) -> None:
+    def __init__(
+        self,
+        process_type: str = "MI Datagram",
+        started: float | None = None,
+        level: int = DEFAULT_LOG_LEVEL,
+    ) -> None:
         self._started = time.time() if started is None else started
         self._type = process_type
-        self._level = DEFAULT_LOG_LEVEL
+        self._level = level
         self.stop_requested = False
 
     @property
@@ -121,13 +136,15 @@ class ProcessTable:
     Row 0 is the supervisor ("attendant", as in OpenSIPS), rows 1..N the workers.
     """
 
-    def __init__(self, workers: int, worker_type: str = "MI Datagram") -> None:
+    def __init__(
+        self, workers: int, worker_type: str = "MI Datagram", level: int = DEFAULT_LOG_LEVEL
+    ) -> None:
         self.size = workers + 1
         self._map = mmap.mmap(-1, self.size * _CELLS * 8)
         self._cells = memoryview(self._map).cast("q")
         self._types = ["attendant"] + [worker_type] * workers
         for row in range(self.size):
-            self._cells[row * _CELLS + _LEVEL] = DEFAULT_LOG_LEVEL
+            self._cells[row * _CELLS + _LEVEL] = level
 
     def register(self, row: int, pid: int) -> None:
         self._cells[row * _CELLS + _PID] = pid

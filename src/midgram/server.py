@@ -14,13 +14,14 @@ correlation ids after the fork.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,7 +31,8 @@ from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
-from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
+from midgram.errors import ConfigError, TransportError
+from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
@@ -45,9 +47,20 @@ from midgram.transport import (
 )
 from midgram.worker import ServerStats, Tracing, Worker, source_filter
 
-__all__ = ["AsyncServer", "default_address", "open_socket", "serve"]
+__all__ = [
+    "LOG_FORMAT",
+    "AsyncServer",
+    "default_address",
+    "importing_app",
+    "logging_level",
+    "open_socket",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
+
+#: midgram's log lines: ``midgram serve``'s, and ``serve()``'s when the program set up none.
+LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 #: How often an idle worker wakes up to look at its stop flag and log level.
 IDLE_WAKEUP: Final = 0.2
@@ -57,8 +70,82 @@ IDLE_WAKEUP: Final = 0.2
 default_address = default_target
 
 
+# The ``module:attribute`` that ``midgram serve --app`` is importing, while it does.
+_importing_app: str | None = None
+
+
+@contextlib.contextmanager
+def importing_app(spec: str) -> Iterator[None]:
+    """While ``midgram serve --app`` imports ``spec``'s module: a server started by that
+    import is refused (``ConfigError``). It would serve elsewhere, block the import, and then
+    leave its registry's statistics allocated for another number of workers."""
+    global _importing_app  # one import at a time, in the CLI's main thread
+    _importing_app = spec
+    try:
+        yield
+    finally:
+        _importing_app = None
+
+
+def _refuse_during_app_import() -> None:
+    if _importing_app is not None:
+        raise ConfigError(
+            "--app",
+            _importing_app,
+            "its module starts a server when imported: put that call under "
+            '`if __name__ == "__main__":` (midgram serve --app serves the registry itself)',
+        )
+
+
+def _check_slots(settings: Settings, registry: Registry) -> None:
+    """A registry served before keeps its shared statistics: the same number of workers."""
+    slots = registry.stats.slots
+    if slots is not None and settings.children_count not in (0, slots):
+        raise ConfigError(
+            "children_count",
+            settings.children_count,
+            f"this Registry's statistics are already shared by {slots} worker(s) (it was "
+            f"served before): serve it again with children_count = {slots}, or serve a new "
+            "Registry",
+        )
+
+
 def _address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
+
+
+def logging_level(name: str) -> int:
+    """The ``logging`` level of a ``Settings.log_level`` (already one of debug, info,
+    warning, error, critical)."""
+    level = logging.getLevelName(name.upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
+def _opensips_level(settings: Settings) -> int:
+    """``settings.log_level`` as the ``log_level`` command reports and workers apply it."""
+    return opensips_level(logging_level(settings.log_level))
+
+
+@contextlib.contextmanager
+def _own_logging(settings: Settings) -> Iterator[None]:
+    """Meanwhile, midgram's logger is at ``settings.log_level`` (in every process, as the
+    ``log_level`` command reports it) and, if the program set up no logging at all, writes
+    to stderr (Python would show warnings only, without midgram's format). The root logger
+    and the program's own handlers are left as they are."""
+    logger = logging.getLogger("midgram")
+    handler: logging.Handler | None = None
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging_level(settings.log_level))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+        if handler is not None:
+            logger.removeHandler(handler)
 
 
 def open_socket(settings: Settings) -> socket.socket:
@@ -66,8 +153,20 @@ def open_socket(settings: Settings) -> socket.socket:
     address = _address(settings)
     if isinstance(address, UdpAddress):
         return bind_udp(address.host, address.port)
+    _check_folder(address)
     uid, gid = resolve_owner(settings.unix_socket_user, settings.unix_socket_group)
     return bind_unix(str(address), mode=settings.unix_socket_mode, uid=uid, gid=gid)
+
+
+def _check_folder(address: UnixAddress) -> None:
+    """A socket file's folder must exist: said in one line, not as a bare ENOENT."""
+    folder = os.path.dirname(address.path) or "."
+    if not address.abstract and not os.path.isdir(folder):
+        raise TransportError(
+            f"cannot bind {address}: no folder {folder}: create it first (writable by the "
+            "user midgram runs as)",
+            str(address),
+        )
 
 
 def _close(sock: socket.socket, settings: Settings) -> None:
@@ -145,6 +244,15 @@ def serve(
     """Serve until stopped (SIGTERM, SIGINT or the ``kill`` command). Returns an exit status:
     0 after a clean stop, 1 when the workers kept dying at start-up."""
     registry = registry if registry is not None else Registry()
+    _refuse_during_app_import()
+    _check_slots(settings, registry)
+    with _own_logging(settings):
+        return _serve(settings, registry, on_ready)
+
+
+def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
+    listening: list[str] = []
+    on_ready = _noting(listening, on_ready)
     for warning in settings.warnings():
         log.warning("%s", warning)
     sock = open_socket(settings)
@@ -158,7 +266,19 @@ def serve(
         return _serve_forked(sock, settings, registry, where, on_ready)
     finally:
         _close(sock, settings)
-        log.info("stopped")
+        if listening:  # a server that never listened did not stop: its error says it all
+            log.info("stopped")
+
+
+def _noting(listening: list[str], on_ready: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``on_ready``, noting in ``listening`` that the server listens."""
+
+    def ready(where: str) -> None:
+        listening.append(where)
+        if on_ready is not None:
+            on_ready(where)
+
+    return ready
 
 
 def _log_start() -> None:
@@ -175,7 +295,7 @@ def _serve_inline(
     on_ready: Callable[[str], None] | None,
 ) -> int:
     """``children_count = 0``: this process is the one worker (embedding, debugging)."""
-    runtime = LocalRuntime()
+    runtime = LocalRuntime(level=_opensips_level(settings))
     dispatcher = _dispatcher(settings, registry, runtime)
     plan = _trace_plan(settings, sock, dispatcher)
     tracing = plan.start() if plan is not None else None
@@ -219,7 +339,7 @@ def _serve_forked(
     on_ready: Callable[[str], None] | None,
 ) -> int:
     children = settings.children_count
-    table = ProcessTable(children)
+    table = ProcessTable(children, level=_opensips_level(settings))
     table.register(0, os.getpid())
     runtime = SharedRuntime(table, 0, time.time(), os.getpid())
     dispatcher = _dispatcher(settings, registry, runtime)
@@ -303,26 +423,34 @@ class AsyncServer:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else Registry()
-        self.runtime = LocalRuntime()
+        self.runtime = LocalRuntime(level=_opensips_level(settings))
         self._sock: socket.socket | None = None
         self._worker: Worker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: asyncio.Event | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tracing: Tracing | None = None
+        self._logging = contextlib.ExitStack()
 
     @property
     def address(self) -> str:
         return str(_address(self.settings))
 
     async def start(self) -> None:
-        sock = open_socket(self.settings)
+        _refuse_during_app_import()
+        self._logging.enter_context(_own_logging(self.settings))
+        try:
+            sock = open_socket(self.settings)
+        except BaseException:
+            self._logging.close()
+            raise
         try:
             sock.setblocking(False)  # one process: the flag is ours alone
             dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
             plan = _trace_plan(self.settings, sock, dispatcher)
         except BaseException:
             _close(sock, self.settings)
+            self._logging.close()
             raise
         self._tracing = plan.start() if plan is not None else None
         stats = ServerStats.declare(self.registry.stats)
@@ -352,6 +480,7 @@ class AsyncServer:
         self._sock = None
         _close_tracing(self._tracing)
         self._tracing = None
+        self._logging.close()
         if self._closed is not None:
             self._closed.set()
 

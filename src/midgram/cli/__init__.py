@@ -8,8 +8,12 @@ script calling it in a loop pays. Library errors are mapped to exit codes in one
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Final
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
 
 import click
 
@@ -28,7 +32,32 @@ COMMANDS: Final = {
 
 
 class LazyGroup(click.Group):
-    """A group whose sub-commands are imported by name when first needed."""
+    """A group whose sub-commands are imported by name when first needed, and whose errors,
+    click's own included, are ``midgram: ...`` lines like every other midgram error."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        run = functools.partial(super().main, args, prog_name, complete_var, False, **extra)
+        if not standalone_mode:
+            return run()
+        try:
+            status: Any = run()
+        except click.ClickException as exc:
+            _show(exc)
+            sys.exit(exc.exit_code)
+        except click.Abort as exc:
+            from midgram.cli.failures import EXIT_INTERRUPTED  # noqa: PLC0415 - rarely needed
+
+            interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+            click.echo(f"midgram: {'interrupted' if interrupted else 'aborted'}", err=True)
+            sys.exit(EXIT_INTERRUPTED if interrupted else 1)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *COMMANDS})
@@ -65,5 +94,22 @@ def cli() -> None:
     """midgram: OpenSIPS-compatible MI datagram server, library and client."""
 
 
+def _show(exc: click.ClickException) -> None:
+    """click's error display, with the one prefix midgram uses everywhere."""
+    ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+    if ctx is not None:
+        hint = f"Try '{ctx.command_path} --help' for help.\n"
+        click.echo(f"{ctx.get_usage()}\n{hint}", err=True, color=ctx.color)
+    click.echo(f"midgram: {exc.format_message()}", err=True)
+
+
+#: The variable click's completion scripts set when they ask for completions.
+COMPLETE_VAR: Final = "_MIDGRAM_COMPLETE"
+
+
 def main() -> None:
+    if COMPLETE_VAR in os.environ:  # a TAB: answer as midgram's own scripts expect
+        from midgram.cli.shells import register  # noqa: PLC0415 - only completion needs it
+
+        register()
     cli(prog_name="midgram")

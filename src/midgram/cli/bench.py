@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
-from midgram.cli.client import _call_params, _fail, _one_target, target_options
+from midgram.cli.client import _call_params, _fail, _one_target, one_target_options
 from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.failures import EXIT_INTERRUPTED, EXIT_TIMEOUT, describe, exit_code_for
 from midgram.cli.output import render
@@ -34,7 +34,8 @@ Exit status:
   0    ok (errors and timeouts during the runs are counted, not fatal)
   1    the check request got an error reply, or the load generator
        could not be built or run
-  2    usage error (bad option, target or params)
+  2    usage error (bad option, target or params; a request too
+       large to send in one datagram)
   3    no reply: to the check request, or to any request of a whole run
   4    cannot reach the target (no socket, refused, permission denied)
   130  interrupted (Ctrl-C)"""
@@ -127,7 +128,15 @@ def _measure(ctx: click.Context, target: str, method: str, **options: Any) -> Lo
     except (ConfigError, TypeError) as exc:  # TypeError: params the dialect cannot send
         raise click.UsageError(str(exc)) from None
     except ClientError as exc:
-        _fail(describe(exc, target=target, method=method, dialect=options["dialect"]))
+        _fail(
+            describe(
+                exc,
+                target=target,
+                method=method,
+                dialect=options["dialect"],
+                params=options["params"],
+            )
+        )
         ctx.exit(exit_code_for(exc))
     except LoadgenError as exc:
         _fail(str(exc))
@@ -172,7 +181,7 @@ Examples:
     metavar="PARAMS",
     help="The params as raw JSON (an array or an object); '-' reads them from stdin.",
 )
-@target_options
+@one_target_options
 @click.option(
     "--inflight",
     type=click.IntRange(1, 4096),

@@ -18,6 +18,7 @@ from click.shell_completion import get_completion_class
 
 from midgram.address import parse_target
 from midgram.cli.complete import complete_method, complete_param
+from midgram.cli.durations import Duration
 from midgram.cli.failures import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -29,12 +30,13 @@ from midgram.cli.failures import (
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
+from midgram.cli.shells import register as register_shells
 from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.protocol import Params
 from midgram.rpc import DIALECTS
 
-__all__ = ["call", "completion", "help_", "shell", "which"]
+__all__ = ["call", "completion", "help_", "one_target_options", "shell", "target_options", "which"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,28 +48,45 @@ def _fail(message: str) -> None:
 # --- shared options --------------------------------------------------------------------------
 
 
+_TARGET_HELP: Final = "The server: /path, @abstract, udp:host:port or 'udp:[v6]:port'."
+_SEVERAL_HELP: Final = {
+    True: "Repeat it to call several servers at once.",
+    False: "One server (`midgram call` takes several).",
+}
+
+
 def target_options(func: F) -> F:
-    """--target (repeatable), --timeout and --dialect, with their environment variables."""
+    """--target (repeatable: several servers), --timeout and --dialect."""
+    return _with_target_options(func, several=True)
+
+
+def one_target_options(func: F) -> F:
+    """The same for a command that talks to one server (``which``, ``help``, ``shell``,
+    ``bench``): a second target is a usage error, and its help says so."""
+    return _with_target_options(func, several=False)
+
+
+def _with_target_options(func: F, *, several: bool) -> F:
+    """--target, --timeout and --dialect, with their environment variables."""
     options = (
         profile_option,
         click.option(
             "-t",
             "--target",
             "targets",
-            multiple=True,
+            multiple=True,  # even for one: a second is refused, not silently dropped
             envvar="MIDGRAM_TARGET",
             metavar="TARGET",
-            help="The server: /path, @abstract, udp:host:port or udp:[v6]:port. Repeat it to "
-            "call several servers at once. Default: $MIDGRAM_TARGET, else the server's "
-            f"default socket ({default_target()}).",
+            help=f"{_TARGET_HELP} {_SEVERAL_HELP[several]} Default: $MIDGRAM_TARGET, else "
+            f"the server's default socket ({default_target()}).",
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=Duration("s", positive=True),
             default=DEFAULT_TIMEOUT,
             show_default=True,
             envvar="MIDGRAM_TIMEOUT",
-            help="Seconds to wait for a reply (fractions welcome).",
+            help="How long to wait for a reply: 2.5s or 500ms; a bare number is seconds.",
         ),
         click.option(
             "--dialect",
@@ -95,7 +114,12 @@ def _targets(targets: Sequence[str]) -> list[str]:
 def _one_target(targets: Sequence[str]) -> str:
     texts = _targets(targets)
     if len(texts) > 1:
-        raise click.BadParameter("this command talks to one target", param_hint="--target")
+        command = click.get_current_context().info_name
+        raise click.BadParameter(
+            f"`midgram {command}` talks to one server, and got {len(texts)} "
+            f"({', '.join(texts)}): give one (`midgram call` calls several)",
+            param_hint="--target",
+        )
     return texts[0]
 
 
@@ -221,9 +245,11 @@ def _clients(targets: list[str], timeout: float, dialect: str, verbose: bool) ->
 ARGS, read as httpie reads them:
   name=text     a named string
   name:=JSON    a named JSON value: limit:=5  stats:='["core:"]'
+  name[]=text   a named array: 'statistics[]=all' (quoted for zsh)
   :=JSON        a positional JSON value: :=5  :='{"a":1}'
   other words   positional strings
 
+A name given more than once is an array too: statistics=core: statistics=shmem:.
 Named and positional params cannot be mixed. A word that starts with `-` (like `-1`)
 is a param when midgram has no such option; put `--` before the params to be sure.
 
@@ -232,7 +258,7 @@ Examples:
   midgram call uptime
   midgram call log_level level:=-1
   midgram call get_statistics statistics:='["core:"]'
-  midgram call -t udp:[::1]:8080 which uptime
+  midgram call -t 'udp:[::1]:8080' which uptime
   midgram call --dialect kamailio -t /run/kamailio/kamailio_rpc.sock core.echo a :=1""",
 )
 @click.argument("method", shell_complete=complete_method)
@@ -294,7 +320,15 @@ def call(
         _show_many(outcomes, fmt, colour)
     for outcome in outcomes:
         if outcome.error is not None:
-            _fail(describe(outcome.error, target=outcome.target, method=method, dialect=dialect))
+            _fail(
+                describe(
+                    outcome.error,
+                    target=outcome.target,
+                    method=method,
+                    dialect=dialect,
+                    params=params,
+                )
+            )
     ctx.exit(max(outcome.status for outcome in outcomes))
 
 
@@ -319,7 +353,7 @@ def _usage_lines(command: str, recipes: list[list[str]]) -> str:
 
 @click.command(epilog=EXIT_STATUS_HELP)
 @click.argument("command", required=False, shell_complete=complete_method)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
@@ -365,7 +399,7 @@ def _help_text(command: str, info: Any, recipes: list[list[str]] | None) -> str:
 
 @click.command("help", epilog=EXIT_STATUS_HELP)
 @click.argument("command", shell_complete=complete_method)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
@@ -400,13 +434,14 @@ def help_(
 
 
 @click.command(epilog=EXIT_STATUS_HELP)
-@target_options
+@one_target_options
 @click.option(
     "-f",
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="How results are shown (default: pretty on a terminal, json otherwise).",
+    help="How results are shown: json, pretty, yaml, lines, table, or raw (the reply "
+    "datagram, as `midgram call -f raw`). Default: pretty on a terminal, json otherwise.",
 )
 @click.pass_context
 def shell(
@@ -447,6 +482,7 @@ def completion(ctx: click.Context, shell_name: str | None) -> None:
     zsh:   eval "$(midgram completion zsh)"           (in ~/.zshrc)
     fish:  midgram completion fish > ~/.config/fish/completions/midgram.fish
     """
+    register_shells()
     name = shell_name or os.path.basename(os.environ.get("SHELL", "")) or "bash"
     cls = get_completion_class(name) if name in _SHELLS else None
     if cls is None:

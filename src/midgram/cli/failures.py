@@ -7,8 +7,13 @@ sub-command (``call``, ``which``, ``help``, ``shell``).
 from __future__ import annotations
 
 import errno
+import json
+import os
+import re
+import shlex
+import stat
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from midgram.address import UnixAddress, parse_target
 from midgram.errors import (
@@ -19,7 +24,10 @@ from midgram.errors import (
     PlainTextError,
     RemoteError,
     ReplyTimeout,
+    RequestTooLarge,
 )
+from midgram.protocol import Params
+from midgram.rpc import get_dialect
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -46,7 +54,8 @@ EXIT_STATUS_HELP: Final = """\b
 Exit status:
   0    ok
   1    the server answered with an error (or an unusable reply)
-  2    usage error (bad option, target or params)
+  2    usage error (bad option, target or params; a request too
+       large to send in one datagram)
   3    no reply within --timeout
   4    cannot reach the target (no socket, refused, permission denied)
   130  interrupted (Ctrl-C)
@@ -57,6 +66,7 @@ _EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
     (ReplyTimeout, EXIT_TIMEOUT),
     (ConnectError, EXIT_UNREACHABLE),
     (AddressError, EXIT_USAGE),
+    (RequestTooLarge, EXIT_USAGE),
     (ClientError, EXIT_REMOTE),
 )
 STATUS_NAMES: Final = MappingProxyType(
@@ -78,7 +88,6 @@ _UNIX_HINTS: Final = MappingProxyType(
     {
         errno.ENOENT: "no socket at {where}: is the server running? is the path right?",
         errno.ENOTDIR: "no socket at {where}: is the path right?",
-        errno.ECONNREFUSED: "no server listens on {where}: is it running? (the file is stale)",
         errno.EACCES: "permission denied on {where}: run as a user who may write to the socket "
         "(the server's unix_socket_mode/user/group)",
         errno.EPERM: "permission denied on {where}: run as a user who may write to the socket "
@@ -97,15 +106,40 @@ _UDP_HINTS: Final = MappingProxyType(
 )
 _REMOTE_HINTS: Final = MappingProxyType(
     {
-        -32601: "run `midgram which` for the server's commands",
-        -32602: "run `midgram which {method}` for the parameters it takes",
+        -32601: "{run} `{list}` for the server's commands",
+        -32602: "{run} `{recipes} {method}` for the parameters it takes",
         -32001: "use one of the names the server lists",
     }
 )
 
 
+def _refused_unix(address: UnixAddress) -> str:
+    """ECONNREFUSED on a UNIX target: what is really there, said as it is."""
+    where = str(address)
+    if address.abstract:
+        return (
+            f"no server listens on the abstract socket {where}: is it running? is the name right?"
+        )
+    try:
+        mode = os.stat(address.path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISDIR(mode):
+        return f"{where} is a folder, not a socket: give the socket's path in it"
+    if stat.S_ISREG(mode):
+        return f"{where} is a regular file, not a socket: is the path right?"
+    if stat.S_ISSOCK(mode):
+        return (
+            f"no server listens on {where}: is it running? (the socket file was left by a "
+            "server that stopped)"
+        )
+    return f"no server listens on {where}: is it running? is the path right?"
+
+
 def _connect_hint(exc: ConnectError) -> str:
     address = parse_target(exc.target)
+    if isinstance(address, UnixAddress) and exc.errno == errno.ECONNREFUSED:
+        return _refused_unix(address)
     hints = _UNIX_HINTS if isinstance(address, UnixAddress) else _UDP_HINTS
     template = hints.get(exc.errno or 0)
     if template is None:
@@ -113,14 +147,59 @@ def _connect_hint(exc: ConnectError) -> str:
     return template.format(where=exc.target)
 
 
-def _remote_line(exc: RemoteError, method: str) -> str:
+_BAD_TYPE_RE: Final = re.compile(r"Bad type for parameter '([^']*)'")
+
+
+def _bad_type_hint(data: object, params: Params) -> str | None:
+    """For ``Bad type for parameter 'x'``: the form that sends what the server wanted."""
+    match = _BAD_TYPE_RE.fullmatch(str(data))
+    if match is None:
+        return None
+    name = match.group(1)
+    value = params.get(name) if isinstance(params, dict) else None
+    if not isinstance(value, str):
+        return (
+            f"{name} takes another type: {name}=text sends a string, {name}[]=text an array, "
+            f"{name}:=5 a number"
+        )
+    hint = (
+        f"{name}={value} sends a string: if {name} takes an array, write "
+        f"{shlex.quote(f'{name}[]={value}')} (or give {name}=… once per value)"
+    )
+    if _json_scalar(value):
+        hint += f"; a number or true/false: {name}:={value}"
+    return hint
+
+
+def _json_scalar(text: str) -> bool:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, int | float | bool)
+
+
+def _spelling(dialect: str, in_shell: bool) -> dict[str, str]:
+    """How a hint says to list commands or show one's parameters: as a midgram command, or
+    as a line to type in ``midgram shell`` (its own dialect's commands)."""
+    if not in_shell:
+        return {"run": "run", "list": "midgram which", "recipes": "midgram which"}
+    spelled = get_dialect(dialect)
+    recipes = spelled.recipes_method or spelled.help_method
+    return {"run": "type", "list": spelled.list_method, "recipes": recipes}
+
+
+def _remote_line(exc: RemoteError, method: str, params: Params, spelling: dict[str, str]) -> str:
     text = f"{method}: error {exc.code}: {exc.message}"
     if exc.data is not None:
         text += f" ({exc.data})"
-    hint = _REMOTE_HINTS.get(exc.code)
-    if hint is None and exc.message.lower() == "method not found":  # Kamailio's 500
-        hint = _REMOTE_HINTS[-32601]
-    return f"{text}: {hint.format(method=method)}" if hint else text
+    template = _REMOTE_HINTS.get(exc.code)
+    if template is None and exc.message.lower() == "method not found":  # Kamailio's 500
+        template = _REMOTE_HINTS[-32601]
+    hint = _bad_type_hint(exc.data, params) if exc.code == -32602 else None
+    if hint is None and template is not None:
+        hint = template.format(method=method, **spelling)
+    return f"{text}: {hint}" if hint else text
 
 
 def _plain_text_line(exc: PlainTextError, target: str) -> str:
@@ -132,18 +211,27 @@ def _plain_text_line(exc: PlainTextError, target: str) -> str:
 
 
 def describe(
-    exc: ClientError, *, target: str = "the server", method: str = "", dialect: str = "opensips"
+    exc: ClientError,
+    *,
+    target: str = "the server",
+    method: str = "",
+    dialect: str = "opensips",
+    params: Params = None,
+    in_shell: bool = False,
 ) -> str:
-    """One line for stderr: what went wrong, then what to check."""
+    """One line for stderr: what went wrong, then what to check (``params``: what was sent,
+    for a hint that shows the right form; ``in_shell``: hints say what to type in ``midgram
+    shell`` rather than which command to run)."""
     if isinstance(exc, ConnectError):
         return _connect_hint(exc)
     if isinstance(exc, ReplyTimeout):
-        why = "is the server busy or stuck? try a longer --timeout"
+        longer = "start the shell with a longer --timeout" if in_shell else "try a longer --timeout"
+        why = f"is the server busy or stuck? {longer}"
         if dialect == "kamailio":
             why += " (Kamailio sends nothing back when a reply is too big)"
         return f"{exc}: {why}"
     if isinstance(exc, RemoteError):
-        return _remote_line(exc, method)
+        return _remote_line(exc, method, params, _spelling(dialect, in_shell))
     if isinstance(exc, PlainTextError):
         return _plain_text_line(exc, target)
     if isinstance(exc, BadReply):

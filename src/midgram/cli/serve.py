@@ -5,24 +5,24 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
+import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from midgram.address import UnixAddress, parse_socket_name
+from midgram.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
+from midgram.cli.durations import Duration
 from midgram.commands import Registry
-from midgram.config import load_settings, load_toml, parse_opensips_cfg
+from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
-from midgram.runtime import OPENSIPS_LEVELS
+from midgram.server import LOG_FORMAT, importing_app, logging_level
 from midgram.server import serve as run_server
 
 __all__ = ["serve"]
-
-LOG_FORMAT = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
-
-_LEVEL_NAMES = {"debug", "info", "warning", "warn", "error", "critical", "notice", "err", "crit"}
 
 
 def _setup_logging(level: str, log_file: str | None) -> None:
@@ -32,40 +32,30 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_python_level(level))
-
-
-def _python_level(level: str) -> int:
-    aliases = {"warn": "WARNING", "notice": "INFO", "err": "ERROR", "crit": "CRITICAL"}
-    text = level.strip()
-    if text.lstrip("-").isdigit():
-        return OPENSIPS_LEVELS[max(-3, min(4, int(text)))]
-    return logging.getLevelName(aliases.get(text.lower(), text.upper()))  # type: ignore[no-any-return]
+    root.setLevel(logging_level(level))
 
 
 def _config_layer(path: str | None) -> dict[str, Any]:
-    """A TOML file, or the modparam lines of an existing opensips.cfg."""
+    """A TOML file, or the modparam lines of an existing opensips.cfg (told by content)."""
     if path is None:
         return {}
-    text = Path(path).read_text()
-    if path.endswith(".toml"):
-        return dict(load_toml(text))
-    cfg = parse_opensips_cfg(text)
-    warnings = list(cfg.warnings())
-    if not cfg.params:
-        warnings.append('no modparam("mi_datagram", ...) line found: nothing taken from it')
-    for warning in warnings:
+    found = read_config(Path(path).read_text(), path)
+    for warning in found.warnings:
         click.echo(f"midgram: {path}: {warning}", err=True)
-    return cfg.layer()
+    return found.layer
 
 
 def _load_registry(spec: str | None) -> Registry | None:
-    """``--app module:attribute``: a Registry, or a function returning one."""
+    """``--app module:attribute``: a Registry, or a function returning one. The current
+    directory is on the import path first, as uvicorn and gunicorn put it."""
     if spec is None:
         return None
     module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        target = getattr(importlib.import_module(module_name), attribute or "mi")
+        with importing_app(spec):
+            target = getattr(importlib.import_module(module_name), attribute or "mi")
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--app") from exc
     registry = target() if callable(target) and not isinstance(target, Registry) else target
@@ -74,24 +64,63 @@ def _load_registry(spec: str | None) -> Registry | None:
     return registry
 
 
+def _program() -> list[str]:
+    """How to run this midgram again from a shell: ``midgram`` when that is this program on
+    PATH, else the path it was started by (``make run`` starts ``.venv/bin/midgram``), or
+    ``python -m midgram``."""
+    started_as = sys.argv[0]
+    if os.path.basename(started_as) == "__main__.py" or not os.path.isfile(started_as):
+        return [sys.executable, "-m", "midgram"]
+    on_path = shutil.which("midgram")
+    if on_path is not None and os.path.samefile(on_path, started_as):
+        return ["midgram"]
+    return [os.path.abspath(started_as)]
+
+
+def _opensips_cli(address: UnixAddress | UdpAddress) -> list[str] | str:
+    """opensips-cli's options for the address, or why it cannot reach it: it binds its reply
+    socket by path and sends UDP over IPv4 only."""
+    if isinstance(address, UnixAddress):
+        if address.abstract:
+            return "opensips-cli cannot reach an abstract socket"
+        return ["-o", f"datagram_unix_socket={address.path}"]
+    host = address.host
+    if address.host_kind is HostKind.NAME:  # what the server bound: the first address found
+        host = str(socket.getaddrinfo(host, address.port, type=socket.SOCK_DGRAM)[0][4][0])
+    if ":" in host:
+        return "opensips-cli sends over IPv4 only"
+    return ["-o", f"datagram_ip={host}", "-o", f"datagram_port={address.port}"]
+
+
 def _how_to_call(where: str) -> str:
+    """The banner: every command in it runs as shown when pasted into bash or zsh."""
     address = parse_socket_name(where)
-    if isinstance(address, UnixAddress) and not address.abstract:
-        opensips = f"-o datagram_unix_socket={where}"
-    elif isinstance(address, UnixAddress):
-        opensips = "(opensips-cli cannot reach abstract sockets)"
+    call = shlex.join([*_program(), "call", "uptime", "--target", where])
+    opensips = _opensips_cli(address)
+    if isinstance(opensips, str):
+        other = f"            ({opensips})"
     else:
-        host = address.host
-        opensips = f"-o datagram_ip={host} -o datagram_port={address.port}"
+        command = ["opensips-cli", "-o", "communication_type=datagram", *opensips]
+        other = f"       or:  {shlex.join([*command, '-x', 'mi', 'uptime'])}"
     return (
         f"midgram listening on {where}\n"
-        f"  call it:  midgram call uptime --target {where}\n"
-        f"       or:  opensips-cli -o communication_type=datagram {opensips} -x mi uptime\n"
+        f"  call it:  {call}\n"
+        f"{other}\n"
         "  stop it:  Ctrl-C (or the MI command `kill`)"
     )
 
 
-@click.command()
+# \b keeps click from re-flowing the block.
+EXIT_STATUS_HELP = """\b
+Exit status:
+  0    stopped cleanly (SIGTERM, Ctrl-C or the MI command `kill`)
+  1    the workers kept dying at start-up
+  2    a bad parameter, config file or --app
+  4    the socket cannot be bound (another server listens there,
+       permission denied, no such folder)"""
+
+
+@click.command(epilog=EXIT_STATUS_HELP)
 @click.option(
     "-s", "--socket", "socket_name", help="socket_name: a path, @abstract or udp:host:port."
 )
@@ -99,7 +128,13 @@ def _how_to_call(where: str) -> str:
 @click.option("--mode", "unix_socket_mode", help="unix_socket_mode, octal (default 0660).")
 @click.option("--user", "unix_socket_user", help="unix_socket_user: owner of the socket file.")
 @click.option("--group", "unix_socket_group", help="unix_socket_group: group of the socket file.")
-@click.option("--timeout", "socket_timeout", type=int, help="socket_timeout in ms (default 2000).")
+@click.option(
+    "--timeout",
+    "socket_timeout",
+    type=Duration("ms", whole=True),
+    help="socket_timeout: how long a reply waits for a client that cannot take it yet: "
+    "500ms or 2s; a bare number is milliseconds (default 2000).",
+)
 @click.option("--buf-size", "socket_buf_size", type=int, help="socket_buf_size (default 65457).")
 @click.option("--pretty/--no-pretty", "pretty_printing", default=None, help="pretty_printing.")
 @click.option("--json-errors/--plain-errors", default=None, help="JSON-RPC errors, not plain text.")
@@ -123,7 +158,8 @@ def _how_to_call(where: str) -> str:
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
-    help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams).",
+    help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams), told "
+    "apart by content.",
 )
 @click.option("--app", help="module:attribute of a Registry whose commands to serve too.")
 @click.option("--log-level", help="debug|info|warning|error|critical, or OpenSIPS -3..4.")
@@ -148,7 +184,6 @@ def serve(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     _setup_logging(settings.log_level, log_file)
-    registry = _load_registry(app)
 
     def ready(where: str) -> None:
         if pid_file:
@@ -156,7 +191,7 @@ def serve(
         click.echo(_how_to_call(where), err=True)
 
     try:
-        status = run_server(settings, registry, on_ready=ready)
+        status = run_server(settings, _load_registry(app), on_ready=ready)
     except MidgramError as exc:
         click.echo(f"midgram: {exc}", err=True)
         sys.exit(exc.code)

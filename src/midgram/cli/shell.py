@@ -20,7 +20,7 @@ from midgram.cli.complete import Catalog
 from midgram.cli.failures import describe, exit_code_for
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import PARAMS_HELP, ParamsError, parse_words
-from midgram.client import Client
+from midgram.client import Client, Exchange
 from midgram.errors import ClientError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ __all__ = ["Shell", "history_path"]
 
 SHELL_HELP: Final = f"""Type `METHOD [ARGS...]` to call a command; TAB completes command and
 parameter names. ARGS: {PARAMS_HELP}
-  .format [FMT]   show or set the output format ({", ".join(FORMATS[:-1])})
+  .format [FMT]   show or set the output format ({", ".join(FORMATS)}: the reply datagram)
   .help           this text
   exit, quit, Ctrl-D   leave"""
 _LEAVE: Final = frozenset({"exit", "quit", ".exit", ".quit"})
@@ -53,6 +53,8 @@ class Shell:
         self.catalog = Catalog(client.target, client.dialect.name, timeout=client.timeout)
         self.fmt = fmt
         self.status = 0
+        self._reply: bytes | None = None  # the last reply datagram, for the raw format
+        client.on_exchange = self._keep
         self._commands: MappingProxyType[str, Callable[[list[str]], None]] = MappingProxyType(
             {".help": self._help, ".format": self._format}
         )
@@ -86,22 +88,43 @@ class Shell:
             self._call(words[0], words[1:])
         return True
 
+    def _keep(self, exchange: Exchange) -> None:
+        self._reply = exchange.reply
+
     def _call(self, method: str, words: list[str]) -> None:
+        tty = sys.stdout.isatty()
+        fmt = auto_format(self.fmt, tty=tty)
+        self._reply = None
         try:
-            result = self.client.request(method, parse_words(words))
+            params = parse_words(words)
+            result = self.client.request(method, params)
         except (ParamsError, TypeError) as exc:
             self._error(str(exc), status=2)
             return
         except ClientError as exc:
+            self._show_raw(fmt)
             line = describe(
-                exc, target=self.client.target, method=method, dialect=self.client.dialect.name
+                exc,
+                target=self.client.target,
+                method=method,
+                dialect=self.client.dialect.name,
+                params=params,
+                in_shell=True,
             )
             self._error(line, status=exit_code_for(exc))
             return
-        tty = sys.stdout.isatty()
+        if self._show_raw(fmt):
+            return
         colour = use_colour(tty)
-        fmt = auto_format(self.fmt, tty=tty)
-        click.echo(render(result, "json" if fmt == "raw" else fmt, colour=colour), color=colour)
+        click.echo(render(result, fmt, colour=colour), color=colour)
+
+    def _show_raw(self, fmt: str) -> bool:
+        """The raw format: the reply datagram as it arrived (as `midgram call -f raw`)."""
+        if fmt != "raw":
+            return False
+        if self._reply is not None:
+            click.echo(self._reply.decode(errors="backslashreplace"))
+        return True
 
     def _error(self, message: str, status: int = 1) -> None:
         self.status = max(self.status, status)
@@ -113,8 +136,8 @@ class Shell:
     def _format(self, args: list[str]) -> None:
         if not args:
             click.echo(self.fmt or "auto")
-        elif args[0] not in FORMATS[:-1]:
-            self._error(f"unknown format {args[0]!r}: use one of {', '.join(FORMATS[:-1])}")
+        elif args[0] not in FORMATS:
+            self._error(f"unknown format {args[0]!r}: use one of {', '.join(FORMATS)}")
         elif args[0] == "yaml" and (why := yaml_missing()):
             self._error(why)
         else:
