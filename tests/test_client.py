@@ -383,18 +383,19 @@ def server_as(user: str, folder: Path) -> Iterator[str]:
         [sys.executable, AS_USER, "serve", user, target],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
-        shown: list[str] = []  # serve() logs to stderr (here merged) before it is ready
-        while not (shown and shown[-1].startswith("ready")):
+        # serve() logs to stderr (here merged) before it is ready. Read the descriptor
+        # itself: a buffered readline() could hold the "ready" line while select() waits.
+        shown = b""
+        while not any(line.startswith(b"ready") for line in shown.splitlines()):
             left = max(deadline - time.monotonic(), 0)
             ready, _, _ = select.select([proc.stdout], [], [], left)
-            line = proc.stdout.readline() if ready else ""
-            assert line, f"the server did not start: {''.join(shown)}"
-            shown.append(line)
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            assert chunk, f"the server did not start: {shown.decode(errors='replace')}"
+            shown += chunk
         yield target
     finally:
         proc.terminate()
