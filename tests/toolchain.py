@@ -3,10 +3,13 @@
 - ``needs_cc``: a C compiler, for midgram's C code (the load generator, the batch I/O
   module); ``.ci/run`` machines have gcc and Python's headers.
 - ``needs_ipv6``: an IPv6 loopback (``::1``).
+- ``needs_socat``: socat, the raw datagram client of the README's examples (``.ci/run``
+  installs it).
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 
 import pytest
@@ -37,3 +40,9 @@ def _has_ipv6() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback (::1) on this host")
+
+
+SOCAT = shutil.which("socat")
+needs_socat = pytest.mark.skipif(
+    SOCAT is None, reason="socat is not installed (.ci/run installs it with apt-get)"
+)
