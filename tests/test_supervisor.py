@@ -139,3 +139,39 @@ def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
             end_group(proc)
     assert out.strip() == "0"
     assert "was killed by SIGKILL" in err
+
+
+def test_a_failure_after_the_fork_stops_every_worker_first(tmp_path: Path) -> None:
+    """on_started raising (a pid file that cannot be written): the exception comes out of
+    run() only once no worker is left (they held the caller's stdout, and kept serving)."""
+    script = f"""
+        import os, signal, time
+        from pathlib import Path
+        from midgram.supervisor import Supervisor
+
+        def worker(slot):
+            Path({str(tmp_path)!r}, str(os.getpid())).touch()
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            while True:
+                time.sleep(1)
+
+        def started():
+            while len(list(Path({str(tmp_path)!r}).iterdir())) < 2:
+                time.sleep(0.01)
+            raise OSError("cannot write the pid file")
+
+        try:
+            Supervisor(2, worker, on_started=started).run()
+        except OSError as exc:
+            print(exc)
+        """
+    proc = start_script(script)
+    try:
+        out, err = proc.communicate(timeout=30)  # returns once nobody holds the pipes
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        raise
+    assert out.strip() == "cannot write the pid file", err
+    pids = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(pids) == 2
+    assert all(_is_zombie_or_gone(pid) for pid in pids)

@@ -91,7 +91,8 @@ class Supervisor:
     _failed: str | None = None
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1)."""
+        """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1). Whatever
+        ``on_started`` raises is raised here, once every worker has stopped."""
         self._slots = [_Slot() for _ in range(self.workers)]
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = self._install_signals(write_fd)
@@ -102,8 +103,9 @@ class Supervisor:
             while not self._stopping:
                 self._wait_for_signal(read_fd, self._next_respawn_in())
                 self._respawn_due()
-            self._stop_all()
         finally:
+            # Also when on_started or the loop raised: no worker outlives a failed start.
+            self._stop_all()
             self._restore_signals(previous)
             os.close(read_fd)
             os.close(write_fd)
@@ -214,6 +216,7 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait up to ``stop_timeout``, then SIGKILL the rest."""
+        self._stopping = True  # their exits are expected: none is restarted or reported
         self._signal_all(signal.SIGTERM)
         deadline = self.clock() + self.stop_timeout
         while self.pids() and self.clock() < deadline:

@@ -1,0 +1,79 @@
+"""How ``midgram serve`` starts and ends as a whole: real processes, real sockets.
+
+- A start that fails leaves nothing running, and nothing of another server's changed, and
+  says what failed in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import ROOT, midgram_server, server_command, short_tmpdir
+
+
+@pytest.fixture
+def folder() -> Iterator[str]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_serve(*flags: str) -> subprocess.Popen[bytes]:
+    """``midgram serve`` in a session of its own, so that the test can end whatever it left."""
+    return subprocess.Popen(
+        server_command(*flags),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def end_session(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("flag", "path"), [("--pid-file", "/nonexistent/x.pid"), ("--log-file", "/nonexistent/x.log")]
+)
+def test_a_failed_start_leaves_nothing_running(folder: str, flag: str, path: str) -> None:
+    """`midgram serve --pid-file /nonexistent/x.pid | tail` hung: a worker kept the pipe.
+    communicate() returns only once no process holds stdout and stderr any more."""
+    proc = start_serve("--socket", f"{folder}/mi.sock", "--children", "2", flag, path)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        end_session(proc)
+        raise
+    assert proc.returncode == 2
+    assert err.decode().splitlines() == [
+        f"midgram: bad value for {flag}: {path!r}: cannot open it: No such file or directory"
+    ]
+    assert out == b""
+    assert os.listdir(folder) == []  # no socket left behind either
+
+
+def test_a_failed_start_leaves_the_running_servers_pid_file_alone(folder: str) -> None:
+    pid_file = Path(folder, "midgram.pid")
+    with midgram_server("--pid-file", str(pid_file)) as running:
+        second = start_serve("--socket", running.target, "--pid-file", str(pid_file))
+        try:
+            _, err = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            end_session(second)
+            raise
+        assert second.returncode == 4
+        assert err.decode().splitlines() == [
+            f"midgram: another server is listening on {running.target}"
+        ]
+        assert pid_file.read_text() == f"{running.proc.pid}\n"
