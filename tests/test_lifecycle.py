@@ -77,3 +77,26 @@ def test_a_failed_start_leaves_the_running_servers_pid_file_alone(folder: str) -
             f"midgram: another server is listening on {running.target}"
         ]
         assert pid_file.read_text() == f"{running.proc.pid}\n"
+
+
+@pytest.mark.parametrize("flag", ["--pid-file", "--log-file"])
+def test_a_pid_or_log_file_that_is_a_symbolic_link_is_refused(folder: str, flag: str) -> None:
+    """Another user who can write the folder made the name a link to a root-only file: the
+    server overwrote it (pid file) or appended to it (log file)."""
+    secret = Path(folder, "secret")
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    name = Path(folder, "midgram.out")
+    name.symlink_to(secret)
+    proc = start_serve("--socket", f"{folder}/mi.sock", flag, str(name))
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        end_session(proc)
+        raise
+    assert proc.returncode == 2
+    assert err.decode().splitlines() == [
+        f"midgram: bad value for {flag}: {str(name)!r}: it is a symbolic link "
+        "(refused: it could lead to any file)"
+    ]
+    assert secret.read_text() == "root only\n"

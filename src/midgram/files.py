@@ -3,13 +3,23 @@
 Both are opened before anything forks, so that a path that cannot be used stops the start
 with one line naming it (a ``ConfigError`` for ``--pid-file`` or ``--log-file``) and leaves
 nothing running.
+
+A server often runs as root, and another user may be able to write the file's directory:
+that user could make the name a symbolic link, or a hard link, to any file (a root-only
+one), and the server would overwrite or append to it. So the name is opened once, without
+following a symbolic link (``O_NOFOLLOW``), and refused unless it is a regular file with no
+other name; everything after that goes through the descriptor, and the pid file is removed
+only if its name still leads to the file this server wrote. (Directories above the file
+are followed as they are: ``/var/run`` is often a link to ``/run``.)
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import stat
 from typing import Final
 
 from midgram.errors import ConfigError
@@ -19,17 +29,45 @@ __all__ = ["LogFileHandler", "PidFile"]
 PID_FLAG: Final = "--pid-file"
 LOG_FLAG: Final = "--log-file"
 _FILE_MODE: Final = 0o644
+_NOT_REGULAR: Final = "it is not a regular file"
+_SYMLINK: Final = "it is a symbolic link (refused: it could lead to any file)"
 
 
 def _open(path: str, flag: str, flags: int) -> tuple[int, bool]:
-    """A descriptor of ``path`` opened for writing, and whether this call created the file."""
+    """A descriptor of ``path`` opened for writing, and whether this call created the file.
+
+    ``O_NONBLOCK``: a FIFO is refused instead of blocking the open (it changes nothing for a
+    regular file).
+    """
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         try:
-            return os.open(path, flags | os.O_CREAT | os.O_EXCL, _FILE_MODE), True
+            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, _FILE_MODE), True
         except FileExistsError:
-            return os.open(path, flags), False
+            fd, created = os.open(path, flags), False
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(flag, path, _SYMLINK) from exc
+        if exc.errno == errno.ENXIO:  # a FIFO with no reader, a socket, an absent device
+            raise ConfigError(flag, path, _NOT_REGULAR) from exc
         raise ConfigError(flag, path, f"cannot open it: {exc.strerror or exc}") from exc
+    try:
+        _check(os.fstat(fd), path, flag)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def _check(info: os.stat_result, path: str, flag: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(flag, path, _NOT_REGULAR)
+    if info.st_nlink != 1:
+        raise ConfigError(
+            flag,
+            path,
+            f"it has {info.st_nlink} hard links (refused: another of its names could be any file)",
+        )
 
 
 class PidFile:
@@ -41,7 +79,7 @@ class PidFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd, self._ours = _open(path, PID_FLAG, os.O_WRONLY | os.O_CLOEXEC)
+        self._fd, self._ours = _open(path, PID_FLAG, os.O_WRONLY)
 
     def write(self, pid: int) -> None:
         try:
@@ -81,5 +119,5 @@ class LogFileHandler(logging.FileHandler):
         super().__init__(path, mode="a", encoding="utf-8")
 
     def _open(self) -> io.TextIOWrapper:
-        fd, _ = _open(self.baseFilename, LOG_FLAG, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd, _ = _open(self.baseFilename, LOG_FLAG, os.O_WRONLY | os.O_APPEND)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
