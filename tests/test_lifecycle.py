@@ -2,6 +2,8 @@
 
 - A start that fails leaves nothing running, and nothing of another server's changed, and
   says what failed in one line.
+- Workers end with their supervisor, even one killed with SIGKILL, and never signal a
+  process that is not their own live supervisor.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ROOT, midgram_server, server_command, short_tmpdir
+from servers import ROOT, midgram_server, server_command, short_tmpdir, wait_until
 
 
 @pytest.fixture
@@ -100,3 +102,30 @@ def test_a_pid_or_log_file_that_is_a_symbolic_link_is_refused(folder: str, flag:
         "(refused: it could lead to any file)"
     ]
     assert secret.read_text() == "root only\n"
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet (an orphan's new parent may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_end_when_their_supervisor_is_killed() -> None:
+    """After `kill -9` of the supervisor both workers kept serving (parent pid 1), `ps`
+    listed the dead attendant, and a new server on the same socket was refused."""
+    with midgram_server("--children", "2") as first:
+        workers = first.worker_pids()
+        assert len(workers) == 2
+        first.proc.kill()
+        first.proc.wait(30)
+        try:
+            wait_until(lambda: all(ended(pid) for pid in workers), what="the workers to end")
+        finally:
+            for pid in workers:  # they would hold the log pipe open for ever
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with midgram_server("--children", "1", socket=first.target) as second:
+            processes = second.call("ps")["result"]["Processes"]
+            assert processes[0] == {"ID": 0, "PID": second.proc.pid, "Type": "attendant"}

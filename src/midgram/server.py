@@ -224,7 +224,7 @@ def _serve_forked(
     def run_worker(slot: int) -> int:
         registry.stats.attach(slot)
         table.register(slot + 1, os.getpid())
-        worker_signals = WorkerSignals()
+        worker_signals = WorkerSignals(supervisor=runtime.supervisor_pid)
         worker_signals.install()
         worker = _worker(
             sock,
@@ -233,7 +233,7 @@ def _serve_forked(
             server_stats,
             log_level=lambda: table.level(slot + 1),
             stop_requested=lambda: runtime.stop_requested,
-            on_stop_requested=lambda: os.kill(runtime.supervisor_pid, signal.SIGTERM),
+            on_stop_requested=worker_signals.stop_server,
             tracing=plan.start() if plan is not None else None,
         )
         worker.run(worker_signals.should_stop)
