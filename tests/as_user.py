@@ -1,9 +1,12 @@
 """Run a midgram server or client as another user (tests run as root).
 
-``python tests/as_user.py serve USER SOCKET_NAME``: ``midgram.server.serve`` with the
-``apps:mi`` commands, in-process (``children_count = 0``), as USER; prints ``ready`` once it
-listens. ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER;
-prints ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
+- ``python tests/as_user.py serve USER SOCKET_NAME [MODE]``: ``midgram.server.serve`` with
+  the ``apps:mi`` commands, in-process (``children_count = 0``), as USER, its socket file
+  with MODE (octal, default 0660); prints ``ready`` once it listens.
+- ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER; prints
+  ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
+- ``python tests/as_user.py cli USER ARGS...``: the ``midgram`` command itself (``serve``,
+  ``call``...) as USER.
 
 Everything is imported first and the privileges are dropped after: the interpreter itself
 may live where USER cannot read (a pyenv under /root), so nothing may be imported later.
@@ -18,6 +21,10 @@ import sys
 
 from apps import mi
 
+import midgram.cli.client
+import midgram.cli.serve  # noqa: F401
+from midgram.batchio import native_module
+from midgram.cli import cli
 from midgram.client import Client
 from midgram.config import Settings
 from midgram.errors import ClientError
@@ -31,8 +38,8 @@ def become(user: str) -> None:
     os.setuid(entry.pw_uid)
 
 
-def run_server(user: str, socket_name: str) -> int:
-    settings = Settings(socket_name=socket_name, children_count=0)
+def run_server(user: str, socket_name: str, mode: str = "0660") -> int:
+    settings = Settings(socket_name=socket_name, children_count=0, unix_socket_mode=int(mode, 8))
     become(user)
     return serve(settings, mi, on_ready=lambda where: print("ready", where, flush=True))
 
@@ -47,6 +54,15 @@ def run_call(user: str, target: str, method: str) -> int:
     return 0
 
 
+def run_cli(user: str, *args: str) -> int:
+    # The sub-commands were imported above; the C module is loaded here, from root's cache.
+    native_module()
+    become(user)
+    cli.main(args=list(args), prog_name="midgram")  # exits
+    return 0
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    sys.exit(run_server(*args) if command == "serve" else run_call(*args))
+    runners = {"serve": run_server, "call": run_call, "cli": run_cli}
+    sys.exit(runners[command](*args))

@@ -53,6 +53,7 @@ from typing import Any, Final, Self, TypeVar
 
 from midgram.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
 from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout
+from midgram.files import squatted
 from midgram.protocol import Params
 from midgram.rpc import (
     MAX_REQUEST_ID,
@@ -231,9 +232,28 @@ class _ClientBase:
         self.bufsize = bufsize
         self.on_exchange = on_exchange
         self._ids = _Ids()
+        address = self.address
+        self._default_place = (
+            isinstance(address, UnixAddress)
+            and not address.abstract
+            and address.path == default_target()
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r}, dialect={self.dialect.name!r})"
+
+    def _check_place(self) -> None:
+        """The default socket lives where any user can create a file first (/tmp): one that
+        another user put there is not called (it would read the request and could answer
+        anything). Checked before sending, and again once the reply came, since a squatter
+        may have bound in between."""
+        if not self._default_place:
+            return
+        reason = squatted(self.target)
+        if reason is not None:
+            raise ConnectError(
+                self.target, f"{reason}; another user may have put it there: not calling it"
+            )
 
     def encode(self, method: str, params: Params = None) -> bytes:
         """The request datagram a call would send (with a fresh id): for ``--dry-run``."""
@@ -372,6 +392,7 @@ class Client(_ClientBase):
 
     def _resolve(self) -> tuple[int, Sockaddr]:
         if isinstance(self.address, UnixAddress):
+            self._check_place()
             return socket.AF_UNIX, self.address.sockaddr()
         host, port, flags = _udp_resolution(self.address)
         try:
@@ -388,7 +409,9 @@ class Client(_ClientBase):
             raise ClientError(f"cannot open a reply socket: {exc}") from exc
         try:
             self._send(endpoint.sock, call, sockaddr)
-            return self._receive(endpoint.sock, call)
+            response = self._receive(endpoint.sock, call)
+            self._check_place()
+            return response
         finally:
             endpoint.close()
             call.report()
@@ -476,6 +499,7 @@ class AsyncClient(_ClientBase):
 
     async def _resolve(self) -> tuple[int, Sockaddr]:
         if isinstance(self.address, UnixAddress):
+            self._check_place()
             return socket.AF_UNIX, self.address.sockaddr()
         host, port, flags = _udp_resolution(self.address)
         loop = asyncio.get_running_loop()
@@ -493,7 +517,9 @@ class AsyncClient(_ClientBase):
             raise ClientError(f"cannot open a reply socket: {exc}") from exc
         try:
             await self._send(endpoint.sock, call, sockaddr)
-            return await self._receive(endpoint.sock, call)
+            response = await self._receive(endpoint.sock, call)
+            self._check_place()
+            return response
         finally:
             endpoint.close()
             call.report()

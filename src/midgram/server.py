@@ -30,6 +30,8 @@ from midgram.client import default_target
 from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
+from midgram.errors import TransportError
+from midgram.files import squatted
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
 from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
@@ -67,7 +69,22 @@ def open_socket(settings: Settings) -> socket.socket:
     if isinstance(address, UdpAddress):
         return bind_udp(address.host, address.port)
     uid, gid = resolve_owner(settings.unix_socket_user, settings.unix_socket_group)
-    return bind_unix(str(address), mode=settings.unix_socket_mode, uid=uid, gid=gid)
+    path = str(address)
+    if path == default_address():
+        _refuse_squatted(path, uid)
+    return bind_unix(path, mode=settings.unix_socket_mode, uid=uid, gid=gid)
+
+
+def _refuse_squatted(path: str, owner: int) -> None:
+    """The default socket's place is shared (/tmp): never take over, nor be refused by, a
+    file another user put there (they would then answer this server's clients)."""
+    reason = squatted(path, trusted=(owner,) if owner != -1 else ())
+    if reason is not None:
+        raise TransportError(
+            f"refusing the default socket {path}: {reason}; another user may have put it "
+            "there: choose another socket_name",
+            path,
+        )
 
 
 def _close(sock: socket.socket, settings: Settings) -> None:
