@@ -7,6 +7,9 @@
   ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
 - ``python tests/as_user.py cli USER ARGS...``: the ``midgram`` command itself (``serve``,
   ``call``...) as USER.
+- ``python tests/as_user.py forge USER ADDRESS``: as USER, send ADDRESS (a client's reply
+  address, in the ``socket_name`` grammar) the forged replies of ``FORGED``: over UNIX one
+  from an unbound socket and one from a socket bound elsewhere; prints ``forged``.
 
 Everything is imported first and the privileges are dropped after: the interpreter itself
 may live where USER cannot read (a pyenv under /root), so nothing may be imported later.
@@ -17,18 +20,23 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import sys
 
 from apps import mi
 
-import midgram.cli.client
+import midgram.cli.client  # the sub-commands, imported while still root
 import midgram.cli.serve  # noqa: F401
+from midgram.address import UdpAddress, parse_target
 from midgram.batchio import native_module
 from midgram.cli import cli
 from midgram.client import Client
 from midgram.config import Settings
 from midgram.errors import ClientError
 from midgram.server import serve
+
+#: What a forger sends: an error reply to any call (a null id), and a plain-text error.
+FORGED = (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"forged"},"id":null}', b"500 forged")
 
 
 def become(user: str) -> None:
@@ -62,7 +70,25 @@ def run_cli(user: str, *args: str) -> int:
     return 0
 
 
+def run_forge(user: str, address: str) -> int:
+    target = parse_target(address)
+    become(user)
+    if isinstance(target, UdpAddress):
+        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            for reply in FORGED:
+                sock.sendto(reply, (target.host, target.port))
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+            unbound.sendto(FORGED[0], target.sockaddr())
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bound:
+            bound.bind(b"")  # an abstract name the kernel picks
+            bound.sendto(FORGED[1], target.sockaddr())
+    print("forged")
+    return 0
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    runners = {"serve": run_server, "call": run_call, "cli": run_cli}
+    runners = {"serve": run_server, "call": run_call, "cli": run_cli, "forge": run_forge}
     sys.exit(runners[command](*args))

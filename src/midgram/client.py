@@ -28,6 +28,15 @@ fastest server, so sharing a socket would save little. And a shared socket would
 - a late reply to a call that timed out lands on a closed socket instead of confusing the
   next call; ids are still checked, against stray datagrams.
 
+Any local user can send a datagram to a reply socket (an abstract name has no permissions,
+and ``/proc/net/unix`` lists them), so a reply is accepted only from the address called
+(``_Origin``): the path or abstract name the server is bound to (midgram, Kamailio), or the
+host and port for UDP. OpenSIPS answers UNIX calls from a separate, unbound socket: such a
+reply is accepted only when the kernel's credentials of its sender (``SCM_CREDENTIALS``)
+name root, the caller's own user or the owner of the socket file called. An abstract name
+has no owner: there, an unbound sender must be root or the caller's user. A reply from
+anywhere else is ignored, like a stray datagram.
+
 So a client holds no socket and no lock on the I/O path: it is thread-safe and any number of
 threads or tasks may share it. The reply address of a UNIX call is an abstract name chosen by
 the kernel (Linux "autobind"): nothing is created on disk, nothing is left behind, and a
@@ -43,6 +52,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -83,8 +93,8 @@ DEFAULT_TIMEOUT: Final = 5.0
 #: shorter than that. Only the pages a reply fills are touched, so the size costs ~10 us.
 REPLY_BUF_SIZE: Final = 1 << 20
 # Linux reports ICMP errors (port unreachable -> ECONNREFUSED) on an unconnected UDP socket
-# only with these options; connect() would do it too, but then a reply from another address
-# of a multi-homed server would be dropped (spec 1.6). The numbers are Linux's.
+# only with these options (the socket is not connect()ed: ECONNREFUSED must not wait for the
+# timeout, and replies are checked by _Origin instead). The numbers are Linux's.
 _RECVERR: Final[dict[int, tuple[int, int]]] = {
     socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
     socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),
@@ -98,6 +108,9 @@ _REPLY_SOCKET_NAME: Final = "reply"
 # search permission on its directory. The directory is not listable and its name is random.
 _REPLY_SOCKET_MODE: Final = 0o622
 _REPLY_DIR_MODE: Final = 0o711
+#: Room for one SCM_CREDENTIALS message: struct ucred is pid, uid and gid, 4 bytes each.
+_CREDENTIALS: Final = struct.Struct("=iII")
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 T = TypeVar("T")
 Sockaddr = str | bytes | tuple[Any, ...]
@@ -166,6 +179,8 @@ class _Endpoint:
             raise
 
     def _bind_unix(self, reply_dir: str | None) -> None:
+        # Each datagram then carries its sender's credentials, as the kernel knows them.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         if reply_dir is None and _ABSTRACT_REPLY:
             self.sock.bind(b"")  # autobind: the kernel picks a free abstract name
             return
@@ -205,6 +220,39 @@ def _first_address(
 
 def _gaierror(target: str, exc: OSError) -> ConnectError:
     return ConnectError(target, f"cannot resolve the host: {exc.strerror or exc}", exc.errno)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where the reply to a call may come from: the address called; for UNIX also an unbound
+    socket (OpenSIPS's) of one of ``trusted`` users, as SCM_CREDENTIALS says."""
+
+    address: Sockaddr
+    trusted: frozenset[int] = frozenset()
+
+    def admits(self, sender: Any, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        if isinstance(sender, tuple):  # UDP: the host and port called (and the IPv6 scope)
+            called = self.address
+            return bool(sender[:2] == called[:2] and sender[3:4] == called[3:4])
+        if sender:
+            return bool(sender == self.address)
+        return _sender_uid(ancillary) in self.trusted  # an unbound UNIX sender
+
+
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+            _pid, uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            return int(uid)
+    return None
+
+
+def _unix_origin(address: UnixAddress) -> _Origin:
+    trusted = {0, os.geteuid()}
+    if not address.abstract:
+        with contextlib.suppress(OSError):  # no file: sending says so
+            trusted.add(os.stat(address.path).st_uid)
+    return _Origin(address.sockaddr(), frozenset(trusted))
 
 
 class _ClientBase:
@@ -255,6 +303,12 @@ class _ClientBase:
                 self.target, f"{reason}; another user may have put it there: not calling it"
             )
 
+    def _origin(self, sockaddr: Sockaddr) -> _Origin:
+        """Where this call's reply may come from (``sockaddr``: the address resolved)."""
+        if isinstance(self.address, UnixAddress):
+            return _unix_origin(self.address)
+        return _Origin(sockaddr)
+
     def encode(self, method: str, params: Params = None) -> bytes:
         """The request datagram a call would send (with a fresh id): for ``--dry-run``."""
         return encode_request(method, check_params(params, self.dialect), self._ids.take())
@@ -277,6 +331,8 @@ class _Call:
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.reply: bytes | None = None
+        self.origin = _Origin("")
+        self.ignored: Any = None  # the sender of the last reply dropped for its address
 
     def remaining(self) -> float:
         """Seconds left; ``ReplyTimeout`` once there are none."""
@@ -286,11 +342,18 @@ class _Call:
         return left
 
     def timed_out(self) -> ReplyTimeout:
-        return ReplyTimeout(self.client.target, self.timeout)
+        if self.ignored is None:
+            return ReplyTimeout(self.client.target, self.timeout)
+        note = f"a reply from {_sender_label(self.ignored)} was ignored: not the address called"
+        return ReplyTimeout(self.client.target, self.timeout, note)
 
     def accept(self, received: tuple[bytes, Any, int, Any]) -> Response | None:
         """The decoded reply if it answers this call; None for a stray datagram."""
-        data, _, flags, _ = received
+        data, ancillary, flags, sender = received
+        if not self.origin.admits(sender, ancillary):
+            self.ignored = sender
+            log.debug("%s: ignored a reply from %s", self.client.target, _sender_label(sender))
+            return None
         if flags & socket.MSG_TRUNC:
             raise BadReply(
                 f"reply from {self.client.target} truncated: it is larger than the "
@@ -313,6 +376,16 @@ class _Call:
         if hook is not None:
             elapsed = time.monotonic() - self.started
             hook(Exchange(self.client.target, self.data, self.reply, elapsed))
+
+
+def _sender_label(sender: Any) -> str:
+    if not sender:
+        return "an unbound socket of another user"
+    if isinstance(sender, bytes):
+        return "@" + sender[1:].decode(errors="backslashreplace")
+    if isinstance(sender, tuple):
+        return f"[{sender[0]}]:{sender[1]}" if ":" in sender[0] else f"{sender[0]}:{sender[1]}"
+    return str(sender)
 
 
 def _check_names(result: Any, target: str) -> list[str]:
@@ -403,6 +476,7 @@ class Client(_ClientBase):
 
     def _exchange(self, call: _Call) -> Response:
         family, sockaddr = self._resolve()
+        call.origin = self._origin(sockaddr)
         try:
             endpoint = _Endpoint(family, self.reply_dir)
         except OSError as exc:
@@ -433,7 +507,7 @@ class Client(_ClientBase):
         while True:
             sock.settimeout(call.remaining())
             try:
-                received = sock.recvmsg(self.bufsize)
+                received = sock.recvmsg(self.bufsize, _CREDENTIALS_SPACE)
             except TimeoutError:
                 raise call.timed_out() from None
             except OSError as exc:
@@ -511,6 +585,7 @@ class AsyncClient(_ClientBase):
 
     async def _exchange(self, call: _Call) -> Response:
         family, sockaddr = await self._resolve()
+        call.origin = self._origin(sockaddr)
         try:
             endpoint = _Endpoint(family, self.reply_dir)
         except OSError as exc:
@@ -566,7 +641,7 @@ async def _recvmsg(sock: socket.socket, bufsize: int) -> tuple[bytes, Any, int, 
     loop = asyncio.get_running_loop()
     while True:
         try:
-            return sock.recvmsg(bufsize)
+            return sock.recvmsg(bufsize, _CREDENTIALS_SPACE)
         except BlockingIOError:
             pass
         ready: asyncio.Future[None] = loop.create_future()
