@@ -331,7 +331,7 @@ class _Call:
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.reply: bytes | None = None
-        self.origin = _Origin("")
+        self.origin = _Origin("")  # admits nothing until the exchange has resolved the target
         self.ignored: Any = None  # the sender of the last reply dropped for its address
 
     def remaining(self) -> float:
