@@ -1,9 +1,15 @@
 """Run a midgram server or client as another user (tests run as root).
 
-``python tests/as_user.py serve USER SOCKET_NAME``: ``midgram.server.serve`` with the
-``apps:mi`` commands, in-process (``children_count = 0``), as USER; prints ``ready`` once it
-listens. ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER;
-prints ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
+- ``python tests/as_user.py serve USER SOCKET_NAME [MODE]``: ``midgram.server.serve`` with
+  the ``apps:mi`` commands, in-process (``children_count = 0``), as USER, its socket file
+  with MODE (octal, default 0660); prints ``ready`` once it listens.
+- ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER; prints
+  ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
+- ``python tests/as_user.py cli USER ARGS...``: the ``midgram`` command itself (``serve``,
+  ``call``...) as USER.
+- ``python tests/as_user.py forge USER ADDRESS``: as USER, send ADDRESS (a client's reply
+  address, in the ``socket_name`` grammar) the forged replies of ``FORGED``: over UNIX one
+  from an unbound socket and one from a socket bound elsewhere; prints ``forged``.
 
 Everything is imported first and the privileges are dropped after: the interpreter itself
 may live where USER cannot read (a pyenv under /root), so nothing may be imported later.
@@ -14,14 +20,23 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import sys
 
 from apps import mi
 
+import midgram.cli.client  # the sub-commands, imported while still root
+import midgram.cli.serve  # noqa: F401
+from midgram.address import UdpAddress, parse_target
+from midgram.batchio import native_module
+from midgram.cli import cli
 from midgram.client import Client
 from midgram.config import Settings
 from midgram.errors import ClientError
 from midgram.server import serve
+
+#: What a forger sends: an error reply to any call (a null id), and a plain-text error.
+FORGED = (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"forged"},"id":null}', b"500 forged")
 
 
 def become(user: str) -> None:
@@ -31,8 +46,8 @@ def become(user: str) -> None:
     os.setuid(entry.pw_uid)
 
 
-def run_server(user: str, socket_name: str) -> int:
-    settings = Settings(socket_name=socket_name, children_count=0)
+def run_server(user: str, socket_name: str, mode: str = "0660") -> int:
+    settings = Settings(socket_name=socket_name, children_count=0, unix_socket_mode=int(mode, 8))
     become(user)
     return serve(settings, mi, on_ready=lambda where: print("ready", where, flush=True))
 
@@ -47,6 +62,33 @@ def run_call(user: str, target: str, method: str) -> int:
     return 0
 
 
+def run_cli(user: str, *args: str) -> int:
+    # The sub-commands were imported above; the C module is loaded here, from root's cache.
+    native_module()
+    become(user)
+    cli.main(args=list(args), prog_name="midgram")  # exits
+    return 0
+
+
+def run_forge(user: str, address: str) -> int:
+    target = parse_target(address)
+    become(user)
+    if isinstance(target, UdpAddress):
+        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            for reply in FORGED:
+                sock.sendto(reply, (target.host, target.port))
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+            unbound.sendto(FORGED[0], target.sockaddr())
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bound:
+            bound.bind(b"")  # an abstract name the kernel picks
+            bound.sendto(FORGED[1], target.sockaddr())
+    print("forged")
+    return 0
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    sys.exit(run_server(*args) if command == "serve" else run_call(*args))
+    runners = {"serve": run_server, "call": run_call, "cli": run_cli, "forge": run_forge}
+    sys.exit(runners[command](*args))

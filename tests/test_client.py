@@ -19,9 +19,10 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
-from servers import ServerProcess, free_udp_port, midgram_server, short_tmpdir
+from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
 
 from midgram.client import AsyncClient, Client, Exchange, default_target
 from midgram.errors import (
@@ -292,8 +293,11 @@ def test_request_too_big_for_udp() -> None:
 
 
 @contextlib.contextmanager
-def scripted_peer(folder: Path, replies: list[bytes]) -> Iterator[str]:
-    """A UNIX peer that answers each request with ``replies`` (``{id}`` filled in)."""
+def scripted_peer(
+    folder: Path, replies: list[bytes], sender: socket.socket | None = None
+) -> Iterator[str]:
+    """A UNIX peer that answers each request with ``replies`` (``{id}`` filled in), from its
+    own socket or from ``sender`` (OpenSIPS answers from an unbound one)."""
     path = str(folder / "peer.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -304,7 +308,7 @@ def scripted_peer(folder: Path, replies: list[bytes]) -> Iterator[str]:
             data, peer = sock.recvfrom(65536)
             request_id = data.rsplit(b'"id":', 1)[1].rstrip(b"}")
             for reply in replies:
-                sock.sendto(reply.replace(b"{id}", request_id), peer)
+                (sender or sock).sendto(reply.replace(b"{id}", request_id), peer)
 
     thread = threading.Thread(target=answer)
     thread.start()
@@ -323,6 +327,32 @@ def test_stray_replies_are_skipped(folder: Path) -> None:
     ]
     with scripted_peer(folder, replies) as target:
         assert Client(target, timeout=5).call("uptime") == "mine"
+
+
+def test_a_reply_from_an_unbound_socket_of_the_callers_user_is_accepted(folder: Path) -> None:
+    """OpenSIPS sends its UNIX replies from a separate, unbound socket: accepted when the
+    kernel says its sender is the caller's own user, root or the socket file's owner."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+        replies = [b'{"jsonrpc":"2.0","result":"from opensips","id":{id}}']
+        with scripted_peer(folder, replies, sender=unbound) as target:
+            assert Client(target, timeout=5).call("uptime") == "from opensips"
+
+
+def test_a_reply_from_another_address_is_ignored_and_named(folder: Path) -> None:
+    """A server answering from a socket other than the one called (a renamed socket, another
+    spelling of the path) is not heard, and the timeout says why."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as elsewhere:
+        elsewhere.bind(str(folder / "elsewhere.sock"))
+        replies = [b'{"jsonrpc":"2.0","result":"elsewhere","id":{id}}']
+        with (
+            scripted_peer(folder, replies, sender=elsewhere) as target,
+            pytest.raises(ReplyTimeout) as caught,
+        ):
+            Client(target, timeout=0.5).call("uptime")
+    assert str(caught.value) == (
+        f"no reply from {target} within 0.5 s (a reply from {folder}/elsewhere.sock was "
+        "ignored: not the address called)"
+    )
 
 
 def test_garbage_reply_is_a_bad_reply(folder: Path) -> None:
@@ -427,6 +457,51 @@ def test_a_server_running_as_another_user_can_answer(folder: Path) -> None:
                     sock.recv(65536)
             finally:
                 shutil.rmtree(private)
+
+
+def forge_before_sending(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make ``nobody`` send forged replies to each call's reply address just before the
+    request goes out, as a user reading /proc/net/unix (or /proc/net/udp) can: they are
+    then first in the queue. Returns the addresses forged to."""
+    import midgram.client as client_module
+
+    real_send = Client._send
+    forged: list[str] = []
+
+    def forge_then_send(self: Client, sock: socket.socket, call: Any, sockaddr: Any) -> None:
+        if sock.family != socket.AF_UNIX:
+            sock.bind((sockaddr[0], 0))  # the port the first send would pick
+        address = sock.getsockname()
+        if isinstance(address, tuple):
+            host = f"[{address[0]}]" if ":" in address[0] else address[0]
+            text = f"udp:{host}:{address[1]}"
+        else:
+            text = "@" + address[1:].decode()
+        done = subprocess.run(
+            [sys.executable, AS_USER, "forge", "nobody", text],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.stdout == "forged\n", done.stderr
+        forged.append(text)
+        real_send(self, sock, call, sockaddr)
+
+    monkeypatch.setattr(client_module.Client, "_send", forge_then_send)
+    return forged
+
+
+@needs_root
+def test_replies_forged_by_another_user_are_ignored(
+    any_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user could answer a call first: an error with a null id, or a plain-text
+    error, was taken for the server's reply (5 forgeries out of 5)."""
+    forged = forge_before_sending(monkeypatch)
+    client = Client(any_server.target, timeout=5)
+    for _ in range(5):
+        assert client.call("pwd") == {"WD": str(ROOT)}
+    assert len(forged) == 5
 
 
 @needs_root

@@ -215,7 +215,6 @@ def test_example_tour_clients(tour: Tour) -> None:
         assert_output(step, tour.run(step))
 
 
-@pytest.mark.xfail(strict=True, reason="replies leave from the staging address (issue 10 item 1)")
 def test_example_tour_socat(tour: Tour) -> None:
     for step in console_steps("tour-socat"):
         assert_output(step, tour.run(step))

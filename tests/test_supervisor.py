@@ -12,6 +12,8 @@ from pathlib import Path
 
 from servers import ROOT, wait_until
 
+from midgram.supervisor import WorkerSignals
+
 
 def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a supervisor in a fresh interpreter: it forks, and pytest's process must not."""
@@ -139,3 +141,77 @@ def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
             end_group(proc)
     assert out.strip() == "0"
     assert "was killed by SIGKILL" in err
+
+
+def test_a_failure_after_the_fork_stops_every_worker_first(tmp_path: Path) -> None:
+    """on_started raising (a pid file that cannot be written): the exception comes out of
+    run() only once no worker is left (they held the caller's stdout, and kept serving)."""
+    script = f"""
+        import os, signal, time
+        from pathlib import Path
+        from midgram.supervisor import Supervisor
+
+        def worker(slot):
+            Path({str(tmp_path)!r}, str(os.getpid())).touch()
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            while True:
+                time.sleep(1)
+
+        def started():
+            while len(list(Path({str(tmp_path)!r}).iterdir())) < 2:
+                time.sleep(0.01)
+            raise OSError("cannot write the pid file")
+
+        try:
+            Supervisor(2, worker, on_started=started).run()
+        except OSError as exc:
+            print(exc)
+        """
+    proc = start_script(script)
+    try:
+        out, err = proc.communicate(timeout=30)  # returns once nobody holds the pipes
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        raise
+    assert out.strip() == "cannot write the pid file", err
+    pids = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(pids) == 2
+    assert all(_is_zombie_or_gone(pid) for pid in pids)
+
+
+def test_a_worker_never_signals_a_process_that_is_not_its_live_supervisor() -> None:
+    """The supervisor died and an unrelated process took its pid: the `kill` command must
+    not signal it (it crashed the worker with ProcessLookupError, or would have signalled
+    that process), and stops the worker itself instead. The stand-in blocks SIGTERM, so a
+    signal sent to it stays pending where the test can see it."""
+    done = run_script(
+        """
+        import signal, subprocess, sys
+        from pathlib import Path
+        from midgram.supervisor import WorkerSignals
+
+        blocker = (
+            "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+            "print('ready', flush=True); sys.stdin.read()"
+        )
+        other = subprocess.Popen(
+            [sys.executable, "-c", blocker], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        other.stdout.readline()
+        worker = WorkerSignals(supervisor=other.pid)
+        worker.stop_server()
+        status = Path(f"/proc/{other.pid}/status").read_text().splitlines()
+        pending = dict(line.split(":\\t") for line in status)["ShdPnd"]
+        other.stdin.close()
+        other.wait()
+        print(worker.stop, int(pending, 16) & (1 << (signal.SIGTERM - 1)))
+        """
+    )
+    assert done.stdout.split() == ["True", "0"], done.stderr
+
+
+def test_a_worker_whose_supervisor_is_gone_stops_on_its_next_wake_up() -> None:
+    """Where prctl(PR_SET_PDEATHSIG) is missing, the loop's own check ends an orphan."""
+    assert not WorkerSignals(supervisor=os.getppid()).should_stop()
+    assert WorkerSignals(supervisor=os.getpid()).should_stop()  # not its parent
+    assert not WorkerSignals().should_stop()  # no supervisor: the worker is the server

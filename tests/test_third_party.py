@@ -2,21 +2,27 @@
 
 python-opensips (``opensips-mi`` and its ``OpenSIPSMI`` class) and opensips-cli, over the
 UNIX socket and over UDP, invoked as their users invoke them (docs/compatibility.md,
-"Clients").
+"Clients"); and socat, as the README runs it (it drops a reply that does not come from the
+address it sent to).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from opensips.mi import OpenSIPSMI, OpenSIPSMIException
 from servers import ServerProcess, free_udp_port, midgram_server
+from toolchain import SOCAT, needs_socat
 
 BIN = Path(sys.executable).parent
 OPENSIPS_MI = str(BIN / "opensips-mi")
@@ -117,3 +123,53 @@ def test_opensips_cli(any_server: ServerProcess, tmp_path: Path) -> None:
     # opensips-cli checks names against `which` first: an unknown one never reaches us.
     done = run("no_such_command")
     assert done.returncode != 0
+
+
+def _socat_address(server: ServerProcess, folder: Path) -> str:
+    if server.target.startswith("udp:"):
+        return f"UDP-SENDTO:{server.target[4:]}"
+    return f"UNIX-SENDTO:{server.target},bind={folder}/me.sock"
+
+
+def _read_json(pipe: IO[bytes], timeout: float) -> Any:
+    """One JSON document from ``pipe`` (socat prints the reply without a newline); None if
+    the pipe closed or ``timeout`` passed first."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(pipe.fileno(), 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+        with contextlib.suppress(ValueError):
+            return json.loads(data)
+    return None
+
+
+@needs_socat
+def test_socat_as_the_readme_runs_it(any_server: ServerProcess, tmp_path: Path) -> None:
+    """`socat - UNIX-SENDTO:$SOCK,bind=/tmp/me.sock <<< '{...}'`: socat ignores a reply from
+    any address but the one it sent to, so this prints nothing unless the server answers
+    from its socket_name itself. stdin stays open until the reply is read (socat waits for
+    one only half a second after EOF)."""
+    assert SOCAT is not None
+    with subprocess.Popen(
+        [SOCAT, "-", _socat_address(any_server, tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as socat:
+        assert socat.stdin is not None
+        assert socat.stdout is not None
+        socat.stdin.write(b'{"jsonrpc":"2.0","method":"ps","id":1}\n')
+        socat.stdin.flush()
+        reply = _read_json(socat.stdout, timeout=10)
+        socat.stdin.close()
+        assert socat.wait(60) == 0
+    assert reply is not None, "socat printed no reply"
+    assert reply["id"] == 1
+    assert [p["Type"] for p in reply["result"]["Processes"]] == [
+        "attendant",
+        "MI Datagram",
+        "MI Datagram",
+    ]

@@ -27,6 +27,7 @@ from typing import Any, cast
 import pytest
 from toolchain import needs_ipv6
 
+from midgram import transport
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.transport import (
     DROP_LOG_INTERVAL,
@@ -266,27 +267,95 @@ def test_bind_unix_gives_exactly_the_mode_and_owner_asked(
     assert remove_unix(path)
 
 
+def send_ping(path: str) -> Callable[[], str]:
+    def send() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.sendto(b"ping", path)
+        return "sent"
+
+    return send
+
+
 @needs_root
-def test_socket_appears_at_its_path_only_with_final_mode_and_owner(
+def test_socket_is_unreachable_until_it_has_the_owner_and_mode_asked(
     sockdir: str, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The owner asked (nobody) tries to send at each step: refused until the end."""
+    os.chmod(sockdir, 0o755)  # noqa: S103 - nobody must reach the directory
     path = os.path.join(sockdir, "mi.sock")
-    seen: list[tuple[os.stat_result, os.stat_result, bool]] = []
-    real_rename = os.rename
+    seen: list[tuple[str, int, int, int, str]] = []
 
-    def spy(source: str, target: str) -> None:
-        seen.append((os.lstat(source), os.stat(os.path.dirname(source)), os.path.lexists(target)))
-        real_rename(source, target)
+    def watch(real: Callable[..., None]) -> Callable[..., None]:
+        def spy(name: str, *args: int) -> None:
+            info = os.lstat(path)
+            reach = as_nobody(send_ping(path))
+            seen.append((real.__name__, mode_of(path), info.st_uid, info.st_gid, reach))
+            real(name, *args)
 
-    monkeypatch.setattr(os, "rename", spy)
-    sockets.keep(bind_unix(path, mode=0o660, uid=NOBODY.pw_uid, gid=NOGROUP))
-    [(before, staging_dir, target_existed)] = seen
-    assert stat.S_IMODE(before.st_mode) == 0o660
-    assert (before.st_uid, before.st_gid) == (NOBODY.pw_uid, NOGROUP)
-    assert stat.S_IMODE(staging_dir.st_mode) == 0o700  # nobody could reach it before either
-    assert not target_existed
-    assert os.listdir(sockdir) == ["mi.sock"]
+        return spy
+
+    monkeypatch.setattr(os, "chown", watch(os.chown))
+    monkeypatch.setattr(os, "chmod", watch(os.chmod))
+    server = sockets.keep(bind_unix(path, mode=0o660, uid=NOBODY.pw_uid, gid=NOGROUP))
+    monkeypatch.undo()
+    refused = "PermissionError: [Errno 13] Permission denied"
+    assert seen == [
+        ("chown", 0, 0, 0, refused),
+        ("chmod", 0, NOBODY.pw_uid, NOGROUP, refused),
+    ]
+    assert as_nobody(send_ping(path)) == "sent"
+    assert receive(server) == b"ping"  # the only datagram that got through
     assert remove_unix(path)
+
+
+def test_replies_leave_from_the_socket_name_itself(sockdir: str, sockets: Sockets) -> None:
+    """A client that checks its reply's source (socat) needs it to be the name it sent to."""
+    path = os.path.join(sockdir, "mi.sock")
+    server = sockets.keep(bind_unix(path, mode=0o600))
+    assert server.getsockname() == path
+    client = sockets.unix(os.path.join(sockdir, "me"))
+    client.sendto(b"ping", path)
+    wait_readable(server)
+    _, peer = server.recvfrom(16)
+    ReplySender(server, 0).send(b"pong", peer)
+    wait_readable(client)
+    assert client.recvfrom(16) == (b"pong", path)
+    assert remove_unix(path)
+
+
+@needs_root
+def test_a_name_swapped_after_the_bind_is_never_chowned_or_chmodded(
+    sockdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user who can write the directory replaces what bind() just created there
+    with a symbolic link leading to a root-only file: the server must refuse, and the file
+    keep its owner and mode (issue: it became nobody's, mode 0660)."""
+    victim = Path(sockdir, "victim")
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    path = os.path.join(sockdir, "mi.sock")
+    real_bind = transport._bind
+
+    def bind_then_swap(sock: socket.socket, name: str, *rest: str) -> None:
+        real_bind(sock, name, *rest)
+        entry = os.path.join(sockdir, os.path.relpath(name, sockdir).split(os.sep)[0])
+        decoy = os.path.join(sockdir, "decoy")
+        link = os.path.normpath(os.path.join(decoy, os.path.relpath(name, entry)))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(victim, link)  # the decoy itself, or the same name inside a decoy folder
+        os.rename(entry, os.path.join(sockdir, "moved"))
+        os.symlink(decoy, entry)
+
+    monkeypatch.setattr(transport, "_bind", bind_then_swap)
+    with pytest.raises(TransportError) as caught:
+        bind_unix(path, mode=0o660, uid=NOBODY.pw_uid, gid=NOGROUP)
+    info = victim.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o600)
+    assert str(caught.value) == (
+        f"{path} was replaced while it was being bound (it is now a symbolic link): "
+        "another user can write its directory"
+    )
+    assert os.readlink(path) == os.path.join(sockdir, "decoy")  # left alone
 
 
 def test_bind_unix_without_owner_keeps_the_process_owner(sockdir: str, sockets: Sockets) -> None:
@@ -299,13 +368,6 @@ def test_bind_unix_without_owner_keeps_the_process_owner(sockdir: str, sockets: 
         0o600,
     )
     assert remove_unix(path)
-
-
-def long_dir(sockdir: str) -> str:
-    """A directory with a 100-byte path: a socket fits in it, a private staging name does not."""
-    path = os.path.join(sockdir, "d" * (100 - len(sockdir) - 1))
-    os.mkdir(path)
-    return path
 
 
 def test_path_of_107_bytes(sockdir: str, sockets: Sockets) -> None:
@@ -326,32 +388,6 @@ def test_path_of_108_bytes_or_more_is_refused(sockdir: str, size: int) -> None:
     assert str(caught.value) == f"socket name too long: {path} ({size} bytes, at most 107)"
     assert caught.value.target == path
     assert os.listdir(sockdir) == []
-
-
-@needs_root
-def test_in_a_long_directory_binds_in_place_with_mode_0000_first(
-    sockdir: str, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = os.path.join(long_dir(sockdir), "mi")
-    modes_before_chown: list[int] = []
-    real_chown = os.chown
-
-    def spy(name: str, uid: int, gid: int) -> None:
-        modes_before_chown.append(mode_of(name))
-        real_chown(name, uid, gid)
-
-    monkeypatch.setattr(os, "chown", spy)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    server = sockets.keep(bind_unix(path, mode=0o660, uid=NOBODY.pw_uid, gid=NOGROUP))
-    assert modes_before_chown == [0]  # unreachable until it has its owner and mode
-    assert os.umask(umask) == umask  # restored
-    assert mode_of(path) == 0o660
-    assert os.lstat(path).st_uid == NOBODY.pw_uid
-    assert os.listdir(os.path.dirname(path)) == ["mi"]
-    sockets.unix().sendto(b"ping", path)
-    assert receive(server) == b"ping"
-    assert remove_unix(path)
 
 
 def test_live_socket_is_refused(server: tuple[socket.socket, str], sockets: Sockets) -> None:
@@ -448,10 +484,8 @@ def test_failed_chown_names_path_and_owner_and_leaves_nothing(sockdir: str) -> N
     assert os.listdir(sockdir) == []
 
 
-def test_failed_chmod_on_the_in_place_path_leaves_nothing(
-    sockdir: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = os.path.join(long_dir(sockdir), "mi")
+def test_failed_chmod_leaves_nothing(sockdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = os.path.join(sockdir, "mi")
 
     def refuse(name: str, mode: int) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
@@ -462,7 +496,7 @@ def test_failed_chmod_on_the_in_place_path_leaves_nothing(
     assert str(caught.value) == (
         f"cannot change the permissions of {path} to 0600: Operation not permitted"
     )
-    assert os.listdir(os.path.dirname(path)) == []
+    assert os.listdir(sockdir) == []
 
 
 def test_relative_path(sockdir: str, sockets: Sockets, monkeypatch: pytest.MonkeyPatch) -> None:

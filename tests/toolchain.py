@@ -6,12 +6,15 @@
   did not build them is a broken one, not a reason to test less. Only a run that declares
   itself pure Python, with ``MIDGRAM_NATIVE=0`` in its environment, skips them instead.
 - ``needs_ipv6``: an IPv6 loopback (``::1``).
+- ``needs_socat``: socat, the raw datagram client of the README's examples (``.ci/run``
+  installs it).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 
 import pytest
@@ -48,3 +51,9 @@ def _has_ipv6() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback (::1) on this host")
+
+
+SOCAT = shutil.which("socat")
+needs_socat = pytest.mark.skipif(
+    SOCAT is None, reason="socat is not installed (.ci/run installs it with apt-get)"
+)

@@ -28,6 +28,15 @@ fastest server, so sharing a socket would save little. And a shared socket would
 - a late reply to a call that timed out lands on a closed socket instead of confusing the
   next call; ids are still checked, against stray datagrams.
 
+Any local user can send a datagram to a reply socket (an abstract name has no permissions,
+and ``/proc/net/unix`` lists them), so a reply is accepted only from the address called
+(``_Origin``): the path or abstract name the server is bound to (midgram, Kamailio), or the
+host and port for UDP. OpenSIPS answers UNIX calls from a separate, unbound socket: such a
+reply is accepted only when the kernel's credentials of its sender (``SCM_CREDENTIALS``)
+name root, the caller's own user or the owner of the socket file called. An abstract name
+has no owner: there, an unbound sender must be root or the caller's user. A reply from
+anywhere else is ignored, like a stray datagram.
+
 So a client holds no socket and no lock on the I/O path: it is thread-safe and any number of
 threads or tasks may share it. The reply address of a UNIX call is an abstract name chosen by
 the kernel (Linux "autobind"): nothing is created on disk, nothing is left behind, and a
@@ -43,6 +52,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -53,6 +63,7 @@ from typing import Any, Final, Self, TypeVar
 
 from midgram.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
 from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout, RequestTooLarge
+from midgram.files import squatted
 from midgram.protocol import Params
 from midgram.rpc import (
     MAX_REQUEST_ID,
@@ -82,9 +93,8 @@ DEFAULT_TIMEOUT: Final = 5.0
 #: shorter than that. Only the pages a reply fills are touched, so the size costs ~10 us.
 REPLY_BUF_SIZE: Final = 1 << 20
 # Linux reports ICMP errors (port unreachable -> ECONNREFUSED) on an unconnected UDP socket
-# only with these options; connect() would do it too, but then a reply from another address
-# of a multi-homed server would be dropped (docs/compatibility.md, "Where replies go"). The
-# numbers are Linux's.
+# only with these options (the socket is not connect()ed: ECONNREFUSED must not wait for the
+# timeout, and replies are checked by _Origin instead). The numbers are Linux's.
 _RECVERR: Final[dict[int, tuple[int, int]]] = {
     socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
     socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),
@@ -98,6 +108,9 @@ _REPLY_SOCKET_NAME: Final = "reply"
 # search permission on its directory. The directory is not listable and its name is random.
 _REPLY_SOCKET_MODE: Final = 0o622
 _REPLY_DIR_MODE: Final = 0o711
+#: Room for one SCM_CREDENTIALS message: struct ucred is pid, uid and gid, 4 bytes each.
+_CREDENTIALS: Final = struct.Struct("=iII")
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 T = TypeVar("T")
 Sockaddr = str | bytes | tuple[Any, ...]
@@ -166,6 +179,8 @@ class _Endpoint:
             raise
 
     def _bind_unix(self, reply_dir: str | None) -> None:
+        # Each datagram then carries its sender's credentials, as the kernel knows them.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         if reply_dir is None and _ABSTRACT_REPLY:
             self.sock.bind(b"")  # autobind: the kernel picks a free abstract name
             return
@@ -207,6 +222,39 @@ def _gaierror(target: str, exc: OSError) -> ConnectError:
     return ConnectError(target, f"cannot resolve the host: {exc.strerror or exc}", exc.errno)
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where the reply to a call may come from: the address called; for UNIX also an unbound
+    socket (OpenSIPS's) of one of ``trusted`` users, as SCM_CREDENTIALS says."""
+
+    address: Sockaddr
+    trusted: frozenset[int] = frozenset()
+
+    def admits(self, sender: Any, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        if isinstance(sender, tuple):  # UDP: the host and port called (and the IPv6 scope)
+            called = self.address
+            return bool(sender[:2] == called[:2] and sender[3:4] == called[3:4])
+        if sender:
+            return bool(sender == self.address)
+        return _sender_uid(ancillary) in self.trusted  # an unbound UNIX sender
+
+
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+            _pid, uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            return int(uid)
+    return None
+
+
+def _unix_origin(address: UnixAddress) -> _Origin:
+    trusted = {0, os.geteuid()}
+    if not address.abstract:
+        with contextlib.suppress(OSError):  # no file: sending says so
+            trusted.add(os.stat(address.path).st_uid)
+    return _Origin(address.sockaddr(), frozenset(trusted))
+
+
 class _ClientBase:
     """What both clients share: settings, ids, request encoding, reply checking."""
 
@@ -232,9 +280,34 @@ class _ClientBase:
         self.bufsize = bufsize
         self.on_exchange = on_exchange
         self._ids = _Ids()
+        address = self.address
+        self._default_place = (
+            isinstance(address, UnixAddress)
+            and not address.abstract
+            and address.path == default_target()
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r}, dialect={self.dialect.name!r})"
+
+    def _check_place(self) -> None:
+        """The default socket lives where any user can create a file first (/tmp): one that
+        another user put there is not called (it would read the request and could answer
+        anything). Checked before sending, and again once the reply came, since a squatter
+        may have bound in between."""
+        if not self._default_place:
+            return
+        reason = squatted(self.target)
+        if reason is not None:
+            raise ConnectError(
+                self.target, f"{reason}; another user may have put it there: not calling it"
+            )
+
+    def _origin(self, sockaddr: Sockaddr) -> _Origin:
+        """Where this call's reply may come from (``sockaddr``: the address resolved)."""
+        if isinstance(self.address, UnixAddress):
+            return _unix_origin(self.address)
+        return _Origin(sockaddr)
 
     def encode(self, method: str, params: Params = None) -> bytes:
         """The request datagram a call would send (with a fresh id): for ``--dry-run``."""
@@ -258,6 +331,8 @@ class _Call:
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.reply: bytes | None = None
+        self.origin = _Origin("")  # admits nothing until the exchange has resolved the target
+        self.ignored: Any = None  # the sender of the last reply dropped for its address
 
     def remaining(self) -> float:
         """Seconds left; ``ReplyTimeout`` once there are none."""
@@ -267,11 +342,18 @@ class _Call:
         return left
 
     def timed_out(self) -> ReplyTimeout:
-        return ReplyTimeout(self.client.target, self.timeout)
+        if self.ignored is None:
+            return ReplyTimeout(self.client.target, self.timeout)
+        note = f"a reply from {_sender_label(self.ignored)} was ignored: not the address called"
+        return ReplyTimeout(self.client.target, self.timeout, note)
 
     def accept(self, received: tuple[bytes, Any, int, Any]) -> Response | None:
         """The decoded reply if it answers this call; None for a stray datagram."""
-        data, _, flags, _ = received
+        data, ancillary, flags, sender = received
+        if not self.origin.admits(sender, ancillary):
+            self.ignored = sender
+            log.debug("%s: ignored a reply from %s", self.client.target, _sender_label(sender))
+            return None
         if flags & socket.MSG_TRUNC:
             raise BadReply(
                 f"reply from {self.client.target} truncated: it is larger than the "
@@ -294,6 +376,16 @@ class _Call:
         if hook is not None:
             elapsed = time.monotonic() - self.started
             hook(Exchange(self.client.target, self.data, self.reply, elapsed))
+
+
+def _sender_label(sender: Any) -> str:
+    if not sender:
+        return "an unbound socket of another user"
+    if isinstance(sender, bytes):
+        return "@" + sender[1:].decode(errors="backslashreplace")
+    if isinstance(sender, tuple):
+        return f"[{sender[0]}]:{sender[1]}" if ":" in sender[0] else f"{sender[0]}:{sender[1]}"
+    return str(sender)
 
 
 def _check_names(result: Any, target: str) -> list[str]:
@@ -373,6 +465,7 @@ class Client(_ClientBase):
 
     def _resolve(self) -> tuple[int, Sockaddr]:
         if isinstance(self.address, UnixAddress):
+            self._check_place()
             return socket.AF_UNIX, self.address.sockaddr()
         host, port, flags = _udp_resolution(self.address)
         try:
@@ -383,13 +476,16 @@ class Client(_ClientBase):
 
     def _exchange(self, call: _Call) -> Response:
         family, sockaddr = self._resolve()
+        call.origin = self._origin(sockaddr)
         try:
             endpoint = _Endpoint(family, self.reply_dir)
         except OSError as exc:
             raise ClientError(f"cannot open a reply socket: {exc}") from exc
         try:
             self._send(endpoint.sock, call, sockaddr)
-            return self._receive(endpoint.sock, call)
+            response = self._receive(endpoint.sock, call)
+            self._check_place()
+            return response
         finally:
             endpoint.close()
             call.report()
@@ -411,7 +507,7 @@ class Client(_ClientBase):
         while True:
             sock.settimeout(call.remaining())
             try:
-                received = sock.recvmsg(self.bufsize)
+                received = sock.recvmsg(self.bufsize, _CREDENTIALS_SPACE)
             except TimeoutError:
                 raise call.timed_out() from None
             except OSError as exc:
@@ -477,6 +573,7 @@ class AsyncClient(_ClientBase):
 
     async def _resolve(self) -> tuple[int, Sockaddr]:
         if isinstance(self.address, UnixAddress):
+            self._check_place()
             return socket.AF_UNIX, self.address.sockaddr()
         host, port, flags = _udp_resolution(self.address)
         loop = asyncio.get_running_loop()
@@ -488,13 +585,16 @@ class AsyncClient(_ClientBase):
 
     async def _exchange(self, call: _Call) -> Response:
         family, sockaddr = await self._resolve()
+        call.origin = self._origin(sockaddr)
         try:
             endpoint = _Endpoint(family, self.reply_dir)
         except OSError as exc:
             raise ClientError(f"cannot open a reply socket: {exc}") from exc
         try:
             await self._send(endpoint.sock, call, sockaddr)
-            return await self._receive(endpoint.sock, call)
+            response = await self._receive(endpoint.sock, call)
+            self._check_place()
+            return response
         finally:
             endpoint.close()
             call.report()
@@ -541,7 +641,7 @@ async def _recvmsg(sock: socket.socket, bufsize: int) -> tuple[bytes, Any, int, 
     loop = asyncio.get_running_loop()
     while True:
         try:
-            return sock.recvmsg(bufsize)
+            return sock.recvmsg(bufsize, _CREDENTIALS_SPACE)
         except BlockingIOError:
             pass
         ready: asyncio.Future[None] = loop.create_future()

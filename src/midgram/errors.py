@@ -197,8 +197,9 @@ class ReplyTimeout(ClientError):
 
     code = 3
 
-    def __init__(self, target: str, timeout: float) -> None:
-        super().__init__(f"no reply from {target} within {timeout:g} s")
+    def __init__(self, target: str, timeout: float, note: str = "") -> None:
+        text = f"no reply from {target} within {timeout:g} s"
+        super().__init__(f"{text} ({note})" if note else text)
         self.target = target
         self.timeout = timeout
 

@@ -32,6 +32,7 @@ from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
 from midgram.errors import ConfigError, TransportError
+from midgram.files import squatted
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.supervisor import Supervisor, WorkerSignals
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
@@ -155,7 +156,22 @@ def open_socket(settings: Settings) -> socket.socket:
         return bind_udp(address.host, address.port)
     _check_folder(address)
     uid, gid = resolve_owner(settings.unix_socket_user, settings.unix_socket_group)
-    return bind_unix(str(address), mode=settings.unix_socket_mode, uid=uid, gid=gid)
+    path = str(address)
+    if path == default_address():
+        _refuse_squatted(path, uid)
+    return bind_unix(path, mode=settings.unix_socket_mode, uid=uid, gid=gid)
+
+
+def _refuse_squatted(path: str, owner: int) -> None:
+    """The default socket's place is shared (/tmp): never take over, nor be refused by, a
+    file another user put there (they would then answer this server's clients)."""
+    reason = squatted(path, trusted=(owner,) if owner != -1 else ())
+    if reason is not None:
+        raise TransportError(
+            f"refusing the default socket {path}: {reason}; another user may have put it "
+            "there: choose another socket_name",
+            path,
+        )
 
 
 def _check_folder(address: UnixAddress) -> None:
@@ -350,7 +366,7 @@ def _serve_forked(
     def run_worker(slot: int) -> int:
         registry.stats.attach(slot)
         table.register(slot + 1, os.getpid())
-        worker_signals = WorkerSignals()
+        worker_signals = WorkerSignals(supervisor=runtime.supervisor_pid)
         worker_signals.install()
         worker = _worker(
             sock,
@@ -359,7 +375,7 @@ def _serve_forked(
             server_stats,
             log_level=lambda: table.level(slot + 1),
             stop_requested=lambda: runtime.stop_requested,
-            on_stop_requested=lambda: os.kill(runtime.supervisor_pid, signal.SIGTERM),
+            on_stop_requested=worker_signals.stop_server,
             tracing=plan.start() if plan is not None else None,
         )
         worker.run(worker_signals.should_stop)

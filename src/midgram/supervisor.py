@@ -9,11 +9,18 @@ Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the l
 - SIGTERM / SIGINT: graceful stop. Each worker gets SIGTERM, finishes the datagram in hand
   and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
 - SIGHUP: re-open log files, here and in every worker.
+
+Workers never outlive the supervisor: each asks the kernel for SIGTERM when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``, even after a SIGKILL), and checks on each wake-up that its
+parent is still the supervisor, where prctl is unavailable. A dead supervisor's pid may be
+reused by any process, so a worker signals it only while it is still its parent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import select
@@ -36,12 +43,19 @@ BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 #: The signals the supervisor's loop acts on.
 HANDLED_SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: prctl(2) option: the signal this process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass
 class WorkerSignals:
-    """What a worker's own signal handlers record, for its loop to act on."""
+    """What a worker's own signal handlers record, for its loop to act on.
 
+    ``supervisor``: the pid of the supervisor that forked this worker (0: none, the worker
+    is the whole server).
+    """
+
+    supervisor: int = 0
     stop: bool = False
     reopen_logs: bool = False
 
@@ -62,7 +76,22 @@ class WorkerSignals:
         if self.reopen_logs:
             self.reopen_logs = False
             reopen_log_files()
+        if self.supervisor and not self._supervised():
+            self.stop = True  # the supervisor died and no SIGTERM came (no prctl)
         return self.stop
+
+    def stop_server(self) -> None:
+        """The ``kill`` command: SIGTERM to the supervisor, which stops every worker. Only
+        while it is alive and this worker's parent; without it, this worker stops alone."""
+        if self.supervisor and self._supervised():
+            os.kill(self.supervisor, signal.SIGTERM)
+        else:
+            self.stop = True
+
+    def _supervised(self) -> bool:
+        # A dead parent's children are re-parented at once (to init or a subreaper), so
+        # getppid() names the supervisor only while it lives.
+        return os.getppid() == self.supervisor
 
 
 @dataclass
@@ -91,7 +120,8 @@ class Supervisor:
     _failed: str | None = None
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1)."""
+        """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1). Whatever
+        ``on_started`` raises is raised here, once every worker has stopped."""
         self._slots = [_Slot() for _ in range(self.workers)]
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = self._install_signals(write_fd)
@@ -102,8 +132,9 @@ class Supervisor:
             while not self._stopping:
                 self._wait_for_signal(read_fd, self._next_respawn_in())
                 self._respawn_due()
-            self._stop_all()
         finally:
+            # Also when on_started or the loop raised: no worker outlives a failed start.
+            self._stop_all()
             self._restore_signals(previous)
             os.close(read_fd)
             os.close(write_fd)
@@ -150,8 +181,10 @@ class Supervisor:
     # --- workers ---------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        supervisor, prctl = os.getpid(), _prctl()  # looked up here, once, not in each child
         pid = os.fork()
         if pid == 0:  # the child never returns from here
+            _end_with(supervisor, prctl)
             status = 1
             signal.set_wakeup_fd(-1)  # the supervisor's loop is not the child's
             for sig in HANDLED_SIGNALS:
@@ -214,6 +247,7 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait up to ``stop_timeout``, then SIGKILL the rest."""
+        self._stopping = True  # their exits are expected: none is restarted or reported
         self._signal_all(signal.SIGTERM)
         deadline = self.clock() + self.stop_timeout
         while self.pids() and self.clock() < deadline:
@@ -240,6 +274,25 @@ class Supervisor:
                 return
             # No portable waitpid-with-timeout: a short poll keeps shutdown prompt.
             select.select([], [], [], min(0.02, max(0.0, end - self.clock())))
+
+
+def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
+    """In a new worker: SIGTERM (the graceful stop) when the supervisor dies, and an exit
+    now if it died before the kernel was asked."""
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != supervisor:
+        os._exit(0)
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl(), or None off Linux (the workers' wake-up check stands in for it)."""
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
 
 
 def _record(signum: int, frame: FrameType | None) -> None:

@@ -1,8 +1,8 @@
 """Every socket syscall of the server: bind, permissions, receive, reply.
 
 - :func:`bind_unix` / :func:`bind_udp` create the one server socket that all workers share.
-  A UNIX socket appears at its path only once it has the asked mode and owner, and a live
-  server's socket is never replaced.
+  A UNIX socket is bound at its path itself (replies leave from it), is reachable only once
+  it has the asked owner and mode, and a live server's socket is never replaced.
 - :class:`Receiver` reads one whole datagram per call and reports one that did not fit the
   buffer (docs/compatibility.md, difference 5: a request is never executed in part).
 - :class:`ReplySender` sends replies from the receiving socket itself (difference 6: a client
@@ -33,7 +33,6 @@ import re
 import socket
 import stat
 import struct
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -155,9 +154,10 @@ def bind_unix(path: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1) -> 
     ``@name`` binds ``name`` in the Linux abstract namespace (no file: mode and owner do not
     apply). Otherwise an existing *stale* socket file is replaced, while a live one raises
     :class:`SocketInUse` and anything that is not a socket (or is a symlink) is refused and
-    left alone. The socket file is created under a private name, given ``mode`` and
-    ``uid:gid`` (-1: unchanged), and only then renamed to ``path``: nobody can ever reach it
-    there with other permissions or another owner.
+    left alone. The socket is bound at ``path`` itself, so that replies leave from
+    ``path``; the file appears with mode 0000 and gets ``uid:gid`` (-1: unchanged) and then
+    ``mode`` through a descriptor: nobody can ever reach it with other permissions or
+    another owner, and no other file can be changed in its place.
     """
     if path in ("", _ABSTRACT_PREFIX):
         raise TransportError(f"cannot bind {path!r}: empty socket name", path)
@@ -170,7 +170,7 @@ def bind_unix(path: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1) -> 
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        identity = _bind_private(sock, path, mode, uid, gid)
+        identity = _bind_in_place(sock, path, mode, uid, gid)
         sock.setblocking(True)  # even if socket.setdefaulttimeout() made it non-blocking
     except BaseException:
         sock.close()
@@ -240,8 +240,7 @@ def _clear_stale(path: str) -> None:
     except OSError as exc:
         raise TransportError(f"cannot check {path}: {_why(exc)}", path) from exc
     if not stat.S_ISSOCK(info.st_mode):
-        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a socket")
-        raise TransportError(f"refusing to replace {path}: it is {kind}", path)
+        raise TransportError(f"refusing to replace {path}: it is {_kind(info)}", path)
     if _is_live(path):
         raise SocketInUse(f"another server is listening on {path}", path)
     log.info("replacing stale socket %s", path)
@@ -251,6 +250,10 @@ def _clear_stale(path: str) -> None:
         pass
     except OSError as exc:
         raise TransportError(f"cannot remove the stale socket {path}: {_why(exc)}", path) from exc
+
+
+def _kind(info: os.stat_result) -> str:
+    return _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a socket")
 
 
 def _is_live(path: str) -> bool:
@@ -269,98 +272,104 @@ def _is_live(path: str) -> bool:
     return True
 
 
-def _bind_private(sock: socket.socket, path: str, mode: int, uid: int, gid: int) -> tuple[int, int]:
-    """Bind, set owner and mode, and only then let the socket appear at ``path``.
+def _bind_in_place(
+    sock: socket.socket, path: str, mode: int, uid: int, gid: int
+) -> tuple[int, int]:
+    """Bind at ``path`` itself, then give the file its owner and mode.
 
-    Returns the (st_dev, st_ino) of the socket file.
+    At ``path`` itself: a socket's address is the name it was bound to, and a reply leaves
+    from that address, so a client that checks where its reply comes from (socat, our own
+    client) drops a reply from any other name (a socket bound elsewhere and renamed keeps
+    its old address). The umask is 0777 for the bind, so the file appears with mode 0000
+    (no one but root can connect) until it has its owner and then its mode. The umask is
+    process-wide: a file another thread creates during that one bind() gets mode 0000 too.
+
+    Owner and mode are changed through a descriptor of the file just bound, never by name:
+    another user who can write the directory could swap the name for a symbolic link to any
+    file in between. Returns the (st_dev, st_ino) of the socket file.
     """
-    staging = _make_staging_dir(path)
-    if staging is None:
-        return _bind_masked(sock, path, mode, uid, gid)
-    temporary = os.path.join(staging, "s")
-    try:
-        _bind(sock, temporary, path)
-        _set_owner_and_mode(temporary, path, mode, uid, gid)
-        info = os.lstat(temporary)
-        try:
-            os.rename(temporary, path)  # a bound socket keeps working under its new name
-        except OSError as exc:
-            raise TransportError(f"cannot move the socket to {path}: {_why(exc)}", path) from exc
-    finally:
-        _remove_staging(staging, temporary)
-    return info.st_dev, info.st_ino
-
-
-def _make_staging_dir(path: str) -> str | None:
-    """A new mode-0700 directory next to ``path`` (same filesystem, so rename() works): no
-    one else can reach a socket inside it, whatever the umask. None when no name fits."""
-    directory = os.path.dirname(path) or "."
-    base = os.path.basename(path)
-    for prefix, suffix in ((f".{base}.", ".tmp"), (".", "")):
-        longest = os.path.join(directory, prefix + "x" * 8 + suffix, "s")  # mkdtemp adds 8
-        if len(os.fsencode(longest)) < SUN_PATH_MAX:
-            try:
-                return tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
-            except OSError as exc:
-                raise TransportError(f"cannot bind {path}: {_why(exc)}", path) from exc
-    return None
-
-
-def _remove_staging(staging: str, temporary: str) -> None:
-    _remove_quietly(os.unlink, temporary)  # still there only if something failed
-    _remove_quietly(os.rmdir, staging)
-
-
-def _remove_quietly(remove: Callable[[str], None], name: str) -> None:
-    try:
-        remove(name)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # a leftover is untidy, not fatal
-        log.warning("cannot remove %s: %s", name, _why(exc))
-
-
-def _bind_masked(sock: socket.socket, path: str, mode: int, uid: int, gid: int) -> tuple[int, int]:
-    """Fallback when ``path`` is too long for a private name beside it: bind in place with
-    umask 0777, so the file starts with mode 0000 (no one but root can connect) until it has
-    its owner and mode. The umask is process-wide: this is the rare path, not the usual one."""
-    log.debug("%s: no room for a private name, binding in place with mode 0000", path)
     previous = os.umask(0o777)
     try:
-        _bind(sock, path, path)
+        _bind(sock, path)
     finally:
         os.umask(previous)
+    node = _open_bound(path)  # refused: the name is someone else's now, leave it alone
     try:
-        _set_owner_and_mode(path, path, mode, uid, gid)
-        info = os.lstat(path)
+        _set_owner_and_mode(node, path, mode, uid, gid)
+        info = os.fstat(node)
     except BaseException:
-        _remove_quietly(os.unlink, path)
+        _unlink_if_same(path, os.fstat(node))
         raise
+    finally:
+        os.close(node)
     return info.st_dev, info.st_ino
 
 
-def _bind(sock: socket.socket, name: str, path: str) -> None:
+def _bind(sock: socket.socket, path: str) -> None:
     try:
-        sock.bind(name)
+        sock.bind(path)
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # a file appeared since _clear_stale looked
+            reason = "something else was created there meanwhile"
+            raise TransportError(f"cannot bind {path}: {reason}", path) from exc
         raise TransportError(f"cannot bind {path}: {_why(exc)}", path) from exc
 
 
-def _set_owner_and_mode(name: str, path: str, mode: int, uid: int, gid: int) -> None:
+def _open_bound(path: str) -> int:
+    """An ``O_PATH`` descriptor of the socket file just bound at ``path``, refused unless it
+    still is a socket owned by this process's user (``O_NOFOLLOW``: not a symbolic link).
+
+    Nobody else can create a file this user owns, so a name swapped since the bind is
+    caught here, before anything is changed through it.
+    """
+    try:
+        node = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TransportError(f"cannot open {path} after binding it: {_why(exc)}", path) from exc
+    info = os.fstat(node)
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(node)
+        kind = "a socket of another user" if stat.S_ISSOCK(info.st_mode) else _kind(info)
+        raise TransportError(
+            f"{path} was replaced while it was being bound (it is now {kind}): "
+            "another user can write its directory",
+            path,
+        )
+    return node
+
+
+def _by_descriptor(node: int) -> str:
+    """A name for the very file ``node`` holds: /proc resolves it to that inode, whatever
+    its name points to now. chown() and chmod() need one, as an O_PATH descriptor cannot be
+    given to fchown() or fchmod()."""
+    return f"/proc/self/fd/{node}"
+
+
+def _set_owner_and_mode(node: int, path: str, mode: int, uid: int, gid: int) -> None:
     """chown() first, chmod() last: the mode is never opened up for the wrong owner."""
     if uid != -1 or gid != -1:
         try:
-            os.chown(name, uid, gid)
+            os.chown(_by_descriptor(node), uid, gid)
         except OSError as exc:
             raise TransportError(
                 f"cannot change the owner of {path} to {uid}:{gid}: {_why(exc)}", path
             ) from exc
     try:
-        os.chmod(name, mode)
+        os.chmod(_by_descriptor(node), mode)
     except OSError as exc:
         raise TransportError(
             f"cannot change the permissions of {path} to {mode:04o}: {_why(exc)}", path
         ) from exc
+
+
+def _unlink_if_same(path: str, info: os.stat_result) -> None:
+    """Remove the socket file we failed to set up, if the name still leads to it."""
+    try:
+        current = os.lstat(path)
+        if (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+            os.unlink(path)
+    except OSError as exc:  # a leftover is untidy, not fatal
+        log.warning("cannot remove %s: %s", path, _why(exc))
 
 
 # --- binding a UDP socket ---------------------------------------------------------------

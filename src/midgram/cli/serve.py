@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -19,6 +19,7 @@ from midgram.cli.durations import Duration
 from midgram.commands import Registry
 from midgram.config import load_settings, read_config
 from midgram.errors import ConfigError, MidgramError
+from midgram.files import LogFileHandler, PidFile
 from midgram.server import LOG_FORMAT, importing_app, logging_level
 from midgram.server import serve as run_server
 
@@ -27,7 +28,7 @@ __all__ = ["serve"]
 
 def _setup_logging(level: str, log_file: str | None) -> None:
     handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+        LogFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
@@ -183,19 +184,30 @@ def serve(
         settings = load_settings(_config_layer(config_file), flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    _setup_logging(settings.log_level, log_file)
-
-    def ready(where: str) -> None:
-        if pid_file:
-            Path(pid_file).write_text(f"{os.getpid()}\n")
-        click.echo(_how_to_call(where), err=True)
-
+    # Everything that can fail is opened here, before the server forks: a failed start
+    # leaves nothing running and says what failed in one line.
     try:
-        status = run_server(settings, _load_registry(app), on_ready=ready)
+        _setup_logging(settings.log_level, log_file)
+        registry = _load_registry(app)
+        pid = PidFile(pid_file) if pid_file else None
     except MidgramError as exc:
-        click.echo(f"midgram: {exc}", err=True)
-        sys.exit(exc.code)
+        _fail(exc)
+    try:
+        status = run_server(settings, registry, on_ready=lambda where: _ready(where, pid))
+    except MidgramError as exc:
+        _fail(exc)
     finally:
-        if pid_file:
-            Path(pid_file).unlink(missing_ok=True)
+        if pid is not None:
+            pid.close()
     sys.exit(status)
+
+
+def _ready(where: str, pid: PidFile | None) -> None:
+    if pid is not None:
+        pid.write(os.getpid())
+    click.echo(_how_to_call(where), err=True)
+
+
+def _fail(exc: MidgramError) -> NoReturn:
+    click.echo(f"midgram: {exc}", err=True)
+    sys.exit(exc.code)
