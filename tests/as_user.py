@@ -28,7 +28,7 @@ from apps import mi
 import midgram.cli.client  # the sub-commands, imported while still root
 import midgram.cli.serve  # noqa: F401
 from midgram.address import UdpAddress, parse_target
-from midgram.batchio import native_module
+from midgram.batchio import native_status
 from midgram.cli import cli
 from midgram.client import Client
 from midgram.config import Settings
@@ -63,8 +63,8 @@ def run_call(user: str, target: str, method: str) -> int:
 
 
 def run_cli(user: str, *args: str) -> int:
-    # The sub-commands were imported above; the C module is loaded here, from root's cache.
-    native_module()
+    # The sub-commands were imported above; the C module is imported here, while still root.
+    native_status()
     become(user)
     cli.main(args=list(args), prog_name="midgram")  # exits
     return 0

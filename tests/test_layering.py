@@ -46,7 +46,17 @@ def test_library_never_prints() -> None:
 
 #: What compiling C or loading a shared object by its path would take (issue 15: a module
 #: loaded from a user-writable cache ran that user's code as root).
-RUN_TIME_BUILD = {"ctypes", "cffi", "sysconfig", "spec_from_file_location", "ExtensionFileLoader"}
+RUN_TIME_BUILD = {
+    "cffi",
+    "sysconfig",
+    "spec_from_file_location",
+    "ExtensionFileLoader",
+    "LoadLibrary",
+    "find_library",
+}
+#: ctypes may reach the symbols the process already has (``CDLL(None)``: libc's prctl for
+#: the workers' parent-death signal), never a library by its path.
+_CTYPES_LOADERS = {"CDLL", "PyDLL", "WinDLL", "OleDLL"}
 
 
 def test_nothing_is_compiled_or_loaded_by_path_at_run_time() -> None:
@@ -63,3 +73,14 @@ def test_nothing_is_compiled_or_loaded_by_path_at_run_time() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names.update(alias.name for alias in node.names)
         assert not names & RUN_TIME_BUILD, f"{path.relative_to(SRC)}: {names & RUN_TIME_BUILD}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called_name(node) in _CTYPES_LOADERS:
+                first = node.args[0] if node.args else None
+                loads_self = isinstance(first, ast.Constant) and first.value is None
+                assert loads_self, f"{path.relative_to(SRC)}:{node.lineno} loads a library by path"
+
+
+def _called_name(call: ast.Call) -> str | None:
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    return call.func.id if isinstance(call.func, ast.Name) else None
