@@ -94,10 +94,16 @@ class NativeIO:
     send: Callable[[list[Reply], int], int]
 
     def __init__(
-        self, sock: socket.socket, bufsize: int, module: ModuleType, slots: int = SLOTS
+        self,
+        sock: socket.socket,
+        bufsize: int,
+        module: ModuleType,
+        slots: int = SLOTS,
+        in_hand: memoryview | None = None,
     ) -> None:
         self._sock = sock  # keeps the descriptor open as long as this object lives
-        batch = module.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
+        # in_hand: where serve() notes each datagram before answering it (WorkerStates).
+        batch = module.BatchSocket(sock.fileno(), sock.family, slots, bufsize, in_hand)
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
@@ -160,9 +166,11 @@ def native_module() -> ModuleType | None:
     return _module
 
 
-def batch_io(sock: socket.socket, bufsize: int, *, slots: int = SLOTS) -> BatchIO:
-    """The best I/O this process has for ``sock``."""
+def batch_io(
+    sock: socket.socket, bufsize: int, *, slots: int = SLOTS, in_hand: memoryview | None = None
+) -> BatchIO:
+    """The best I/O this process has for ``sock`` (``in_hand``: see ``NativeIO``)."""
     module = native_module()
     if module is None:
         return SocketIO(sock, bufsize)
-    return NativeIO(sock, bufsize, module, slots)
+    return NativeIO(sock, bufsize, module, slots, in_hand)

@@ -31,7 +31,7 @@ from midgram.commands import Dispatcher, Outcome, Pending, Registry
 from midgram.config import Settings
 from midgram.core import with_core
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime
-from midgram.supervisor import Supervisor, WorkerSignals
+from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
     HepSender,
@@ -220,6 +220,7 @@ def _serve_forked(
     plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
     registry.stats.allocate(children)  # shared memory, before the fork
+    states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
     def run_worker(slot: int) -> int:
         registry.stats.attach(slot)
@@ -235,13 +236,16 @@ def _serve_forked(
             stop_requested=lambda: runtime.stop_requested,
             on_stop_requested=lambda: os.kill(runtime.supervisor_pid, signal.SIGTERM),
             tracing=plan.start() if plan is not None else None,
+            in_hand=states.in_hand(slot),
         )
+        states.mark_ready(slot)
         worker.run(worker_signals.should_stop)
         return 0
 
     supervisor = Supervisor(
         children,
         run_worker,
+        states=states,
         on_spawn=lambda slot, pid: table.register(slot + 1, pid),
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=lambda: _announce(where, children, on_ready),
