@@ -13,8 +13,9 @@ import click
 
 from midgram.address import UnixAddress, parse_socket_name
 from midgram.commands import Registry
-from midgram.config import load_settings, load_toml, parse_opensips_cfg
+from midgram.config import ALIASES, load_settings, load_toml, parse_opensips_cfg
 from midgram.errors import ConfigError, MidgramError
+from midgram.logs import printable
 from midgram.runtime import OPENSIPS_LEVELS
 from midgram.server import serve as run_server
 
@@ -44,19 +45,36 @@ def _python_level(level: str) -> int:
 
 
 def _config_layer(path: str | None) -> dict[str, Any]:
-    """A TOML file, or the modparam lines of an existing opensips.cfg."""
+    """A TOML file, or the modparam lines of an existing opensips.cfg. ConfigError for a
+    file that cannot be read or used."""
     if path is None:
         return {}
-    text = Path(path).read_text()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", path, exc.strerror or str(exc)) from exc
     if path.endswith(".toml"):
+        try:
+            text = data.decode()  # TOML is UTF-8 by definition
+        except UnicodeDecodeError as exc:
+            where = f"byte {data[exc.start]:#04x} at offset {exc.start}"
+            raise ConfigError("TOML", "", f"not UTF-8 text ({where})") from None
         return dict(load_toml(text))
-    cfg = parse_opensips_cfg(text)
+    # OpenSIPS reads its cfg as bytes: a Latin-1 comment is no error. Other bytes than
+    # UTF-8 go through as surrogates and back out as the same bytes (a path, say).
+    cfg = parse_opensips_cfg(data.decode(errors="surrogateescape"))
     warnings = list(cfg.warnings())
     if not cfg.params:
         warnings.append('no modparam("mi_datagram", ...) line found: nothing taken from it')
     for warning in warnings:
         click.echo(f"midgram: {path}: {warning}", err=True)
     return cfg.layer()
+
+
+def _from_flag(parameter: str, flags: dict[str, Any]) -> bool:
+    """Whether a command-line flag gave ``parameter`` (else the config file did)."""
+    name = ALIASES.get(parameter, parameter)
+    return flags.get(name) is not None
 
 
 def _load_registry(spec: str | None) -> Registry | None:
@@ -144,9 +162,14 @@ def serve(
     """Serve MI commands over a UNIX datagram socket or UDP, OpenSIPS-compatible."""
     flags["allow_from"] = allow_from or None
     try:
-        settings = load_settings(_config_layer(config_file), flags)
+        layer = _config_layer(config_file)
+        settings = load_settings(layer, flags)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+        if config_file is None or _from_flag(exc.parameter, flags):
+            raise click.UsageError(str(exc)) from exc
+        # The file's own error: one line naming it, whatever the file holds.
+        click.echo(f"midgram: {config_file}: {printable(str(exc))}", err=True)
+        sys.exit(exc.code)
     _setup_logging(settings.log_level, log_file)
     registry = _load_registry(app)
 
