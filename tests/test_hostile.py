@@ -215,10 +215,13 @@ def poison_run(running: ServerProcess, client: RawClient, rounds: int = 60) -> N
         check_reply(client.exchange(data, timeout=5.0), expected)
 
 
-@pytest.mark.parametrize("transport", ["unix", "udp"])
+@pytest.mark.parametrize("transport", ["unix", "udp", "unix, traced"])
 def test_sixty_poison_datagrams_leave_the_same_workers_serving(transport: str) -> None:
     socket_name = f"udp:127.0.0.1:{free_udp_port()}" if transport == "udp" else None
-    with midgram_server("--children", "2", "--app", "apps:mi", socket=socket_name) as running:
+    # traced: each datagram served on its own in Python, and traced as HEP (to nobody)
+    tracing = ("--trace-to", f"udp:127.0.0.1:{free_udp_port()}") if "traced" in transport else ()
+    flags = ("--children", "2", "--app", "apps:mi", *tracing)
+    with midgram_server(*flags, socket=socket_name) as running:
         pids = running.worker_pids()
         with running.client() as client:
             poison_run(running, client)
