@@ -39,7 +39,7 @@ KINDS = {
         '{"jsonrpc":"2.0","method":"uptime","params":' + nested(1000).decode() + ',"id":%ID%}'
     ),
 }
-WARMUP_ROUNDS = 2
+WARMUP_ROUNDS = len(KINDS)  # one round of each kind: every path warmed up
 
 
 def sample(pids: list[int]) -> dict[int, tuple[int, int]]:
