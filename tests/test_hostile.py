@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,11 +21,15 @@ import pytest
 from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wait_until
 from toolchain import needs_cc
 
+from midgram.batchio import NativeIO
 from midgram.commands import Dispatcher, Outcome, Registry, Status
 from midgram.core import with_core
 from midgram.native import load_extension
 from midgram.protocol import MAX_DEPTH, PARSE_ERROR_REPLY
 from midgram.runtime import LocalRuntime
+from midgram.supervisor import WorkerStates
+from midgram.transport import set_recv_timeout
+from midgram.worker import ServerStats, Worker
 
 NEST = 1000  # within orjson's 1024 levels, beyond Python's recursion limit
 LONG_ID = 123456789012345678901234567890  # beyond 64 bits: orjson reads it as a float
@@ -335,3 +340,51 @@ def test_what_a_unix_client_names_itself_is_escaped_in_the_log() -> None:
         running.wait_for_log("the client is gone")
         assert not re.search(r"^\S* ?FORGED", running.log(), re.MULTILINE)
         assert not any(line.startswith("2026-01-01") for line in running.lines)
+
+
+# --- the worker's last line of defence ------------------------------------------------------
+
+
+class BuggyDispatcher(Dispatcher):
+    """A stand-in for a bug of midgram's: answering an oversize datagram raises."""
+
+    def handle_oversize(self, size: int) -> Outcome:
+        raise RuntimeError("a bug")
+
+
+@needs_cc
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_worker_survives_a_bug_and_serves_the_rest_of_the_batch(
+    native: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(f"\0mgtest-worker-{id(server)}")
+    set_recv_timeout(server, 0.05)
+    states = WorkerStates(1)
+    dispatcher = BuggyDispatcher(with_core(Registry(), LocalRuntime()), buf_size=1024)
+    stats = ServerStats.declare(dispatcher.registry.stats)
+    io = NativeIO(server, 1024, load_extension("_batchio"), in_hand=states.in_hand(0))
+    worker = Worker(
+        server, dispatcher, stats, socket_timeout_ms=1000, io=io if native else None,
+        in_hand=states.in_hand(0), allowed=None if native else (lambda peer: True),
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop.is_set,))
+    caplog.set_level(logging.ERROR, logger="midgram.worker")
+    thread.start()
+    try:
+        with RawClient("@" + server.getsockname()[1:].decode()) as client:
+            client.send(b"x" * 2000)  # truncated: handle_oversize raises
+            client.send(request("uptime", req_id=5))  # in the same batch, most likely
+            assert client.recv() == b"500 Internal error"
+            reply = client.recv()  # the rest of the batch is served
+            assert reply is not None
+            assert json.loads(reply)["id"] == 5
+    finally:
+        stop.set()
+        thread.join(10)
+        server.close()
+    [message] = caplog.messages
+    assert message.startswith("serving a datagram of 1024 bytes: b'xxxxxxxx")
+    assert message.endswith("failed: the worker goes on")
+    assert states.held(0) is None  # the batch is over

@@ -37,7 +37,7 @@ from midgram.logs import RateLimitedLog, shown
 from midgram.protocol import INTERNAL_ERROR_REPLY
 from midgram.runtime import apply_log_level
 from midgram.stats import Counter, Statistics
-from midgram.supervisor import held, hold, let_go
+from midgram.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.tracing import Tracer
 from midgram.transport import HepSender, PeerAddress, ReplySender, SendStatus, peer_label
 
@@ -194,14 +194,24 @@ class Worker:
                 self._loop = None  # a later run() makes a new one
 
     def _survive(self, error: Exception) -> None:
-        """What escaped serving a batch: a bug, logged (with the datagram in hand, if known),
-        never a reason to stop serving everyone else. The rest of that batch is lost."""
+        """What escaped serving a batch (the steps of each datagram have their own guard,
+        ``_failed``): a bug, logged with the datagram in hand if known, never a reason to
+        stop serving everyone else. The rest of that batch is lost."""
         what = "a batch"
         if self._in_hand is not None:
             in_hand = held(self._in_hand)
             let_go(self._in_hand)
             if in_hand is not None:
-                what = f"a datagram of {in_hand[0]} bytes: {shown(in_hand[1])}"
+                what = f"a datagram of {in_hand[0]} bytes: {shown(in_hand[1], IN_HAND_MAX)}"
+        self._log_bug(error, what)
+
+    def _failed(self, error: Exception, data: bytes) -> bytes:
+        """What escaped serving one datagram (a bug): logged, and answered as OpenSIPS
+        answers a reply it cannot build; the rest of the batch is served as usual."""
+        self._log_bug(error, f"a datagram of {len(data)} bytes: {shown(data)}")
+        return INTERNAL_ERROR_REPLY
+
+    def _log_bug(self, error: Exception, what: str) -> None:
         self._log.log(
             ("bug", type(error)),
             logging.ERROR,
@@ -246,9 +256,12 @@ class Worker:
     def _settle_now(self, data: bytes, handled: Outcome | Pending | None) -> bytes | None:
         """For the native loop, in the batch's order: the reply to a datagram whose answer is
         an Outcome or a Pending, or that was truncated (``handled`` None)."""
-        if handled is None:
-            handled = self.dispatcher.handle_oversize(len(data))
-        return self._count(self._settle(handled))
+        try:
+            if handled is None:
+                handled = self.dispatcher.handle_oversize(len(data))
+            return self._count(self._settle(handled))
+        except Exception as exc:
+            return self._failed(exc, data)
 
     def _finish(self, leftovers: list[Leftover]) -> int:
         """The replies the native loop could not send (refused, to an unbound client, and
@@ -282,9 +295,12 @@ class Worker:
                 continue
             if in_hand is not None:
                 hold(in_hand, data)
-            # bytes in the common case: an OK reply, nothing to count
-            handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
-            reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
+            try:
+                # bytes in the common case: an OK reply, nothing to count
+                handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
+                reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
+            except Exception as exc:
+                reply = self._failed(exc, data)
             if reply is None:
                 continue
             replies.append((reply, peer))
@@ -302,9 +318,12 @@ class Worker:
         for data, peer, truncated in batch:
             if in_hand is not None:
                 hold(in_hand, data)
-            handled = self._admit(data, peer, truncated)
-            if handled is not None:
-                self.finish(self._settle(handled), peer)
+            try:
+                handled = self._admit(data, peer, truncated)
+                if handled is not None:
+                    self.finish(self._settle(handled), peer)
+            except Exception as exc:
+                self._send(self._failed(exc, data), peer)
         if in_hand is not None:
             let_go(in_hand)
 
