@@ -33,3 +33,12 @@ def crash() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@mi.command(help="a result nested `levels` deep (lists in lists)")
+def deep(levels: int) -> list[object]:
+    calls.inc()
+    result: list[object] = []
+    for _ in range(levels - 1):
+        result = [result]
+    return result

@@ -926,13 +926,13 @@ hep_capture_id = 7
 
 
 def test_a_toml_file_not_named_toml_is_read_as_toml() -> None:
-    found = read_config('children_count = 3\nsocket_name = "/run/mi.sock"\n', "midgram.conf")
+    found = read_config(b'children_count = 3\nsocket_name = "/run/mi.sock"\n', "midgram.conf")
     assert found.format == "TOML"
     assert found.layer == {"children_count": 3, "socket_name": "/run/mi.sock"}
 
 
 def test_an_opensips_cfg_named_anything_is_read_as_one() -> None:
-    found = read_config('modparam("mi_datagram", "children_count", 3)\n', "opensips.toml.bak")
+    found = read_config(b'modparam("mi_datagram", "children_count", 3)\n', "opensips.toml.bak")
     assert found.format == "opensips.cfg"
     assert found.layer == {"children_count": 3}
 
@@ -947,14 +947,14 @@ def test_an_opensips_cfg_named_anything_is_read_as_one() -> None:
 )
 def test_a_config_file_that_gives_no_parameter_is_refused(text: str, why: str) -> None:
     with pytest.raises(ConfigFileError) as info:
-        read_config(text, "/etc/midgram/mi.conf")
+        read_config(text.encode(), "/etc/midgram/mi.conf")
     assert str(info.value).startswith("/etc/midgram/mi.conf: no midgram parameter in it (")
     assert why in str(info.value)
 
 
 def test_neither_toml_nor_an_opensips_cfg_names_the_file_and_both_formats() -> None:
     with pytest.raises(ConfigFileError) as info:
-        read_config('loadmodule "mi_datagram.so"\nmodparm("mi_datagram", "x", 1)\n', "mi.conf")
+        read_config(b'loadmodule "mi_datagram.so"\nmodparm("mi_datagram", "x", 1)\n', "mi.conf")
     message = str(info.value)
     assert message.startswith("mi.conf: not valid TOML: ")
     assert "line 1" in message

@@ -11,7 +11,14 @@ MAX_SLOTS: Final[int]
 
 @final
 class BatchSocket:
-    def __init__(self, fd: int, family: int, slots: int, bufsize: int) -> None: ...
+    def __init__(
+        self,
+        fd: int,
+        family: int,
+        slots: int,
+        bufsize: int,
+        in_hand: memoryview | None = None,
+    ) -> None: ...
     @property
     def slots(self) -> int: ...
     @property

@@ -112,9 +112,16 @@ class NativeIO:
     native = True
     send: Callable[[list[Reply], int], int]
 
-    def __init__(self, sock: socket.socket, bufsize: int, slots: int = SLOTS) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        bufsize: int,
+        slots: int = SLOTS,
+        in_hand: memoryview | None = None,
+    ) -> None:
         self._sock = sock  # keeps the descriptor open as long as this object lives
-        batch = _batchio.BatchSocket(sock.fileno(), sock.family, slots, bufsize)
+        # in_hand: where serve() notes each datagram before answering it (WorkerStates).
+        batch = _batchio.BatchSocket(sock.fileno(), sock.family, slots, bufsize, in_hand)
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
@@ -191,8 +198,10 @@ def version_line() -> str:
     )
 
 
-def batch_io(sock: socket.socket, bufsize: int, *, slots: int = SLOTS) -> BatchIO:
-    """The best I/O this process has for ``sock``."""
+def batch_io(
+    sock: socket.socket, bufsize: int, *, slots: int = SLOTS, in_hand: memoryview | None = None
+) -> BatchIO:
+    """The best I/O this process has for ``sock`` (``in_hand``: see ``NativeIO``)."""
     if native_status().on:
-        return NativeIO(sock, bufsize, slots)
+        return NativeIO(sock, bufsize, slots, in_hand)
     return SocketIO(sock, bufsize)

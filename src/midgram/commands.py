@@ -28,6 +28,7 @@ import orjson
 from orjson import JSONDecodeError
 
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
+from midgram.logs import RateLimitedLog, shown
 from midgram.protocol import (
     ALWAYS_FITS_MARGIN,
     DEFAULT_BUF_SIZE,
@@ -36,6 +37,7 @@ from midgram.protocol import (
     Notification,
     Params,
     Request,
+    TooDeep,
     decode_request,
     encode_error,
     encode_result,
@@ -92,7 +94,10 @@ def _str2sint(text: str) -> int | None:
         return None
     if not text:
         return None
-    value = int(digits) if digits else 0
+    try:
+        value = int(digits) if digits else 0
+    except ValueError:  # beyond Python's int-string limit (4300 digits): not a number to us
+        return None
     return -value if text[:1] == "-" else value
 
 
@@ -506,6 +511,7 @@ class Dispatcher:
         self._bare = registry.bare_handlers().get
         # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
+        self._log = RateLimitedLog(log)
 
     def _parse_error(self, why: str) -> bytes:
         """The plain-text reply, or a -32700 object when json_errors is on (difference 10)."""
@@ -514,19 +520,25 @@ class Dispatcher:
         return PARSE_ERROR_REPLY
 
     def handle(self, data: bytes) -> Outcome | Pending:
-        """One datagram in, its outcome (or a Pending for an async command) out."""
+        """One datagram in, its outcome (or a Pending for an async command) out. Never
+        raises: whatever escapes the steps below is ``_failed`` (a bug, answered and logged)."""
         if not data:
             return _IGNORED
         try:
-            call = decode_request(data)
-        except ParseError as exc:
-            return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
-        except InvalidRequest as exc:
-            reply = encode_error(-32600, "Invalid Request", None, exc.reply_id, pretty=self.pretty)
-            return Outcome(reply, Status.INVALID_REQUEST, exc.method)
-        return self.dispatch(call)
+            try:
+                call = decode_request(data)
+            except ParseError as exc:
+                return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
+            except InvalidRequest as exc:
+                reply = encode_error(
+                    -32600, "Invalid Request", None, exc.reply_id, pretty=self.pretty
+                )
+                return Outcome(reply, Status.INVALID_REQUEST, exc.method)
+            return self.dispatch(call)
+        except Exception as exc:
+            return self._failed(data, exc)
 
-    def answer(self, data: bytes) -> bytes | Outcome | Pending:
+    def answer(self, data: bytes) -> bytes | Outcome | Pending:  # noqa: PLR0911 - one flat pass
         """``handle`` for servers: the common datagram answered in one flat pass.
 
         A well-formed request (a string or integer id) whose compact reply is far below the
@@ -535,35 +547,39 @@ class Dispatcher:
         reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both on any
         datagram). It costs one JSON parse and no Request or Outcome object. A result plain
         orjson cannot encode (non-string keys, integers beyond 64 bits) takes the general
-        path after its handler ran: the same bytes, as an Outcome.
+        path after its handler ran: the same bytes, as an Outcome. Like ``handle`` it never
+        raises (a ``try`` costs nothing until something raises).
         """
-        if not self._fast:
-            return self.handle(data)
         try:
-            obj = _loads(data)
-        except JSONDecodeError:
-            obj = None  # a parse error, or a request ending at a NUL byte: handle() says
-        if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
-            return self.handle(data)
-        method = obj.get("method")
-        req_id = obj.get("id")
-        params = obj.get("params")
-        if type(params) is list or type(params) is dict:
-            params = params or None  # empty counts as absent (OpenSIPS)
-        elif params is not None or "params" in obj:
-            method = None  # neither an array nor an object (null included): invalid
-        if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
-            return self.handle(data)  # invalid, a notification, or a null or float id
-        handler = self._bare(method) if params is None else None
-        if handler is None:
-            return self._run(method, params, req_id, None)
-        # _run's common case, inlined: a command without params, the busiest kind.
-        try:
-            result = handler()
+            if not self._fast:
+                return self.handle(data)
+            try:
+                obj = _loads(data)
+            except JSONDecodeError:
+                obj = None  # a parse error, or a request ending at a NUL byte: handle() says
+            if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
+                return self.handle(data)
+            method = obj.get("method")
+            req_id = obj.get("id")
+            params = obj.get("params")
+            if type(params) is list or type(params) is dict:
+                params = params or None  # empty counts as absent (OpenSIPS)
+            elif params is not None or "params" in obj:
+                method = None  # neither an array nor an object (null included): invalid
+            if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
+                return self.handle(data)  # invalid, a notification, or a null or float id
+            handler = self._bare(method) if params is None else None
+            if handler is None:
+                return self._run(method, params, req_id, None)
+            # _run's common case, inlined: a command without params, the busiest kind.
+            try:
+                result = handler()
+            except Exception as exc:
+                return self._after_bare(method, req_id, None, exc)
+            reply = self._compact(result, req_id)
+            return reply if reply is not None else self._after_bare(method, req_id, result, None)
         except Exception as exc:
-            return self._after_bare(method, req_id, None, exc)
-        reply = self._compact(result, req_id)
-        return reply if reply is not None else self._after_bare(method, req_id, result, None)
+            return self._failed(data, exc)
 
     def fast_answer(self, native: Callable[..., Answer] | None) -> Answer:
         """``answer``, or the same in C when ``native`` (``_batchio.FastAnswer``) is given
@@ -684,11 +700,46 @@ class Dispatcher:
     def _server_error(
         self, call: Request | Notification, command: Command, error: BaseException
     ) -> Outcome:
-        log.error(
-            "MI command %s failed", command.name, exc_info=(type(error), error, error.__traceback__)
-        )
-        failure = ServerError(f"Command handler raised {type(error).__name__}")
+        if isinstance(error, TooDeep):
+            # Not JSON we can write (orjson's depth limit, kept by every encoder): the
+            # command's bug, answered as a handler failure with what is wrong.
+            self._log.log(
+                ("deep", command.name),
+                logging.ERROR,
+                "MI command %s returned a result %s: answered -32000",
+                command.name,
+                error,
+            )
+            failure = ServerError(f"Command result {error}")
+        else:
+            # A sender can make a command fail again and again: one traceback per command
+            # per interval, not one per datagram.
+            self._log.log(
+                ("failed", command.name),
+                logging.ERROR,
+                "MI command %s failed",
+                command.name,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            failure = ServerError(f"Command handler raised {type(error).__name__}")
         return self._error(call, command, Status.SERVER_ERROR, failure)
+
+    def _failed(self, data: bytes, error: Exception) -> Outcome:
+        """What ``handle`` or ``answer`` let escape: a bug of midgram's, not a reason to end
+        a worker. Answered as OpenSIPS answers a reply it cannot build (``500 Internal
+        error``, or -32603 with json_errors), and logged with the datagram's first bytes."""
+        self._log.log(
+            ("bug", type(error)),
+            logging.ERROR,
+            "cannot answer the datagram %s",
+            shown(data),
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        reply = INTERNAL_ERROR_REPLY
+        if self.json_errors:
+            why = f"{type(error).__name__} while answering"
+            reply = encode_error(-32603, "Internal error", why, None, pretty=self.pretty)
+        return Outcome(reply, Status.SERVER_ERROR)
 
     def _error(
         self,
@@ -711,9 +762,11 @@ class Dispatcher:
         """OpenSIPS's size rule: a reply that does not fit the buffer is never truncated."""
         if reply_fits(reply, call.id, self.buf_size, pretty=self.pretty):
             return Outcome(reply, status, call.method, call.params, command)
-        log.warning(
+        self._log.log(
+            ("too big", command.name if command else None),
+            logging.WARNING,
             "reply to %s is %d bytes, over the %d-byte limit",
-            call.method,
+            shown(call.method),
             len(reply),
             self.buf_size,
         )

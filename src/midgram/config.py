@@ -14,6 +14,7 @@ returned by ``Settings.warnings()`` instead of being logged, so the caller decid
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import ipaddress
 import re
 import tomllib
@@ -294,12 +295,21 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _decimal(name: str, value: object, text: str) -> int:
+    """``int(text)`` for a text ``_INT_RE`` matched: ConfigError beyond the digits Python
+    reads (4300), where int() raises ValueError."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(name, value, f"a number of {len(text)} digits is too long") from None
+
+
 def _as_int(name: str, value: object) -> int:
     # bool is an int subclass; "children_count = true" is a mistake, not 1.
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        return int(value.strip())
+        return _decimal(name, value, value.strip())
     raise ConfigError(name, value, f"must be an integer, not {_type_name(value)}")
 
 
@@ -324,7 +334,7 @@ def _boolean(name: str, value: object, _notes: list[str]) -> bool:
         if word in _BOOL_WORDS:
             return _BOOL_WORDS[word]
         if _INT_RE.fullmatch(word):
-            return int(word) != 0
+            return _decimal(name, value, word) != 0
     raise ConfigError(name, value, "must be a boolean: yes/no, true/false, on/off or a number")
 
 
@@ -475,17 +485,17 @@ def _network_hint(item: str) -> str:
         return ""
 
 
-def _level_key(value: object) -> str | int | None:
+def _level_key(name: str, value: object) -> str | int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
         word = value.strip().lower()
-        return int(word) if _INT_RE.fullmatch(word) else word
+        return _decimal(name, value, word) if _INT_RE.fullmatch(word) else word
     return None
 
 
 def _log_level(name: str, value: object, _notes: list[str]) -> str:
-    key = _level_key(value)
+    key = _level_key(name, value)
     if key is not None and key in _LOG_LEVELS:
         return _LOG_LEVELS[key]
     raise ConfigError(
@@ -815,9 +825,11 @@ def load_toml(text: str, *, source: str | None = None) -> dict[str, object]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = _toml_line(text, str(exc))
-        if source is not None:
-            raise ConfigFileError(source, f"not valid TOML: {exc}: {line!r}") from exc
-        raise ConfigError("TOML", line, f"not valid TOML: {exc}") from exc
+        raise _toml_error(source, line, f"not valid TOML: {exc}", shown=f": {line!r}") from exc
+    except ValueError as exc:  # an integer beyond the digits Python reads
+        raise _toml_error(source, "", f"not usable TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise _toml_error(source, "", "not usable TOML: nested too deeply") from None
     if SECTION not in data:
         return data
     section = data[SECTION]
@@ -827,6 +839,13 @@ def load_toml(text: str, *, source: str | None = None) -> dict[str, object]:
         if key != SECTION and not isinstance(value, dict):
             raise ConfigError(key, value, f"outside the [{SECTION}] table: move it inside")
     return dict(section)
+
+
+def _toml_error(source: str | None, value: str, reason: str, *, shown: str = "") -> ConfigError:
+    """A TOML document that cannot be used: naming the file (``source``) when there is one."""
+    if source is not None:
+        return ConfigFileError(source, reason + shown)
+    return ConfigError("TOML", value, reason)
 
 
 def _toml_line(text: str, message: str) -> str:
@@ -841,13 +860,16 @@ def _toml_line(text: str, message: str) -> str:
 # opensips.cfg
 
 # OpenSIPS's cfg lexer, reduced to what a modparam needs. Order matters: comments and strings
-# are taken whole first, so a '#' or ',' inside a string is not mistaken for syntax.
+# are taken whole first, so a '#' or ',' inside a string is not mistaken for syntax. A string
+# left open runs to the end of the text, as a comment does: trying it again from each of its
+# quotes would take quadratic time (OpenSIPS refuses such a file; its modparam is skipped).
 _CFG_TOKEN_RE: Final = re.compile(
     r"""
       (?P<space>\s+)
     | (?P<comment>(?:\#|//)[^\n]*|/\*.*?(?:\*/|\Z))
     | (?P<dquote>"(?:[^"\\]|\\.)*")
     | (?P<squote>'[^']*')
+    | (?P<unclosed>["'].*)
     | (?P<number>0[xX][0-9a-fA-F]+|[0-9]+)
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<other>.)
@@ -877,13 +899,15 @@ class OpensipsCfg:
     ``hep_ids``: the proto_hep ``hep_id`` destinations, name -> spec (``trace_destination``
     names one of them). ``includes``: files the cfg includes, which were not read.
     ``hep_params``: the proto_hep modparams that shape traces (``homer5_on``,
-    ``homer5_delim``, ``hep_capture_id``).
+    ``homer5_delim``, ``hep_capture_id``). ``unread``: module patterns of modparams that
+    were skipped, being regular expressions beyond what ``_module_matches`` reads.
     """
 
     params: dict[str, object]
     hep_ids: dict[str, str]
     includes: tuple[str, ...] = ()
     hep_params: dict[str, object] = field(default_factory=dict)
+    unread: tuple[str, ...] = ()
 
     def layer(self) -> dict[str, object]:
         """The settings this file gives, for ``merge``: the mi_datagram modparams, and the
@@ -894,14 +918,20 @@ class OpensipsCfg:
         return layer
 
     def warnings(self) -> tuple[str, ...]:
-        """Problems OpenSIPS would not report: it silently disables tracing for them."""
+        """Problems OpenSIPS would not report (it silently disables tracing for a missing
+        hep_id), and modparams skipped for their module pattern."""
+        notes = [
+            f"modparam skipped: its module {pattern[:80]!r} is a regular expression beyond "
+            "names, '.', '.*' and '|'"
+            for pattern in self.unread
+        ]
         destination = self.params.get("trace_destination")
         if isinstance(destination, str) and destination not in self.hep_ids:
-            return (
+            notes.append(
                 f"trace_destination {destination!r} names no proto_hep hep_id "
-                "in this file: OpenSIPS would silently trace nothing",
+                "in this file: OpenSIPS would silently trace nothing"
             )
-        return ()
+        return tuple(notes)
 
 
 def _unescape(body: str) -> str:
@@ -935,13 +965,18 @@ def _is_punct(tokens: list[_Token], at: int, char: str) -> bool:
     return at < len(tokens) and tokens[at] == ("other", char)
 
 
-def _number_value(raw: str) -> int:
+def _number_value(raw: str) -> int | str:
+    """A cfg number's value; beyond the digits Python reads, its text, which the parameter's
+    own check then refuses by name."""
     if raw[:2].lower() == "0x":
         return int(raw, 16)
     # A C-style leading zero is octal, as in 0660; "08" is not octal and reads as 8.
     if len(raw) > 1 and raw[0] == "0" and all(c in "01234567" for c in raw):
         return int(raw, 8)
-    return int(raw, 10)
+    try:
+        return int(raw, 10)
+    except ValueError:
+        return raw
 
 
 def _modparam_value(tokens: list[_Token], at: int) -> tuple[str | int | None, int]:
@@ -954,7 +989,10 @@ def _modparam_value(tokens: list[_Token], at: int) -> tuple[str | int | None, in
         sign = -1 if tokens[at][1] == "-" else 1
         at += 1
     if at < len(tokens) and tokens[at][0] == "number":
-        return sign * _number_value(tokens[at][1]), at + 1
+        number = _number_value(tokens[at][1])
+        if isinstance(number, str):
+            return ("-" if sign < 0 else "") + number, at + 1
+        return sign * number, at + 1
     return None, at
 
 
@@ -974,15 +1012,29 @@ def _modparam_at(tokens: list[_Token], at: int) -> tuple[str, str, str | int] | 
     return module, name, value
 
 
-def _module_matches(pattern: str, module: str) -> bool:
-    # set_mod_param_regex: the module is a POSIX ERE, anchored, case-insensitive
-    # (modparam("mi_datagram|mi_fifo", ...) sets both).
+# A modparam's module is a POSIX ERE (set_mod_param_regex: anchored, case-insensitive), so
+# modparam("mi_datagram|mi_fifo", ...) sets both. Python's re backtracks, and a pattern with
+# nested quantifiers takes exponential time even on an 11-character name: only names, with
+# "." and ".*" wildcards, joined by "|" (maybe in one pair of parentheses) are read, as
+# globs (fnmatch never backtracks exponentially). Real files use no more.
+_MODULE_GLOB_RE: Final = re.compile(r"(?:[A-Za-z0-9_]|\.\*?)+")
+
+
+def _module_matches(pattern: str, module: str) -> bool | None:
+    """Whether the modparam module ``pattern`` names ``module``; None when the pattern is
+    beyond what is read here (see _MODULE_GLOB_RE)."""
     if pattern == module:
         return True
-    try:
-        return re.fullmatch(pattern, module, re.IGNORECASE) is not None
-    except re.error:
-        return False
+    body = pattern[1:-1] if pattern[:1] == "(" and pattern[-1:] == ")" else pattern
+    alternatives = body.split("|")
+    if not all(_MODULE_GLOB_RE.fullmatch(alternative) for alternative in alternatives):
+        return None
+    name = module.lower()
+    return any(fnmatch.fnmatchcase(name, _glob(alternative)) for alternative in alternatives)
+
+
+def _glob(alternative: str) -> str:
+    return alternative.lower().replace(".*", "*").replace(".", "?")
 
 
 def _add_hep_id(hep_ids: dict[str, str], value: str | int) -> None:
@@ -1003,6 +1055,7 @@ def parse_opensips_cfg(text: str) -> OpensipsCfg:
     hep_ids: dict[str, str] = {}
     hep_params: dict[str, object] = {}
     includes: list[str] = []
+    unread: list[str] = []
     for at, (kind, raw) in enumerate(tokens):
         if kind != "word":
             continue
@@ -1016,13 +1069,16 @@ def parse_opensips_cfg(text: str) -> OpensipsCfg:
         if found is None:
             continue
         module, name, value = found
-        if _module_matches(module, SECTION):
+        ours, hep = _module_matches(module, SECTION), _module_matches(module, _HEP_MODULE)
+        if ours is None:
+            unread.append(module)
+        if ours:
             params[name] = value
-        if _module_matches(module, _HEP_MODULE) and name == "hep_id":
+        if hep and name == "hep_id":
             _add_hep_id(hep_ids, value)
-        elif _module_matches(module, _HEP_MODULE) and name in _HEP_PARAMS:
+        elif hep and name in _HEP_PARAMS:
             hep_params[name] = value
-    return OpensipsCfg(params, hep_ids, tuple(includes), hep_params)
+    return OpensipsCfg(params, hep_ids, tuple(includes), hep_params, tuple(unread))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1048,16 +1104,26 @@ def _has_modparam(text: str) -> bool:
     )
 
 
-def read_config(text: str, name: str) -> ConfigFile:
-    """The parameters of the config file ``name``, told apart by content, not by name: an
-    opensips.cfg has ``modparam(...)`` statements, which TOML cannot have; anything else is
-    TOML. A file that gives no parameter at all is refused (``ConfigFileError`` naming it):
-    serving the defaults after a config file was given would hide the mistake."""
+def read_config(data: bytes, name: str) -> ConfigFile:
+    """The parameters of the config file ``name`` (its bytes), told apart by content, not by
+    name: an opensips.cfg has ``modparam(...)`` statements, which TOML cannot have; anything
+    else is TOML. A file that gives no parameter at all is refused (``ConfigFileError``
+    naming it): serving the defaults after a config file was given would hide the mistake.
+
+    OpenSIPS reads its cfg as bytes, so a Latin-1 comment there is no error: bytes that are
+    not UTF-8 go through as surrogates and back out as the same bytes (a path, say). TOML is
+    UTF-8 by definition."""
+    text = data.decode(errors="surrogateescape")
     if _has_modparam(text):
         cfg = parse_opensips_cfg(text)
         found = ConfigFile(cfg.layer(), "opensips.cfg", cfg.warnings())
         missing = 'an opensips.cfg without a modparam("mi_datagram", ...) line'
     else:
+        try:
+            data.decode()
+        except UnicodeDecodeError as exc:
+            where = f"byte {data[exc.start]:#04x} at offset {exc.start}"
+            raise ConfigFileError(name, f"not UTF-8 text ({where}), so not TOML") from None
         try:
             found = ConfigFile(load_toml(text, source=name), "TOML")
         except ConfigFileError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Final
 from midgram import __version__
 from midgram.commands import Command, Registry, make_command
 from midgram.errors import InvalidParams, MIError
+from midgram.protocol import C_INT_MAX, C_INT_MIN
 from midgram.runtime import Runtime
 from midgram.stats import Stat, Statistics
 
@@ -208,6 +209,9 @@ def _log_level(runtime: Runtime) -> Callable[..., Any]:
                     for proc in runtime.processes()
                 ]
             }
+        # OpenSIPS keeps a level in a C int, and so does the process table: a number beyond
+        # it saturates, as cJSON's valueint does.
+        level = max(C_INT_MIN, min(C_INT_MAX, level))
         if pid is None:
             runtime.set_log_level(level)
             return {"New global log level": level}

@@ -32,7 +32,8 @@ statuses the CLI maps them to.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import reprlib
+from typing import ClassVar, Final
 
 __all__ = [
     "AddressError",
@@ -74,7 +75,23 @@ class ConfigError(MidgramError):
         self.parameter = parameter
         self.value = value
         self.reason = reason
-        super().__init__(f"bad value for {parameter!s}: {value!r}: {reason}")
+        super().__init__(f"bad value for {parameter!s}: {_shown(value)}: {reason}")
+
+
+# A value from a config file may be anything: a 5000-digit number (whose repr() raises), a
+# list nested hundreds deep. The message shows its start, on one line.
+_REPR: Final = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 200, 200
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 8
+# Beyond this many bits an integer is shown by its size (str() stops at 4300 digits).
+_LONG_INT_BITS: Final = 256
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > _LONG_INT_BITS:
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"<an integer of about {digits} digits>"
+    return _REPR.repr(value)
 
 
 class AddressError(ConfigError):

@@ -16,6 +16,8 @@ own (``_pretty``).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from typing import Any, Final, NamedTuple, TypeAlias
 
 import orjson
@@ -24,17 +26,22 @@ from midgram.errors import InvalidRequest, ParseError
 
 __all__ = [
     "ALWAYS_FITS_MARGIN",
+    "C_INT_MAX",
+    "C_INT_MIN",
     "DEFAULT_BUF_SIZE",
     "INTERNAL_ERROR_REPLY",
+    "MAX_DEPTH",
     "PARSE_ERROR_REPLY",
     "JsonId",
     "Notification",
     "Params",
     "Request",
+    "TooDeep",
     "decode_request",
     "encode_error",
     "encode_result",
     "encode_value",
+    "nesting_depth",
     "reply_fits",
 ]
 
@@ -47,8 +54,22 @@ DEFAULT_BUF_SIZE: Final = 65457
 PARSE_ERROR_REPLY: Final = b"400 Parse_error"
 INTERNAL_ERROR_REPLY: Final = b"500 Internal error"
 
+#: The deepest value midgram encodes or reads in a reply: orjson's own limit (it refuses a
+#: 255th level), which the pure-Python encoders keep too, so that no value is encoded by one
+#: path and refused by another and none runs into Python's recursion limit. Requests may nest
+#: deeper: orjson parses up to 1024 levels (OpenSIPS's old cJSON has no limit at all), and a
+#: deeper request is a parse error.
+MAX_DEPTH: Final = 254
+
 _NON_STR_KEYS: Final = orjson.OPT_NON_STR_KEYS
 _dumps: Final = orjson.dumps
+
+
+class TooDeep(TypeError):
+    """A value nested deeper than ``MAX_DEPTH``: it cannot be encoded."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels")
 
 
 # Messages are immutable NamedTuples rather than frozen dataclasses: they are built for every
@@ -133,14 +154,71 @@ def _validate(obj: dict[str, Any], data: bytes) -> Request | Notification:
 def _exact_id(data: bytes, parsed: float) -> JsonId:
     """orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
 
-    Only float ids pay for this second parse, and the reply id stays the request's id
-    exactly (docs/compatibility.md, difference 3).
+    Only float ids pay for this, and the reply id stays the request's id exactly
+    (docs/compatibility.md, difference 3). Only the id's own text is parsed again, found by
+    ``_member_text`` without recursion: however deep the rest of the request is nested, this
+    cannot fail.
     """
+    text = _member_text(data, "id")
     try:
-        value = json.loads(data)["id"]
-    except (ValueError, KeyError, TypeError):  # pragma: no cover - orjson accepted it
+        value = json.loads(text) if text is not None else parsed
+    except ValueError:  # pragma: no cover - orjson read this very text as a number
         return parsed
     return value if type(value) in (int, float) else parsed
+
+
+# One JSON string, or one structural character: all that the scanners below look at (what
+# lies between, numbers and literals, never changes the structure).
+_TOKEN_RE: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[][{}:,]', re.DOTALL)
+
+
+def _tokens(data: bytes) -> Iterator[re.Match[bytes]]:
+    return _TOKEN_RE.finditer(data)
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (0 for a scalar), counted
+    without recursion or parsing, in one pass: for texts whose parse could recurse."""
+    depth = deepest = 0
+    for match in _tokens(data):
+        char = match.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _member_text(data: bytes, name: str) -> bytes | None:
+    """The text of member ``name`` of the top-level object (the last one, as a dict keeps),
+    for JSON that orjson accepted; found in one pass, without recursion."""
+    depth = 0
+    key: bytes | None = None  # the key of the top-level member being read
+    value_start = 0
+    found = None
+    for match in _tokens(data):
+        token = match.group()
+        char = token[:1]
+        if depth == 1 and char in (b",", b"}"):
+            if key is not None and _key_is(key, name):
+                found = data[value_start : match.start()]
+            key = None
+        if char in (b"[", b"{"):
+            depth += 1
+        elif char in (b"]", b"}"):
+            depth -= 1
+        elif depth == 1 and char == b'"' and key is None:
+            key = token
+        elif depth == 1 and char == b":":
+            value_start = match.end()
+    return found
+
+
+def _key_is(token: bytes, name: str) -> bool:
+    if b"\\" not in token:
+        return token[1:-1] == name.encode()
+    return bool(json.loads(token) == name)
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -237,8 +315,9 @@ def reply_fits(reply: bytes, req_id: JsonId, bufsize: int, *, pretty: bool = Fal
 #: A reply at least this far below the buffer size fits whatever its id: the largest
 #: reservation (64, a non-integral number id) plus the NUL terminator.
 ALWAYS_FITS_MARGIN: Final = 64 + 1
-_C_INT_MIN: Final = -(2**31)
-_C_INT_MAX: Final = 2**31 - 1
+#: A C int's range: what OpenSIPS stores a number in (cJSON's ``valueint`` saturates to it).
+C_INT_MIN: Final = -(2**31)
+C_INT_MAX: Final = 2**31 - 1
 
 
 def _id_reservation(req_id: JsonId, id_text: bytes) -> int:
@@ -247,7 +326,7 @@ def _id_reservation(req_id: JsonId, id_text: bytes) -> int:
     if type(req_id) is str:
         return len(id_text) + 1
     assert isinstance(req_id, int | float)
-    integral = float(req_id).is_integer() and _C_INT_MIN <= req_id <= _C_INT_MAX
+    integral = float(req_id).is_integer() and C_INT_MIN <= req_id <= C_INT_MAX
     return 21 if integral else 64
 
 
@@ -275,22 +354,35 @@ def _key(key: Any) -> str:
     return orjson.dumps(key if type(key) is str else str(key)).decode()
 
 
-def _pretty(value: Any, depth: int) -> str:
-    """cJSON formatted output: objects one member a line, tab-indented; arrays on one line."""
+def _pretty(value: Any, depth: int, level: int = 1) -> str:
+    """cJSON formatted output: objects one member a line, tab-indented; arrays on one line.
+
+    ``depth`` is the indentation, ``level`` how deep ``value`` is (TooDeep past MAX_DEPTH)."""
     if type(value) is dict:
+        _check_level(level)
         if not value:
             return "{\n" + "\t" * depth + "}"
         indent = "\t" * (depth + 1)
-        members = [f"{indent}{_key(k)}:\t{_pretty(v, depth + 1)}" for k, v in value.items()]
+        members = [
+            f"{indent}{_key(k)}:\t{_pretty(v, depth + 1, level + 1)}" for k, v in value.items()
+        ]
         return "{\n" + ",\n".join(members) + "\n" + "\t" * depth + "}"
     if type(value) in (list, tuple):
-        return "[" + ", ".join(_pretty(item, depth + 1) for item in value) + "]"
+        _check_level(level)
+        return "[" + ", ".join(_pretty(item, depth + 1, level + 1) for item in value) + "]"
     return _scalar(value)
 
 
-def _compact(value: Any) -> str:
+def _compact(value: Any, level: int = 1) -> str:
     if type(value) is dict:
-        return "{" + ",".join(f"{_key(k)}:{_compact(v)}" for k, v in value.items()) + "}"
+        _check_level(level)
+        return "{" + ",".join(f"{_key(k)}:{_compact(v, level + 1)}" for k, v in value.items()) + "}"
     if type(value) in (list, tuple):
-        return "[" + ",".join(_compact(item) for item in value) + "]"
+        _check_level(level)
+        return "[" + ",".join(_compact(item, level + 1) for item in value) + "]"
     return _scalar(value)
+
+
+def _check_level(level: int) -> None:
+    if level > MAX_DEPTH:
+        raise TooDeep

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.protocol import JsonId, Params
+from midgram.protocol import MAX_DEPTH, JsonId, Params, nesting_depth
 
 __all__ = [
     "DIALECTS",
@@ -44,6 +44,8 @@ _PLAIN_TEXT_RE: Final = re.compile(rb"[1-6][0-9]{2} [ -~]*")
 # orjson reads integers beyond 64 bits as floats, silently: a run of 20 digits (2**64 has 20)
 # sends the reply to the exact, slower stdlib parser instead.
 _LONG_NUMBER_RE: Final = re.compile(rb"[0-9]{20}")
+# A result of MAX_DEPTH levels in its envelope object.
+_DEEPEST: Final = MAX_DEPTH + 1
 # How much of an unusable reply an error message quotes.
 _QUOTE_MAX: Final = 80
 
@@ -200,6 +202,12 @@ def decode_response(data: bytes) -> Response:
 
 
 def _load(data: bytes) -> Any:
+    """The reply's JSON value. No result midgram, OpenSIPS or Kamailio sends nests deeper
+    than ``MAX_DEPTH`` (in its envelope, one level more): a deeper reply is refused before
+    any recursive parse (the stdlib's would raise RecursionError) and before it reaches
+    code that walks it recursively (the CLI's renderers)."""
+    if data.count(b"[") + data.count(b"{") > _DEEPEST and nesting_depth(data) > _DEEPEST:
+        raise BadReply(f"reply nested deeper than {MAX_DEPTH} levels: {_quote(data)}")
     if not _LONG_NUMBER_RE.search(data):
         try:
             return orjson.loads(data)

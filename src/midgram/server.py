@@ -34,7 +34,7 @@ from midgram.core import with_core
 from midgram.errors import ConfigError, TransportError
 from midgram.files import squatted
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
-from midgram.supervisor import Supervisor, WorkerSignals
+from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
     HepSender,
@@ -362,6 +362,7 @@ def _serve_forked(
     plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
     registry.stats.allocate(children)  # shared memory, before the fork
+    states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
     def run_worker(slot: int) -> int:
         registry.stats.attach(slot)
@@ -377,13 +378,16 @@ def _serve_forked(
             stop_requested=lambda: runtime.stop_requested,
             on_stop_requested=worker_signals.stop_server,
             tracing=plan.start() if plan is not None else None,
+            in_hand=states.in_hand(slot),
         )
+        states.mark_ready(slot)
         worker.run(worker_signals.should_stop)
         return 0
 
     supervisor = Supervisor(
         children,
         run_worker,
+        states=states,
         on_spawn=lambda slot, pid: table.register(slot + 1, pid),
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=lambda: _announce(where, children, on_ready),

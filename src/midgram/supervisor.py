@@ -4,8 +4,11 @@ Generic over its target: a worker is ``run_worker(slot) -> exit status`` in a fo
 Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the loop acts:
 
 - SIGCHLD: reap; a worker that died unexpectedly is restarted in the same slot, at once if
-  it had been running a while, with a growing back-off if it died at boot. Workers that
-  keep dying at boot (``max_boot_failures`` in a row) stop the server instead of looping.
+  it had become ready (``WorkerStates``), with a growing back-off if it died at boot.
+  Workers that keep dying at boot (``max_boot_failures`` in a row) stop the server instead
+  of looping. A worker that died while serving is never a boot failure, however soon it
+  died: its datagram killed it, not its start, and the log shows that datagram's first
+  bytes, so no stream of datagrams can stop the server.
 - SIGTERM / SIGINT: graceful stop. Each worker gets SIGTERM, finishes the datagram in hand
   and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
 - SIGHUP: re-open log files, here and in every worker.
@@ -22,23 +25,29 @@ import contextlib
 import ctypes
 import functools
 import logging
+import mmap
 import os
 import select
 import signal
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Final
 
+from midgram.logs import shown
 from midgram.runtime import reopen_log_files
 
-__all__ = ["Supervisor", "WorkerSignals"]
+__all__ = ["IN_HAND_MAX", "Supervisor", "WorkerSignals", "WorkerStates", "held", "hold", "let_go"]
 
 log = logging.getLogger(__name__)
 
-#: A worker that lived less than this long is counted as a boot failure.
+#: Without ``WorkerStates``, a worker that lived less than this long is counted as a boot
+#: failure; with them, one that died before it became ready and this soon after, backs off.
 BOOT_GRACE: Final = 1.0
+#: How many of the first bytes of the datagram in hand a worker's record keeps.
+IN_HAND_MAX: Final = 120
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 #: The signals the supervisor's loop acts on.
@@ -94,6 +103,71 @@ class WorkerSignals:
         return os.getppid() == self.supervisor
 
 
+_READY, _HELD, _BYTES = 0, 8, 16
+_INT64: Final = struct.Struct("q")
+
+
+class WorkerStates:
+    """What each worker tells the supervisor, in a record that outlives it: whether it became
+    ready, and the datagram it has in hand (its length and first ``IN_HAND_MAX`` bytes).
+
+    An anonymous MAP_SHARED mapping made before the fork, like the runtime's process table.
+    A worker writes only its own record, and the supervisor reads it once the worker is dead:
+    no locks. ``in_hand(slot)`` is the part a worker writes for each datagram (a length,
+    then the bytes): the native loop writes it in C (``_batchio.BatchSocket``), the Python
+    loops with ``hold``.
+    """
+
+    RECORD: Final = _BYTES + IN_HAND_MAX
+
+    def __init__(self, workers: int) -> None:
+        self._map = mmap.mmap(-1, max(1, workers) * self.RECORD)
+        self._view = memoryview(self._map)
+
+    def _record(self, slot: int) -> memoryview:
+        return self._view[slot * self.RECORD : (slot + 1) * self.RECORD]
+
+    def reset(self, slot: int) -> None:
+        """A fresh worker in ``slot``: not ready, nothing in hand."""
+        self._record(slot)[:_BYTES] = bytes(_BYTES)
+
+    def mark_ready(self, slot: int) -> None:
+        _INT64.pack_into(self._record(slot), _READY, 1)
+
+    def ready(self, slot: int) -> bool:
+        return bool(_INT64.unpack_from(self._record(slot), _READY)[0])
+
+    def in_hand(self, slot: int) -> memoryview:
+        """The writable part of ``slot``'s record: a native-endian int64 length (0: nothing
+        in hand), then up to ``IN_HAND_MAX`` bytes of the datagram."""
+        return self._record(slot)[_HELD:]
+
+    def held(self, slot: int) -> tuple[int, bytes] | None:
+        """The datagram ``slot``'s worker had in hand (its length and first bytes), if any."""
+        return held(self.in_hand(slot))
+
+
+def held(in_hand: memoryview) -> tuple[int, bytes] | None:
+    """The datagram in hand in a ``WorkerStates.in_hand`` part: its length and first bytes."""
+    size = _INT64.unpack_from(in_hand, 0)[0]
+    if size <= 0:
+        return None
+    start = _INT64.size
+    return size, bytes(in_hand[start : start + min(size, len(in_hand) - start)])
+
+
+def hold(in_hand: memoryview, data: bytes) -> None:
+    """Write ``data`` as the datagram in hand into a ``WorkerStates.in_hand`` part."""
+    size = min(len(data), len(in_hand) - _INT64.size)
+    in_hand[_INT64.size : _INT64.size + size] = data[:size]
+    _INT64.pack_into(in_hand, 0, len(data))
+
+
+def let_go(in_hand: memoryview) -> None:
+    """Nothing in hand any more."""
+    _INT64.pack_into(in_hand, 0, 0)
+
+
 @dataclass
 class _Slot:
     pid: int = 0
@@ -115,6 +189,8 @@ class Supervisor:
     #: Called once the signal handlers are in place and the first workers forked.
     on_started: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
+    #: Set by workers that say when they are ready (``mark_ready``) and what they serve.
+    states: WorkerStates | None = None
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
     _failed: str | None = None
@@ -181,6 +257,8 @@ class Supervisor:
     # --- workers ---------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        if self.states is not None:
+            self.states.reset(slot)
         supervisor, prctl = os.getpid(), _prctl()  # looked up here, once, not in each child
         pid = os.fork()
         if pid == 0:  # the child never returns from here
@@ -221,14 +299,40 @@ class Supervisor:
         if self._stopping:
             return
         lived = self.clock() - state.started
-        log.warning("worker %d (pid %d) %s after %.1f s", index, pid, _describe(status), lived)
-        state.failures = state.failures + 1 if lived < BOOT_GRACE else 0
+        at_boot = self._died_at_boot(index, lived)
+        log.warning(
+            "worker %d (pid %d) %s after %.1f s%s",
+            index,
+            pid,
+            _describe(status),
+            lived,
+            self._last_words(index, at_boot),
+        )
+        state.failures = state.failures + 1 if at_boot else 0
         if state.failures >= self.max_boot_failures:
             self._failed = f"worker {index} died at start-up {state.failures} times in a row"
             self._stopping = True
             return
         delay = 0.0 if state.failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2**state.failures)
         state.respawn_at = self.clock() + delay
+
+    def _died_at_boot(self, index: int, lived: float) -> bool:
+        """Before it became ready (with ``states``), or within BOOT_GRACE (without)."""
+        if self.states is None:
+            return lived < BOOT_GRACE
+        return not self.states.ready(index)
+
+    def _last_words(self, index: int, at_boot: bool) -> str:
+        """What the worker was doing when it died, for its log line."""
+        if self.states is None:
+            return ""
+        if at_boot:
+            return ", before it became ready"
+        held = self.states.held(index)
+        if held is None:
+            return ", while idle"
+        size, head = held
+        return f", while serving a datagram of {size} bytes: {shown(head, IN_HAND_MAX)}"
 
     def _next_respawn_in(self) -> float | None:
         due = [s.respawn_at for s in self._slots if s.respawn_at is not None]

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from midgram.errors import ConfigError, SocketInUse, TransportError
+from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
+from midgram.logs import RateLimitedLog, printable
 
 __all__ = [
     "DROP_LOG_INTERVAL",
@@ -71,8 +73,6 @@ log = logging.getLogger(__name__)
 SUN_PATH_MAX: Final = 108
 #: How often a blocked worker wakes up, as the server passes it to :func:`set_recv_timeout`.
 RECV_TIMEOUT: Final = 0.2
-#: At most one log line per drop reason per this many seconds.
-DROP_LOG_INTERVAL: Final = 10.0
 
 #: What ``recvfrom`` gives and ``sendto`` takes: a path (str), an abstract or auto-bound
 #: name (bytes starting with NUL), an (host, port[, flow, scope]) tuple, or None for a UNIX
@@ -485,15 +485,16 @@ def sock_label(sock: socket.socket) -> str:
 
 def peer_label(address: PeerAddress) -> str:
     """A peer address as a person reads it: a path, ``@abstract``, ``host:port``,
-    ``[v6]:port``, or ``(unbound)``."""
+    ``[v6]:port``, or ``(unbound)``. A client names its own address: what is not printable
+    in it is escaped, so that it cannot forge a log line."""
     if not address:
         return "(unbound)"
     if isinstance(address, bytes):
-        return _ABSTRACT_PREFIX + address[1:].decode(errors="backslashreplace")
+        return _ABSTRACT_PREFIX + printable(address[1:].decode(errors="backslashreplace"))
     if isinstance(address, tuple):
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return address
+    return printable(address)
 
 
 # --- replying ---------------------------------------------------------------------------
@@ -546,46 +547,6 @@ _ERROR_MESSAGES: Final = {
 # retry soon, then back off, doubling, to at most 50 ms for a client that is not reading.
 _FIRST_BACKOFF: Final = 0.00005
 _MAX_BACKOFF: Final = 0.050
-
-
-@dataclass(slots=True)
-class _Window:
-    since: float
-    suppressed: int = 0
-
-
-class RateLimitedLog:
-    """At most one line per key per ``interval`` seconds; the next line that gets through
-    says how many were suppressed in between."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval: float = DROP_LOG_INTERVAL,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._clock = clock
-        self._windows: dict[str, _Window] = {}
-
-    def log(self, key: str, level: int, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless ``key`` was logged less than ``interval`` ago.
-
-        Returns whether the line was written (or handed to logging, at least).
-        """
-        now = self._clock()
-        window = self._windows.get(key)
-        if window is not None and now - window.since < self._interval:
-            window.suppressed += 1
-            return False
-        self._windows[key] = _Window(now)
-        if window is not None and window.suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, window.suppressed)
-        self._logger.log(level, msg, *args)
-        return True
 
 
 @dataclass(slots=True)

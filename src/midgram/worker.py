@@ -32,11 +32,14 @@ from typing import Any, Final
 
 from midgram.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
 from midgram.commands import Dispatcher, Outcome, Pending, Status
+from midgram.errors import TransportError
+from midgram.logs import RateLimitedLog, shown
 from midgram.protocol import INTERNAL_ERROR_REPLY
 from midgram.runtime import apply_log_level
 from midgram.stats import Counter, Statistics
+from midgram.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.tracing import Tracer
-from midgram.transport import HepSender, PeerAddress, ReplySender, SendStatus
+from midgram.transport import HepSender, PeerAddress, ReplySender, SendStatus, peer_label
 
 __all__ = ["ServerStats", "Tracing", "Worker", "source_filter"]
 
@@ -133,11 +136,16 @@ class Worker:
         stop_requested: Callable[[], bool] = lambda: False,
         tracing: Tracing | None = None,
         io: BatchIO | None = None,
+        in_hand: memoryview | None = None,
     ) -> None:
         self.sock = sock
         self.dispatcher = dispatcher
         self.stats = stats
-        self.io = io if io is not None else batch_io(sock, dispatcher.buf_size)
+        # in_hand (WorkerStates): where each datagram is noted before it is answered, for
+        # the supervisor to name the one that killed this process, if one ever does.
+        self._in_hand = in_hand
+        self.io = io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand)
+        self._log = RateLimitedLog(log)
         self.sender = ReplySender(sock, socket_timeout_ms, on_drop=self._dropped)
         self._allowed = allowed
         self._log_level = log_level
@@ -174,12 +182,44 @@ class Worker:
                 if self._stop_requested() and self._on_stop_requested is not None:
                     self._on_stop_requested()
                 self._follow_log_level()
-                self._burst()
+                try:
+                    self._burst()
+                except TransportError:
+                    raise  # the socket itself failed: nothing to serve any more
+                except Exception as exc:
+                    self._survive(exc)
             self._flush()
         finally:
             if self._loop is not None:
                 self._loop.close()
                 self._loop = None  # a later run() makes a new one
+
+    def _survive(self, error: Exception) -> None:
+        """What escaped serving a batch (the steps of each datagram have their own guard,
+        ``_failed``): a bug, logged with the datagram in hand if known, never a reason to
+        stop serving everyone else. The rest of that batch is lost."""
+        what = "a batch"
+        if self._in_hand is not None:
+            in_hand = held(self._in_hand)
+            let_go(self._in_hand)
+            if in_hand is not None:
+                what = f"a datagram of {in_hand[0]} bytes: {shown(in_hand[1], IN_HAND_MAX)}"
+        self._log_bug(error, what)
+
+    def _failed(self, error: Exception, data: bytes) -> bytes:
+        """What escaped serving one datagram (a bug): logged, and answered as OpenSIPS
+        answers a reply it cannot build; the rest of the batch is served as usual."""
+        self._log_bug(error, f"a datagram of {len(data)} bytes: {shown(data)}")
+        return INTERNAL_ERROR_REPLY
+
+    def _log_bug(self, error: Exception, what: str) -> None:
+        self._log.log(
+            ("bug", type(error)),
+            logging.ERROR,
+            "serving %s failed: the worker goes on",
+            what,
+            exc_info=(type(error), error, error.__traceback__),
+        )
 
     def _burst(self) -> None:
         serve_once = self.serve_once
@@ -217,9 +257,12 @@ class Worker:
     def _settle_now(self, data: bytes, handled: Outcome | Pending | None) -> bytes | None:
         """For the native loop, in the batch's order: the reply to a datagram whose answer is
         an Outcome or a Pending, or that was truncated (``handled`` None)."""
-        if handled is None:
-            handled = self.dispatcher.handle_oversize(len(data))
-        return self._count(self._settle(handled))
+        try:
+            if handled is None:
+                handled = self.dispatcher.handle_oversize(len(data))
+            return self._count(self._settle(handled))
+        except Exception as exc:
+            return self._failed(exc, data)
 
     def _finish(self, leftovers: list[Leftover]) -> int:
         """The replies the native loop could not send (refused, to an unbound client, and
@@ -245,14 +288,20 @@ class Worker:
             return
         answer = self._answer
         allowed = self._allowed
+        in_hand = self._in_hand
         replies: list[Reply] = []
         handled: bytes | Outcome | Pending
         for data, peer, truncated in batch:
             if allowed is not None and self._refused(peer):
                 continue
-            # bytes in the common case: an OK reply, nothing to count
-            handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
-            reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
+            if in_hand is not None:
+                hold(in_hand, data)
+            try:
+                # bytes in the common case: an OK reply, nothing to count
+                handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
+                reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
+            except Exception as exc:
+                reply = self._failed(exc, data)
             if reply is None:
                 continue
             replies.append((reply, peer))
@@ -261,13 +310,23 @@ class Worker:
                 replies = []
         if replies:
             self._reply(replies)
+        if in_hand is not None:
+            let_go(in_hand)
 
     def _serve_each(self, batch: list[Datagram]) -> None:
         """Tracing or debug logging: each datagram on its own, its reply sent before the next."""
+        in_hand = self._in_hand
         for data, peer, truncated in batch:
-            handled = self._admit(data, peer, truncated)
-            if handled is not None:
-                self.finish(self._settle(handled), peer)
+            if in_hand is not None:
+                hold(in_hand, data)
+            try:
+                handled = self._admit(data, peer, truncated)
+                if handled is not None:
+                    self.finish(self._settle(handled), peer)
+            except Exception as exc:
+                self._send(self._failed(exc, data), peer)
+        if in_hand is not None:
+            let_go(in_hand)
 
     def dispatch(self, data: bytes, peer: PeerAddress, truncated: bool) -> Outcome | Pending | None:
         """Count, admit and dispatch one datagram (None: refused by ``allow_from``)."""
@@ -286,7 +345,13 @@ class Worker:
         if self._allowed is None or self._allowed(peer):
             return False
         self.stats.refused.inc()
-        log.warning("ignoring a datagram from %s: not in allow_from", peer)
+        # Any sender can repeat this: one line per interval, counting the rest.
+        self._log.log(
+            "refused",
+            logging.WARNING,
+            "ignoring a datagram from %s: not in allow_from",
+            peer_label(peer),
+        )
         return True
 
     def _settle(self, handled: Outcome | Pending) -> Outcome:
@@ -318,7 +383,9 @@ class Worker:
         """Count the outcome and send its reply."""
         reply = self._count(outcome)
         if self._debug:
-            log.debug("%s from %s: %s", outcome.method, peer, outcome.status.value)
+            log.debug(
+                "%s from %s: %s", shown(outcome.method), peer_label(peer), outcome.status.value
+            )
         if self._tracing is not None:
             self._finish_traced(self._tracing, outcome, peer)
             return

@@ -27,12 +27,13 @@ from midgram.cli.failures import (
     describe,
     exit_code_for,
 )
-from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
+from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
 from midgram.cli.shells import register as register_shells
 from midgram.client import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
 from midgram.errors import AddressError, ClientError, RemoteError
+from midgram.logs import printable
 from midgram.protocol import Params
 from midgram.rpc import DIALECTS
 
@@ -42,7 +43,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> None:
-    click.echo(f"midgram: {message}", err=True)
+    # A server's words (an error message, its data) may carry escape sequences.
+    click.echo(f"midgram: {printable(message)}", err=True)
 
 
 # --- shared options --------------------------------------------------------------------------
@@ -148,12 +150,12 @@ class Outcome:
 def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
     def show(exchange: Exchange) -> None:
         where = f" {exchange.target}" if prefix else ""
-        sent = exchange.request.decode(errors="backslashreplace")
+        sent = printable(exchange.request.decode(errors="backslashreplace"), keep="\n\t")
         click.echo(f">{where} {len(exchange.request)} bytes\n{sent}", err=True)
         if exchange.reply is None:
             click.echo(f"<{where} no reply after {exchange.elapsed * 1000:.2f} ms", err=True)
             return
-        received = exchange.reply.decode(errors="backslashreplace")
+        received = printable(exchange.reply.decode(errors="backslashreplace"), keep="\n\t")
         click.echo(
             f"<{where} {len(exchange.reply)} bytes in {exchange.elapsed * 1000:.2f} ms\n{received}",
             err=True,
@@ -197,7 +199,7 @@ def _error_doc(error: ClientError) -> Any:
 def _show_one(outcome: Outcome, fmt: str, colour: bool) -> None:
     if fmt == "raw":
         if outcome.exchange is not None and outcome.exchange.reply is not None:
-            click.echo(outcome.exchange.reply.decode(errors="backslashreplace"))
+            click.echo(raw_text(outcome.exchange.reply, tty=sys.stdout.isatty()))
     elif outcome.error is None:
         click.echo(render(outcome.result, fmt, colour=colour), color=colour)
 
@@ -348,7 +350,8 @@ def _run_sync(ctx: click.Context, client: Client, method: str, work: Callable[[]
 
 
 def _usage_lines(command: str, recipes: list[list[str]]) -> str:
-    return "\n".join(" ".join([command, *(f"{name}=…" for name in recipe)]) for recipe in recipes)
+    words = ([command, *(f"{name}=…" for name in recipe)] for recipe in recipes)
+    return "\n".join(" ".join(printable(word) for word in line) for line in words)
 
 
 @click.command(epilog=EXIT_STATUS_HELP)
@@ -389,12 +392,12 @@ def which(
 
 def _help_text(command: str, info: Any, recipes: list[list[str]] | None) -> str:
     if not isinstance(info, dict):
-        return f"{command}: {info}"
+        return printable(f"{command}: {info}", keep="\n\t")
     lines = [f"{command}: {info.get('Help', '')}"]
     lines += [f"{key.lower()}: {value}" for key, value in info.items() if key != "Help"]
     if recipes:
         lines += ["usage:", *(f"  {line}" for line in _usage_lines(command, recipes).split("\n"))]
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep="\n\t")
 
 
 @click.command("help", epilog=EXIT_STATUS_HELP)

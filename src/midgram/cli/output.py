@@ -1,7 +1,15 @@
 """How the CLI shows a result: ``json``, ``pretty``, ``yaml``, ``lines``, ``table``, ``raw``.
 
 Each renderer takes a JSON value and returns text without a trailing newline. ``raw`` is the
-reply datagram itself and is handled by the caller, which has the bytes.
+reply datagram itself and is handled by the caller, which has the bytes (``raw_text``).
+
+A server's strings never reach the terminal raw: an escape sequence in a result would drive
+the terminal of whoever reads it. ``json`` and ``pretty`` write every character that is not
+printable (DEL, the C1 controls, bidi marks; JSON itself escapes the C0 controls) as a
+``\\uXXXX`` escape, which is the same JSON; ``yaml`` escapes them itself; ``lines`` and
+``table`` write them as Python escapes (``\\x1b``), as ``midgram.logs.printable`` does, and
+so do error messages. ``raw`` writes the reply's exact bytes to a pipe or a file, and on a
+terminal escapes them but newlines and tabs.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from typing import Any, Final
 import click
 import orjson
 
-__all__ = ["FORMATS", "auto_format", "render", "use_colour", "yaml_missing"]
+from midgram.logs import printable
+
+__all__ = ["FORMATS", "auto_format", "raw_text", "render", "use_colour", "yaml_missing"]
 
 FORMATS: Final = ("json", "pretty", "yaml", "lines", "table", "raw")
 _INDENT: Final = "  "
@@ -42,16 +52,41 @@ def yaml_missing() -> str | None:
     return None
 
 
+def raw_text(reply: bytes, *, tty: bool) -> bytes | str:
+    """``--format raw``: the reply's exact bytes, or on a terminal the text with what is
+    not printable escaped (newlines and tabs kept: a pretty-printed reply stays readable)."""
+    if not tty:
+        return reply
+    return printable(reply.decode(errors="backslashreplace"), keep="\n\t")
+
+
 def _scalar(value: Any) -> str:
-    """A leaf as text: strings bare, everything else as JSON."""
-    return value if isinstance(value, str) else _compact(value)
+    """A leaf as text: strings bare, everything else as JSON; nothing unprintable."""
+    return printable(value) if isinstance(value, str) else _compact(value)
+
+
+def _json_text(text: str) -> str:
+    """JSON text with what is not printable in its strings written as ``\\uXXXX`` (the same
+    JSON value); the newlines of the layout stay."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a surrogate pair, as JSON writes it
+    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
 
 
 def _compact(value: Any) -> str:
     try:
-        return orjson.dumps(value).decode()
+        text = orjson.dumps(value).decode()
     except TypeError:  # integers beyond 64 bits
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _json_text(text)
 
 
 def _json(value: Any, colour: bool) -> str:
@@ -73,7 +108,7 @@ _STYLES: Final[Mapping[type, dict[str, Any]]] = MappingProxyType(
 
 def _pretty(value: Any, colour: bool) -> str:
     if not colour:
-        return json.dumps(value, indent=2, ensure_ascii=False)
+        return _json_text(json.dumps(value, indent=2, ensure_ascii=False))
     return "".join(_coloured(value, 0))
 
 
@@ -82,7 +117,8 @@ def _coloured(value: Any, depth: int) -> Iterator[str]:
     if isinstance(value, dict) and value:
         yield "{\n"
         for index, (key, item) in enumerate(value.items()):
-            yield inner + click.style(json.dumps(key, ensure_ascii=False), fg="blue", bold=True)
+            key_text = _json_text(json.dumps(key, ensure_ascii=False))
+            yield inner + click.style(key_text, fg="blue", bold=True)
             yield ": "
             yield from _coloured(item, depth + 1)
             yield ",\n" if index < len(value) - 1 else "\n"
@@ -95,7 +131,7 @@ def _coloured(value: Any, depth: int) -> Iterator[str]:
             yield ",\n" if index < len(value) - 1 else "\n"
         yield pad + "]"
     else:
-        text = json.dumps(value, ensure_ascii=False)
+        text = _json_text(json.dumps(value, ensure_ascii=False))
         style = _STYLES.get(type(value))
         yield click.style(text, **style) if style else text
 
@@ -118,7 +154,8 @@ def _yaml(value: Any, colour: bool) -> str:
 def _flatten(value: Any, path: str) -> Iterator[tuple[str, Any]]:
     if isinstance(value, dict) and value:
         for key, item in value.items():
-            yield from _flatten(item, f"{path}.{key}" if path else str(key))
+            name = printable(str(key))
+            yield from _flatten(item, f"{path}.{name}" if path else name)
     elif isinstance(value, list) and value:
         for index, item in enumerate(value):
             yield from _flatten(item, f"{path}[{index}]")
@@ -163,6 +200,7 @@ def _is_records(value: Any) -> bool:
 
 def _table(value: Any, colour: bool) -> str:
     columns, rows = _rows_of(value)
+    columns = [printable(str(name)) for name in columns]
     cells = [[_scalar(cell) for cell in row] for row in rows]
     widths = [max(len(text) for text in column) for column in zip(columns, *cells, strict=True)]
     rule = "  ".join("-" * width for width in widths)

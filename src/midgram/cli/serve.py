@@ -17,9 +17,10 @@ import click
 from midgram.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
 from midgram.cli.durations import Duration
 from midgram.commands import Registry
-from midgram.config import load_settings, read_config
-from midgram.errors import ConfigError, MidgramError
+from midgram.config import ALIASES, load_settings, read_config
+from midgram.errors import ConfigError, ConfigFileError, MidgramError
 from midgram.files import LogFileHandler, PidFile
+from midgram.logs import printable
 from midgram.server import LOG_FORMAT, importing_app, logging_level
 from midgram.server import serve as run_server
 
@@ -37,13 +38,24 @@ def _setup_logging(level: str, log_file: str | None) -> None:
 
 
 def _config_layer(path: str | None) -> dict[str, Any]:
-    """A TOML file, or the modparam lines of an existing opensips.cfg (told by content)."""
+    """A TOML file, or the modparam lines of an existing opensips.cfg (told by content).
+    ConfigError for a file that cannot be read or used."""
     if path is None:
         return {}
-    found = read_config(Path(path).read_text(), path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", path, exc.strerror or str(exc)) from exc
+    found = read_config(data, path)
     for warning in found.warnings:
         click.echo(f"midgram: {path}: {warning}", err=True)
     return found.layer
+
+
+def _from_flag(parameter: str, flags: dict[str, Any]) -> bool:
+    """Whether a command-line flag gave ``parameter`` (else the config file did)."""
+    name = ALIASES.get(parameter, parameter)
+    return flags.get(name) is not None
 
 
 def _load_registry(spec: str | None) -> Registry | None:
@@ -181,9 +193,15 @@ def serve(
     """Serve MI commands over a UNIX datagram socket or UDP, OpenSIPS-compatible."""
     flags["allow_from"] = allow_from or None
     try:
-        settings = load_settings(_config_layer(config_file), flags)
+        layer = _config_layer(config_file)
+        settings = load_settings(layer, flags)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+        if config_file is None or _from_flag(exc.parameter, flags):
+            raise click.UsageError(str(exc)) from exc
+        # The file's own error: one line naming it, whatever the file holds.
+        text = str(exc) if isinstance(exc, ConfigFileError) else f"{config_file}: {exc}"
+        click.echo(f"midgram: {printable(text)}", err=True)
+        sys.exit(exc.code)
     # Everything that can fail is opened here, before the server forks: a failed start
     # leaves nothing running and says what failed in one line.
     try:

@@ -22,6 +22,7 @@ from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_mi
 from midgram.cli.params import PARAMS_HELP, ParamsError, parse_words
 from midgram.client import Client, Exchange
 from midgram.errors import ClientError
+from midgram.logs import printable
 
 if TYPE_CHECKING:
     from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -128,7 +129,7 @@ class Shell:
 
     def _error(self, message: str, status: int = 1) -> None:
         self.status = max(self.status, status)
-        click.echo(f"midgram: {message}", err=True)
+        click.echo(f"midgram: {printable(message)}", err=True)
 
     def _help(self, args: list[str]) -> None:
         click.echo(SHELL_HELP)

@@ -1,0 +1,95 @@
+"""Log lines that a datagram can neither forge nor flood, and text that cannot hijack a terminal.
+
+Anything that comes from outside (a method name, a datagram, the name a UNIX client bound to,
+a string a server sent back) goes through ``printable`` or ``shown`` before it reaches a log
+line or a terminal: a line break in a method name would otherwise start a forged log line,
+and an escape sequence would drive the terminal of whoever reads it.
+
+``RateLimitedLog`` keeps a cause that any sender can repeat (a refused peer, a reply that
+cannot be sent, a command that keeps failing) to one line per interval, counting the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["LOG_INTERVAL", "SHOWN_MAX", "RateLimitedLog", "printable", "shown"]
+
+#: At most one log line per cause per this many seconds.
+LOG_INTERVAL: Final = 10.0
+#: How much of a datagram or a name from outside a log line quotes.
+SHOWN_MAX: Final = 100
+
+
+def _escape(char: str) -> str:
+    return repr(char)[1:-1]
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every character that is not printable (control characters, ESC, DEL,
+    the C1 controls, line and paragraph separators...) written as its Python escape, as
+    ``repr`` writes it; the characters of ``keep`` (e.g. newline and tab for a multi-line
+    text) stay as they are. Printable text comes back unchanged, the same object."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+
+
+def shown(value: str | bytes | None, limit: int = SHOWN_MAX) -> str:
+    """A value from outside as a log line quotes it: ``repr`` (quotes and escapes, so it
+    can neither end the line nor pass for syntax), cut to ``limit`` characters or bytes."""
+    if value is None or len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} {'bytes' if isinstance(value, bytes) else 'chars'})"
+
+
+@dataclass(slots=True)
+class _Window:
+    since: float
+    suppressed: int = 0
+
+
+class RateLimitedLog:
+    """At most one line per key per ``interval`` seconds; the next line that gets through
+    says how many were suppressed in between."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = LOG_INTERVAL,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._windows: dict[Any, _Window] = {}
+
+    def log(self, key: Any, level: int, msg: str, *args: object, exc_info: Any = None) -> bool:
+        """Log ``msg % args`` unless ``key`` was logged less than ``interval`` ago.
+
+        Returns whether the line was written (or handed to logging, at least).
+        """
+        if not self._logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now - window.since < self._interval:
+            window.suppressed += 1
+            return False
+        if len(self._windows) >= _KEYS_KEPT:
+            self._windows.clear()  # keys a sender can vary cannot grow this without bound
+        self._windows[key] = _Window(now)
+        if window is not None and window.suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, window.suppressed)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+
+#: Causes remembered at once (see RateLimitedLog.log).
+_KEYS_KEPT: Final = 1024
