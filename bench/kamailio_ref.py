@@ -34,8 +34,11 @@ def kamailio_config(
     workers: int = 1,
     pretty: bool = False,
     debug: int = 1,
+    modules: tuple[str, ...] = (),
 ) -> str:
-    """jsonrpcs over datagrams only (transport 4) on ``dgram_socket``, run from ``rundir``."""
+    """jsonrpcs over datagrams only (transport 4) on ``dgram_socket``, run from ``rundir``.
+    ``modules``: more modules to load (``"kex"``: its statistics RPCs)."""
+    more = "".join(f'loadmodule "{module}.so"\n' for module in modules)
     return f"""#!KAMAILIO
 debug={debug}
 log_stderror=yes
@@ -50,7 +53,7 @@ udp4_raw=0
 run_dir="{rundir}"
 mpath="{kamailio_modules()}"
 loadmodule "jsonrpcs.so"
-modparam("jsonrpcs", "transport", 4)
+{more}modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{dgram_socket}")
 modparam("jsonrpcs", "dgram_workers", {workers})
 modparam("jsonrpcs", "pretty_format", {int(pretty)})

@@ -42,3 +42,37 @@ def deep(levels: int) -> list[object]:
     for _ in range(levels - 1):
         result = [result]
     return result
+
+
+#: ``bulk``'s statistics: groups of a few counters each, and one wide group of large values.
+BULK_GROUPS = 128
+BULK_PER_GROUP = 4
+WIDE_STATS = 145
+WIDE_VALUE = 10**15
+
+
+def bulk() -> Registry:
+    """More statistics than one datagram holds (``midgram serve --app apps:bulk``).
+
+    ``bulk000:c0`` ... ``bulk127:c3``, each group the module of one command (as an OpenSIPS
+    module's statistics are named after it), and ``wide:c000`` ... of WIDE_VALUE each: their
+    values take more room than their names and types, so that group can be listed in one
+    reply but not read in one."""
+    registry = Registry(module="bulk")
+    for number in range(BULK_GROUPS):
+        group = f"bulk{number:03d}"
+        for index in range(BULK_PER_GROUP):
+            registry.stats.counter(f"{group}:c{index}").inc(number * 10 + index)
+
+        def ping() -> str:
+            return "pong"
+
+        registry.command(f"{group}_ping", module=group)(ping)
+    for index in range(WIDE_STATS):
+        registry.stats.counter(f"wide:c{index:03d}").inc(WIDE_VALUE)
+
+    @registry.command(module="wide")
+    def wide_ping() -> str:
+        return "pong"
+
+    return registry

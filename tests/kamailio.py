@@ -55,10 +55,17 @@ def _answers(target: tuple[int, object]) -> bool:
 
 
 @contextlib.contextmanager
-def kamailio_server(*, udp: bool = False, user: str | None = None) -> Iterator[str]:
+def kamailio_server(
+    *,
+    udp: bool = False,
+    user: str | None = None,
+    modules: tuple[str, ...] = (),
+    sip_port: int | None = None,
+) -> Iterator[str]:
     """Run Kamailio with jsonrpcs on a UNIX (or UDP) datagram socket; yield its target.
 
     ``user``: Kamailio drops its privileges to that user (``-u``/``-g``) after start-up.
+    ``modules``: more modules to load; ``sip_port``: the UDP port it takes SIP on.
     """
     assert KAMAILIO is not None, KAMAILIO_MISSING
     rundir = Path(tempfile.mkdtemp(prefix="kam", dir="/tmp"))
@@ -74,7 +81,9 @@ def kamailio_server(*, udp: bool = False, user: str | None = None) -> Iterator[s
         path = str(rundir / "k.sock")
         target, probe = path, (socket.AF_UNIX, path)
     config = rundir / "k.cfg"
-    config.write_text(kamailio_config(rundir, target, free_udp_port(), debug=2))
+    config.write_text(
+        kamailio_config(rundir, target, sip_port or free_udp_port(), debug=2, modules=modules)
+    )
     log = (rundir / "log").open("wb")
     command = [KAMAILIO, "-DD", "-E", "-f", str(config), "-P", str(rundir / "pid")]
     proc = subprocess.Popen(

@@ -23,7 +23,9 @@ __all__ = ["cli", "main"]
 COMMANDS: Final = {
     "bench": "midgram.cli.bench:bench",
     "call": "midgram.cli.client:call",
+    "check": "midgram.cli.check:check",
     "completion": "midgram.cli.client:completion",
+    "exporter": "midgram.cli.exporter:exporter",
     "help": "midgram.cli.client:help_",
     "serve": "midgram.cli.serve:serve",
     "shell": "midgram.cli.client:shell",
