@@ -86,7 +86,7 @@ def test_nagios_ranges(spec: str, alerting: list[float], quiet: list[float]) -> 
 
 @pytest.mark.parametrize("spec", ["", "@", ":", "abc", "10:5", "1:2:3", "~", "10ms", "@~"])
 def test_a_bad_range_is_one_clear_error(spec: str) -> None:
-    with pytest.raises(RangeError, match="range|above"):
+    with pytest.raises(RangeError, match=r"range|above"):
         Range.parse(spec)
 
 

@@ -175,10 +175,8 @@ def exporter(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="midgram exporter: %(message)s",
     )
-    if once:
-        ctx.exit(_once(engine))
     host, port = parse_listen(listen, DEFAULT_PORT)
-    ctx.exit(_serve(engine, host, port))
+    ctx.exit(_once(engine) if once else _serve(engine, host, port))
 
 
 def _once(engine: Any) -> int:

@@ -12,7 +12,7 @@ The exporter's own families, for every target whether it answered or not:
 - ``<prefix>_scrape_duration_seconds``: how long its scrape took;
 - ``<prefix>_scrape_failed_groups``: groups that answered with an error or did not fit;
 
-and when the server says: ``<prefix>_uptime_seconds`` and ``<prefix>_process_count`` (not
+and when the server says: ``<prefix>_uptime_seconds`` and ``<prefix>_processes_listed`` (not
 ``_processes``: midgram has a ``core:processes`` statistic of its own).
 """
 
@@ -109,9 +109,9 @@ def _add_snapshot(out: _Families, snapshot: Snapshot, naming: Naming) -> None:
     if snapshot.processes is not None:
         own.append(
             (
-                "process_count",
+                "processes_listed",
                 Kind.GAUGE,
-                "processes the server runs",
+                "processes the server lists (ps, core.psx)",
                 float(len(snapshot.processes)),
             )
         )
