@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+
+import orjson
 
 from midgram.commands import Registry
 
@@ -75,4 +78,30 @@ def bulk() -> Registry:
     def wide_ping() -> str:
         return "pong"
 
+    return registry
+
+
+#: A real OpenSIPS 3.6's `get_statistics all` (the golden capture): its names and values.
+OPENSIPS_STATISTICS = (
+    Path(__file__).parent / "golden/opensips-3.6/unix/04_get_statistics_all_named.rsp"
+)
+# Which of them OpenSIPS lists as incremental: its core counters (statistics.c); memory,
+# load and the per-process groups are functions, non-incremental.
+_OPENSIPS_COUNTER_GROUPS = ("core", "dns", "sql", "cdb")
+
+
+def opensips_like() -> Registry:
+    """A registry serving OpenSIPS 3.6's own statistics (``--app apps:opensips_like``): the
+    exporter's names for a real OpenSIPS, read from a real server. core:timestamp is left to
+    midgram's own."""
+    registry = Registry(module="opensips")
+    captured = orjson.loads(OPENSIPS_STATISTICS.read_bytes())["result"]
+    for name, number in captured.items():
+        if name == "core:timestamp":
+            continue
+        group = name.partition(":")[0]
+        if group in _OPENSIPS_COUNTER_GROUPS:
+            registry.stats.counter(name).inc(number)
+        else:
+            registry.stats.gauge(name).set(number)
     return registry

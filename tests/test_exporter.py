@@ -402,3 +402,33 @@ def _query(url: str) -> list[Any] | None:
     if not answer or answer.get("status") != "success":
         return None
     return answer["data"]["result"] or None
+
+
+# --- collectors -------------------------------------------------------------------------------
+
+
+def test_a_collector_adds_its_readings_and_collect_selects_it(server: ServerProcess) -> None:
+    flags = ("-t", server.target, "--collector", "collectors:Commands")
+    with running_exporter(*flags, "--collector", "collectors:Broken") as exporter:
+        everything = samples(exporter.get("/metrics")[1])
+        only = samples(exporter.get("/metrics?collect[]=commands")[1])
+    core = value(everything, "opensips_commands", module="core", target=server.target)
+    assert core == len(server.call("which")["result"]) - 4  # all but the tests app's four
+    assert value(everything, "opensips_commands", module="tests", target=server.target) == 4
+    assert value(everything, "opensips_up", target=server.target) == 1
+    assert not any(dict(labels).get("group") for (_name, labels) in only)
+    assert value(only, "opensips_commands", module="tests", target=server.target) == 4
+
+
+def test_a_collector_that_is_not_one_is_a_usage_error() -> None:
+    bad = subprocess.run(
+        exporter_command("--collector", "collectors:MI", "--once"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "is not a collector" in bad.stderr

@@ -68,7 +68,12 @@ def _load_collector(spec: str) -> Any:
         found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--collector") from exc
-    collector = found() if isinstance(found, type) or not hasattr(found, "collect") else found
+    try:
+        collector = found() if isinstance(found, type) else found
+    except TypeError as exc:
+        raise click.BadParameter(
+            f"{spec!r} is not a collector: {exc}", param_hint="--collector"
+        ) from exc
     if not isinstance(getattr(collector, "name", None), str) or not callable(
         getattr(collector, "collect", None)
     ):

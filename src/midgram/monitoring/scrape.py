@@ -233,6 +233,8 @@ class OpenSIPSReader:
         async def listing(items: list[str]) -> dict[str, Any]:
             return _mapping(await mi.call("list_statistics", {"statistics": items}))
 
+        if wanted is not None and not wanted:
+            return {}, []  # collect[] named collectors only
         items = [f"{group}:" for group in wanted] if wanted else None
         try:
             if items is None:
@@ -312,7 +314,7 @@ class KamailioReader:
     without the counters module."""
 
     async def read(self, mi: MI, wanted: Sequence[str] | None) -> tuple[list[Stat], list[str]]:
-        if wanted:
+        if wanted is not None:
             groups = list(wanted)
         else:
             try:
