@@ -19,6 +19,7 @@ wrong put right:
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -75,18 +76,24 @@ class Naming:
         return sanitize(f"{self.prefix}_{stem}" if self.prefix else stem)
 
     def series(self, group: str, short: str) -> Series:
-        """The family and labels of statistic ``group:short``."""
-        process, stem, source = _per_process(short)
-        labels: list[tuple[str, str]] = []
-        if self.group_mode is GroupMode.LABEL:
-            labels.append(("group", group))
-            parts = [self.prefix, stem]
-        else:
-            parts = [self.prefix, group, stem]
-        if process is not None:
-            labels.append(("id", str(process)))
-        name = sanitize("_".join(part for part in parts if part))
-        return Series(name, tuple(labels), source, process)
+        """The family and labels of statistic ``group:short`` (worked out once per name:
+        a scrape asks again for every statistic)."""
+        return _series(self, group, short)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _series(naming: Naming, group: str, short: str) -> Series:
+    process, stem, source = _per_process(short)
+    labels: list[tuple[str, str]] = []
+    if naming.group_mode is GroupMode.LABEL:
+        labels.append(("group", group))
+        parts = [naming.prefix, stem]
+    else:
+        parts = [naming.prefix, group, stem]
+    if process is not None:
+        labels.append(("id", str(process)))
+    name = sanitize("_".join(part for part in parts if part))
+    return Series(name, tuple(labels), source, process)
 
 
 def _per_process(short: str) -> tuple[int | None, str, str]:
