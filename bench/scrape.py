@@ -125,7 +125,8 @@ def _run(opts: argparse.Namespace, target: str, server: subprocess.Popen[bytes])
 
     def exporter_scrape() -> None:
         (snapshot,) = engine.snapshots([target])
-        assert snapshot.up and not snapshot.failed_groups
+        assert snapshot.up, snapshot.error
+        assert not snapshot.failed_groups, snapshot.failed_groups
         engine.render([snapshot])
 
     def get_all() -> None:
