@@ -24,7 +24,7 @@ __all__ = ["exporter"]
 
 _LISTEN_HELP: Final = (
     "HOST:PORT, [V6]:PORT or PORT to serve /metrics and /probe on. Default: 127.0.0.1:9434 "
-    "(the Prometheus port of an OpenSIPS exporter): only this machine can scrape it."
+    "(the OpenSIPS exporter's port): only this machine can scrape it."
 )
 _MISSING: Final = "the exporter needs prometheus_client: pip install 'midgram[exporter]'"
 _GROUP_MODES: Final = {"opensips": "label", "kamailio": "name"}

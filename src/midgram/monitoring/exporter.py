@@ -45,9 +45,9 @@ __all__ = ["DEFAULT_PORT", "Exporter", "ExporterServer", "serve_http"]
 
 log = logging.getLogger(__name__)
 
-#: The port of the Prometheus wiki's "default port allocations" for an OpenSIPS exporter
-#: (VoIPGRID's opensips_exporter listens there), whose role this one takes: scrape configs
-#: and firewall rules written for it carry over. The wiki's 9100-9999 range is all taken.
+#: The port VoIPGRID's opensips_exporter listens on, whose role this one takes: scrape
+#: configs and firewall rules written for it carry over. The Prometheus wiki's range for
+#: exporters' default ports, 9100-9999, is all allocated: there is no new one to claim.
 DEFAULT_PORT: Final = 9434
 #: Taken off Prometheus's scrape timeout, for the answer to travel back.
 _TIMEOUT_MARGIN: Final = 0.25
@@ -93,7 +93,11 @@ class Exporter:
         self._lock = threading.Lock()
 
     def reader(self, target: str) -> StatsReader:
-        """The statistics reader of ``target``: one per target, kept (it learns groups)."""
+        """The statistics reader of ``target``: one per configured target, kept (it learns
+        a server's groups and reply sizes); a fresh one for a target ``/probe`` named with
+        ``probe_any``, which any URL may do: nothing is kept for those."""
+        if target not in self.targets:
+            return self._family.reader(self.groups)
         with self._lock:
             if target not in self._readers:
                 self._readers[target] = self._family.reader(self.groups)
