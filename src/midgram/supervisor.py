@@ -13,6 +13,9 @@ Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the l
   and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
 - SIGHUP: re-open log files, here and in every worker.
 
+Log lines name a worker by its number in ``ps`` (``worker 1`` is slot 0: the supervisor is
+row 0 of the process table, the "attendant").
+
 Workers never outlive the supervisor: each asks the kernel for SIGTERM when its parent dies
 (``prctl(PR_SET_PDEATHSIG)``, even after a SIGKILL), and checks on each wake-up that its
 parent is still the supervisor, where prctl is unavailable. A dead supervisor's pid may be
@@ -256,7 +259,7 @@ class Supervisor:
 
     # --- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, again: bool = False) -> None:
         if self.states is not None:
             self.states.reset(slot)
         supervisor, prctl = os.getpid(), _prctl()  # looked up here, once, not in each child
@@ -270,14 +273,21 @@ class Supervisor:
             try:
                 status = self.run_worker(slot)
             except BaseException:
-                log.exception("worker %d crashed", slot)
+                log.exception("%s crashed", worker_name(slot))
             finally:
                 logging.shutdown()
                 os._exit(status)
         state = self._slots[slot]
         state.pid, state.started, state.respawn_at = pid, self.clock(), None
         self.on_spawn(slot, pid)
-        log.debug("worker %d started (pid %d)", slot, pid)
+        # A restart follows a death (logged as a warning): the pair tells the whole story.
+        log.log(
+            logging.WARNING if again else logging.DEBUG,
+            "%s %s (pid %d)",
+            worker_name(slot),
+            "restarted" if again else "started",
+            pid,
+        )
 
     def _reap(self) -> None:
         while True:
@@ -301,8 +311,8 @@ class Supervisor:
         lived = self.clock() - state.started
         at_boot = self._died_at_boot(index, lived)
         log.warning(
-            "worker %d (pid %d) %s after %.1f s%s",
-            index,
+            "%s (pid %d) %s after %.1f s%s",
+            worker_name(index),
             pid,
             _describe(status),
             lived,
@@ -310,7 +320,7 @@ class Supervisor:
         )
         state.failures = state.failures + 1 if at_boot else 0
         if state.failures >= self.max_boot_failures:
-            self._failed = f"worker {index} died at start-up {state.failures} times in a row"
+            self._failed = f"{worker_name(index)} died at start-up {state.failures} times in a row"
             self._stopping = True
             return
         delay = 0.0 if state.failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2**state.failures)
@@ -342,7 +352,7 @@ class Supervisor:
         now = self.clock()
         for index, state in enumerate(self._slots):
             if state.respawn_at is not None and state.respawn_at <= now and not self._stopping:
-                self._spawn(index)
+                self._spawn(index, again=True)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.pids():
@@ -378,6 +388,11 @@ class Supervisor:
                 return
             # No portable waitpid-with-timeout: a short poll keeps shutdown prompt.
             select.select([], [], [], min(0.02, max(0.0, end - self.clock())))
+
+
+def worker_name(slot: int) -> str:
+    """The worker in ``slot`` as log lines name it: by its ID in ``ps`` (slot + 1)."""
+    return f"worker {slot + 1}"
 
 
 def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
