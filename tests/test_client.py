@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import pwd
 import select
@@ -34,6 +35,7 @@ from midgram.errors import (
     ReplyTimeout,
     RequestTooLarge,
 )
+from midgram.transport import peer_label
 
 APP = ("--app", "apps:mi")
 # A slack for timing assertions on a loaded 2-core CI machine.
@@ -355,6 +357,25 @@ def test_a_reply_from_another_address_is_ignored_and_named(folder: Path) -> None
     )
 
 
+def test_an_ignored_abstract_sender_is_named_as_the_server_logs_it(folder: Path) -> None:
+    """The client wrote an abstract sender's name raw (an escape sequence or a line break
+    in it reached the terminal) where every other line escapes it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as elsewhere:
+        elsewhere.bind(b"\0evil\x1b[2J\nFORGED")
+        label = peer_label(elsewhere.getsockname())
+        replies = [b'{"jsonrpc":"2.0","result":"elsewhere","id":{id}}']
+        with (
+            scripted_peer(folder, replies, sender=elsewhere) as target,
+            pytest.raises(ReplyTimeout) as caught,
+        ):
+            Client(target, timeout=0.5).call("uptime")
+    assert str(caught.value) == (
+        f"no reply from {target} within 0.5 s (a reply from "
+        f"{label} was ignored: not the address called)"
+    )
+    assert "@evil\\x1b[2J\\nFORGED" in str(caught.value)
+
+
 def test_garbage_reply_is_a_bad_reply(folder: Path) -> None:
     with scripted_peer(folder, [b"\x00\x01garbage"]) as target, pytest.raises(BadReply):
         Client(target, timeout=5).call("uptime")
@@ -502,6 +523,25 @@ def test_replies_forged_by_another_user_are_ignored(
     for _ in range(5):
         assert client.call("pwd") == {"WD": str(ROOT)}
     assert len(forged) == 5
+
+
+@needs_root
+def test_an_ignored_unbound_sender_is_named_as_the_server_logs_it(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unbound sender was "an unbound socket of another user" here and "(unbound)" in
+    the server's log: one name, and the reason it was ignored."""
+    caplog.set_level(logging.DEBUG, logger="midgram.client")
+    forge_before_sending(monkeypatch)
+    replies = [b'{"jsonrpc":"2.0","result":"mine","id":{id}}']
+    with scripted_peer(folder, replies) as target:
+        assert Client(target, timeout=5).call("uptime") == "mine"
+    ignored = [m.split(": ", 1)[1] for m in caplog.messages if "was ignored" in m]
+    assert ignored[0] == (
+        "a reply from (unbound) was ignored: not from root, this user or the socket's owner"
+    )
+    assert ignored[1].startswith("a reply from @")
+    assert ignored[1].endswith(" was ignored: not the address called")
 
 
 @needs_root
