@@ -42,3 +42,8 @@ def deep(levels: int) -> list[object]:
     for _ in range(levels - 1):
         result = [result]
     return result
+
+
+@mi.command(help="raises: the server logs a traceback")
+def fail() -> None:
+    raise RuntimeError("a bug in the command")

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from midgram.config import Settings
 from midgram.core import with_core
 from midgram.errors import ConfigError, TransportError
 from midgram.files import squatted
+from midgram.logs import LOG_FORMAT, formatter_for
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
@@ -59,9 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: midgram's log lines: ``midgram serve``'s, and ``serve()``'s when the program set up none.
-LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 #: How often an idle worker wakes up to look at its stop flag and log level.
 IDLE_WAKEUP: Final = 0.2
@@ -136,8 +135,8 @@ def _own_logging(settings: Settings) -> Iterator[None]:
     logger = logging.getLogger("midgram")
     handler: logging.Handler | None = None
     if not logger.hasHandlers():
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter_for(sys.stderr))
         logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging_level(settings.log_level))
