@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+from pathlib import Path
 
-from servers import midgram_server
+from servers import ROOT, ServerProcess, midgram_server, wait_until
 
 APP = ("--app", "apps:mi")
 
@@ -59,3 +61,48 @@ def test_a_stream_that_is_not_the_journals_keeps_the_time() -> None:
         rf"\d{{4}}-\d\d-\d\d \S+ midgram\[{running.proc.pid}\] INFO midgram.server: listening on ",
         line,
     )
+
+
+# --- process titles ---------------------------------------------------------------------------
+
+
+def comm(pid: int) -> str:
+    """What top, `ps -o comm` and pgrep show."""
+    return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+
+
+def command_line(pid: int) -> str:
+    """What `ps -o args` shows."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode()
+
+
+def ids(running: ServerProcess) -> dict[int, int]:
+    """`ps`'s rows: ID to PID."""
+    return {p["ID"]: p["PID"] for p in running.call("ps")["result"]["Processes"]}
+
+
+def test_ps_and_top_tell_the_attendant_from_each_worker() -> None:
+    """Every process was `python3 -m midgram serve ...`, in top and in ps alike."""
+    with midgram_server("--children", "2") as running:
+        where = running.target
+        rows = ids(running)
+        assert comm(rows[0]) == "midgram"
+        assert command_line(rows[0]) == f"midgram: attendant {where}"
+        for number in (1, 2):
+            assert comm(rows[number]) == f"midgram w{number}"
+            assert command_line(rows[number]) == f"midgram: worker {number} {where}"
+        os.kill(rows[2], signal.SIGKILL)  # a restarted worker is named as the one it replaces
+        wait_until(lambda: (ids(running).get(2) or rows[2]) != rows[2], what="worker 2's restart")
+        assert comm(ids(running)[2]) == "midgram w2"
+
+
+def test_without_setproctitle_top_still_tells_them_apart(tmp_path: Path) -> None:
+    """setproctitle is optional: without it the command line stays as started, and comm,
+    set through prctl, still names each process."""
+    (tmp_path / "setproctitle.py").write_text("raise ImportError('not installed')\n")
+    path = f"{tmp_path}:{ROOT / 'tests'}"
+    with midgram_server("--children", "1", env={"PYTHONPATH": path}) as running:
+        rows = ids(running)
+        assert [comm(rows[0]), comm(rows[1])] == ["midgram", "midgram w1"]
+        assert command_line(rows[1]) == command_line(running.proc.pid)
+        assert " -m midgram serve --socket " in command_line(rows[1])

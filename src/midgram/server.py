@@ -35,6 +35,7 @@ from midgram.core import with_core
 from midgram.errors import ConfigError, TransportError
 from midgram.files import squatted
 from midgram.logs import LOG_FORMAT, formatter_for
+from midgram.process import name_attendant, name_worker
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
@@ -364,6 +365,7 @@ def _serve_forked(
     states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
     def run_worker(slot: int) -> int:
+        name_worker(slot + 1, where)
         registry.stats.attach(slot)
         table.register(slot + 1, os.getpid())
         worker_signals = WorkerSignals(supervisor=runtime.supervisor_pid)
@@ -391,6 +393,7 @@ def _serve_forked(
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=lambda: _announce(where, children, on_ready),
     )
+    name_attendant(where)
     status = supervisor.run()
     _report(server_stats)
     return status

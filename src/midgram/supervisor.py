@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import mmap
 import os
@@ -40,6 +39,7 @@ from types import FrameType
 from typing import Final
 
 from midgram.logs import shown
+from midgram.process import prctl as libc_prctl
 from midgram.runtime import reopen_log_files
 
 __all__ = ["IN_HAND_MAX", "Supervisor", "WorkerSignals", "WorkerStates", "held", "hold", "let_go"]
@@ -262,7 +262,7 @@ class Supervisor:
     def _spawn(self, slot: int, again: bool = False) -> None:
         if self.states is not None:
             self.states.reset(slot)
-        supervisor, prctl = os.getpid(), _prctl()  # looked up here, once, not in each child
+        supervisor, prctl = os.getpid(), libc_prctl()  # looked up once, not in each child
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             _end_with(supervisor, prctl)
@@ -402,16 +402,6 @@ def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
         log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
     if os.getppid() != supervisor:
         os._exit(0)
-
-
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl(), or None off Linux (the workers' wake-up check stands in for it)."""
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
 
 
 def _record(signum: int, frame: FrameType | None) -> None:
