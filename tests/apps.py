@@ -47,3 +47,10 @@ def deep(levels: int) -> list[object]:
 @mi.command(help="raises: the server logs a traceback")
 def fail() -> None:
     raise RuntimeError("a bug in the command")
+
+
+@mi.command(help="the value of an environment variable in the worker that runs this")
+def environ(name: str) -> dict[str, str | None]:
+    import os
+
+    return {name: os.environ.get(name)}

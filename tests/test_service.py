@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import shutil
 import signal
+import socket
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from servers import ROOT, ServerProcess, midgram_server, wait_until
 
 APP = ("--app", "apps:mi")
@@ -106,3 +115,110 @@ def test_without_setproctitle_top_still_tells_them_apart(tmp_path: Path) -> None
         assert [comm(rows[0]), comm(rows[1])] == ["midgram", "midgram w1"]
         assert command_line(rows[1]) == command_line(running.proc.pid)
         assert " -m midgram serve --socket " in command_line(rows[1])
+
+
+# --- notifications ($NOTIFY_SOCKET) -----------------------------------------------------------
+
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class NotifySocket:
+    """A socket in the place of systemd's notification socket, bound by the test: what the
+    server sends there, and which process sent it (SCM_CREDENTIALS, as systemd checks)."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(address)
+        self.env = address if isinstance(address, str) else "@" + address[1:].decode()
+
+    def next(self, timeout: float = 10.0) -> tuple[list[str], int]:
+        """The next notification's lines and its sender's pid, waiting at most ``timeout``."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        assert ready, f"no notification within {timeout} s"
+        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(_CREDENTIALS.size))
+        pid = next(
+            _CREDENTIALS.unpack(cdata[: _CREDENTIALS.size])[0]
+            for level, kind, cdata in ancillary
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+        )
+        return data.decode().split("\n"), pid
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifySocket]:
+    address: str | bytes = str(tmp_path / "notify")
+    if request.param == "abstract":
+        address = f"\0mgtest-notify-{uuid.uuid4().hex}".encode()
+    notify = NotifySocket(address)
+    yield notify
+    notify.close()
+
+
+def test_systemd_hears_ready_each_restart_and_stopping(notify_socket: NotifySocket) -> None:
+    """Type=notify: systemd learns from the supervisor, and from it alone, that the server
+    serves, that a worker was restarted, and that it stops."""
+    env = {"NOTIFY_SOCKET": notify_socket.env}
+    with midgram_server("--children", "2", *APP, env=env) as running:
+        serving = f"listening on {running.target} (2 worker(s))"
+        assert notify_socket.next() == (["READY=1", f"STATUS={serving}"], running.proc.pid)
+        # workers never notify: the variable is not in their environment
+        assert running.call("environ", ["NOTIFY_SOCKET"])["result"] == {"NOTIFY_SOCKET": None}
+        os.kill(ids(running)[1], signal.SIGKILL)
+        restarted = (["STATUS=" + serving + "; 1 restart(s)"], running.proc.pid)
+        assert notify_socket.next() == restarted
+        assert running.stop() == 0
+    stopping = (["STOPPING=1", "STATUS=stopping (SIGTERM)"], running.proc.pid)
+    assert notify_socket.next() == stopping
+
+
+def test_an_in_process_server_notifies_too(notify_socket: NotifySocket) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.env}
+    with midgram_server("--children", "0", env=env) as running:
+        ready = ["READY=1", f"STATUS=listening on {running.target} (in-process)"]
+        assert notify_socket.next() == (ready, running.proc.pid)
+        assert running.call("kill")["result"] == "OK"
+        assert notify_socket.next() == (["STOPPING=1", "STATUS=stopping"], running.proc.pid)
+        assert running.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize(
+    ("named", "said"),
+    [
+        ("vsock:2:1234", "NOTIFY_SOCKET=vsock:2:1234 is not a socket path or an @abstract name"),
+        ("/nonexistent/notify", "cannot notify systemd at /nonexistent/notify: No such file"),
+    ],
+)
+def test_a_notification_socket_that_cannot_be_used_is_said_and_serving_goes_on(
+    named: str, said: str
+) -> None:
+    with midgram_server("--children", "1", env={"NOTIFY_SOCKET": named}) as running:
+        assert running.call("uptime")["result"]
+        assert said in running.log()
+
+
+# --- the unit file in docs/operations.md ------------------------------------------------------
+
+
+def unit_in_the_docs() -> str:
+    """The ``ini`` block of the "As a service" section."""
+    section = (ROOT / "docs" / "operations.md").read_text().split("\n## As a service\n")[1]
+    return section.split("```ini\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_unit_in_the_docs_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own check of every directive (and of the program ExecStart names: this
+    install's midgram in the place of /usr/local/bin/midgram)."""
+    unit = unit_in_the_docs()
+    assert "\nType=notify\n" in unit
+    program = Path(sys.executable).with_name("midgram")
+    path = tmp_path / "midgram.service"
+    path.write_text(unit.replace("ExecStart=/usr/local/bin/midgram ", f"ExecStart={program} "))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

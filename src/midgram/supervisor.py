@@ -191,6 +191,8 @@ class Supervisor:
     on_exit: Callable[[int], None] = lambda slot: None
     #: Called once the signal handlers are in place and the first workers forked.
     on_started: Callable[[], None] = lambda: None
+    #: Called when SIGTERM or SIGINT begins the stop, with the signal's name.
+    on_stop: Callable[[str], None] = lambda why: None
     clock: Callable[[], float] = time.monotonic
     #: Set by workers that say when they are ready (``mark_ready``) and what they serve.
     states: WorkerStates | None = None
@@ -251,8 +253,10 @@ class Supervisor:
 
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
-            log.info("stopping (%s)", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.info("stopping (%s)", name)
             self._stopping = True
+            self.on_stop(name)
         elif signum == signal.SIGHUP:
             reopen_log_files()
             self._signal_all(signal.SIGHUP)
