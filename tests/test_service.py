@@ -101,7 +101,13 @@ def test_ps_and_top_tell_the_attendant_from_each_worker() -> None:
             assert comm(rows[number]) == f"midgram w{number}"
             assert command_line(rows[number]) == f"midgram: worker {number} {where}"
         os.kill(rows[2], signal.SIGKILL)  # a restarted worker is named as the one it replaces
-        wait_until(lambda: (ids(running).get(2) or rows[2]) != rows[2], what="worker 2's restart")
+
+        # the first `ps` may be read by the dying worker: asked again until one is answered
+        def restarted() -> bool:
+            pids = running.worker_pids_if_answered()
+            return pids is not None and len(pids) == 2 and rows[2] not in pids
+
+        wait_until(restarted, what="worker 2's restart")
         assert comm(ids(running)[2]) == "midgram w2"
 
 
@@ -197,6 +203,69 @@ def test_a_notification_socket_that_cannot_be_used_is_said_and_serving_goes_on(
 ) -> None:
     with midgram_server("--children", "1", env={"NOTIFY_SOCKET": named}) as running:
         assert running.call("uptime")["result"]
+        running.wait_for_log(said)
+
+
+# --- the watchdog ($WATCHDOG_USEC) -------------------------------------------------------------
+
+WATCHDOG = ["WATCHDOG=1"]
+
+
+def drain(notify: NotifySocket) -> list[list[str]]:
+    """What is still waiting on the notification socket."""
+    found = []
+    while select.select([notify.sock], [], [], 0)[0]:
+        found.append(notify.next(0)[0])
+    return found
+
+
+def test_the_supervisor_pings_the_watchdog_while_its_workers_live(
+    notify_socket: NotifySocket,
+) -> None:
+    """WatchdogSec= (0.4 s here): WATCHDOG=1 every half of it, from the supervisor, through a
+    worker's restart, and none once the stop has begun."""
+    env = {"NOTIFY_SOCKET": notify_socket.env, "WATCHDOG_USEC": "400000"}
+    with midgram_server("--children", "2", *APP, env=env) as running:
+        supervisor = running.proc.pid
+        assert notify_socket.next()[0][0] == "READY=1"
+        assert [notify_socket.next() for _ in range(3)] == [(WATCHDOG, supervisor)] * 3
+        assert running.call("environ", ["WATCHDOG_USEC"])["result"] == {"WATCHDOG_USEC": None}
+        os.kill(ids(running)[1], signal.SIGKILL)
+        while (message := notify_socket.next())[0] == WATCHDOG:
+            pass
+        assert message[0][0].endswith("; 1 restart(s)")
+        assert [notify_socket.next() for _ in range(2)] == [(WATCHDOG, supervisor)] * 2
+        assert running.stop() == 0
+    after = drain(notify_socket)
+    assert after[-1] == ["STOPPING=1", "STATUS=stopping (SIGTERM)"]
+    assert set(map(tuple, after[:-1])) <= {tuple(WATCHDOG)}
+
+
+def test_an_in_process_server_pings_the_watchdog_from_its_loop(
+    notify_socket: NotifySocket,
+) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.env, "WATCHDOG_USEC": "400000"}
+    with midgram_server("--children", "0", env=env) as running:
+        assert notify_socket.next()[0][0] == "READY=1"
+        assert [notify_socket.next() for _ in range(3)] == [(WATCHDOG, running.proc.pid)] * 3
+
+
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        ({"WATCHDOG_USEC": "400000", "WATCHDOG_PID": "1"}, None),  # another process's
+        ({"WATCHDOG_USEC": "soon"}, "WATCHDOG_USEC=soon is not a number of microseconds"),
+    ],
+)
+def test_a_watchdog_that_is_not_ours_is_not_pinged(
+    notify_socket: NotifySocket, variables: dict[str, str], said: str | None
+) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.env, **variables}
+    with midgram_server("--children", "1", env=env) as running:
+        assert notify_socket.next()[0][0] == "READY=1"
+        assert running.call("uptime")["result"]
+    assert drain(notify_socket) == [["STOPPING=1", "STATUS=stopping (SIGTERM)"]]
+    if said is not None:
         assert said in running.log()
 
 

@@ -337,14 +337,31 @@ def _serve_inline(sock: socket.socket, settings: Settings, registry: Registry, t
     worker_signals = WorkerSignals()
     restore = _install_inline_signals(worker_signals)
     told.ready()
+
+    def should_stop() -> bool:
+        return worker_signals.should_stop() or runtime.stop_requested
+
     try:
-        worker.run(lambda: worker_signals.should_stop() or runtime.stop_requested)
+        worker.run(_with_heartbeat(should_stop, told.notifier))
         told.stopping("")
     finally:
         restore()
         _close_tracing(tracing)
     _report(worker.stats)
     return 0
+
+
+def _with_heartbeat(should_stop: Callable[[], bool], notifier: Notifier) -> Callable[[], bool]:
+    """``should_stop``, pinging the watchdog too: the worker asks it between bursts and when
+    idle (every ``IDLE_WAKEUP``), so the pings stop when the loop hangs."""
+    if notifier.watchdog_interval is None:
+        return should_stop
+
+    def beating() -> bool:
+        notifier.heartbeat()
+        return should_stop()
+
+    return beating
 
 
 def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]:
@@ -408,6 +425,7 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=told.ready,
         on_stop=told.stopping,
+        heartbeat=told.notifier.heartbeat,
     )
     name_attendant(where)
     status = supervisor.run()

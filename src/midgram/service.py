@@ -5,11 +5,13 @@ A ``Type=notify`` unit's process gets ``$NOTIFY_SOCKET``: a UNIX datagram socket
 path or, with a leading ``@``, in the abstract namespace. Each notification is one datagram
 of ``KEY=VALUE`` lines: ``READY=1`` once the server serves (``systemctl start`` returns
 then, and a unit ordered after this one starts), ``STATUS=`` a line that ``systemctl
-status`` shows, ``STOPPING=1`` when a stop begins.
+status`` shows, ``STOPPING=1`` when a stop begins, ``WATCHDOG=1`` at least once
+every ``$WATCHDOG_USEC`` microseconds (``WatchdogSec=``), or systemd deems the service hung
+and restarts it.
 
 Only the process systemd started may notify (``NotifyAccess=main``, the default): the
-variable is taken out of the environment when read, so neither the workers nor whatever a
-command runs inherit it. A notification that cannot be sent is logged, never raised:
+variables are taken out of the environment when read, so neither the workers nor whatever a
+command runs inherit them. A notification that cannot be sent is logged, never raised:
 serving goes on either way.
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,24 +32,36 @@ __all__ = ["Notifier"]
 
 log = logging.getLogger(__name__)
 
-#: The variable systemd sets for a notifying service.
+#: The variables systemd sets for a notifying service, and for its watchdog.
 NOTIFY_SOCKET: Final = "NOTIFY_SOCKET"
+WATCHDOG_USEC: Final = "WATCHDOG_USEC"
+WATCHDOG_PID: Final = "WATCHDOG_PID"
 
 
 @dataclass
 class Notifier:
-    """Where notifications go (None: nowhere, not under a notifying service manager)."""
+    """Where notifications go (None: nowhere, not under a notifying service manager), and
+    how often the watchdog wants a ping (None: it does not)."""
 
     address: str | bytes | None = None
+    #: Seconds between two pings: half of ``$WATCHDOG_USEC``, as sd_watchdog_enabled(3)
+    #: advises, so that one late ping is not yet a missed one.
+    watchdog_interval: float | None = None
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._log = RateLimitedLog(log)
+        self._next_ping = 0.0
 
     @classmethod
     def from_environment(cls) -> Notifier:
         """The notifier systemd asks for, if any; takes its variables out of the environment."""
         named = os.environ.pop(NOTIFY_SOCKET, None)
-        return cls(_address(named) if named else None)
+        usec = os.environ.pop(WATCHDOG_USEC, None)
+        pid = os.environ.pop(WATCHDOG_PID, None)
+        address = _address(named) if named else None
+        interval = _watchdog_interval(usec, pid) if usec is not None and address else None
+        return cls(address, interval)
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")
@@ -55,6 +71,17 @@ class Notifier:
 
     def stopping(self, status: str) -> None:
         self.notify("STOPPING=1", f"STATUS={status}")
+
+    def heartbeat(self) -> float | None:
+        """The watchdog's ping, if one is due; in how many seconds the next is (None: no
+        watchdog). Call it again by then."""
+        if self.watchdog_interval is None:
+            return None
+        now = self.clock()
+        if now >= self._next_ping:
+            self._next_ping = now + self.watchdog_interval
+            self.notify("WATCHDOG=1")
+        return self._next_ping - now
 
     def notify(self, *lines: str) -> None:
         """One datagram of ``lines`` (``KEY=VALUE``, one line each) to the service manager."""
@@ -90,3 +117,20 @@ def _address(named: str) -> str | bytes | None:
         printable(named),
     )
     return None
+
+
+def _watchdog_interval(usec: str, pid: str | None) -> float | None:
+    """Half of ``$WATCHDOG_USEC`` in seconds; None if the watchdog watches another process
+    (``$WATCHDOG_PID``) or the value is not a positive number of microseconds."""
+    if pid is not None and pid.strip() != str(os.getpid()):
+        return None
+    try:
+        interval = int(usec) / 2_000_000
+    except ValueError:
+        interval = 0.0
+    if interval <= 0:
+        log.warning(
+            "%s=%s is not a number of microseconds: no watchdog", WATCHDOG_USEC, printable(usec)
+        )
+        return None
+    return interval

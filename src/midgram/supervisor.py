@@ -12,6 +12,8 @@ Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the l
 - SIGTERM / SIGINT: graceful stop. Each worker gets SIGTERM, finishes the datagram in hand
   and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
 - SIGHUP: re-open log files, here and in every worker.
+- ``heartbeat`` (systemd's watchdog): called when due while every slot has a live worker;
+  it pauses while one waits out its back-off.
 
 Log lines name a worker by its number in ``ps`` (``worker 1`` is slot 0: the supervisor is
 row 0 of the process table, the "attendant").
@@ -193,12 +195,16 @@ class Supervisor:
     on_started: Callable[[], None] = lambda: None
     #: Called when SIGTERM or SIGINT begins the stop, with the signal's name.
     on_stop: Callable[[str], None] = lambda why: None
+    #: Called while every worker is alive (the service manager's watchdog): returns in how
+    #: many seconds it wants to be called again (None: never).
+    heartbeat: Callable[[], float | None] | None = None
     clock: Callable[[], float] = time.monotonic
     #: Set by workers that say when they are ready (``mark_ready``) and what they serve.
     states: WorkerStates | None = None
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
     _failed: str | None = None
+    _beat_at: float | None = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1). Whatever
@@ -211,7 +217,8 @@ class Supervisor:
                 self._spawn(slot)
             self.on_started()
             while not self._stopping:
-                self._wait_for_signal(read_fd, self._next_respawn_in())
+                self._beat()
+                self._wait_for_signal(read_fd, self._next_wake_in())
                 self._respawn_due()
         finally:
             # Also when on_started or the loop raised: no worker outlives a failed start.
@@ -348,9 +355,21 @@ class Supervisor:
         size, head = held
         return f", while serving a datagram of {size} bytes: {shown(head, IN_HAND_MAX)}"
 
-    def _next_respawn_in(self) -> float | None:
+    def _next_wake_in(self) -> float | None:
+        """Until the next restart or heartbeat is due (None: nothing is)."""
         due = [s.respawn_at for s in self._slots if s.respawn_at is not None]
+        if self._beat_at is not None:
+            due.append(self._beat_at)
         return max(0.0, min(due) - self.clock()) if due else None
+
+    def _beat(self) -> None:
+        """The heartbeat, while every worker is alive: not while one waits for its restart
+        (a worker that keeps dying at start-up stops the heartbeat, then the server)."""
+        self._beat_at = None
+        if self.heartbeat is not None and all(slot.pid for slot in self._slots):
+            wait = self.heartbeat()
+            if wait is not None:
+                self._beat_at = self.clock() + wait
 
     def _respawn_due(self) -> None:
         now = self.clock()
