@@ -89,8 +89,8 @@ class Notifier:
             return
         message = "\n".join(line.replace("\n", " ") for line in lines).encode()
         try:
-            # A socket per notification, as sd_notify does: they are few, and no descriptor
-            # of it outlives the call into the workers forked later.
+            # A socket per notification, as sd_notify does: they are few, and none is left
+            # open for the workers forked later to inherit.
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(message, socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
@@ -110,7 +110,7 @@ def _address(named: str) -> str | bytes | None:
     if named.startswith("/"):
         return named
     if named.startswith("@") and len(named) > 1:
-        return b"\0" + named[1:].encode()
+        return b"\0" + os.fsencode(named[1:])
     log.warning(
         "%s=%s is not a socket path or an @abstract name: systemd is not notified",
         NOTIFY_SOCKET,

@@ -44,7 +44,16 @@ from midgram.logs import shown
 from midgram.process import prctl as libc_prctl
 from midgram.runtime import reopen_log_files
 
-__all__ = ["IN_HAND_MAX", "Supervisor", "WorkerSignals", "WorkerStates", "held", "hold", "let_go"]
+__all__ = [
+    "IN_HAND_MAX",
+    "Supervisor",
+    "WorkerSignals",
+    "WorkerStates",
+    "held",
+    "hold",
+    "let_go",
+    "worker_name",
+]
 
 log = logging.getLogger(__name__)
 
