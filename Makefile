@@ -71,7 +71,7 @@ lock: | $(BIN)/python
 	rm -rf $(VENV)-lock
 	$(PYTHON) -m venv $(VENV)-lock
 	PIP_CONSTRAINT=/dev/null PIP_BUILD_CONSTRAINT=/dev/null $(VENV)-lock/bin/python -m pip install -q --upgrade pip setuptools
-	PIP_CONSTRAINT=/dev/null PIP_BUILD_CONSTRAINT=/dev/null $(VENV)-lock/bin/python -m pip install -q -e '.[yaml,exporter]' --group dev --group bench
+	PIP_CONSTRAINT=/dev/null PIP_BUILD_CONSTRAINT=/dev/null $(VENV)-lock/bin/python -m pip install -q -e '.[yaml,exporter,proctitle]' --group dev --group bench
 	{ echo "# Exact versions of every package the Makefile installs (written by make lock)."; \
 	  $(VENV)-lock/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt
 	rm -rf $(VENV)-lock

@@ -47,6 +47,18 @@ def deep(levels: int) -> list[object]:
     return result
 
 
+@mi.command(help="raises: the server logs a traceback")
+def fail() -> None:
+    raise RuntimeError("a bug in the command")
+
+
+@mi.command(help="the value of an environment variable in the worker that runs this")
+def environ(name: str) -> dict[str, str | None]:
+    import os
+
+    return {name: os.environ.get(name)}
+
+
 #: ``bulk``'s statistics: groups of a few counters each, and one wide group of large values.
 BULK_GROUPS = 128
 BULK_PER_GROUP = 4

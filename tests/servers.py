@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -28,6 +29,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 20.0
+_JOURNAL_LISTENING = re.compile(r"<6>\[\d+\] INFO midgram.server: listening on ")
 
 
 def short_tmpdir() -> str:
@@ -156,7 +158,8 @@ class ServerProcess:
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            if "midgram listening on" in line:
+            # the banner; on the journal, which gets no banner, the log line
+            if "midgram listening on" in line or _JOURNAL_LISTENING.match(line):
                 self._ready.set()
         self._ready.set()  # the process ended: stop waiting either way
 
@@ -167,7 +170,10 @@ def server_command(*flags: str) -> list[str]:
 
 @contextlib.contextmanager
 def midgram_server(
-    *flags: str, socket: str | None = None, env: dict[str, str] | None = None
+    *flags: str,
+    socket: str | None = None,
+    env: dict[str, str] | None = None,
+    stderr_pipe: tuple[int, int] | None = None,
 ) -> Iterator[ServerProcess]:
     """A running ``midgram serve`` (UNIX socket in a fresh short folder unless ``socket``)."""
     folder = short_tmpdir()
@@ -179,6 +185,7 @@ def midgram_server(
             folder=folder,
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+            stderr_pipe=stderr_pipe,
         ) as server:
             yield server
     finally:
@@ -187,18 +194,28 @@ def midgram_server(
 
 @contextlib.contextmanager
 def started_server(
-    command: list[str], target: str, *, folder: str, cwd: str | Path, env: dict[str, str]
+    command: list[str],
+    target: str,
+    *,
+    folder: str,
+    cwd: str | Path,
+    env: dict[str, str],
+    stderr_pipe: tuple[int, int] | None = None,
 ) -> Iterator[ServerProcess]:
     """``command`` (a ``midgram serve`` however invoked), once it has announced that it
-    listens on ``target``; stopped afterwards."""
+    listens on ``target``; stopped afterwards. ``stderr_pipe``: the (read, write) ends of a
+    pipe the caller made for its stderr, to know its inode before the start (taken over)."""
     proc = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr_pipe is None else stderr_pipe[1],
         cwd=cwd,
         env=env,
     )
+    if stderr_pipe is not None:
+        os.close(stderr_pipe[1])
+        proc.stderr = os.fdopen(stderr_pipe[0], "rb")
     server = ServerProcess(target, proc, folder)
     pump = threading.Thread(target=server._pump, daemon=True)
     pump.start()

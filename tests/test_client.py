@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import pwd
 import select
@@ -338,11 +339,21 @@ def test_a_reply_from_an_unbound_socket_of_the_callers_user_is_accepted(folder: 
             assert Client(target, timeout=5).call("uptime") == "from opensips"
 
 
-def test_a_reply_from_another_address_is_ignored_and_named(folder: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [("elsewhere.sock", None), (b"\0evil\x1b[2J\nFORGED", "@evil\\x1b[2J\\nFORGED")],
+    ids=["path", "abstract"],
+)
+def test_a_reply_from_another_address_is_ignored_and_named(
+    folder: Path, name: str | bytes, label: str | None
+) -> None:
     """A server answering from a socket other than the one called (a renamed socket, another
-    spelling of the path) is not heard, and the timeout says why."""
+    spelling of the path) is not heard, and the timeout says why, naming the sender as the
+    server's log lines do: the client wrote an abstract name raw (an escape sequence or a
+    line break in it reached the terminal)."""
+    address = str(folder / name) if isinstance(name, str) else name
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as elsewhere:
-        elsewhere.bind(str(folder / "elsewhere.sock"))
+        elsewhere.bind(address)
         replies = [b'{"jsonrpc":"2.0","result":"elsewhere","id":{id}}']
         with (
             scripted_peer(folder, replies, sender=elsewhere) as target,
@@ -350,8 +361,8 @@ def test_a_reply_from_another_address_is_ignored_and_named(folder: Path) -> None
         ):
             Client(target, timeout=0.5).call("uptime")
     assert str(caught.value) == (
-        f"no reply from {target} within 0.5 s (a reply from {folder}/elsewhere.sock was "
-        "ignored: not the address called)"
+        f"no reply from {target} within 0.5 s (a reply from {label or address} was ignored: "
+        "not the address called)"
     )
 
 
@@ -502,6 +513,25 @@ def test_replies_forged_by_another_user_are_ignored(
     for _ in range(5):
         assert client.call("pwd") == {"WD": str(ROOT)}
     assert len(forged) == 5
+
+
+@needs_root
+def test_an_ignored_unbound_sender_is_named_as_the_server_logs_it(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unbound sender was "an unbound socket of another user" here and "(unbound)" in
+    the server's log: one name, and the reason it was ignored."""
+    caplog.set_level(logging.DEBUG, logger="midgram.client")
+    forge_before_sending(monkeypatch)
+    replies = [b'{"jsonrpc":"2.0","result":"mine","id":{id}}']
+    with scripted_peer(folder, replies) as target:
+        assert Client(target, timeout=5).call("uptime") == "mine"
+    ignored = [m.split(": ", 1)[1] for m in caplog.messages if "was ignored" in m]
+    assert ignored[0] == (
+        "a reply from (unbound) was ignored: not from root, this user or the socket's owner"
+    )
+    assert ignored[1].startswith("a reply from @")
+    assert ignored[1].endswith(" was ignored: not the address called")
 
 
 @needs_root

@@ -53,14 +53,19 @@ def wait_for_line(proc: subprocess.Popen[str], text: str, *, stderr: bool = Fals
     """Read ``proc``'s output until a line holds ``text``, for at most 20 s."""
     pipe = proc.stderr if stderr else proc.stdout
     assert pipe is not None
+    # From the descriptor: a buffered readline may take two lines at once, and select then
+    # waits on an empty pipe for the line already read.
+    fd = pipe.fileno()
     deadline = time.monotonic() + 20
-    seen = [""]
-    while select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
-        line = pipe.readline()
-        seen.append(line)
-        if text in line or not line:
+    seen = ""
+    while text not in seen:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
             break
-    assert text in seen[-1], f"did not start: {''.join(seen)!r}"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        seen += chunk.decode(errors="replace")
+    assert text in seen, f"did not start: {seen!r}"
 
 
 @pytest.fixture

@@ -129,3 +129,22 @@ def test_workers_end_when_their_supervisor_is_killed() -> None:
         with midgram_server("--children", "1", socket=first.target) as second:
             processes = second.call("ps")["result"]["Processes"]
             assert processes[0] == {"ID": 0, "PID": second.proc.pid, "Type": "attendant"}
+
+
+def test_a_worker_is_logged_by_its_id_in_ps_and_its_restart_is_a_warning() -> None:
+    """The supervisor said `worker 0` of the worker `ps` lists as ID 1, and logged the
+    restart at debug level only."""
+    with midgram_server("--children", "2") as running:
+        before = {p["ID"]: p["PID"] for p in running.call("ps")["result"]["Processes"]}
+        os.kill(before[2], signal.SIGKILL)
+        running.wait_for_log(f"worker 2 (pid {before[2]}) was killed by SIGKILL")
+
+        def restarted() -> dict[int, int] | None:
+            rows = running.worker_pids_if_answered()
+            if rows is None or before[2] in rows or len(rows) != 2:
+                return None
+            return {p["ID"]: p["PID"] for p in running.call("ps")["result"]["Processes"]}
+
+        after = wait_until(restarted, what="the new worker in ps")
+        assert after[1] == before[1]
+        running.wait_for_log(f"WARNING midgram.supervisor: worker 2 restarted (pid {after[2]})")

@@ -215,3 +215,30 @@ def test_a_worker_whose_supervisor_is_gone_stops_on_its_next_wake_up() -> None:
     assert not WorkerSignals(supervisor=os.getppid()).should_stop()
     assert WorkerSignals(supervisor=os.getpid()).should_stop()  # not its parent
     assert not WorkerSignals().should_stop()  # no supervisor: the worker is the server
+
+
+def test_the_heartbeat_beats_only_while_every_worker_is_alive() -> None:
+    """The watchdog's ping says the server serves: not while a worker waits to be started
+    again (here worker 2 dies at start-up until the server gives up)."""
+    done = run_script(
+        """
+        import signal, time
+        from midgram.supervisor import Supervisor
+
+        def worker(slot):
+            if slot == 1:
+                return 3
+            signal.signal(signal.SIGTERM, lambda *a: exit(0))
+            while True:
+                time.sleep(1)
+
+        alive = []
+        sup = Supervisor(2, worker, max_boot_failures=3)
+        sup.heartbeat = lambda: (alive.append(len(sup.pids())), 0.01)[1]
+        print(sup.run(), sorted(set(alive)), len(alive))
+        """
+    )
+    status, rest = done.stdout.split(maxsplit=1)
+    alive, beats = rest.rsplit(maxsplit=1)
+    assert (status, alive) == ("1", "[2]"), done.stderr  # never with worker 2 missing
+    assert int(beats) >= 1

@@ -918,7 +918,7 @@ def test_unbound_client_cannot_be_answered(
     for peer in ("", b""):
         assert sender.send(b"reply", peer) is SendStatus.DROPPED
     assert drops == ["unbound"] * 3
-    assert "client did not bind its socket, cannot reply" in caplog.messages
+    assert "cannot reply to (unbound): the client did not bind its socket" in caplog.messages
 
 
 def test_connected_client_gets_its_reply(

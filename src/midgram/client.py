@@ -75,6 +75,7 @@ from midgram.rpc import (
     get_dialect,
     make_params,
 )
+from midgram.transport import peer_label
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -332,7 +333,7 @@ class _Call:
         self.deadline = self.started + timeout
         self.reply: bytes | None = None
         self.origin = _Origin("")  # admits nothing until the exchange has resolved the target
-        self.ignored: Any = None  # the sender of the last reply dropped for its address
+        self.ignored = ""  # why the last reply dropped for its sender was
 
     def remaining(self) -> float:
         """Seconds left; ``ReplyTimeout`` once there are none."""
@@ -342,17 +343,14 @@ class _Call:
         return left
 
     def timed_out(self) -> ReplyTimeout:
-        if self.ignored is None:
-            return ReplyTimeout(self.client.target, self.timeout)
-        note = f"a reply from {_sender_label(self.ignored)} was ignored: not the address called"
-        return ReplyTimeout(self.client.target, self.timeout, note)
+        return ReplyTimeout(self.client.target, self.timeout, self.ignored)
 
     def accept(self, received: tuple[bytes, Any, int, Any]) -> Response | None:
         """The decoded reply if it answers this call; None for a stray datagram."""
         data, ancillary, flags, sender = received
         if not self.origin.admits(sender, ancillary):
-            self.ignored = sender
-            log.debug("%s: ignored a reply from %s", self.client.target, _sender_label(sender))
+            self.ignored = _ignored_note(sender)
+            log.debug("%s: %s", self.client.target, self.ignored)
             return None
         if flags & socket.MSG_TRUNC:
             raise BadReply(
@@ -378,14 +376,10 @@ class _Call:
             hook(Exchange(self.client.target, self.data, self.reply, elapsed))
 
 
-def _sender_label(sender: Any) -> str:
-    if not sender:
-        return "an unbound socket of another user"
-    if isinstance(sender, bytes):
-        return "@" + sender[1:].decode(errors="backslashreplace")
-    if isinstance(sender, tuple):
-        return f"[{sender[0]}]:{sender[1]}" if ":" in sender[0] else f"{sender[0]}:{sender[1]}"
-    return str(sender)
+def _ignored_note(sender: Any) -> str:
+    """Why the reply from ``sender`` was not taken, naming it as every log line does."""
+    why = "not the address called" if sender else "not from root, this user or the socket's owner"
+    return f"a reply from {peer_label(sender)} was ignored: {why}"
 
 
 def _check_names(result: Any, target: str) -> list[str]:

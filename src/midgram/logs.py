@@ -7,17 +7,33 @@ and an escape sequence would drive the terminal of whoever reads it.
 
 ``RateLimitedLog`` keeps a cause that any sender can repeat (a refused peer, a reply that
 cannot be sent, a command that keeps failing) to one line per interval, counting the rest.
+
+``formatter_for`` gives the format of midgram's own log lines, on stderr or in a file; on the
+systemd journal (stderr is the stream ``$JOURNAL_STREAM`` names), without a time of its own
+and with each line's syslog priority, as journald reads it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import IO, Any, Final
 
-__all__ = ["LOG_INTERVAL", "SHOWN_MAX", "RateLimitedLog", "printable", "shown"]
+__all__ = [
+    "JOURNAL_FORMAT",
+    "LOG_FORMAT",
+    "LOG_INTERVAL",
+    "SHOWN_MAX",
+    "JournalFormatter",
+    "RateLimitedLog",
+    "formatter_for",
+    "on_journal",
+    "printable",
+    "shown",
+]
 
 #: At most one log line per cause per this many seconds.
 LOG_INTERVAL: Final = 10.0
@@ -93,3 +109,53 @@ class RateLimitedLog:
 
 #: Causes remembered at once (see RateLimitedLog.log).
 _KEYS_KEPT: Final = 1024
+
+
+#: midgram's log lines: ``midgram serve``'s, and ``serve()``'s when the program set up none.
+LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
+#: The same on the journal, which stamps each line with its time and the service's name and
+#: main pid: the pid here tells a worker's lines from the supervisor's.
+JOURNAL_FORMAT: Final = "[%(process)d] %(levelname)s %(name)s: %(message)s"
+#: syslog priorities (crit, err, warning, info, debug) from the highest ``logging`` level down.
+_PRIORITIES: Final = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
+_DEBUG_PRIORITY: Final = 7
+
+
+def on_journal(stream: IO[Any]) -> bool:
+    """Whether ``stream`` is connected to the systemd journal: systemd names the stream it
+    gives a service in ``$JOURNAL_STREAM`` (``device:inode``); a stream redirected elsewhere
+    has another one."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        named = int(device), int(inode)
+        found = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or no descriptor
+        return False
+    return named == (found.st_dev, found.st_ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """Each line prefixed with ``<N>``, its syslog priority, which journald takes off and
+    keeps as the entry's level (journalctl colours and filters by it: ``-p warning``). A
+    traceback's every line gets its record's priority: journald reads one entry a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def syslog_priority(level: int) -> int:
+    """The syslog priority of a ``logging`` level (a level between two takes the lower's)."""
+    return next((priority for floor, priority in _PRIORITIES if level >= floor), _DEBUG_PRIORITY)
+
+
+def formatter_for(stream: IO[Any]) -> logging.Formatter:
+    """The formatter of midgram's log lines on ``stream``."""
+    if on_journal(stream):
+        return JournalFormatter(JOURNAL_FORMAT)
+    return logging.Formatter(LOG_FORMAT)

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,10 @@ from midgram.config import Settings
 from midgram.core import with_core
 from midgram.errors import ConfigError, TransportError
 from midgram.files import squatted
+from midgram.logs import LOG_FORMAT, formatter_for
+from midgram.process import name_attendant, name_worker
 from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
+from midgram.service import Notifier
 from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.transport import (
@@ -59,9 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: midgram's log lines: ``midgram serve``'s, and ``serve()``'s when the program set up none.
-LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 #: How often an idle worker wakes up to look at its stop flag and log level.
 IDLE_WAKEUP: Final = 0.2
@@ -136,8 +137,8 @@ def _own_logging(settings: Settings) -> Iterator[None]:
     logger = logging.getLogger("midgram")
     handler: logging.Handler | None = None
     if not logger.hasHandlers():
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter_for(sys.stderr))
         logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging_level(settings.log_level))
@@ -267,34 +268,55 @@ def serve(
 
 
 def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
-    listening: list[str] = []
-    on_ready = _noting(listening, on_ready)
     for warning in settings.warnings():
         log.warning("%s", warning)
+    where = str(_address(settings)) if settings.socket_name else default_address()
+    told = _Told(where, settings.children_count, on_ready, Notifier.from_environment())
     sock = open_socket(settings)
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
         enlarge_send_buffer(sock)
         _log_start()  # native I/O is decided here, once, before the workers fork
-        where = str(_address(settings)) if settings.socket_name else default_address()
         if settings.children_count == 0:
-            return _serve_inline(sock, settings, registry, where, on_ready)
-        return _serve_forked(sock, settings, registry, where, on_ready)
+            return _serve_inline(sock, settings, registry, told)
+        return _serve_forked(sock, settings, registry, told)
     finally:
         _close(sock, settings)
-        if listening:  # a server that never listened did not stop: its error says it all
+        if told.listening:  # a server that never listened did not stop: its error says it all
             log.info("stopped")
 
 
-def _noting(listening: list[str], on_ready: Callable[[str], None] | None) -> Callable[[str], None]:
-    """``on_ready``, noting in ``listening`` that the server listens."""
+@dataclass
+class _Told:
+    """Where the server says how it is doing: its log, the program (``on_ready``) and the
+    service manager (``notifier``: systemd's READY, STATUS and STOPPING)."""
 
-    def ready(where: str) -> None:
-        listening.append(where)
-        if on_ready is not None:
-            on_ready(where)
+    where: str
+    children: int
+    on_ready: Callable[[str], None] | None
+    notifier: Notifier
+    listening: bool = False
+    restarts: int = 0
 
-    return ready
+    def ready(self) -> None:
+        log.info("listening on %s", self._serving())
+        self.listening = True
+        if self.on_ready is not None:
+            self.on_ready(self.where)
+        self.notifier.ready(f"listening on {self._serving()}")
+
+    def spawned(self) -> None:
+        """A worker was forked: after the first ones, a restart (counted in the status)."""
+        if self.listening:
+            self.restarts += 1
+            self.notifier.status(f"listening on {self._serving()}; {self.restarts} restart(s)")
+
+    def stopping(self, why: str) -> None:
+        self.notifier.stopping(f"stopping ({why})" if why else "stopping")
+
+    def _serving(self) -> str:
+        processes = f"{self.children} worker(s)" if self.children else "in-process"
+        return f"{self.where} ({processes})"
 
 
 def _log_start() -> None:
@@ -303,13 +325,7 @@ def _log_start() -> None:
     log.log(logging.INFO if native_status().on else logging.WARNING, "%s", version_line())
 
 
-def _serve_inline(
-    sock: socket.socket,
-    settings: Settings,
-    registry: Registry,
-    where: str,
-    on_ready: Callable[[str], None] | None,
-) -> int:
+def _serve_inline(sock: socket.socket, settings: Settings, registry: Registry, told: _Told) -> int:
     """``children_count = 0``: this process is the one worker (embedding, debugging)."""
     runtime = LocalRuntime(level=_opensips_level(settings))
     dispatcher = _dispatcher(settings, registry, runtime)
@@ -320,14 +336,32 @@ def _serve_inline(
     )
     worker_signals = WorkerSignals()
     restore = _install_inline_signals(worker_signals)
-    _announce(where, 0, on_ready)
+    told.ready()
+
+    def should_stop() -> bool:
+        return worker_signals.should_stop() or runtime.stop_requested
+
     try:
-        worker.run(lambda: worker_signals.should_stop() or runtime.stop_requested)
+        worker.run(_with_heartbeat(should_stop, told.notifier))
+        told.stopping("")
     finally:
         restore()
         _close_tracing(tracing)
     _report(worker.stats)
     return 0
+
+
+def _with_heartbeat(should_stop: Callable[[], bool], notifier: Notifier) -> Callable[[], bool]:
+    """``should_stop``, pinging the watchdog too: the worker asks it between bursts and when
+    idle (every ``IDLE_WAKEUP``), so the pings stop when the loop hangs."""
+    if notifier.watchdog_interval is None:
+        return should_stop
+
+    def beating() -> bool:
+        notifier.heartbeat()
+        return should_stop()
+
+    return beating
 
 
 def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]:
@@ -347,14 +381,8 @@ def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]
     return restore
 
 
-def _serve_forked(
-    sock: socket.socket,
-    settings: Settings,
-    registry: Registry,
-    where: str,
-    on_ready: Callable[[str], None] | None,
-) -> int:
-    children = settings.children_count
+def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, told: _Told) -> int:
+    children, where = settings.children_count, told.where
     table = ProcessTable(children, level=_opensips_level(settings))
     table.register(0, os.getpid())
     runtime = SharedRuntime(table, 0, time.time(), os.getpid())
@@ -364,7 +392,12 @@ def _serve_forked(
     registry.stats.allocate(children)  # shared memory, before the fork
     states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
+    def spawned(slot: int, pid: int) -> None:
+        table.register(slot + 1, pid)
+        told.spawned()
+
     def run_worker(slot: int) -> int:
+        name_worker(slot + 1, where)
         registry.stats.attach(slot)
         table.register(slot + 1, os.getpid())
         worker_signals = WorkerSignals(supervisor=runtime.supervisor_pid)
@@ -388,10 +421,13 @@ def _serve_forked(
         children,
         run_worker,
         states=states,
-        on_spawn=lambda slot, pid: table.register(slot + 1, pid),
+        on_spawn=spawned,
         on_exit=lambda slot: table.unregister(slot + 1),
-        on_started=lambda: _announce(where, children, on_ready),
+        on_started=told.ready,
+        on_stop=told.stopping,
+        heartbeat=told.notifier.heartbeat,
     )
+    name_attendant(where)
     status = supervisor.run()
     _report(server_stats)
     return status
@@ -422,13 +458,6 @@ def _report(stats: ServerStats) -> None:
         stats.replied.value,
         stats.dropped_replies.value,
     )
-
-
-def _announce(where: str, children: int, on_ready: Callable[[str], None] | None) -> None:
-    processes = f"{children} worker(s)" if children else "in-process"
-    log.info("listening on %s (%s)", where, processes)
-    if on_ready is not None:
-        on_ready(where)
 
 
 class AsyncServer:

@@ -12,6 +12,11 @@ Signal handlers only record the signal (through ``signal.set_wakeup_fd``); the l
 - SIGTERM / SIGINT: graceful stop. Each worker gets SIGTERM, finishes the datagram in hand
   and exits; whoever is still alive after ``stop_timeout`` gets SIGKILL.
 - SIGHUP: re-open log files, here and in every worker.
+- ``heartbeat`` (systemd's watchdog): called when due while every slot has a live worker;
+  it pauses while one waits out its back-off.
+
+Log lines name a worker by its number in ``ps`` (``worker 1`` is slot 0: the supervisor is
+row 0 of the process table, the "attendant").
 
 Workers never outlive the supervisor: each asks the kernel for SIGTERM when its parent dies
 (``prctl(PR_SET_PDEATHSIG)``, even after a SIGKILL), and checks on each wake-up that its
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import mmap
 import os
@@ -37,9 +41,19 @@ from types import FrameType
 from typing import Final
 
 from midgram.logs import shown
+from midgram.process import prctl as libc_prctl
 from midgram.runtime import reopen_log_files
 
-__all__ = ["IN_HAND_MAX", "Supervisor", "WorkerSignals", "WorkerStates", "held", "hold", "let_go"]
+__all__ = [
+    "IN_HAND_MAX",
+    "Supervisor",
+    "WorkerSignals",
+    "WorkerStates",
+    "held",
+    "hold",
+    "let_go",
+    "worker_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +202,18 @@ class Supervisor:
     on_exit: Callable[[int], None] = lambda slot: None
     #: Called once the signal handlers are in place and the first workers forked.
     on_started: Callable[[], None] = lambda: None
+    #: Called when SIGTERM or SIGINT begins the stop, with the signal's name.
+    on_stop: Callable[[str], None] = lambda why: None
+    #: Called while every worker is alive (the service manager's watchdog): returns in how
+    #: many seconds it wants to be called again (None: never).
+    heartbeat: Callable[[], float | None] | None = None
     clock: Callable[[], float] = time.monotonic
     #: Set by workers that say when they are ready (``mark_ready``) and what they serve.
     states: WorkerStates | None = None
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
     _failed: str | None = None
+    _beat_at: float | None = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (0) or until workers keep dying at boot (1). Whatever
@@ -206,7 +226,8 @@ class Supervisor:
                 self._spawn(slot)
             self.on_started()
             while not self._stopping:
-                self._wait_for_signal(read_fd, self._next_respawn_in())
+                self._beat()
+                self._wait_for_signal(read_fd, self._next_wake_in())
                 self._respawn_due()
         finally:
             # Also when on_started or the loop raised: no worker outlives a failed start.
@@ -248,18 +269,20 @@ class Supervisor:
 
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
-            log.info("stopping (%s)", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.info("stopping (%s)", name)
             self._stopping = True
+            self.on_stop(name)
         elif signum == signal.SIGHUP:
             reopen_log_files()
             self._signal_all(signal.SIGHUP)
 
     # --- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, again: bool = False) -> None:
         if self.states is not None:
             self.states.reset(slot)
-        supervisor, prctl = os.getpid(), _prctl()  # looked up here, once, not in each child
+        supervisor, prctl = os.getpid(), libc_prctl()  # looked up once, not in each child
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             _end_with(supervisor, prctl)
@@ -270,14 +293,21 @@ class Supervisor:
             try:
                 status = self.run_worker(slot)
             except BaseException:
-                log.exception("worker %d crashed", slot)
+                log.exception("%s crashed", worker_name(slot))
             finally:
                 logging.shutdown()
                 os._exit(status)
         state = self._slots[slot]
         state.pid, state.started, state.respawn_at = pid, self.clock(), None
         self.on_spawn(slot, pid)
-        log.debug("worker %d started (pid %d)", slot, pid)
+        # A restart follows a death (logged as a warning): the pair tells the whole story.
+        log.log(
+            logging.WARNING if again else logging.DEBUG,
+            "%s %s (pid %d)",
+            worker_name(slot),
+            "restarted" if again else "started",
+            pid,
+        )
 
     def _reap(self) -> None:
         while True:
@@ -301,8 +331,8 @@ class Supervisor:
         lived = self.clock() - state.started
         at_boot = self._died_at_boot(index, lived)
         log.warning(
-            "worker %d (pid %d) %s after %.1f s%s",
-            index,
+            "%s (pid %d) %s after %.1f s%s",
+            worker_name(index),
             pid,
             _describe(status),
             lived,
@@ -310,7 +340,7 @@ class Supervisor:
         )
         state.failures = state.failures + 1 if at_boot else 0
         if state.failures >= self.max_boot_failures:
-            self._failed = f"worker {index} died at start-up {state.failures} times in a row"
+            self._failed = f"{worker_name(index)} died at start-up {state.failures} times in a row"
             self._stopping = True
             return
         delay = 0.0 if state.failures == 0 else min(BACKOFF_MAX, BACKOFF_FIRST * 2**state.failures)
@@ -334,15 +364,27 @@ class Supervisor:
         size, head = held
         return f", while serving a datagram of {size} bytes: {shown(head, IN_HAND_MAX)}"
 
-    def _next_respawn_in(self) -> float | None:
+    def _next_wake_in(self) -> float | None:
+        """Until the next restart or heartbeat is due (None: nothing is)."""
         due = [s.respawn_at for s in self._slots if s.respawn_at is not None]
+        if self._beat_at is not None:
+            due.append(self._beat_at)
         return max(0.0, min(due) - self.clock()) if due else None
+
+    def _beat(self) -> None:
+        """The heartbeat, while every worker is alive: not while one waits for its restart
+        (a worker that keeps dying at start-up stops the heartbeat, then the server)."""
+        self._beat_at = None
+        if self.heartbeat is not None and all(slot.pid for slot in self._slots):
+            wait = self.heartbeat()
+            if wait is not None:
+                self._beat_at = self.clock() + wait
 
     def _respawn_due(self) -> None:
         now = self.clock()
         for index, state in enumerate(self._slots):
             if state.respawn_at is not None and state.respawn_at <= now and not self._stopping:
-                self._spawn(index)
+                self._spawn(index, again=True)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.pids():
@@ -380,6 +422,11 @@ class Supervisor:
             select.select([], [], [], min(0.02, max(0.0, end - self.clock())))
 
 
+def worker_name(slot: int) -> str:
+    """The worker in ``slot`` as log lines name it: by its ID in ``ps`` (slot + 1)."""
+    return f"worker {slot + 1}"
+
+
 def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
     """In a new worker: SIGTERM (the graceful stop) when the supervisor dies, and an exit
     now if it died before the kernel was asked."""
@@ -387,16 +434,6 @@ def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
         log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
     if os.getppid() != supervisor:
         os._exit(0)
-
-
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl(), or None off Linux (the workers' wake-up check stands in for it)."""
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
 
 
 def _record(signum: int, frame: FrameType | None) -> None:

@@ -596,7 +596,11 @@ class ReplySender:
     def send(self, data: bytes, addr: PeerAddress) -> SendStatus:
         """Send one reply now, or queue it, or drop it; never raises for a send error."""
         if not addr:
-            return self._drop(DropReason.UNBOUND, "client did not bind its socket, cannot reply")
+            return self._drop(
+                DropReason.UNBOUND,
+                "cannot reply to %s: the client did not bind its socket",
+                peer_label(addr),
+            )
         if addr in self._queues:
             return self._enqueue(data, addr)  # behind the ones already waiting for addr
         try:

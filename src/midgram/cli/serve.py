@@ -20,18 +20,21 @@ from midgram.commands import Registry
 from midgram.config import ALIASES, load_settings, read_config
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
 from midgram.files import LogFileHandler, PidFile
-from midgram.logs import printable
-from midgram.server import LOG_FORMAT, importing_app, logging_level
+from midgram.logs import LOG_FORMAT, formatter_for, on_journal, printable
+from midgram.server import importing_app, logging_level
 from midgram.server import serve as run_server
 
 __all__ = ["serve"]
 
 
 def _setup_logging(level: str, log_file: str | None) -> None:
-    handler: logging.Handler = (
-        LogFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler: logging.Handler
+    if log_file:
+        handler = LogFileHandler(log_file)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter_for(sys.stderr))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging_level(level))
@@ -223,7 +226,8 @@ def serve(
 def _ready(where: str, pid: PidFile | None) -> None:
     if pid is not None:
         pid.write(os.getpid())
-    click.echo(_how_to_call(where), err=True)
+    if not on_journal(sys.stderr):  # how to call and stop it: for a person at a terminal
+        click.echo(_how_to_call(where), err=True)
 
 
 def _fail(exc: MidgramError) -> NoReturn:
