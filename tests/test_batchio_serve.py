@@ -336,6 +336,27 @@ def test_a_reply_to_an_unbound_client_is_a_leftover(
 
 @needs_native
 @pytest.mark.parametrize("flush", [1, 2, 8])
+def test_a_reply_longer_than_big_and_every_later_one_are_leftovers(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    """Longer replies are weighed against the send buffer by ReplySender (midgram.budget):
+    the C loop leaves them, and what follows them, to it."""
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64, None, 6)
+    for data in (b"0", b"long", b"2"):
+        client.sendto(data, server.getsockname())
+    received, replied, leftovers = batch.serve(Recorder(), True, flush)
+    assert (received, replied) == (3, 1)
+    peer = peer_of(client)
+    assert leftovers == [(b"long", peer, False, b"re:long"), (b"2", peer, False, b"re:2")]
+    assert drain(client) == [b"re:0"]
+    assert batch.send([(b"short", peer), (b"longest", peer)], 0) == 1
+    assert drain(client) == [b"short"]
+
+
+@needs_native
+@pytest.mark.parametrize("flush", [1, 2, 8])
 def test_a_full_client_queue_makes_its_reply_and_every_later_one_a_leftover(
     native: ModuleType, sockets: Sockets, flush: int
 ) -> None:
@@ -669,6 +690,7 @@ EXPECTED_STATS = {
     "command_errors": 2,
     "oversize_replies": 0,
     "dropped_replies": 2,
+    "withheld_replies": 0,
     "refused": 0,
     "traced": 0,
 }

@@ -57,6 +57,7 @@ typedef struct {
     PeerCache last; /* the last peer seen: a client sending many requests costs one decode */
     int busy;       /* a call is using the buffers (they are shared): one at a time */
     Py_buffer in_hand; /* where serve() notes the datagram in hand (buf NULL: nowhere) */
+    Py_ssize_t big; /* a longer reply is the caller's to send (its send-buffer budget) */
 } BatchSocket;
 
 /* --- peers: sockaddr -> Python ------------------------------------------------------- */
@@ -228,13 +229,17 @@ static void BatchSocket_dealloc(BatchSocket *self) {
 }
 
 static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "family", "slots", "bufsize", "in_hand", NULL};
+    static char *keywords[] = {"fd", "family", "slots", "bufsize", "in_hand", "big", NULL};
     int fd, family;
-    Py_ssize_t slots, bufsize;
+    Py_ssize_t slots, bufsize, big = PY_SSIZE_T_MAX;
     PyObject *in_hand = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|O", keywords, &fd, &family, &slots,
-                                     &bufsize, &in_hand))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|On", keywords, &fd, &family, &slots,
+                                     &bufsize, &in_hand, &big))
         return -1;
+    if (big < 0) {
+        PyErr_SetString(PyExc_ValueError, "big must be >= 0");
+        return -1;
+    }
     if (fd < 0 || slots < 1 || slots > MAX_SLOTS || bufsize < 1 ||
         bufsize > PY_SSIZE_T_MAX / slots) {
         PyErr_Format(PyExc_ValueError,
@@ -262,6 +267,7 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     }
     self->fd = fd;
     self->family = family;
+    self->big = big;
     self->slots = (unsigned int)slots;
     self->bufsize = (size_t)bufsize;
     self->buffers = PyMem_Malloc((size_t)slots * (size_t)bufsize);
@@ -386,7 +392,8 @@ static PyObject *send_replies(BatchSocket *self, PyObject *const *args, Py_ssize
         while (n < self->slots && done + n < total) {
             PyObject *item = PyList_GET_ITEM(replies, done + n);
             if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
-                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)))
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+                PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) > self->big)
                 break;
             struct msghdr *hdr = &self->smsgs[n].msg_hdr;
             socklen_t len = 0;
@@ -538,7 +545,8 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
             Py_DECREF(data);
             goto error;
         }
-        if (PyBytes_CheckExact(handled) && !failed && !unbound(self, (unsigned int)i)) {
+        int ours = PyBytes_CheckExact(handled) && PyBytes_GET_SIZE(handled) <= self->big;
+        if (ours && !failed && !unbound(self, (unsigned int)i)) {
             Py_DECREF(data);
             box.reply[box.count] = handled; /* the outbox owns it now */
             box.source[box.count++] = (unsigned int)i;
@@ -552,8 +560,8 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
             Py_DECREF(handled);
             goto error;
         }
-        if (!PyBytes_CheckExact(handled))
-            failed = 1; /* the caller answers it: every later reply is the caller's too */
+        if (!ours)
+            failed = 1; /* the caller answers or sends it: every later reply is theirs too */
         PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
         int rc = peer ? leftover(&leftovers, data, peer, truncated, handled) : -1;
         Py_XDECREF(peer);
@@ -667,12 +675,14 @@ static PyMethodDef BatchSocket_methods[] = {
      "datagram (answer not called, handled None), goes to settle(data, handled), whose "
      "bytes are sent in turn (None: no reply). leftovers (None if none) lists, in order, "
      "(data, peer, truncated, handled) for what the caller must finish: a reply the kernel "
-     "refused or to an unbound client (handled: its bytes) and, without settle, what settle "
-     "would have had; after a refused reply or one the caller finishes, every later reply "
-     "of the batch is a leftover too, so that each client's replies keep their order."},
+     "refused, longer than big, or to an unbound client (handled: its bytes) and, without "
+     "settle, what settle would have had; after a refused reply or one the caller "
+     "finishes, every later reply of the batch is a leftover too, so that each client's "
+     "replies keep their order."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
-     "blocking; the index of the first one not sent (len(replies) when all went)."},
+     "blocking, up to the first one longer than big; the index of the first one not sent "
+     "(len(replies) when all went)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -686,11 +696,13 @@ static PyTypeObject BatchSocketType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram._batchio.BatchSocket",
     .tp_basicsize = sizeof(BatchSocket),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None): recvmmsg()/sendmmsg() "
-              "over a datagram socket's file descriptor (not owned). in_hand, a writable "
-              "buffer, is where serve() notes each datagram before answering it (a native "
-              "long long length, then its first bytes; the length is 0 once the batch is "
-              "served), for a supervisor to read if the process dies answering it.",
+    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize): "
+              "recvmmsg()/sendmmsg() over a datagram socket's file descriptor (not owned). "
+              "in_hand, a writable buffer, is where serve() notes each datagram before "
+              "answering it (a native long long length, then its first bytes; the length is 0 "
+              "once the batch is served), for a supervisor to read if the process dies "
+              "answering it. A reply longer than big is left to the caller (who weighs it "
+              "against the send buffer).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)BatchSocket_init,
     .tp_dealloc = (destructor)BatchSocket_dealloc,

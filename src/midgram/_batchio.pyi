@@ -18,6 +18,7 @@ class BatchSocket:
         slots: int,
         bufsize: int,
         in_hand: memoryview | None = None,
+        big: int = ...,
     ) -> None: ...
     @property
     def slots(self) -> int: ...

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from midgram.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
+from midgram.budget import SendBudget
 from midgram.commands import Dispatcher, Outcome, Pending, Status
 from midgram.errors import TransportError
 from midgram.logs import RateLimitedLog, shown
@@ -39,7 +40,14 @@ from midgram.runtime import apply_log_level
 from midgram.stats import Counter, Statistics
 from midgram.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.tracing import Tracer
-from midgram.transport import HepSender, PeerAddress, ReplySender, SendStatus, peer_label
+from midgram.transport import (
+    WITHHELD,
+    HepSender,
+    PeerAddress,
+    ReplySender,
+    SendStatus,
+    peer_label,
+)
 
 __all__ = ["ServerStats", "Tracing", "Worker", "source_filter"]
 
@@ -71,6 +79,7 @@ class ServerStats:
     command_errors: Counter
     oversize_replies: Counter
     dropped_replies: Counter
+    withheld_replies: Counter
     refused: Counter
     traced: Counter
 
@@ -144,9 +153,14 @@ class Worker:
         # in_hand (WorkerStates): where each datagram is noted before it is answered, for
         # the supervisor to name the one that killed this process, if one ever does.
         self._in_hand = in_hand
-        self.io = io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand)
+        # Unread UNIX replies stay charged to the socket: big ones meet its budget.
+        budget = SendBudget(sock) if sock.family == socket.AF_UNIX else None
+        big = budget.small if budget is not None else None
+        self.io = (
+            io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand, big=big)
+        )
         self._log = RateLimitedLog(log)
-        self.sender = ReplySender(sock, socket_timeout_ms, on_drop=self._dropped)
+        self.sender = ReplySender(sock, socket_timeout_ms, on_drop=self._dropped, budget=budget)
         self._allowed = allowed
         self._log_level = log_level
         self._applied_level: int | None = None
@@ -443,6 +457,8 @@ class Worker:
 
     def _dropped(self, reason: str) -> None:
         self.stats.dropped_replies.inc()
+        if reason in WITHHELD:
+            self.stats.withheld_replies.inc()
 
     def _follow_log_level(self) -> None:
         if self._log_level is None:
