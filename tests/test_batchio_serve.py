@@ -691,6 +691,7 @@ EXPECTED_STATS = {
     "oversize_replies": 0,
     "dropped_replies": 2,
     "withheld_replies": 0,
+    "stuck_requests": 0,
     "refused": 0,
     "traced": 0,
 }

@@ -32,8 +32,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 
 #define MAX_SLOTS 1024
+/* The in_hand record: a length and a start time (two long longs), then the bytes. */
+#define IN_HAND_HEAD (2 * sizeof(long long))
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -258,10 +261,10 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     if (in_hand != Py_None) {
         if (PyObject_GetBuffer(in_hand, &self->in_hand, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
             return -1;
-        if (self->in_hand.len < (Py_ssize_t)sizeof(long long)) {
+        if (self->in_hand.len < (Py_ssize_t)IN_HAND_HEAD) {
             PyBuffer_Release(&self->in_hand);
             self->in_hand.buf = NULL;
-            PyErr_SetString(PyExc_ValueError, "in_hand needs room for a length at least");
+            PyErr_SetString(PyExc_ValueError, "in_hand needs room for a length and a time");
             return -1;
         }
     }
@@ -500,14 +503,21 @@ static PyObject *settled(PyObject *settle, PyObject *data, PyObject *handled) {
     return reply;
 }
 
-/* The datagram about to be answered, noted where a supervisor can read it if this process
- * dies answering it: its length (a native long long), then its first bytes. A copy of at
- * most a hundred bytes or so, against the microsecond the answer takes. */
+/* The datagram about to be answered, noted where a supervisor can read it: to name it if
+ * this process dies answering it, and to replace a worker that holds it past worker_timeout.
+ * Its length (a native long long), when it was taken (CLOCK_MONOTONIC_COARSE, ns: a read of
+ * a shared page, no syscall), then its first bytes. A copy of at most a hundred bytes or
+ * so, against the microsecond the answer takes. */
 static void hold(BatchSocket *self, int i) {
     char *record = self->in_hand.buf;
     long long size = (long long)self->rmsgs[i].msg_len;
-    size_t room = (size_t)self->in_hand.len - sizeof size;
-    memcpy(record + sizeof size, self->riov[i].iov_base, (size_t)size < room ? (size_t)size : room);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    long long since = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    size_t room = (size_t)self->in_hand.len - IN_HAND_HEAD;
+    memcpy(record + IN_HAND_HEAD, self->riov[i].iov_base,
+           (size_t)size < room ? (size_t)size : room);
+    memcpy(record + sizeof size, &since, sizeof since);
     memcpy(record, &size, sizeof size);
 }
 
@@ -699,9 +709,9 @@ static PyTypeObject BatchSocketType = {
     .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize): "
               "recvmmsg()/sendmmsg() over a datagram socket's file descriptor (not owned). "
               "in_hand, a writable buffer, is where serve() notes each datagram before "
-              "answering it (a native long long length, then its first bytes; the length is 0 "
-              "once the batch is served), for a supervisor to read if the process dies "
-              "answering it. A reply longer than big is left to the caller (who weighs it "
+              "answering it (a native long long length, a long long CLOCK_MONOTONIC_COARSE "
+              "time in ns, then its first bytes; the length is 0 once the batch is served), "
+              "for a supervisor to read if the process dies or is stuck answering it. A reply longer than big is left to the caller (who weighs it "
               "against the send buffer).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)BatchSocket_init,

@@ -388,6 +388,8 @@ def _serve_forked(
         children,
         run_worker,
         states=states,
+        worker_timeout=settings.worker_timeout,
+        on_stuck=lambda slot: server_stats.stuck_requests.inc(),
         on_spawn=lambda slot, pid: table.register(slot + 1, pid),
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=lambda: _announce(where, children, on_ready),

@@ -80,6 +80,7 @@ class ServerStats:
     oversize_replies: Counter
     dropped_replies: Counter
     withheld_replies: Counter
+    stuck_requests: Counter
     refused: Counter
     traced: Counter
 
