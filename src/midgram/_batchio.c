@@ -492,15 +492,11 @@ static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t 
 }
 
 /* settle(data, handled) for a datagram whose answer is not bytes (handled None: truncated):
- * its reply, a new reference to bytes or None; NULL with an exception set. */
+ * its reply (bytes), None (no reply), or anything else: a leftover for the caller to finish
+ * later (an async call in flight), which holds no later reply back. A new reference; NULL
+ * with an exception set. */
 static PyObject *settled(PyObject *settle, PyObject *data, PyObject *handled) {
-    PyObject *reply = PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
-    if (reply && reply != Py_None && !PyBytes_CheckExact(reply)) {
-        PyErr_Format(PyExc_TypeError, "settle() must return bytes or None, not %.100s",
-                     Py_TYPE(reply)->tp_name);
-        Py_CLEAR(reply);
-    }
-    return reply;
+    return PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
 }
 
 /* The datagram about to be answered, noted where a supervisor can read it: to name it if
@@ -542,6 +538,7 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
         if (self->in_hand.buf)
             hold(self, i);
         PyObject *handled = truncated ? Py_NewRef(Py_None) : PyObject_CallOneArg(answer, data);
+        int deferred = 0; /* settle's own leftover: its reply comes later, out of order */
         if (handled && settle && !PyBytes_CheckExact(handled)) {
             /* settled now, so that its reply goes out in order with the others */
             Py_SETREF(handled, settled(settle, data, handled));
@@ -550,6 +547,7 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
                 Py_DECREF(data);
                 continue;
             }
+            deferred = handled && !PyBytes_CheckExact(handled);
         }
         if (!handled) {
             Py_DECREF(data);
@@ -570,7 +568,7 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
             Py_DECREF(handled);
             goto error;
         }
-        if (!ours)
+        if (!ours && !deferred)
             failed = 1; /* the caller answers or sends it: every later reply is theirs too */
         PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
         int rc = peer ? leftover(&leftovers, data, peer, truncated, handled) : -1;
@@ -683,7 +681,8 @@ static PyMethodDef BatchSocket_methods[] = {
      "batch, call answer(data) on each datagram and send the bytes it returns back to the "
      "datagram's sender, flush at a time. An answer that is not bytes, or a truncated "
      "datagram (answer not called, handled None), goes to settle(data, handled), whose "
-     "bytes are sent in turn (None: no reply). leftovers (None if none) lists, in order, "
+     "bytes are sent in turn (None: no reply; anything else is a leftover that holds no "
+     "later reply back). leftovers (None if none) lists, in order, "
      "(data, peer, truncated, handled) for what the caller must finish: a reply the kernel "
      "refused, longer than big, or to an unbound client (handled: its bytes) and, without "
      "settle, what settle would have had; after a refused reply or one the caller "

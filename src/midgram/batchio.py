@@ -66,8 +66,9 @@ Datagram = tuple[bytes, PeerAddress, bool]
 Reply = tuple[bytes, PeerAddress]
 #: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
 Leftover = tuple[bytes, PeerAddress, bool, Any]
-#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes.
-Settle = Callable[[bytes, Any], bytes | None]
+#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes,
+#: or anything else: a leftover whose reply comes later (an async call in flight).
+Settle = Callable[[bytes, Any], Any]
 
 
 class BatchIO(Protocol):

@@ -412,6 +412,7 @@ def _worker(
         server_stats,
         socket_timeout_ms=settings.socket_timeout,
         allowed=source_filter(settings.allow_from),
+        worker_timeout=settings.worker_timeout,
         **hooks,
     )
 
