@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,20 @@ def slow(seconds: float) -> dict[str, float]:
     log.warning("slow command started")
     time.sleep(seconds)  # the command's own work, not test synchronisation
     return {"slept": seconds}
+
+
+@mi.command(help="answers after `seconds` without holding its worker (async def)")
+async def snooze(seconds: float) -> dict[str, float]:
+    calls.inc()
+    log.warning("snooze started")
+    await asyncio.sleep(seconds)  # the command's own work, not test synchronisation
+    return {"slept": seconds}
+
+
+@mi.command(help="an async def that blocks its event loop for `seconds` (a bug)")
+async def hog(seconds: float) -> None:
+    log.warning("hog started")
+    time.sleep(seconds)  # the bug under test: blocking inside async def
 
 
 @mi.command(help="a reply of about `size` bytes")

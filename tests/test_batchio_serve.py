@@ -305,15 +305,21 @@ def test_settle_answers_what_is_not_bytes_in_order(
 
 
 @needs_native
-def test_settle_must_give_bytes_or_none(native: ModuleType, sockets: Sockets) -> None:
+def test_what_settle_defers_is_a_leftover_that_holds_nothing_back(
+    native: ModuleType, sockets: Sockets
+) -> None:
+    """An async call in flight: its reply comes later; the others go now, in order."""
     server = sockets.server()
     a = sockets.unix("a")
     batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
     for data in (b"0", b"odd", b"2"):
         a.sendto(data, server.getsockname())
-    with pytest.raises(TypeError, match="settle\\(\\) must return bytes or None, not str"):
-        batch.serve(lambda data: None if data == b"odd" else b"re:" + data, True, 8, lambda *_: "x")
-    assert drain(a) == [b"re:0"]  # what was answered before it still went
+    received, replied, leftovers = batch.serve(
+        lambda data: None if data == b"odd" else b"re:" + data, True, 8, lambda *_: "later"
+    )
+    assert (received, replied) == (3, 2)
+    assert leftovers == [(b"odd", peer_of(a), False, "later")]
+    assert drain(a) == [b"re:0", b"re:2"]
 
 
 @needs_native
@@ -332,6 +338,27 @@ def test_a_reply_to_an_unbound_client_is_a_leftover(
     assert leftovers == [(b"1", None, False, b"re:1"), (b"3", None, False, b"re:3")]
     assert drain(bound) == [b"re:0", b"re:2", b"re:4"]
     assert drain(unbound) == []
+
+
+@needs_native
+@pytest.mark.parametrize("flush", [1, 2, 8])
+def test_a_reply_longer_than_big_and_every_later_one_are_leftovers(
+    native: ModuleType, sockets: Sockets, flush: int
+) -> None:
+    """Longer replies are weighed against the send buffer by ReplySender (midgram.budget):
+    the C loop leaves them, and what follows them, to it."""
+    server = sockets.server()
+    client = sockets.unix("client")
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64, None, 6)
+    for data in (b"0", b"long", b"2"):
+        client.sendto(data, server.getsockname())
+    received, replied, leftovers = batch.serve(Recorder(), True, flush)
+    assert (received, replied) == (3, 1)
+    peer = peer_of(client)
+    assert leftovers == [(b"long", peer, False, b"re:long"), (b"2", peer, False, b"re:2")]
+    assert drain(client) == [b"re:0"]
+    assert batch.send([(b"short", peer), (b"longest", peer)], 0) == 1
+    assert drain(client) == [b"short"]
 
 
 @needs_native
@@ -669,6 +696,8 @@ EXPECTED_STATS = {
     "command_errors": 2,
     "oversize_replies": 0,
     "dropped_replies": 2,
+    "withheld_replies": 0,
+    "stuck_requests": 0,
     "refused": 0,
     "traced": 0,
 }
@@ -745,10 +774,18 @@ class Setup:
             self.worker.serve_once()
             calls += 1
         assert self.stats.received.value == target
+        self.finish_calls()
         return calls
 
+    def finish_calls(self) -> None:
+        """serve_once() until the async calls in flight have completed and replied."""
+        deadline = time.monotonic() + DEADLINE
+        while self.worker.in_flight() and time.monotonic() < deadline:
+            self.worker.serve_once()
+        assert not self.worker.in_flight()
+
     def deliveries(self) -> dict[str, list[bytes]]:
-        return {name: drain(sock) for name, sock in self.clients.items()}
+        return {name: async_last(drain(sock)) for name, sock in self.clients.items()}
 
     def statistics(self) -> dict[str, int]:
         return {name: getattr(self.stats, name).value for name in ServerStats.__dataclass_fields__}
@@ -758,6 +795,13 @@ class Setup:
         self.worker.run(lambda: True)
 
 
+def async_last(replies: list[bytes]) -> list[bytes]:
+    """A client's replies, those of async calls (``later``) moved last and sorted: each goes
+    when its call completes, whenever the worker's loop runs it (difference 19)."""
+    later = sorted(reply for reply in replies if b'"later"' in reply)
+    return [reply for reply in replies if b'"later"' not in reply] + later
+
+
 def _expected_deliveries(dispatcher: Dispatcher) -> dict[str, list[bytes]]:
     expected: dict[str, list[bytes]] = {name: [] for name in ("a", "b", "c", "u", "gone")}
     for plan in ROUNDS:
@@ -765,7 +809,7 @@ def _expected_deliveries(dispatcher: Dispatcher) -> dict[str, list[bytes]]:
             reply = handle_reply(dispatcher, data)
             if reply is not None and name not in ("u", "gone"):
                 expected[name].append(reply)
-    return expected
+    return {name: async_last(replies) for name, replies in expected.items()}
 
 
 def _run_rounds(setup: Setup) -> tuple[list[int], dict[str, list[bytes]]]:
@@ -793,6 +837,7 @@ def _serve_rounds(sockets: Sockets, kind: str, tag: str) -> dict[str, Any]:
                 batch = setup.io.recv(True)
                 assert len(batch) == len(plan)
                 setup.worker.serve_batch(batch)
+                setup.finish_calls()
                 calls.append(1)
             deliveries = setup.deliveries()
         else:
@@ -828,9 +873,9 @@ def test_a_worker_gives_every_client_what_dispatcher_handle_gives(
     assert run["deliveries"] == run["expected"]
     # Spot checks that the plan is what it says.
     a = run["deliveries"]["a"]
-    assert reply_ids([a[0], a[2], a[3], a[4]]) == [1, 4, 7, 13]
-    assert a[1] == a[5] == b"400 Parse_error"
-    assert orjson.loads(a[2])["result"] == {"later": 7}
+    assert reply_ids([a[0], a[2], a[4], a[5]]) == [1, 7, 4, 13]  # async replies last
+    assert a[1] == a[3] == b"400 Parse_error"
+    assert orjson.loads(a[4])["result"] == {"later": 7}
     if kind == "native":  # one serve() per round, in C: recv() never called
         assert run["calls"] == [1, 1]
         assert run["watched"] == {"serve": 2}
@@ -868,6 +913,7 @@ def test_a_clients_replies_keep_its_requests_order_across_a_leftover(
         expected = [handle_reply(reference, sent) for _, sent in plan]
         if reply is not None:
             assert expected[0] == reply
+        expected = async_last(expected)  # an async call's reply goes when it completes
         assert setup.stats.replied.value == len(plan)
         assert setup.deliveries()["a"] == expected
     finally:

@@ -1080,6 +1080,8 @@ def test_drop_reasons_are_plain_strings() -> None:
         "too_big",
         "timeout",
         "overflow",
+        "not_reading",
+        "no_room",
         "error",
     }
 

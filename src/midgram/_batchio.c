@@ -32,8 +32,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 
 #define MAX_SLOTS 1024
+/* The in_hand record: a length and a start time (two long longs), then the bytes. */
+#define IN_HAND_HEAD (2 * sizeof(long long))
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -57,6 +60,7 @@ typedef struct {
     PeerCache last; /* the last peer seen: a client sending many requests costs one decode */
     int busy;       /* a call is using the buffers (they are shared): one at a time */
     Py_buffer in_hand; /* where serve() notes the datagram in hand (buf NULL: nowhere) */
+    Py_ssize_t big; /* a longer reply is the caller's to send (its send-buffer budget) */
 } BatchSocket;
 
 /* --- peers: sockaddr -> Python ------------------------------------------------------- */
@@ -228,13 +232,17 @@ static void BatchSocket_dealloc(BatchSocket *self) {
 }
 
 static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "family", "slots", "bufsize", "in_hand", NULL};
+    static char *keywords[] = {"fd", "family", "slots", "bufsize", "in_hand", "big", NULL};
     int fd, family;
-    Py_ssize_t slots, bufsize;
+    Py_ssize_t slots, bufsize, big = PY_SSIZE_T_MAX;
     PyObject *in_hand = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|O", keywords, &fd, &family, &slots,
-                                     &bufsize, &in_hand))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|On", keywords, &fd, &family, &slots,
+                                     &bufsize, &in_hand, &big))
         return -1;
+    if (big < 0) {
+        PyErr_SetString(PyExc_ValueError, "big must be >= 0");
+        return -1;
+    }
     if (fd < 0 || slots < 1 || slots > MAX_SLOTS || bufsize < 1 ||
         bufsize > PY_SSIZE_T_MAX / slots) {
         PyErr_Format(PyExc_ValueError,
@@ -253,15 +261,16 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     if (in_hand != Py_None) {
         if (PyObject_GetBuffer(in_hand, &self->in_hand, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
             return -1;
-        if (self->in_hand.len < (Py_ssize_t)sizeof(long long)) {
+        if (self->in_hand.len < (Py_ssize_t)IN_HAND_HEAD) {
             PyBuffer_Release(&self->in_hand);
             self->in_hand.buf = NULL;
-            PyErr_SetString(PyExc_ValueError, "in_hand needs room for a length at least");
+            PyErr_SetString(PyExc_ValueError, "in_hand needs room for a length and a time");
             return -1;
         }
     }
     self->fd = fd;
     self->family = family;
+    self->big = big;
     self->slots = (unsigned int)slots;
     self->bufsize = (size_t)bufsize;
     self->buffers = PyMem_Malloc((size_t)slots * (size_t)bufsize);
@@ -386,7 +395,8 @@ static PyObject *send_replies(BatchSocket *self, PyObject *const *args, Py_ssize
         while (n < self->slots && done + n < total) {
             PyObject *item = PyList_GET_ITEM(replies, done + n);
             if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
-                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)))
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+                PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) > self->big)
                 break;
             struct msghdr *hdr = &self->smsgs[n].msg_hdr;
             socklen_t len = 0;
@@ -482,25 +492,28 @@ static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t 
 }
 
 /* settle(data, handled) for a datagram whose answer is not bytes (handled None: truncated):
- * its reply, a new reference to bytes or None; NULL with an exception set. */
+ * its reply (bytes), None (no reply), or anything else: a leftover for the caller to finish
+ * later (an async call in flight), which holds no later reply back. A new reference; NULL
+ * with an exception set. */
 static PyObject *settled(PyObject *settle, PyObject *data, PyObject *handled) {
-    PyObject *reply = PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
-    if (reply && reply != Py_None && !PyBytes_CheckExact(reply)) {
-        PyErr_Format(PyExc_TypeError, "settle() must return bytes or None, not %.100s",
-                     Py_TYPE(reply)->tp_name);
-        Py_CLEAR(reply);
-    }
-    return reply;
+    return PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
 }
 
-/* The datagram about to be answered, noted where a supervisor can read it if this process
- * dies answering it: its length (a native long long), then its first bytes. A copy of at
- * most a hundred bytes or so, against the microsecond the answer takes. */
+/* The datagram about to be answered, noted where a supervisor can read it: to name it if
+ * this process dies answering it, and to replace a worker that holds it past worker_timeout.
+ * Its length (a native long long), when it was taken (CLOCK_MONOTONIC_COARSE, ns: a read of
+ * a shared page, no syscall), then its first bytes. A copy of at most a hundred bytes or
+ * so, against the microsecond the answer takes. */
 static void hold(BatchSocket *self, int i) {
     char *record = self->in_hand.buf;
     long long size = (long long)self->rmsgs[i].msg_len;
-    size_t room = (size_t)self->in_hand.len - sizeof size;
-    memcpy(record + sizeof size, self->riov[i].iov_base, (size_t)size < room ? (size_t)size : room);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    long long since = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    size_t room = (size_t)self->in_hand.len - IN_HAND_HEAD;
+    memcpy(record + IN_HAND_HEAD, self->riov[i].iov_base,
+           (size_t)size < room ? (size_t)size : room);
+    memcpy(record + sizeof size, &since, sizeof since);
     memcpy(record, &size, sizeof size);
 }
 
@@ -525,6 +538,7 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
         if (self->in_hand.buf)
             hold(self, i);
         PyObject *handled = truncated ? Py_NewRef(Py_None) : PyObject_CallOneArg(answer, data);
+        int deferred = 0; /* settle's own leftover: its reply comes later, out of order */
         if (handled && settle && !PyBytes_CheckExact(handled)) {
             /* settled now, so that its reply goes out in order with the others */
             Py_SETREF(handled, settled(settle, data, handled));
@@ -533,12 +547,14 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
                 Py_DECREF(data);
                 continue;
             }
+            deferred = handled && !PyBytes_CheckExact(handled);
         }
         if (!handled) {
             Py_DECREF(data);
             goto error;
         }
-        if (PyBytes_CheckExact(handled) && !failed && !unbound(self, (unsigned int)i)) {
+        int ours = PyBytes_CheckExact(handled) && PyBytes_GET_SIZE(handled) <= self->big;
+        if (ours && !failed && !unbound(self, (unsigned int)i)) {
             Py_DECREF(data);
             box.reply[box.count] = handled; /* the outbox owns it now */
             box.source[box.count++] = (unsigned int)i;
@@ -552,8 +568,8 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
             Py_DECREF(handled);
             goto error;
         }
-        if (!PyBytes_CheckExact(handled))
-            failed = 1; /* the caller answers it: every later reply is the caller's too */
+        if (!ours && !deferred)
+            failed = 1; /* the caller answers or sends it: every later reply is theirs too */
         PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
         int rc = peer ? leftover(&leftovers, data, peer, truncated, handled) : -1;
         Py_XDECREF(peer);
@@ -665,14 +681,17 @@ static PyMethodDef BatchSocket_methods[] = {
      "batch, call answer(data) on each datagram and send the bytes it returns back to the "
      "datagram's sender, flush at a time. An answer that is not bytes, or a truncated "
      "datagram (answer not called, handled None), goes to settle(data, handled), whose "
-     "bytes are sent in turn (None: no reply). leftovers (None if none) lists, in order, "
+     "bytes are sent in turn (None: no reply; anything else is a leftover that holds no "
+     "later reply back). leftovers (None if none) lists, in order, "
      "(data, peer, truncated, handled) for what the caller must finish: a reply the kernel "
-     "refused or to an unbound client (handled: its bytes) and, without settle, what settle "
-     "would have had; after a refused reply or one the caller finishes, every later reply "
-     "of the batch is a leftover too, so that each client's replies keep their order."},
+     "refused, longer than big, or to an unbound client (handled: its bytes) and, without "
+     "settle, what settle would have had; after a refused reply or one the caller "
+     "finishes, every later reply of the batch is a leftover too, so that each client's "
+     "replies keep their order."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
-     "blocking; the index of the first one not sent (len(replies) when all went)."},
+     "blocking, up to the first one longer than big; the index of the first one not sent "
+     "(len(replies) when all went)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -686,11 +705,13 @@ static PyTypeObject BatchSocketType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram._batchio.BatchSocket",
     .tp_basicsize = sizeof(BatchSocket),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None): recvmmsg()/sendmmsg() "
-              "over a datagram socket's file descriptor (not owned). in_hand, a writable "
-              "buffer, is where serve() notes each datagram before answering it (a native "
-              "long long length, then its first bytes; the length is 0 once the batch is "
-              "served), for a supervisor to read if the process dies answering it.",
+    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize): "
+              "recvmmsg()/sendmmsg() over a datagram socket's file descriptor (not owned). "
+              "in_hand, a writable buffer, is where serve() notes each datagram before "
+              "answering it (a native long long length, a long long CLOCK_MONOTONIC_COARSE "
+              "time in ns, then its first bytes; the length is 0 once the batch is served), "
+              "for a supervisor to read if the process dies or is stuck answering it. A reply longer than big is left to the caller (who weighs it "
+              "against the send buffer).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)BatchSocket_init,
     .tp_dealloc = (destructor)BatchSocket_dealloc,

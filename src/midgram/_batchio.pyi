@@ -18,6 +18,7 @@ class BatchSocket:
         slots: int,
         bufsize: int,
         in_hand: memoryview | None = None,
+        big: int = ...,
     ) -> None: ...
     @property
     def slots(self) -> int: ...
@@ -30,7 +31,7 @@ class BatchSocket:
         answer: Callable[[bytes], Any],
         block: bool,
         flush: int,
-        settle: Callable[[bytes, Any], bytes | None] | None = None,
+        settle: Callable[[bytes, Any], Any] | None = None,
         /,
     ) -> tuple[int, int, list[tuple[bytes, PeerAddress, bool, Any]] | None]: ...
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -65,8 +66,9 @@ Datagram = tuple[bytes, PeerAddress, bool]
 Reply = tuple[bytes, PeerAddress]
 #: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
 Leftover = tuple[bytes, PeerAddress, bool, Any]
-#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes.
-Settle = Callable[[bytes, Any], bytes | None]
+#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes,
+#: or anything else: a leftover whose reply comes later (an async call in flight).
+Settle = Callable[[bytes, Any], Any]
 
 
 class BatchIO(Protocol):
@@ -118,10 +120,14 @@ class NativeIO:
         bufsize: int,
         slots: int = SLOTS,
         in_hand: memoryview | None = None,
+        big: int | None = None,
     ) -> None:
         self._sock = sock  # keeps the descriptor open as long as this object lives
-        # in_hand: where serve() notes each datagram before answering it (WorkerStates).
-        batch = _batchio.BatchSocket(sock.fileno(), sock.family, slots, bufsize, in_hand)
+        # in_hand: where serve() notes each datagram before answering it (WorkerStates);
+        # big: a longer reply is left to ReplySender (its send-buffer budget).
+        batch = _batchio.BatchSocket(
+            sock.fileno(), sock.family, slots, bufsize, in_hand, sys.maxsize if big is None else big
+        )
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
@@ -199,9 +205,14 @@ def version_line() -> str:
 
 
 def batch_io(
-    sock: socket.socket, bufsize: int, *, slots: int = SLOTS, in_hand: memoryview | None = None
+    sock: socket.socket,
+    bufsize: int,
+    *,
+    slots: int = SLOTS,
+    in_hand: memoryview | None = None,
+    big: int | None = None,
 ) -> BatchIO:
-    """The best I/O this process has for ``sock`` (``in_hand``: see ``NativeIO``)."""
+    """The best I/O this process has for ``sock`` (``in_hand``, ``big``: see ``NativeIO``)."""
     if native_status().on:
-        return NativeIO(sock, bufsize, slots, in_hand)
+        return NativeIO(sock, bufsize, slots, in_hand, big)
     return SocketIO(sock, bufsize)

@@ -213,6 +213,13 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
         "debug, info, warning, error, critical, or an OpenSIPS level -3..4",
         "midgram",
     ),
+    Parameter(
+        "worker_timeout",
+        "float",
+        0.0,
+        "seconds one request may hold a worker before the worker is replaced (0: never)",
+        "midgram",
+    ),
 )
 
 #: Short names the CLI flags use (and a config file may use), mapped to the OpenSIPS names.
@@ -318,6 +325,25 @@ def _int_range(low: int, high: int, unit: str = "") -> Coercer:
         number = _as_int(name, value)
         if not low <= number <= high:
             raise ConfigError(name, value, f"must be between {low} and {high}{unit}")
+        return number
+
+    return coerce
+
+
+def _seconds(high: float) -> Coercer:
+    def coerce(name: str, value: object, _notes: list[str]) -> float:
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None:
+            raise ConfigError(name, value, f"must be a number of seconds, not {_type_name(value)}")
+        if not 0 <= number <= high:  # NaN fails this too
+            raise ConfigError(name, value, f"must be between 0 and {high:g} seconds")
         return number
 
     return coerce
@@ -524,6 +550,7 @@ _COERCERS: Final[Mapping[str, Coercer]] = MappingProxyType(
         "allow_from": _cidrs,
         "allow_any": _boolean,
         "log_level": _log_level,
+        "worker_timeout": _seconds(86_400),
     }
 )
 
@@ -719,6 +746,7 @@ class Settings:
     allow_from: tuple[str, ...] = ()
     allow_any: bool = False
     log_level: str = DEFAULT_LOG_LEVEL
+    worker_timeout: float = 0.0
     _warnings: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -421,6 +421,8 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
         children,
         run_worker,
         states=states,
+        worker_timeout=settings.worker_timeout,
+        on_stuck=lambda slot: server_stats.stuck_requests.inc(),
         on_spawn=spawned,
         on_exit=lambda slot: table.unregister(slot + 1),
         on_started=told.ready,
@@ -446,6 +448,7 @@ def _worker(
         server_stats,
         socket_timeout_ms=settings.socket_timeout,
         allowed=source_filter(settings.allow_from),
+        worker_timeout=settings.worker_timeout,
         **hooks,
     )
 

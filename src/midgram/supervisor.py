@@ -64,6 +64,9 @@ BOOT_GRACE: Final = 1.0
 IN_HAND_MAX: Final = 120
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+#: How often the watchdog looks (a quarter of worker_timeout, within these bounds).
+WATCH_TICK_MIN: Final = 0.05
+WATCH_TICK_MAX: Final = 1.0
 #: The signals the supervisor's loop acts on.
 HANDLED_SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: prctl(2) option: the signal this process gets when its parent dies (linux/prctl.h).
@@ -117,19 +120,25 @@ class WorkerSignals:
         return os.getppid() == self.supervisor
 
 
-_READY, _HELD, _BYTES = 0, 8, 16
+_READY, _HELD, _SINCE, _BYTES = 0, 8, 16, 24
 _INT64: Final = struct.Struct("q")
+#: The clock of a request's start time in a worker's record: the C loop reads the same one.
+#: CLOCK_MONOTONIC_COARSE (linux/time.h; Python's time module does not name it): a few ms
+#: of resolution for a read of a shared page, for every datagram, compared with seconds.
+CLOCK: Final = 6
 
 
 class WorkerStates:
     """What each worker tells the supervisor, in a record that outlives it: whether it became
-    ready, and the datagram it has in hand (its length and first ``IN_HAND_MAX`` bytes).
+    ready, and the datagram it has in hand (its length, when it started serving it, and its
+    first ``IN_HAND_MAX`` bytes).
 
     An anonymous MAP_SHARED mapping made before the fork, like the runtime's process table.
-    A worker writes only its own record, and the supervisor reads it once the worker is dead:
-    no locks. ``in_hand(slot)`` is the part a worker writes for each datagram (a length,
-    then the bytes): the native loop writes it in C (``_batchio.BatchSocket``), the Python
-    loops with ``hold``.
+    A worker writes only its own record; the supervisor reads it without locks, once the
+    worker is dead, and while it lives for ``worker_timeout`` (a record read as it changes
+    is read again). ``in_hand(slot)`` is the part a worker writes for each datagram (a
+    length, a start time, then the bytes): the native loop writes it in C
+    (``_batchio.BatchSocket``), the Python loops with ``hold``.
     """
 
     RECORD: Final = _BYTES + IN_HAND_MAX
@@ -153,12 +162,27 @@ class WorkerStates:
 
     def in_hand(self, slot: int) -> memoryview:
         """The writable part of ``slot``'s record: a native-endian int64 length (0: nothing
-        in hand), then up to ``IN_HAND_MAX`` bytes of the datagram."""
+        in hand), the int64 time (``CLOCK``, ns) it was taken, then up to ``IN_HAND_MAX``
+        bytes of the datagram."""
         return self._record(slot)[_HELD:]
 
     def held(self, slot: int) -> tuple[int, bytes] | None:
         """The datagram ``slot``'s worker had in hand (its length and first bytes), if any."""
         return held(self.in_hand(slot))
+
+    def busy_for(self, slot: int) -> float | None:
+        """Seconds ``slot``'s worker has had its datagram in hand (None: nothing in hand).
+        Read twice, so that a record changing under the read is not taken for an old one."""
+        in_hand = self.in_hand(slot)
+        since: int = _INT64.unpack_from(in_hand, _SINCE - _HELD)[0]
+        if _INT64.unpack_from(in_hand, 0)[0] <= 0:
+            return None
+        if _INT64.unpack_from(in_hand, _SINCE - _HELD)[0] != since:
+            return 0.0  # it just took another one
+        return max(0.0, (time.clock_gettime_ns(CLOCK) - since) / 1e9)
+
+
+_HEAD: Final = _BYTES - _HELD  # where the bytes start in the in_hand part
 
 
 def held(in_hand: memoryview) -> tuple[int, bytes] | None:
@@ -166,14 +190,15 @@ def held(in_hand: memoryview) -> tuple[int, bytes] | None:
     size = _INT64.unpack_from(in_hand, 0)[0]
     if size <= 0:
         return None
-    start = _INT64.size
-    return size, bytes(in_hand[start : start + min(size, len(in_hand) - start)])
+    return size, bytes(in_hand[_HEAD : _HEAD + min(size, len(in_hand) - _HEAD)])
 
 
 def hold(in_hand: memoryview, data: bytes) -> None:
-    """Write ``data`` as the datagram in hand into a ``WorkerStates.in_hand`` part."""
-    size = min(len(data), len(in_hand) - _INT64.size)
-    in_hand[_INT64.size : _INT64.size + size] = data[:size]
+    """Write ``data`` as the datagram in hand, taken now, into a ``WorkerStates.in_hand``
+    part."""
+    size = min(len(data), len(in_hand) - _HEAD)
+    in_hand[_HEAD : _HEAD + size] = data[:size]
+    _INT64.pack_into(in_hand, _SINCE - _HELD, time.clock_gettime_ns(CLOCK))
     _INT64.pack_into(in_hand, 0, len(data))
 
 
@@ -188,6 +213,7 @@ class _Slot:
     started: float = 0.0
     failures: int = 0
     respawn_at: float | None = None
+    killed_stuck: bool = False
 
 
 @dataclass
@@ -210,6 +236,10 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     #: Set by workers that say when they are ready (``mark_ready``) and what they serve.
     states: WorkerStates | None = None
+    #: The watchdog (with ``states``): a worker that has held one datagram longer than this
+    #: many seconds is killed and replaced (0: never), and ``on_stuck(slot)`` called.
+    worker_timeout: float = 0.0
+    on_stuck: Callable[[int], None] = lambda slot: None
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
     _failed: str | None = None
@@ -229,6 +259,7 @@ class Supervisor:
                 self._beat()
                 self._wait_for_signal(read_fd, self._next_wake_in())
                 self._respawn_due()
+                self._watch()
         finally:
             # Also when on_started or the loop raised: no worker outlives a failed start.
             self._stop_all()
@@ -299,6 +330,7 @@ class Supervisor:
                 os._exit(status)
         state = self._slots[slot]
         state.pid, state.started, state.respawn_at = pid, self.clock(), None
+        state.killed_stuck = False
         self.on_spawn(slot, pid)
         # A restart follows a death (logged as a warning): the pair tells the whole story.
         log.log(
@@ -365,11 +397,15 @@ class Supervisor:
         return f", while serving a datagram of {size} bytes: {shown(head, IN_HAND_MAX)}"
 
     def _next_wake_in(self) -> float | None:
-        """Until the next restart or heartbeat is due (None: nothing is)."""
+        """Until the next restart, heartbeat or look of the watchdog is due (None: none is)."""
         due = [s.respawn_at for s in self._slots if s.respawn_at is not None]
         if self._beat_at is not None:
             due.append(self._beat_at)
-        return max(0.0, min(due) - self.clock()) if due else None
+        wait = max(0.0, min(due) - self.clock()) if due else None
+        tick = self._watch_tick()
+        if tick is None:
+            return wait
+        return tick if wait is None else min(wait, tick)
 
     def _beat(self) -> None:
         """The heartbeat, while every worker is alive: not while one waits for its restart
@@ -379,6 +415,37 @@ class Supervisor:
             wait = self.heartbeat()
             if wait is not None:
                 self._beat_at = self.clock() + wait
+
+    def _watch_tick(self) -> float | None:
+        if not self.worker_timeout or self.states is None:
+            return None
+        return min(WATCH_TICK_MAX, max(WATCH_TICK_MIN, self.worker_timeout / 4))
+
+    def _watch(self) -> None:
+        """The watchdog: kill each worker that has held one datagram past worker_timeout
+        (its record says since when); it is then replaced like any worker that died."""
+        states = self.states
+        if not self.worker_timeout or states is None:
+            return
+        for index, state in enumerate(self._slots):
+            if not state.pid or state.killed_stuck:
+                continue
+            busy = states.busy_for(index)
+            if busy is None or busy <= self.worker_timeout:
+                continue
+            log.error(
+                "%s (pid %d) spent %.1f s on one request, beyond worker_timeout "
+                "(%g s): killing it (nobody answers that request)%s",
+                worker_name(index),
+                state.pid,
+                busy,
+                self.worker_timeout,
+                self._last_words(index, at_boot=False),
+            )
+            state.killed_stuck = True
+            self.on_stuck(index)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
 
     def _respawn_due(self) -> None:
         now = self.clock()
@@ -392,12 +459,16 @@ class Supervisor:
                 os.kill(pid, signum)
 
     def _stop_all(self) -> None:
-        """SIGTERM every worker, wait up to ``stop_timeout``, then SIGKILL the rest."""
+        """SIGTERM every worker, wait up to ``stop_timeout``, then SIGKILL the rest. The
+        watchdog goes on meanwhile: a worker stuck past worker_timeout is killed sooner."""
         self._stopping = True  # their exits are expected: none is restarted or reported
         self._signal_all(signal.SIGTERM)
         deadline = self.clock() + self.stop_timeout
+        tick = self._watch_tick()
         while self.pids() and self.clock() < deadline:
-            self._wait_any(deadline - self.clock())
+            wait = deadline - self.clock()
+            self._wait_any(wait if tick is None else min(wait, tick))
+            self._watch()
         if self.pids():
             log.warning(
                 "workers %s did not stop in %.1f s: killing them", self.pids(), self.stop_timeout

@@ -33,12 +33,14 @@ import re
 import socket
 import stat
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from midgram.budget import SendBudget
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
 from midgram.logs import RateLimitedLog, printable
@@ -402,23 +404,35 @@ def bind_udp(host: str, port: int) -> socket.socket:
 # --- receiving --------------------------------------------------------------------------
 
 
-#: What the server asks for its send buffer. A UNIX reply is charged to the server socket's
-#: send buffer until the client reads it, so one slow client with big replies could fill
-#: the default (~208 KB) and make sends to everyone else fail with EAGAIN.
+#: What the server asks for its send buffer (the kernel doubles it for its own overhead). A
+#: UNIX reply is charged to the server socket's send buffer until the client reads it
+#: (``midgram.budget``): the larger the buffer, the more clients that do not read it takes
+#: to crowd out the others.
 SEND_BUFFER: Final = 4 * 1024 * 1024
+#: asm-generic/socket.h: SO_SNDBUF beyond net.core.wmem_max, for CAP_NET_ADMIN. Python's
+#: socket module does not name it.
+SO_SNDBUFFORCE: Final = 32
+#: Below this (as the kernel reports it), a warning says how to get more.
+SEND_BUFFER_WARN: Final = 1024 * 1024
 
 
 def enlarge_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> int:
-    """Best effort: SO_SNDBUFFORCE when privileged (beyond net.core.wmem_max), else
-    SO_SNDBUF (capped by the kernel). Returns the size the kernel granted."""
-    force = getattr(socket, "SO_SNDBUFFORCE", None)
+    """As large as the privileges allow, up to ``size``: SO_SNDBUFFORCE when privileged
+    (beyond net.core.wmem_max), else SO_SNDBUF (capped by the kernel at wmem_max). Returns
+    the size the kernel reports (twice what it was asked)."""
     try:
-        if force is None:
-            raise PermissionError
-        sock.setsockopt(socket.SOL_SOCKET, force, size)
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
     granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    if sock.family == socket.AF_UNIX and granted < SEND_BUFFER_WARN:
+        log.warning(
+            "the socket's send buffer is %d KiB (net.core.wmem_max): a few clients that do "
+            "not read their replies can fill it (docs/operations.md); run as root or raise "
+            "net.core.wmem_max to %d",
+            granted // 1024,
+            size,
+        )
     return granted
 
 
@@ -516,9 +530,14 @@ class DropReason(enum.StrEnum):
     UNBOUND = "unbound"  # a UNIX client without an address cannot be answered
     TOO_BIG = "too_big"  # EMSGSIZE
     TIMEOUT = "timeout"  # still refused when socket_timeout ran out
-    OVERFLOW = "overflow"  # too many replies already waiting
+    OVERFLOW = "overflow"  # too many replies (or bytes) already waiting
+    NOT_READING = "not_reading"  # a big reply its client's full queue refused (SendBudget)
+    NO_ROOM = "no_room"  # a big reply that found no room in the send buffer for socket_timeout
     ERROR = "error"  # any other send error
 
+
+#: The reasons that say unread replies held the send buffer (``mi_datagram:withheld_replies``).
+WITHHELD: Final = frozenset({DropReason.NOT_READING, DropReason.NO_ROOM})
 
 _RETRY_ERRNOS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 _DROP_ERRNOS: Final = {
@@ -547,12 +566,23 @@ _ERROR_MESSAGES: Final = {
 # retry soon, then back off, doubling, to at most 50 ms for a client that is not reading.
 _FIRST_BACKOFF: Final = 0.00005
 _MAX_BACKOFF: Final = 0.050
+#: The most reply bytes one worker keeps waiting for their clients (RSS bound).
+MAX_PENDING_BYTES: Final = 4 * 1024 * 1024
+
+
+class _Wait(enum.Enum):
+    """Why a reply waits: its client's queue is full, or the send buffer has no room that
+    unread replies may take for it (``SendBudget``)."""
+
+    FULL = "full"
+    NO_ROOM = "no_room"
 
 
 @dataclass(slots=True)
 class _Reply:
     data: bytes
     deadline: float
+    waits_for: _Wait = _Wait.FULL
 
 
 @dataclass(slots=True)
@@ -572,6 +602,13 @@ class ReplySender:
     queue refuses (EAGAIN/ENOBUFS) is queued; so is every later reply to the same client, to
     keep them in order. The worker polls its socket no longer than :meth:`next_retry_in` and
     then calls :meth:`retry_due`. ``timeout_ms`` <= 0 never retries (OpenSIPS's behaviour).
+    At most ``max_pending`` replies and ``max_pending_bytes`` bytes wait; beyond, a reply is
+    dropped.
+
+    With a ``budget`` (UNIX sockets: ``midgram.budget``), a reply bigger than
+    ``budget.small`` goes out only while the send buffer has room for it that unread replies
+    may take: else it waits like a refused one, and is dropped at once when its client is not
+    reading.
     """
 
     def __init__(
@@ -581,17 +618,24 @@ class ReplySender:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_pending: int = 1024,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         on_drop: Callable[[str], None] | None = None,
         log_interval: float = DROP_LOG_INTERVAL,
+        budget: SendBudget | None = None,
     ) -> None:
         self._sendto = sock.sendto
         self._timeout = timeout_ms / 1000
         self._clock = clock
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
         self._on_drop = on_drop
         self._log = RateLimitedLog(log, log_interval, clock=clock)
         self._queues: dict[str | bytes | tuple[Any, ...], _PeerQueue] = {}
         self._pending = 0
+        self._pending_bytes = 0
+        self._budget = budget
+        # Replies up to this size never meet the budget: one comparison on the common path.
+        self._small = budget.small if budget is not None else sys.maxsize
 
     def send(self, data: bytes, addr: PeerAddress) -> SendStatus:
         """Send one reply now, or queue it, or drop it; never raises for a send error."""
@@ -603,12 +647,40 @@ class ReplySender:
             )
         if addr in self._queues:
             return self._enqueue(data, addr)  # behind the ones already waiting for addr
+        if len(data) > self._small:
+            status = self._try_big(data, addr)
+            return status if isinstance(status, SendStatus) else self._enqueue(data, addr, status)
         try:
             self._sendto(data, _DONTWAIT, addr)
         except OSError as exc:
             if exc.errno in _RETRY_ERRNOS:
                 return self._enqueue(data, addr)
             return self._drop_for(exc, addr)
+        return SendStatus.SENT
+
+    def _try_big(self, data: bytes, addr: str | bytes | tuple[Any, ...]) -> SendStatus | _Wait:
+        """One try at a reply bigger than ``budget.small``: SENT, DROPPED (a client that is
+        not reading, or a send error), or why it must wait."""
+        budget = self._budget
+        assert budget is not None
+        size = len(data)
+        if not budget.admit(size, addr):
+            return _Wait.NO_ROOM
+        try:
+            self._sendto(data, _DONTWAIT, addr)
+        except OSError as exc:
+            if exc.errno not in _RETRY_ERRNOS:
+                return self._drop_for(exc, addr)
+            if budget.not_reading():
+                return self._drop(
+                    DropReason.NOT_READING,
+                    "reply of %d bytes to %s dropped: the client is not reading its replies "
+                    "(its queue is full)",
+                    size,
+                    peer_label(addr),
+                )
+            return _Wait.FULL
+        budget.sent(size, addr)
         return SendStatus.SENT
 
     def pending(self) -> int:
@@ -635,32 +707,41 @@ class ReplySender:
                     del self._queues[addr]
 
     def _flush(self, addr: str | bytes | tuple[Any, ...], queue: _PeerQueue, now: float) -> None:
-        """Send the queued replies of one client in order, until its queue refuses one."""
+        """Send the queued replies of one client in order, until one must wait again."""
         replies = queue.replies
         while replies:
             reply = replies[0]
             if reply.deadline < now:
                 self._pop(replies)
-                self._drop_expired(addr)
+                self._drop_expired(addr, reply.waits_for)
                 continue
-            try:
-                self._sendto(reply.data, _DONTWAIT, addr)
-            except OSError as exc:
-                if exc.errno not in _RETRY_ERRNOS:
+            status = self._try(reply.data, addr)
+            if isinstance(status, _Wait):
+                reply.waits_for = status
+                if reply.deadline <= now:  # that was the last try
                     self._pop(replies)
-                    self._drop_for(exc, addr)
-                elif reply.deadline <= now:  # that was the last try
-                    self._pop(replies)
-                    self._drop_expired(addr)
-                else:
-                    self._back_off(queue, now)
-                    return
-                continue
+                    self._drop_expired(addr, status)
+                    continue
+                self._back_off(queue, now)
+                return
             self._pop(replies)
-            queue.backoff = _FIRST_BACKOFF
+            if status is SendStatus.SENT:
+                queue.backoff = _FIRST_BACKOFF
+
+    def _try(self, data: bytes, addr: str | bytes | tuple[Any, ...]) -> SendStatus | _Wait:
+        """One try at a queued reply (see ``_try_big``)."""
+        if len(data) > self._small:
+            return self._try_big(data, addr)
+        try:
+            self._sendto(data, _DONTWAIT, addr)
+        except OSError as exc:
+            if exc.errno in _RETRY_ERRNOS:
+                return _Wait.FULL
+            return self._drop_for(exc, addr)
+        return SendStatus.SENT
 
     def _pop(self, replies: deque[_Reply]) -> None:
-        replies.popleft()
+        self._pending_bytes -= len(replies.popleft().data)
         self._pending -= 1
 
     @staticmethod
@@ -670,26 +751,41 @@ class ReplySender:
         queue.backoff = min(queue.backoff * 2, _MAX_BACKOFF)
         queue.next_try = min(now + queue.backoff, queue.replies[0].deadline)
 
-    def _enqueue(self, data: bytes, addr: str | bytes | tuple[Any, ...]) -> SendStatus:
+    def _enqueue(
+        self, data: bytes, addr: str | bytes | tuple[Any, ...], why: _Wait = _Wait.FULL
+    ) -> SendStatus:
         if self._timeout <= 0:
-            return self._drop_expired(addr)
-        if self._pending >= self._max_pending:
+            return self._drop_expired(addr, why)
+        if (
+            self._pending >= self._max_pending
+            or self._pending_bytes + len(data) > self._max_pending_bytes
+        ):
             return self._drop(
                 DropReason.OVERFLOW,
-                "reply to %s dropped: %d replies are already waiting",
+                "reply to %s dropped: %d replies (%d bytes) are already waiting",
                 peer_label(addr),
                 self._pending,
+                self._pending_bytes,
             )
         now = self._clock()
         deadline = now + self._timeout
         queue = self._queues.get(addr)
         if queue is None:
             queue = self._queues[addr] = _PeerQueue(next_try=min(now + _FIRST_BACKOFF, deadline))
-        queue.replies.append(_Reply(data, deadline))
+        queue.replies.append(_Reply(data, deadline, why))
         self._pending += 1
+        self._pending_bytes += len(data)
         return SendStatus.QUEUED
 
-    def _drop_expired(self, addr: PeerAddress) -> SendStatus:
+    def _drop_expired(self, addr: PeerAddress, why: _Wait) -> SendStatus:
+        if why is _Wait.NO_ROOM:
+            return self._drop(
+                DropReason.NO_ROOM,
+                "reply to %s dropped: replies nobody read held the send buffer for "
+                "socket_timeout (%g ms)",
+                peer_label(addr),
+                self._timeout * 1000,
+            )
         return self._drop(
             DropReason.TIMEOUT,
             "reply to %s dropped: the client's queue stayed full for socket_timeout (%g ms)",

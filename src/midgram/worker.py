@@ -20,7 +20,6 @@ once the reply is sent, as OpenSIPS does. With both off, they cost one check per
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import select
@@ -31,15 +30,25 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from midgram.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
+from midgram.budget import SendBudget
 from midgram.commands import Dispatcher, Outcome, Pending, Status
 from midgram.errors import TransportError
+from midgram.inflight import AsyncCalls
 from midgram.logs import RateLimitedLog, shown
 from midgram.protocol import INTERNAL_ERROR_REPLY
 from midgram.runtime import apply_log_level
 from midgram.stats import Counter, Statistics
 from midgram.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.tracing import Tracer
-from midgram.transport import HepSender, PeerAddress, ReplySender, SendStatus, peer_label
+from midgram.transport import (
+    RECV_TIMEOUT,
+    WITHHELD,
+    HepSender,
+    PeerAddress,
+    ReplySender,
+    SendStatus,
+    peer_label,
+)
 
 __all__ = ["ServerStats", "Tracing", "Worker", "source_filter"]
 
@@ -71,6 +80,8 @@ class ServerStats:
     command_errors: Counter
     oversize_replies: Counter
     dropped_replies: Counter
+    withheld_replies: Counter
+    stuck_requests: Counter
     refused: Counter
     traced: Counter
 
@@ -137,6 +148,7 @@ class Worker:
         tracing: Tracing | None = None,
         io: BatchIO | None = None,
         in_hand: memoryview | None = None,
+        worker_timeout: float = 0.0,
     ) -> None:
         self.sock = sock
         self.dispatcher = dispatcher
@@ -144,9 +156,14 @@ class Worker:
         # in_hand (WorkerStates): where each datagram is noted before it is answered, for
         # the supervisor to name the one that killed this process, if one ever does.
         self._in_hand = in_hand
-        self.io = io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand)
+        # Unread UNIX replies stay charged to the socket: big ones meet its budget.
+        budget = SendBudget(sock) if sock.family == socket.AF_UNIX else None
+        big = budget.small if budget is not None else None
+        self.io = (
+            io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand, big=big)
+        )
         self._log = RateLimitedLog(log)
-        self.sender = ReplySender(sock, socket_timeout_ms, on_drop=self._dropped)
+        self.sender = ReplySender(sock, socket_timeout_ms, on_drop=self._dropped, budget=budget)
         self._allowed = allowed
         self._log_level = log_level
         self._applied_level: int | None = None
@@ -167,8 +184,14 @@ class Worker:
         self._plain = tracing is None and allowed is None
         self._received = stats.received.inc
         self._replied = stats.replied.inc
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._readable = (sock,)
+        self._fd = sock.fileno()
+        # async def calls run beside the rest (midgram.inflight), replied to as they complete.
+        self._worker_timeout = worker_timeout
+        self._calls = AsyncCalls(self.finish, self._stuck, timeout=worker_timeout, in_hand=in_hand)
+        # How long a wait runs the calls at most: the socket's own wake-up, and often enough
+        # that a healthy worker's record never looks older than worker_timeout.
+        self._tick = min(RECV_TIMEOUT, worker_timeout / 4) if worker_timeout else RECV_TIMEOUT
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The loop. Returns when ``should_stop()`` is true; replies still queued get up to
@@ -188,11 +211,10 @@ class Worker:
                     raise  # the socket itself failed: nothing to serve any more
                 except Exception as exc:
                     self._survive(exc)
+            self._calls.drain(self._tick)  # answered before the worker stops
             self._flush()
         finally:
-            if self._loop is not None:
-                self._loop.close()
-                self._loop = None  # a later run() makes a new one
+            self._calls.close()  # a later run() makes a new loop
 
     def _survive(self, error: Exception) -> None:
         """What escaped serving a batch (the steps of each datagram have their own guard,
@@ -230,6 +252,8 @@ class Worker:
     def serve_once(self) -> bool:
         """Wait for datagrams (bounded by SO_RCVTIMEO or the next retry) and serve those
         read. False when none came, or when a ``kill`` asks for housekeeping at once."""
+        if self._calls:
+            return self._serve_beside_calls()
         if self.sender.pending():
             batch = self._poll_then_recv(self.sender.next_retry_in())
             self.sender.retry_due()
@@ -242,9 +266,34 @@ class Worker:
         self.serve_batch(batch)
         return not self._stop_requested()
 
-    def _serve_native(self, io: NativeIO) -> bool:
+    def in_flight(self) -> int:
+        """How many ``async def`` calls are running (their replies still to come)."""
+        return len(self._calls)
+
+    def _serve_beside_calls(self) -> bool:
+        """``serve_once`` while async calls are in flight: the loop runs them until the socket
+        is readable (or one completes, or the next retry is due), then what is there is read
+        without blocking. At ``ASYNC_MAX`` calls, nothing is read until one completes."""
+        wait = self._tick
+        retry = self.sender.next_retry_in()
+        if retry is not None:
+            wait = min(wait, retry)
+        room = not self._calls.full
+        readable = self._calls.wait(self._fd if room else None, wait)
+        self.sender.retry_due()
+        if not readable:
+            return False
+        if self._native is not None and self._plain and not self._debug:
+            return self._serve_native(self._native, block=False)
+        batch = self._recv(False)
+        if not batch:
+            return False
+        self.serve_batch(batch)
+        return not self._stop_requested()
+
+    def _serve_native(self, io: NativeIO, block: bool = True) -> bool:
         """``serve_batch`` with its loop in C (``NativeIO.serve``); Python finishes the rest."""
-        received, replied, leftovers = io.serve(self._answer, True, FLUSH, self._settle_now)
+        received, replied, leftovers = io.serve(self._answer, block, FLUSH, self._settle_now)
         if not received:
             return False
         self._received(received)
@@ -254,13 +303,16 @@ class Worker:
             self._replied(replied)
         return not self._stop_requested()
 
-    def _settle_now(self, data: bytes, handled: Outcome | Pending | None) -> bytes | None:
+    def _settle_now(self, data: bytes, handled: Outcome | Pending | None) -> bytes | Pending | None:
         """For the native loop, in the batch's order: the reply to a datagram whose answer is
-        an Outcome or a Pending, or that was truncated (``handled`` None)."""
+        an Outcome, or that was truncated (``handled`` None); a Pending comes back as it is,
+        a leftover that ``_finish`` starts (its reply comes when it completes)."""
         try:
             if handled is None:
                 handled = self.dispatcher.handle_oversize(len(data))
-            return self._count(self._settle(handled))
+            if type(handled) is Pending:
+                return handled
+            return self._count(handled)  # type: ignore[arg-type]
         except Exception as exc:
             return self._failed(exc, data)
 
@@ -269,16 +321,24 @@ class Worker:
         every one after a refused one), in order, through ReplySender; how many went (or
         wait). With ``settle`` given, a leftover always carries its reply's bytes."""
         replied = 0
-        for _data, peer, _truncated, reply in leftovers:
-            if self._send(reply, peer) is not _DROPPED:
+        for data, peer, _truncated, reply in leftovers:
+            if type(reply) is Pending:
+                self._calls.start(reply, peer, data)
+            elif self._send(reply, peer) is not _DROPPED:
                 replied += 1
         return replied
 
-    def _reply_of(self, handled: bytes | Outcome | Pending | None) -> bytes | None:
-        """The reply to send for what dispatching gave (counting its outcome), if any."""
+    def _reply_of(
+        self, handled: bytes | Outcome | Pending | None, peer: PeerAddress, data: bytes
+    ) -> bytes | None:
+        """The reply to send now for what dispatching gave (counting its outcome), if any;
+        an async call is started, and replied to when it completes."""
         if handled is None or isinstance(handled, bytes):
             return handled
-        return self._count(self._settle(handled))
+        if type(handled) is Pending:
+            self._calls.start(handled, peer, data)
+            return None
+        return self._count(handled)  # type: ignore[arg-type]
 
     def serve_batch(self, batch: list[Datagram]) -> None:
         """Serve datagrams read together; their replies go out together, in order."""
@@ -299,7 +359,9 @@ class Worker:
             try:
                 # bytes in the common case: an OK reply, nothing to count
                 handled = self.dispatcher.handle_oversize(len(data)) if truncated else answer(data)
-                reply = handled if isinstance(handled, bytes) else self._reply_of(handled)
+                reply = (
+                    handled if isinstance(handled, bytes) else self._reply_of(handled, peer, data)
+                )
             except Exception as exc:
                 reply = self._failed(exc, data)
             if reply is None:
@@ -321,8 +383,10 @@ class Worker:
                 hold(in_hand, data)
             try:
                 handled = self._admit(data, peer, truncated)
-                if handled is not None:
-                    self.finish(self._settle(handled), peer)
+                if type(handled) is Pending:
+                    self._calls.start(handled, peer, data)
+                elif handled is not None:
+                    self.finish(handled, peer)  # type: ignore[arg-type]
             except Exception as exc:
                 self._send(self._failed(exc, data), peer)
         if in_hand is not None:
@@ -353,11 +417,6 @@ class Worker:
             peer_label(peer),
         )
         return True
-
-    def _settle(self, handled: Outcome | Pending) -> Outcome:
-        if type(handled) is Outcome:
-            return handled
-        return self._await(handled)  # type: ignore[arg-type]
 
     def _count(self, outcome: Outcome) -> bytes | None:
         """Add the outcome to its statistic; its reply."""
@@ -414,15 +473,18 @@ class Worker:
         if tracing.sender.send(packet):
             self.stats.traced.inc()
 
-    def _await(self, pending: Pending) -> Outcome:
-        """Run an ``async def`` command to completion on this worker's own event loop."""
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        try:
-            result = self._loop.run_until_complete(pending.coroutine)
-        except Exception as exc:
-            return pending.finish(error=exc)
-        return pending.finish(result)
+    def _stuck(self, pending: Pending, data: bytes) -> None:
+        """An async call ran past worker_timeout: cancelled, answered by nobody."""
+        self.stats.stuck_requests.inc()
+        self._log.log(
+            "stuck",
+            logging.ERROR,
+            "an async call ran past worker_timeout (%g s): cancelled, nobody answers it: "
+            "a datagram of %d bytes: %s",
+            self._worker_timeout,
+            len(data),
+            shown(data),
+        )
 
     def _poll_then_recv(self, wait: float | None) -> list[Datagram]:
         # select(), not poll(): its timeout has microsecond resolution, so the first retries
@@ -443,6 +505,8 @@ class Worker:
 
     def _dropped(self, reason: str) -> None:
         self.stats.dropped_replies.inc()
+        if reason in WITHHELD:
+            self.stats.withheld_replies.inc()
 
     def _follow_log_level(self) -> None:
         if self._log_level is None:

@@ -152,6 +152,13 @@ Exit status:
     "500ms or 2s; a bare number is milliseconds (default 2000).",
 )
 @click.option("--buf-size", "socket_buf_size", type=int, help="socket_buf_size (default 65457).")
+@click.option(
+    "--worker-timeout",
+    "worker_timeout",
+    type=Duration("s"),
+    help="worker_timeout: a worker busy in one request longer than this is replaced: 30s or "
+    "500ms; a bare number is seconds (default 0: never).",
+)
 @click.option("--pretty/--no-pretty", "pretty_printing", default=None, help="pretty_printing.")
 @click.option("--json-errors/--plain-errors", default=None, help="JSON-RPC errors, not plain text.")
 @click.option("--allow-from", multiple=True, help="CIDR allowed to send over UDP (repeatable).")
