@@ -15,7 +15,7 @@ export PIP_CONSTRAINT       := $(CURDIR)/constraints.txt
 export PIP_BUILD_CONSTRAINT := $(CURDIR)/constraints.txt
 
 # What the compiled modules are built from: a change re-installs, so re-builds, them.
-NATIVE_SOURCES := setup.py $(wildcard src/midgram/*.c src/midgram/*.h)
+NATIVE_SOURCES := setup.py $(wildcard src/midgram/*/*.c src/midgram/*/*.h)
 
 .PHONY: run test lint typecheck pytest bench wheel-check lock fuzz sanitize soak clean
 
@@ -29,7 +29,7 @@ $(VENV)/.pip: constraints.txt | $(BIN)/python
 	touch $@
 
 # Re-install when the metadata, the pins or the C change; the stamp files keep repeated runs
-# fast. The editable install builds the compiled modules in place (src/midgram/*.so).
+# fast. The editable install builds the compiled modules in place (src/midgram/*/*.so).
 $(VENV)/.installed: pyproject.toml constraints.txt $(NATIVE_SOURCES) $(VENV)/.pip
 	$(BIN)/python -m pip install -q -e .
 	touch $@
@@ -48,7 +48,7 @@ lint: $(VENV)/.installed-test
 # mypy --strict, and stubtest: the .pyi stubs of the compiled modules match what was built.
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict src
-	$(BIN)/python -m mypy.stubtest midgram._batchio midgram._loadgen
+	$(BIN)/python -m mypy.stubtest midgram.server._batchio midgram.client._loadgen
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -92,7 +92,7 @@ SANITIZE_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 sanitize: $(VENV)/.installed-test
 	mkdir -p $(SANITIZE_DIR)
 	gcc $(SANITIZE_FLAGS) -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-		src/midgram/_batchio.c -o $(SANITIZE_DIR)/_batchio.so
+		src/midgram/server/_batchio.c -o $(SANITIZE_DIR)/_batchio.so
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -104,4 +104,4 @@ soak: $(VENV)/.installed-test
 	$(BIN)/python bench/soak.py --requests $(SOAK_REQUESTS) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build fuzz/corpus src/*.egg-info src/midgram/*.so
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build fuzz/corpus src/*.egg-info src/midgram/*/*.so

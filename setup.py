@@ -13,15 +13,15 @@ setup(
     ext_modules=[
         # recvmmsg/sendmmsg batches and the bare-call fast path of the workers.
         Extension(
-            "midgram._batchio",
-            ["src/midgram/_batchio.c"],
+            "midgram.server._batchio",
+            ["src/midgram/server/_batchio.c"],
             extra_compile_args=CFLAGS,
             optional=True,
         ),
         # midgram bench's load generator, run as `python -m midgram.cli.loadgen`.
         Extension(
-            "midgram._loadgen",
-            ["src/midgram/_loadgen.c", "src/midgram/loadgen.c"],
+            "midgram.client._loadgen",
+            ["src/midgram/client/_loadgen.c", "src/midgram/client/loadgen.c"],
             extra_compile_args=CFLAGS,
             optional=True,
         ),

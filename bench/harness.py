@@ -2,7 +2,7 @@
 
 Every scenario starts midgram and its references (the bare Python echo loop, the C echo
 reflector and, where it has a counterpart command, Kamailio's jsonrpcs datagram server), then
-drives them in turn (A B C A B C ...) with midgram's load generator (``midgram.loadtest``
+drives them in turn (A B C A B C ...) with midgram's load generator (``midgram.client.loadtest``
 runs it, as for ``midgram bench``; it is compiled when midgram is installed), ``--runs``
 times each.
 Figures are medians with their spread; ratios compare servers measured in the same invocation,
@@ -45,10 +45,10 @@ from typing import Any
 from cbuild import BuildError, compile_c
 from kamailio_ref import kamailio_binary, kamailio_config
 
-from midgram import loadtest
-from midgram.batchio import version_line
+from midgram.client import loadtest
+from midgram.server.batchio import version_line
 from midgram.errors import MidgramError
-from midgram.loadtest import process_tree
+from midgram.client.loadtest import process_tree
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -303,7 +303,7 @@ def run_load(
     label: str = "",
     timeout_ms: float = 1000.0,
 ) -> dict[str, Any]:
-    """One run of the load generator (``midgram.loadtest``); its JSON line, parsed."""
+    """One run of the load generator (``midgram.client.loadtest``); its JSON line, parsed."""
     try:
         result = loadtest.run_once(
             target,
@@ -640,7 +640,7 @@ def measure_startup(opts: Options, workdir: Path) -> dict[str, Any]:
 def midgram_missing() -> str | None:
     """Why ``midgram serve`` cannot run here (its server not written yet), or None."""
     proc = subprocess.run(
-        [PYTHON, "-c", "import midgram.server"], capture_output=True, text=True, check=False
+        [PYTHON, "-c", "import midgram.server.wiring"], capture_output=True, text=True, check=False
     )
     if proc.returncode == 0:
         return None

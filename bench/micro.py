@@ -109,7 +109,7 @@ def per_request_us(
 
 
 def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, float]:
-    from midgram.worker import ServerStats, Worker  # noqa: PLC0415
+    from midgram.server.worker import ServerStats, Worker  # noqa: PLC0415
 
     client, server = _queue_pair()
     with client, server:
@@ -138,11 +138,11 @@ def measure_loops(data: bytes, registry: Any, dispatcher: Any) -> dict[str, floa
 
 
 def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object]]:
-    from midgram.batchio import native_status  # noqa: PLC0415
+    from midgram.server.batchio import native_status  # noqa: PLC0415
 
     if not native_status().on:
         return {}
-    from midgram import _batchio  # noqa: PLC0415
+    from midgram.server import _batchio  # noqa: PLC0415
 
     fast = dispatcher.fast_answer(_batchio.FastAnswer)
     return {"native": lambda: fast(data)}
@@ -151,10 +151,10 @@ def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object
 def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     import app  # noqa: PLC0415 (the bench commands)
 
-    from midgram import protocol  # noqa: PLC0415 (bench/ is importable without midgram)
-    from midgram.commands import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
-    from midgram.core import with_core  # noqa: PLC0415
-    from midgram.runtime import LocalRuntime  # noqa: PLC0415
+    from midgram.wire import jsonrpc as protocol  # noqa: PLC0415 (bench/ is importable without midgram)
+    from midgram.engine.dispatch import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
+    from midgram.engine.core import with_core  # noqa: PLC0415
+    from midgram.engine.runtime import LocalRuntime  # noqa: PLC0415
 
     data = REQUESTS[request].replace("%ID%", "12345").encode()
     registry = with_core(app.mi if request in ("blob", "named") else Registry(), LocalRuntime())

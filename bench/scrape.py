@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from midgram.client import AsyncClient, Client
-from midgram.commands import Registry
+from midgram.client.calls import AsyncClient, Client
+from midgram.engine.dispatch import Registry
 from midgram.monitoring.exporter import Exporter
 from midgram.monitoring.naming import GroupMode, Naming
 

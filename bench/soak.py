@@ -1,7 +1,7 @@
 """``make soak``: a forked ``midgram serve`` under a long mixed load; memory and open files
 must stay flat, and the same workers must serve from start to end.
 
-Rounds of the C load generator (``midgram.loadtest``) alternate requests of several kinds:
+Rounds of the C load generator (``midgram.client.loadtest``) alternate requests of several kinds:
 bare calls (the C fast path), calls with params, errors, and a poison of issue 15 (a float
 id with params nested 1000 deep); between rounds a Python client sends every hostile datagram
 of tests/test_hostile.py. After each round the supervisor's and each worker's RSS (VmRSS) and
@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT / "tests")]
 from servers import RawClient, midgram_server  # noqa: E402
 from test_hostile import POISON, nested  # noqa: E402
 
-from midgram.loadtest import process_tree, run_once  # noqa: E402
+from midgram.client.loadtest import process_tree, run_once  # noqa: E402
 
 KINDS = {
     "uptime (bare)": '{"jsonrpc":"2.0","method":"uptime","id":%ID%}',

@@ -25,12 +25,12 @@ from types import ModuleType
 from typing import Any
 
 from midgram.cli.output import FORMATS, render
-from midgram.commands import Dispatcher, Outcome, Pending, Registry
-from midgram.core import with_core
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.core import with_core
 from midgram.errors import BadReply, PlainTextError
-from midgram.protocol import DEFAULT_BUF_SIZE
-from midgram.rpc import decode_response
-from midgram.runtime import LocalRuntime
+from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE
+from midgram.client.codec import decode_response
+from midgram.engine.runtime import LocalRuntime
 
 #: Where an instrumented build of the C module is (``make sanitize``), else the package's.
 BATCHIO_ENV = "MIDGRAM_BATCHIO"
@@ -86,13 +86,13 @@ def batchio() -> ModuleType:
     (built at install time)."""
     path = os.environ.get(BATCHIO_ENV)
     if path:
-        spec = importlib.util.spec_from_file_location("midgram._batchio", path)
+        spec = importlib.util.spec_from_file_location("midgram.server._batchio", path)
         if spec is None or spec.loader is None:
             raise ImportError(f"{path} is not an extension module")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    return importlib.import_module("midgram._batchio")
+    return importlib.import_module("midgram.server._batchio")
 
 
 class Targets:

@@ -1,6 +1,6 @@
 """Run a midgram server or client as another user (tests run as root).
 
-- ``python tests/as_user.py serve USER SOCKET_NAME [MODE]``: ``midgram.server.serve`` with
+- ``python tests/as_user.py serve USER SOCKET_NAME [MODE]``: ``midgram.server.wiring.serve`` with
   the ``apps:mi`` commands, in-process (``children_count = 0``), as USER, its socket file
   with MODE (octal, default 0660); prints ``ready`` once it listens.
 - ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER; prints
@@ -25,15 +25,15 @@ import sys
 
 from apps import mi
 
-import midgram.cli.client  # the sub-commands, imported while still root
+import midgram.cli.call  # the sub-commands, imported while still root
 import midgram.cli.serve  # noqa: F401
-from midgram.address import UdpAddress, parse_target
-from midgram.batchio import native_status
+from midgram.wire.address import UdpAddress, parse_target
+from midgram.server.batchio import native_status
 from midgram.cli import cli
-from midgram.client import Client
-from midgram.config import Settings
+from midgram.client.calls import Client
+from midgram.config.settings import Settings
 from midgram.errors import ClientError
-from midgram.server import serve
+from midgram.server.wiring import serve
 
 #: What a forger sends: an error reply to any call (a null id), and a plain-text error.
 FORGED = (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"forged"},"id":null}', b"500 forged")

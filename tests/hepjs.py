@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from midgram import hep
+from midgram.wire import hep
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 DECODER = NODE_DIR / "hep_decode.js"

@@ -29,7 +29,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 20.0
-_JOURNAL_LISTENING = re.compile(r"<6>\[\d+\] INFO midgram.server: listening on ")
+_JOURNAL_LISTENING = re.compile(r"<6>\[\d+\] INFO midgram.server.wiring: listening on ")
 
 
 def short_tmpdir() -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.address import (
+from midgram.wire.address import (
     HEP_DEFAULT_PORT,
     SUN_PATH_MAX,
     HepId,

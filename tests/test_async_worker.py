@@ -2,7 +2,7 @@
 
 With ``--children 1``, ``uptime`` once waited 2.8 s behind a 3 s async handler, and timed out
 behind a 10 s one: the worker ran each coroutine to completion. Now its event loop runs them
-while it goes on serving (``midgram.inflight``), up to ``ASYNC_MAX`` at once.
+while it goes on serving (``midgram.server.inflight``), up to ``ASYNC_MAX`` at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import orjson
 from servers import ServerProcess, midgram_server, wait_until
 
-from midgram.inflight import ASYNC_MAX
+from midgram.server.inflight import ASYNC_MAX
 
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":0}'
 

@@ -1,4 +1,4 @@
-"""Batched datagram I/O (``_batchio.c`` through ``midgram.batchio``) on real bound sockets.
+"""Batched datagram I/O (``_batchio.c`` through ``midgram.server.batchio``) on real bound sockets.
 
 The native ``BatchSocket`` is held against the socket module (peers, data, truncation), its
 ``send`` against the worker's contract (stop at the first reply it cannot send, never
@@ -31,14 +31,14 @@ from golden_cases import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
 from toolchain import needs_ipv6, needs_native
 
-from midgram import batchio
-from midgram.batchio import BatchIO, NativeIO, SocketIO, batch_io
-from midgram.commands import Dispatcher, Registry
-from midgram.core import with_core
+from midgram.server import batchio
+from midgram.server.batchio import BatchIO, NativeIO, SocketIO, batch_io
+from midgram.engine.dispatch import Dispatcher, Registry
+from midgram.engine.core import with_core
 from midgram.errors import TransportError
-from midgram.runtime import LocalRuntime
-from midgram.transport import ReplySender, SendStatus, set_recv_timeout
-from midgram.worker import ServerStats, Worker
+from midgram.engine.runtime import LocalRuntime
+from midgram.server.transport import ReplySender, SendStatus, set_recv_timeout
+from midgram.server.worker import ServerStats, Worker
 
 #: How long a test waits for something that should happen at once.
 DEADLINE = 5.0
@@ -117,7 +117,7 @@ def sockets() -> Iterator[Sockets]:
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
     """The compiled module itself (tests using it are marked needs_native)."""
-    return importlib.import_module("midgram._batchio")
+    return importlib.import_module("midgram.server._batchio")
 
 
 def wait_readable(sock: socket.socket, timeout: float = DEADLINE) -> None:
@@ -478,7 +478,7 @@ def test_slots_beyond_an_unsigned_int_are_refused(native: ModuleType, sockets: S
 
 _HUGE_BUFFERS = """
 import socket, sys
-from midgram import _batchio as native
+from midgram.server import _batchio as native
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 try:
     batch = native.BatchSocket(a.fileno(), socket.AF_UNIX, 1024, 2**54)  # 1024 * 2**54 = 2**64
@@ -883,7 +883,7 @@ def _burst(server: ServerProcess, count: int) -> list[bytes]:
 def test_a_server_without_native_io_still_answers() -> None:
     env = {batchio.ENV: "0"}
     with midgram_server("--children", "1", "--timeout", "10000", env=env) as server:
-        assert "WARNING midgram.server: midgram " in server.log()
+        assert "WARNING midgram.server.wiring: midgram " in server.log()
         assert "; native I/O: off (MIDGRAM_NATIVE=0))" in server.log()
         with server.client() as client:
             for name in ("00_uptime", "01_which"):

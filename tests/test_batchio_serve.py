@@ -44,13 +44,13 @@ from test_batchio import (
 )
 from toolchain import needs_ipv6, needs_native
 
-from midgram.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
-from midgram.commands import Dispatcher, Outcome, Registry, Status
-from midgram.core import with_core
+from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.core import with_core
 from midgram.errors import MIError, TransportError
-from midgram.runtime import LocalRuntime
-from midgram.transport import set_recv_timeout
-from midgram.worker import ServerStats, Worker, source_filter
+from midgram.engine.runtime import LocalRuntime
+from midgram.server.transport import set_recv_timeout
+from midgram.server.worker import ServerStats, Worker, source_filter
 
 Served = tuple[int, int, list[Leftover] | None]
 
@@ -63,7 +63,7 @@ def sockets() -> Iterator[Sockets]:
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
     """The compiled module itself (tests using it are marked needs_native)."""
-    return importlib.import_module("midgram._batchio")
+    return importlib.import_module("midgram.server._batchio")
 
 
 def echo(data: bytes) -> bytes:
@@ -345,7 +345,7 @@ def test_a_reply_to_an_unbound_client_is_a_leftover(
 def test_a_reply_longer_than_big_and_every_later_one_are_leftovers(
     native: ModuleType, sockets: Sockets, flush: int
 ) -> None:
-    """Longer replies are weighed against the send buffer by ReplySender (midgram.budget):
+    """Longer replies are weighed against the send buffer by ReplySender (midgram.server.budget):
     the C loop leaves them, and what follows them, to it."""
     server = sockets.server()
     client = sockets.unix("client")
@@ -987,7 +987,7 @@ def test_a_full_client_under_the_native_loop_keeps_its_order(sockets: Sockets) -
 def test_a_worker_with_debug_logging_uses_the_python_loop(
     sockets: Sockets, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="midgram.worker")
+    caplog.set_level(logging.DEBUG, logger="midgram.server.worker")
     setup = Setup(sockets, _io_maker("native"), "")
     try:
         _, deliveries = _run_rounds(setup)
@@ -1000,7 +1000,7 @@ def test_a_worker_with_debug_logging_uses_the_python_loop(
         setup.close()
     # Every datagram that reached dispatching was logged, with its status (the native loop
     # would have logged none of the OK ones).
-    logged = [record.getMessage() for record in caplog.records if record.name == "midgram.worker"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "midgram.server.worker"]
     # The method names come from the datagrams: quoted and escaped (midgram.logs.shown).
     assert sum(message.startswith("'ping' from ") for message in logged) == 7
     assert any(message.startswith("'later' from ") for message in logged)

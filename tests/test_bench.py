@@ -202,7 +202,7 @@ def test_a_scenario_end_to_end_against_the_echoes(workdir: Path) -> None:
 
 def _midgram_server_missing() -> str | None:
     try:
-        importlib.import_module("midgram.server")
+        importlib.import_module("midgram.server.wiring")
     except ImportError as exc:
         return f"midgram's server is not there yet: {exc}"
     return None

@@ -1,6 +1,6 @@
 """``midgram bench`` against a real midgram server, for a fraction of a second per run.
 
-The load generator is the compiled module midgram._loadgen, built at install time. Nothing
+The load generator is the compiled module midgram.client._loadgen, built at install time. Nothing
 here asserts a speed: benchmarks are run on demand, these tests check shapes, figures that must
 be there, and exit statuses.
 """
@@ -25,7 +25,7 @@ from toolchain import needs_loadgen
 
 from midgram.cli import cli
 from midgram.cli.bench import TIMEOUT
-from midgram.loadtest import DEFAULT_TIMEOUT
+from midgram.client.loadtest import DEFAULT_TIMEOUT
 
 SHORT = ("--duration", "0.15", "--warmup", "0.02", "--runs", "2")
 COLUMNS = ["run", "req/s", "p50 us", "p99 us", "p99.9 us", "errors", "timeouts"]

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from servers import ROOT, ServerProcess, free_udp_port, short_tmpdir, started_server
 
-from midgram.commands import Registry
-from midgram.config import Settings
+from midgram.engine.dispatch import Registry
+from midgram.config.settings import Settings
 from midgram.errors import ConfigError
-from midgram.server import serve
+from midgram.server.wiring import serve
 
 BIN = Path(sys.executable).parent
 MIDGRAM = str(BIN / "midgram")

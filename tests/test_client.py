@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
 
-from midgram.client import AsyncClient, Client, Exchange, default_target
+from midgram.client.calls import AsyncClient, Client, Exchange, default_target
 from midgram.errors import (
     AddressError,
     BadReply,
@@ -417,7 +417,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs
 
 @contextlib.contextmanager
 def server_as(user: str, folder: Path) -> Iterator[str]:
-    """``midgram.server.serve`` as ``user`` on a socket in ``folder``; yields its target."""
+    """``midgram.server.wiring.serve`` as ``user`` on a socket in ``folder``; yields its target."""
     os.chown(folder, pwd.getpwnam(user).pw_uid, -1)
     target = str(folder / "mi.sock")
     proc = subprocess.Popen(
@@ -474,7 +474,7 @@ def forge_before_sending(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make ``nobody`` send forged replies to each call's reply address just before the
     request goes out, as a user reading /proc/net/unix (or /proc/net/udp) can: they are
     then first in the queue. Returns the addresses forged to."""
-    import midgram.client as client_module
+    import midgram.client.calls as client_module
 
     real_send = Client._send
     forged: list[str] = []
@@ -521,7 +521,7 @@ def test_an_ignored_unbound_sender_is_named_as_the_server_logs_it(
 ) -> None:
     """An unbound sender was "an unbound socket of another user" here and "(unbound)" in
     the server's log: one name, and the reason it was ignored."""
-    caplog.set_level(logging.DEBUG, logger="midgram.client")
+    caplog.set_level(logging.DEBUG, logger="midgram.client.calls")
     forge_before_sending(monkeypatch)
     replies = [b'{"jsonrpc":"2.0","result":"mine","id":{id}}']
     with scripted_peer(folder, replies) as target:

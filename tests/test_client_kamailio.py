@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
 
-from midgram.client import AsyncClient, Client
+from midgram.client.calls import AsyncClient, Client
 from midgram.errors import RemoteError
 
 pytestmark = pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)

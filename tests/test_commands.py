@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midgram.commands import (
+from midgram.engine.dispatch import (
     Dispatcher,
     Outcome,
     Pending,
@@ -266,7 +266,7 @@ def test_command_error(dispatcher: Dispatcher) -> None:
 def test_handler_crash_is_a_server_error_and_logged(
     dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="midgram.commands"):
+    with caplog.at_level(logging.ERROR, logger="midgram.engine.dispatch"):
         outcome = run(dispatcher, call("boom"))
     assert outcome.status is Status.SERVER_ERROR
     error = json.loads(outcome.reply or b"")["error"]

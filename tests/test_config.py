@@ -9,8 +9,8 @@ from golden_cases import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.address import UdpAddress, UnixAddress
-from midgram.config import (
+from midgram.wire.address import UdpAddress, UnixAddress
+from midgram.config.settings import (
     ALIASES,
     PARAMETERS,
     OpensipsCfg,

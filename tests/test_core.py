@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from golden_cases import Case, assert_matches, load_cases
 
-from midgram.commands import Dispatcher, Outcome, Registry
-from midgram.core import SERVER_NAME, with_core
-from midgram.runtime import LocalRuntime
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry
+from midgram.engine.core import SERVER_NAME, with_core
+from midgram.engine.runtime import LocalRuntime
 
 CASES = load_cases()
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from servers import ROOT, wait_until
 
-from midgram.config import Settings
+from midgram.config.settings import Settings
 from midgram.errors import TransportError
-from midgram.server import open_socket
+from midgram.server.wiring import open_socket
 
 AS_USER = str(Path(__file__).with_name("as_user.py"))
 USER = pwd.getpwnam("daemon")

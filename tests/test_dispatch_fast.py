@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from test_protocol import json_values
 from toolchain import needs_native
 
-from midgram import core
-from midgram.commands import (
+from midgram.engine import core
+from midgram.engine.dispatch import (
     Answer,
     Dispatcher,
     Outcome,
@@ -42,10 +42,10 @@ from midgram.commands import (
     Status,
     make_command,
 )
-from midgram.core import with_core
+from midgram.engine.core import with_core
 from midgram.errors import InvalidParams, MIError
-from midgram.protocol import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request
-from midgram.runtime import LocalRuntime
+from midgram.wire.jsonrpc import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request
+from midgram.engine.runtime import LocalRuntime
 
 HUGE = "x" * 70_000  # a result over the 65457-byte limit whatever the id
 SMALL_BUF = 256  # a second buffer size, where ordinary results straddle the size rule
@@ -192,7 +192,7 @@ KINDS = [pytest.param("python"), pytest.param("native", marks=needs_native)]
 
 @functools.cache
 def native_module() -> ModuleType:
-    return importlib.import_module("midgram._batchio")
+    return importlib.import_module("midgram.server._batchio")
 
 
 def answering(dispatcher: Dispatcher, kind: str) -> Answer:
@@ -621,7 +621,7 @@ ALL_CASES = [
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """midgram.core reads a clock that stands still (uptime, core:timestamp)."""
+    """midgram.engine.core reads a clock that stands still (uptime, core:timestamp)."""
     clock = types.SimpleNamespace(time=lambda: FROZEN_NOW, ctime=time.ctime)
     monkeypatch.setattr(core, "time", clock)
 

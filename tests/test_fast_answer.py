@@ -24,10 +24,10 @@ import pytest
 from test_batchio import DEADLINE, Sockets, open_sockets
 from toolchain import needs_native
 
-from midgram.batchio import NativeIO, SocketIO
-from midgram.commands import Answer, Dispatcher, Outcome, Pending, Registry, Status
+from midgram.server.batchio import NativeIO, SocketIO
+from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Registry, Status
 from midgram.errors import MIError
-from midgram.worker import ServerStats, Worker
+from midgram.server.worker import ServerStats, Worker
 
 pytestmark = needs_native
 
@@ -88,7 +88,7 @@ class Spy:
 
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    return importlib.import_module("midgram._batchio")
+    return importlib.import_module("midgram.server._batchio")
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_a_failing_handler_is_logged_with_its_traceback(
     served: tuple[Answer, Spy, Dispatcher], caplog: pytest.LogCaptureFixture
 ) -> None:
     fast, _, _ = served
-    with caplog.at_level(logging.ERROR, logger="midgram.commands"):
+    with caplog.at_level(logging.ERROR, logger="midgram.engine.dispatch"):
         handled = fast(b'{"jsonrpc":"2.0","method":"boom","id":1}')
     assert isinstance(handled, Outcome)
     assert handled.status is Status.SERVER_ERROR
@@ -301,7 +301,7 @@ def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
         b'{"jsonrpc":"2.0","method":"add","id":1,"params":[1]}',
         b"garbage",
     ]
-    logging.getLogger("midgram.commands").disabled = True  # boom logs each time
+    logging.getLogger("midgram.engine.dispatch").disabled = True  # boom logs each time
     try:
 
         def rounds(count: int) -> None:
@@ -324,7 +324,7 @@ def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
         finally:
             tracemalloc.stop()
     finally:
-        logging.getLogger("midgram.commands").disabled = False
+        logging.getLogger("midgram.engine.dispatch").disabled = False
     assert sys.getrefcount(result) == refs
     assert end - start < 64 * 1024, f"{end - start} bytes more after 5000 rounds"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from midgram.errors import ConfigError
-from midgram.files import LogFileHandler, PidFile
+from midgram.server.files import LogFileHandler, PidFile
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from golden_hep import Captured, all_packets, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram import hep
+from midgram.wire import hep
 from midgram.errors import HepError
-from midgram.hep import Chunk, ChunkType, HepPacket
+from midgram.wire.hep import Chunk, ChunkType, HepPacket
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address

@@ -21,19 +21,19 @@ import pytest
 from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wait_until
 from toolchain import needs_native
 
-from midgram.batchio import NativeIO
-from midgram.commands import Dispatcher, Outcome, Registry, Status
-from midgram.core import with_core
-from midgram.protocol import MAX_DEPTH, PARSE_ERROR_REPLY
-from midgram.runtime import LocalRuntime
-from midgram.supervisor import WorkerStates
-from midgram.transport import set_recv_timeout
-from midgram.worker import ServerStats, Worker
+from midgram.server.batchio import NativeIO
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.core import with_core
+from midgram.wire.jsonrpc import MAX_DEPTH, PARSE_ERROR_REPLY
+from midgram.engine.runtime import LocalRuntime
+from midgram.server.supervisor import WorkerStates
+from midgram.server.transport import set_recv_timeout
+from midgram.server.worker import ServerStats, Worker
 
 
 def _native() -> Any:
     """The compiled module (built at install time; needs_native marks the tests using it)."""
-    from midgram import _batchio
+    from midgram.server import _batchio
 
     return _batchio
 
@@ -377,7 +377,7 @@ def test_a_worker_survives_a_bug_and_serves_the_rest_of_the_batch(
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop.is_set,))
-    caplog.set_level(logging.ERROR, logger="midgram.worker")
+    caplog.set_level(logging.ERROR, logger="midgram.server.worker")
     thread.start()
     try:
         with RawClient("@" + server.getsockname()[1:].decode()) as client:

@@ -28,9 +28,9 @@ from servers import short_tmpdir
 
 from midgram.cli import cli
 from midgram.cli.output import raw_text
-from midgram.client import AsyncClient, Client
+from midgram.client.calls import AsyncClient, Client
 from midgram.errors import BadReply, ClientError
-from midgram.protocol import MAX_DEPTH
+from midgram.wire.jsonrpc import MAX_DEPTH
 
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m"  # sets the title, clears the screen, turns red
 CSI8 = "\u009b31m"  # the 8-bit CSI: a C1 control

@@ -1,4 +1,4 @@
-"""midgram.loadtest without a server: request text, the build cache, processes, results.
+"""midgram.client.loadtest without a server: request text, the build cache, processes, results.
 
 Runs against real servers are in test_cli_bench.py (``midgram bench``) and test_bench.py.
 """
@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from midgram.errors import ConfigError
-from midgram.loadtest import (
+from midgram.client.loadtest import (
     LoadTestResult,
     RunResult,
     process_tree,
     request_template,
     run_template,
 )
-from midgram.rpc import encode_request
+from midgram.client.codec import encode_request
 
 # --- the request ----------------------------------------------------------------------------
 

@@ -96,7 +96,7 @@ def test_midgram_native_0_turns_it_off_and_says_so() -> None:
 @needs_loadgen
 def test_serve_and_bench_run_native_without_a_compiler(no_compiler: Env, tmp_path: Path) -> None:
     with midgram_server("--children", "1", "--log-level", "info", env=no_compiler) as server:
-        assert f"INFO midgram.server: {VERSION}on)" in server.log()
+        assert f"INFO midgram.server.wiring: {VERSION}on)" in server.log()
         assert server.call("uptime")["result"]["Up time"]
         call = run_midgram("call", "uptime", "-t", server.target, env=no_compiler)
         assert (call.returncode, call.stderr) == (0, "")
@@ -140,9 +140,9 @@ def test_a_module_not_built_at_install_is_said_plainly(tmp_path: Path) -> None:
     proc = run_midgram("--version", env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout == (
-        f"{VERSION}off (midgram._batchio was not built when midgram was installed: reinstall "
-        "midgram with a C compiler and Python's headers present, e.g. apt-get install gcc "
-        "python3-dev))\n"
+        f"{VERSION}off (midgram.server._batchio was not built when midgram was installed: "
+        "reinstall midgram with a C compiler and Python's headers present, e.g. apt-get install "
+        "gcc python3-dev))\n"
     )
 
 
@@ -152,14 +152,14 @@ def test_a_damaged_module_is_said_plainly_not_a_crash(tmp_path: Path) -> None:
     (where / "midgram" / f"_batchio{suffix}").write_bytes(b"\x7fELF" + b"\0" * 12)  # truncated
     proc = run_midgram("--version", env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout.startswith(f"{VERSION}off (midgram._batchio cannot be loaded: ")
+    assert proc.stdout.startswith(f"{VERSION}off (midgram.server._batchio cannot be loaded: ")
     assert str(where / "midgram") in proc.stdout
 
 
 def test_without_the_module_the_server_warns_and_still_serves(tmp_path: Path) -> None:
     where = install_without_compiled_modules(tmp_path)
     with midgram_server("--children", "1", env={"PYTHONPATH": str(where)}) as server:
-        assert f"WARNING midgram.server: {VERSION}off (midgram._batchio was not built" in (
+        assert f"WARNING midgram.server.wiring: {VERSION}off (midgram.server._batchio was not built" in (
             server.log()
         )
         assert server.call("uptime")["result"]["Up time"]
@@ -171,8 +171,9 @@ def test_without_the_generator_bench_says_why(tmp_path: Path) -> None:
         proc = run_midgram("bench", "-t", server.target, env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr == (
-        "midgram: midgram._loadgen was not built when midgram was installed: reinstall midgram "
-        "with a C compiler and Python's headers present, e.g. apt-get install gcc python3-dev\n"
+        "midgram: midgram.client._loadgen was not built when midgram was installed: reinstall "
+        "midgram with a C compiler and Python's headers present, e.g. apt-get install gcc "
+        "python3-dev\n"
     )
 
 

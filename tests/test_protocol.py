@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from midgram.errors import InvalidRequest, ParseError
-from midgram.protocol import (
+from midgram.wire.jsonrpc import (
     DEFAULT_BUF_SIZE,
     Notification,
     Request,

@@ -11,7 +11,7 @@ the README shows one, must match it: JSON by shape (times and pids vary), text w
 and column widths normalised. Python examples run with their socket paths replaced by
 temporary ones.
 
-Also: the parameter table of docs/parameters.md is checked against ``midgram.config``.
+Also: the parameter table of docs/parameters.md is checked against ``midgram.config.settings``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from click.testing import CliRunner
 from servers import READY_TIMEOUT, RawClient, midgram_server, short_tmpdir, wait_until
 
 from midgram.cli import cli
-from midgram.config import PARAMETERS
+from midgram.config.settings import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

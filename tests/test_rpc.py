@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.protocol import encode_error, encode_result
-from midgram.rpc import (
+from midgram.wire.jsonrpc import encode_error, encode_result
+from midgram.client.codec import (
     DIALECTS,
     check_params,
     decode_response,

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from servers import RawClient, midgram_server, server_command, short_tmpdir, wait_until
 
-from midgram.commands import Registry
-from midgram.config import Settings
+from midgram.engine.dispatch import Registry
+from midgram.config.settings import Settings
 from midgram.errors import TransportError
-from midgram.server import AsyncServer, serve
+from midgram.server.wiring import AsyncServer, serve
 
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":1}'
 
@@ -199,8 +199,8 @@ def run_program(setup: str, level: str) -> tuple[str, list[object], str]:
 
 def test_serve_logs_to_stderr_when_the_program_set_up_no_logging() -> None:
     stderr, levels, after = run_program("", "info")
-    assert re.search(r"midgram\[\d+\] INFO midgram.server: listening on /", stderr), stderr
-    assert "WARNING midgram.server: cannot specify unix_socket_mode = 0" in stderr
+    assert re.search(r"midgram\[\d+\] INFO midgram.server.wiring: listening on /", stderr), stderr
+    assert "WARNING midgram.server.wiring: cannot specify unix_socket_mode = 0" in stderr
     assert "stopped" in stderr
     assert levels == [3, 3]
     assert after == "30 0 0 0"  # nothing left behind: root WARNING, no handler anywhere

@@ -44,8 +44,8 @@ def test_on_the_journal_lines_have_no_time_and_carry_their_syslog_priority() -> 
     lines = [line for line in running.log().splitlines() if line.startswith("<")]
     listening = next(line for line in lines if "listening on" in line)
     where = f"{running.target} (1 worker(s))"
-    assert listening == f"<6>[{running.proc.pid}] INFO midgram.server: listening on {where}"
-    failed = lines.index(f"<3>[{pid}] ERROR midgram.commands: MI command fail failed")
+    assert listening == f"<6>[{running.proc.pid}] INFO midgram.server.wiring: listening on {where}"
+    failed = lines.index(f"<3>[{pid}] ERROR midgram.engine.dispatch: MI command fail failed")
     traceback = lines[failed + 1 :]
     assert traceback[0] == "<3>Traceback (most recent call last):"
     assert "<3>RuntimeError: a bug in the command" in traceback
@@ -67,7 +67,7 @@ def test_a_stream_that_is_not_the_journals_keeps_the_time() -> None:
         pass
     line = next(line for line in running.lines if "listening on" in line)
     assert re.match(
-        rf"\d{{4}}-\d\d-\d\d \S+ midgram\[{running.proc.pid}\] INFO midgram.server: listening on ",
+        rf"\d{{4}}-\d\d-\d\d \S+ midgram\[{running.proc.pid}\] INFO midgram.server.wiring: listening on ",
         line,
     )
 
@@ -285,7 +285,7 @@ def test_the_unit_in_the_docs_passes_systemd_analyze_verify(tmp_path: Path) -> N
     unit = unit_in_the_docs()
     assert "\nType=notify\n" in unit
     program = Path(sys.executable).with_name("midgram")
-    path = tmp_path / "midgram.service"
+    path = tmp_path / "midgram.server.service"
     path.write_text(unit.replace("ExecStart=/usr/local/bin/midgram ", f"ExecStart={program} "))
     done = subprocess.run(
         ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60

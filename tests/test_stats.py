@@ -1,4 +1,5 @@
-"""Tests of midgram.stats: declarations, kinds, lifecycle, queries, and real forked processes."""
+"""Tests of midgram.engine.stats: declarations, kinds, lifecycle, queries, and real forked
+processes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.stats import Counter, FunctionStat, Gauge, Stat, Statistics
+from midgram.engine.stats import Counter, FunctionStat, Gauge, Stat, Statistics
 
 # -- helpers ------------------------------------------------------------------------------------
 

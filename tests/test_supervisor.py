@@ -12,7 +12,7 @@ from pathlib import Path
 
 from servers import ROOT, wait_until
 
-from midgram.supervisor import WorkerSignals
+from midgram.server.supervisor import WorkerSignals
 
 
 def run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def test_workers_that_die_at_boot_stop_the_server() -> None:
     done = run_script(
         """
         import logging, sys
-        from midgram.supervisor import Supervisor
+        from midgram.server.supervisor import Supervisor
         logging.basicConfig(level=logging.INFO)
         spawned = []
         sup = Supervisor(2, lambda slot: 3, max_boot_failures=3,
@@ -71,7 +71,7 @@ def test_sigterm_stops_every_worker_and_sigkill_ends_stragglers(tmp_path: Path) 
     script = f"""
         import os, signal, time, logging
         from pathlib import Path
-        from midgram.supervisor import Supervisor
+        from midgram.server.supervisor import Supervisor
         logging.basicConfig(level=logging.INFO)
 
         def stubborn(slot):
@@ -115,7 +115,7 @@ def test_a_dead_worker_is_replaced_in_its_slot(tmp_path: Path) -> None:
     script = f"""
         import os, signal, time
         from pathlib import Path
-        from midgram.supervisor import Supervisor
+        from midgram.server.supervisor import Supervisor
 
         def worker(slot):
             Path({str(tmp_path)!r}, f"{{slot}}-{{os.getpid()}}").touch()
@@ -149,7 +149,7 @@ def test_a_failure_after_the_fork_stops_every_worker_first(tmp_path: Path) -> No
     script = f"""
         import os, signal, time
         from pathlib import Path
-        from midgram.supervisor import Supervisor
+        from midgram.server.supervisor import Supervisor
 
         def worker(slot):
             Path({str(tmp_path)!r}, str(os.getpid())).touch()
@@ -188,7 +188,7 @@ def test_a_worker_never_signals_a_process_that_is_not_its_live_supervisor() -> N
         """
         import signal, subprocess, sys
         from pathlib import Path
-        from midgram.supervisor import WorkerSignals
+        from midgram.server.supervisor import WorkerSignals
 
         blocker = (
             "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
@@ -223,7 +223,7 @@ def test_the_heartbeat_beats_only_while_every_worker_is_alive() -> None:
     done = run_script(
         """
         import signal, time
-        from midgram.supervisor import Supervisor
+        from midgram.server.supervisor import Supervisor
 
         def worker(slot):
             if slot == 1:

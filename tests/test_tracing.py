@@ -14,13 +14,13 @@ from golden_hep import Exchange, all_exchanges, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram import hep
-from midgram.commands import Dispatcher, Outcome, Registry, Status
-from midgram.core import with_core
+from midgram.wire import hep
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.core import with_core
 from midgram.errors import ConfigError
-from midgram.protocol import INTERNAL_ERROR_REPLY, PARSE_ERROR_REPLY
-from midgram.runtime import LocalRuntime
-from midgram.tracing import (
+from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY, PARSE_ERROR_REPLY
+from midgram.engine.runtime import LocalRuntime
+from midgram.engine.tracing import (
     MAX_PARAMS,
     MAX_TRACE_FIELD,
     UNIX_CLIENT,

@@ -27,9 +27,9 @@ from typing import Any, cast
 import pytest
 from toolchain import needs_ipv6
 
-from midgram import transport
+from midgram.server import transport
 from midgram.errors import ConfigError, SocketInUse, TransportError
-from midgram.transport import (
+from midgram.server.transport import (
     DROP_LOG_INTERVAL,
     DropReason,
     HepSender,
@@ -53,7 +53,7 @@ NOGROUP = grp.getgrnam("nogroup").gr_gid
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: changes file owners and switches to user nobody"
 )
-LOGGER = "midgram.transport"
+LOGGER = "midgram.server.transport"
 
 
 # --- helpers ----------------------------------------------------------------------------

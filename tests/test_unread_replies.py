@@ -3,7 +3,7 @@
 A UNIX datagram stays charged to the server socket's send buffer until its client reads it.
 Fifteen sockets that each asked for ten 60 KB replies and never read once filled it: every
 other client then got no answer at all (0 of 20), native I/O or not, ``--timeout 0`` or not.
-Now big replies meet a budget (``midgram.budget``), and these tests hold real ``midgram
+Now big replies meet a budget (``midgram.server.budget``), and these tests hold real ``midgram
 serve`` processes, and ReplySender on real sockets, to it.
 """
 
@@ -19,8 +19,8 @@ import orjson
 import pytest
 from servers import ServerProcess, free_udp_port, midgram_server, wait_until
 
-from midgram.budget import PEER_SHARE, RESERVE_SHARE, SMALL_REPLY, SendBudget, unread_bytes
-from midgram.transport import (
+from midgram.server.budget import PEER_SHARE, RESERVE_SHARE, SMALL_REPLY, SendBudget, unread_bytes
+from midgram.server.transport import (
     SO_SNDBUFFORCE,
     DropReason,
     ReplySender,

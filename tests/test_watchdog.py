@@ -15,9 +15,9 @@ import orjson
 import pytest
 from servers import ServerProcess, midgram_server, wait_until
 
-from midgram.config import Settings
+from midgram.config.settings import Settings
 from midgram.errors import ConfigError
-from midgram.supervisor import WorkerStates, hold, let_go
+from midgram.server.supervisor import WorkerStates, hold, let_go
 
 STUCK = b'{"jsonrpc":"2.0","method":"slow","params":{"seconds":1000},"id":%d}'
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":%d}'

@@ -1,7 +1,7 @@
 """What this install and machine have that some tests need, as markers that say why not.
 
-- ``needs_native``, ``needs_loadgen``: midgram's compiled modules (``midgram._batchio``,
-  ``midgram._loadgen``), which ``pip install -e .`` builds (``make test`` does it). A test
+- ``needs_native``, ``needs_loadgen``: midgram's compiled modules (``midgram.server._batchio``,
+  ``midgram.client._loadgen``), which ``pip install -e .`` builds (``make test`` does it). A test
   marked so FAILS where its module is missing (conftest.py), with the reason: an install that
   did not build them is a broken one, not a reason to test less. Only a run that declares
   itself pure Python, with ``MIDGRAM_NATIVE=0`` in its environment, skips them instead.
@@ -19,12 +19,12 @@ import socket
 
 import pytest
 
-from midgram.batchio import ENV
+from midgram.server.batchio import ENV
 from midgram.compiled import why_not_loaded
 
 #: The marker conftest.py acts on: ``needs_compiled(module)``.
-needs_native = pytest.mark.needs_compiled("midgram._batchio")
-needs_loadgen = pytest.mark.needs_compiled("midgram._loadgen")
+needs_native = pytest.mark.needs_compiled("midgram.server._batchio")
+needs_loadgen = pytest.mark.needs_compiled("midgram.client._loadgen")
 
 
 def missing(module: str) -> str | None:

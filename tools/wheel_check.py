@@ -96,10 +96,10 @@ def check_sdist(sdist: Path) -> None:
     wanted = {
         "LICENSE",
         "setup.py",
-        "src/midgram/_batchio.c",
-        "src/midgram/_loadgen.c",
-        "src/midgram/loadgen.c",
-        "src/midgram/loadgen.h",
+        "src/midgram/server/_batchio.c",
+        "src/midgram/client/_loadgen.c",
+        "src/midgram/client/loadgen.c",
+        "src/midgram/client/loadgen.h",
         "tests/conftest.py",
         "tests/golden/README.md",
     }

@@ -20,21 +20,21 @@ __all__ = [
 
 # The public names, imported on first use so that `import midgram` stays cheap for the CLI.
 _LAZY = {
-    "AsyncClient": "midgram.client",
-    "Client": "midgram.client",
-    "AsyncServer": "midgram.server",
-    "serve": "midgram.server",
-    "Registry": "midgram.commands",
-    "Settings": "midgram.config",
+    "AsyncClient": "midgram.client.calls",
+    "Client": "midgram.client.calls",
+    "AsyncServer": "midgram.server.wiring",
+    "serve": "midgram.server.wiring",
+    "Registry": "midgram.engine.dispatch",
+    "Settings": "midgram.config.settings",
     "MIError": "midgram.errors",
 }
 
 if TYPE_CHECKING:
-    from midgram.client import AsyncClient, Client
-    from midgram.commands import Registry
-    from midgram.config import Settings
+    from midgram.client.calls import AsyncClient, Client
+    from midgram.engine.dispatch import Registry
+    from midgram.config.settings import Settings
     from midgram.errors import MIError
-    from midgram.server import AsyncServer, serve
+    from midgram.server.wiring import AsyncServer, serve
 
 
 def __getattr__(name: str) -> Any:

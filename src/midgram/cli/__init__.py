@@ -22,14 +22,14 @@ __all__ = ["cli", "main"]
 #: Sub-command name -> ``module:attribute`` of its click command.
 COMMANDS: Final = {
     "bench": "midgram.cli.bench:bench",
-    "call": "midgram.cli.client:call",
+    "call": "midgram.cli.call:call",
     "check": "midgram.cli.check:check",
-    "completion": "midgram.cli.client:completion",
+    "completion": "midgram.cli.call:completion",
     "exporter": "midgram.cli.exporter:exporter",
-    "help": "midgram.cli.client:help_",
+    "help": "midgram.cli.call:help_",
     "serve": "midgram.cli.serve:serve",
-    "shell": "midgram.cli.client:shell",
-    "which": "midgram.cli.client:which",
+    "shell": "midgram.cli.call:shell",
+    "which": "midgram.cli.call:which",
 }
 
 
@@ -77,7 +77,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     the same). batchio is imported only here: other commands do not pay for it."""
     if not value or ctx.resilient_parsing:
         return
-    from midgram.batchio import version_line  # noqa: PLC0415
+    from midgram.server.batchio import version_line  # noqa: PLC0415
 
     click.echo(version_line())
     ctx.exit()

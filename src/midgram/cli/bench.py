@@ -1,6 +1,6 @@
 """``midgram bench``: load-test a server (midgram, OpenSIPS, Kamailio) with one command.
 
-The work is ``midgram.loadtest``'s; this module has the options, the output and the exit
+The work is ``midgram.client.loadtest``'s; this module has the options, the output and the exit
 statuses, which follow ``midgram call``'s (``failures.py``).
 """
 
@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
-from midgram.cli.client import _call_params, _fail, _one_target, one_target_options
+from midgram.cli.call import _call_params, _fail, _one_target, one_target_options
 from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.failures import EXIT_INTERRUPTED, EXIT_TIMEOUT, describe, exit_code_for
 from midgram.cli.output import render
 from midgram.errors import ClientError, ConfigError, LoadgenError
 
 if TYPE_CHECKING:
-    from midgram.loadtest import LoadTestResult, RunResult, Summary
+    from midgram.client.loadtest import LoadTestResult, RunResult, Summary
 
 __all__ = ["bench"]
 
@@ -121,7 +121,7 @@ def _progress(runs: int) -> Any:
 
 def _measure(ctx: click.Context, target: str, method: str, **options: Any) -> LoadTestResult:
     """``load_test``; its errors become their line on stderr and the exit status."""
-    from midgram.loadtest import load_test  # noqa: PLC0415 - see TIMEOUT
+    from midgram.client.loadtest import load_test  # noqa: PLC0415 - see TIMEOUT
 
     try:
         return load_test(target, method, **options)

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
-from midgram.cli.client import _one_target, one_target_options
+from midgram.cli.call import _one_target, one_target_options
 from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.durations import Duration
 from midgram.cli.params import ParamsError, parse_words
-from midgram.client import AsyncClient
+from midgram.client.calls import AsyncClient
 from midgram.monitoring.check import Check, Outcome, Status, run_check
 from midgram.monitoring.thresholds import Range, RangeError
 

@@ -25,7 +25,7 @@ from typing import Any, Final
 import click
 from click.shell_completion import CompletionItem
 
-from midgram.client import Client, default_target
+from midgram.client.calls import Client, default_target
 from midgram.errors import MidgramError
 
 __all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]

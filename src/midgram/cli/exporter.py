@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import click
 
-from midgram.cli.client import _targets, target_options
+from midgram.cli.call import _targets, target_options
 
 __all__ = ["exporter"]
 

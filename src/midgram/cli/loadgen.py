@@ -1,9 +1,9 @@
 """``python -m midgram.cli.loadgen ARGS``: one run of ``midgram bench``'s load generator, in a
-process of its own (what ``midgram.loadtest`` starts for each run).
+process of its own (what ``midgram.client.loadtest`` starts for each run).
 
 ARGS are the generator's options (``loadgen.c``'s usage). The result is its one JSON line on
 stdout, exit status 0; a failed run says why on stderr (``loadgen: ...``), exit status 2. The
-run itself is C (``midgram._loadgen``, built at install time) and holds no Python lock.
+run itself is C (``midgram.client._loadgen``, built at install time) and holds no Python lock.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     # SIGINT handler would only act once the C loop returned, seconds later.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        from midgram import _loadgen  # noqa: PLC0415 - what this process runs
+        from midgram.client import _loadgen  # noqa: PLC0415 - what this process runs
     except ImportError as exc:
-        print(f"loadgen: {why_not_loaded('midgram._loadgen', exc)}", file=sys.stderr)
+        print(f"loadgen: {why_not_loaded('midgram.client._loadgen', exc)}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     try:
         line = _loadgen.run(sys.argv[1:] if argv is None else argv)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Final
 
-from midgram.protocol import Params
+from midgram.wire.jsonrpc import Params
 
 __all__ = ["PARAMS_HELP", "ParamsError", "parse_json_params", "parse_words"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from midgram.address import parse_target
+from midgram.wire.address import parse_target
 from midgram.errors import AddressError
 
 __all__ = ["load_profile", "profile_option", "profile_targets", "profiles_file"]

@@ -14,15 +14,15 @@ from typing import Any, NoReturn
 
 import click
 
-from midgram.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
+from midgram.wire.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
 from midgram.cli.durations import Duration
-from midgram.commands import Registry
-from midgram.config import ALIASES, load_settings, read_config
+from midgram.engine.dispatch import Registry
+from midgram.config.settings import ALIASES, load_settings, read_config
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
-from midgram.files import LogFileHandler, PidFile
+from midgram.server.files import LogFileHandler, PidFile
 from midgram.logs import LOG_FORMAT, formatter_for, on_journal, printable
-from midgram.server import importing_app, logging_level
-from midgram.server import serve as run_server
+from midgram.server.wiring import importing_app, logging_level
+from midgram.server.wiring import serve as run_server
 
 __all__ = ["serve"]
 

@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.client import AsyncClient
+from midgram.client.calls import AsyncClient
 from midgram.errors import ClientError, ConnectError, RemoteError, ReplyTimeout
 from midgram.monitoring.thresholds import Range
-from midgram.protocol import Params
+from midgram.wire.jsonrpc import Params
 
 __all__ = ["DEFAULT_METHODS", "Check", "Outcome", "Status", "run_check"]
 

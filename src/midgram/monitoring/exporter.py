@@ -34,8 +34,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 
-from midgram.address import parse_target
-from midgram.client import AsyncClient
+from midgram.wire.address import parse_target
+from midgram.client.calls import AsyncClient
 from midgram.errors import AddressError
 from midgram.monitoring.exposition import SnapshotCollector
 from midgram.monitoring.naming import Naming

@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from midgram.client import AsyncClient
+from midgram.client.calls import AsyncClient
 from midgram.errors import ClientError, PlainTextError, RemoteError
-from midgram.protocol import Params
+from midgram.wire.jsonrpc import Params
 
 __all__ = [
     "IN_FLIGHT",

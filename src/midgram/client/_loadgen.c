@@ -5,7 +5,7 @@
  *     run(["-t", "/run/mi.sock", "-r", template, ...]) -> the result's JSON line (str)
  *
  * The arguments are loadgen's command line without the program's name (see usage() in
- * loadgen.c). The run holds no Python lock: it is plain C from start to end. midgram.loadtest
+ * loadgen.c). The run holds no Python lock: it is plain C from start to end. midgram.client.loadtest
  * runs it in a process of its own (python -m midgram.cli.loadgen), one run per process.
  */
 #define PY_SSIZE_T_CLEAN

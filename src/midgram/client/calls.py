@@ -61,11 +61,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
 
-from midgram.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
+from midgram.wire.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
 from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout, RequestTooLarge
-from midgram.files import squatted
-from midgram.protocol import Params
-from midgram.rpc import (
+from midgram.server.files import squatted
+from midgram.wire.jsonrpc import Params
+from midgram.client.codec import (
     MAX_REQUEST_ID,
     Dialect,
     Response,
@@ -75,7 +75,7 @@ from midgram.rpc import (
     get_dialect,
     make_params,
 )
-from midgram.transport import peer_label
+from midgram.server.transport import peer_label
 
 __all__ = [
     "DEFAULT_TIMEOUT",

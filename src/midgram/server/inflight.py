@@ -1,7 +1,7 @@
 """A forked worker's ``async def`` calls in flight: run on the worker's own event loop while
 the worker goes on serving other datagrams.
 
-The worker hands each :class:`~midgram.commands.Pending` to :meth:`AsyncCalls.start` and
+The worker hands each :class:`~midgram.engine.dispatch.Pending` to :meth:`AsyncCalls.start` and
 carries on with its batch; nothing runs until the worker next waits. While calls are in
 flight, the worker waits in :meth:`AsyncCalls.wait` instead of in a blocking receive: the loop
 runs the calls until the socket is readable, a call completes, or the wait's time is up; each
@@ -25,8 +25,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
-from midgram.commands import Outcome, Pending
-from midgram.supervisor import hold, let_go
+from midgram.engine.dispatch import Outcome, Pending
+from midgram.server.supervisor import hold, let_go
 
 __all__ = ["ASYNC_MAX", "AsyncCalls"]
 

@@ -26,21 +26,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.address import HepId, UdpAddress, UnixAddress, parse_socket_name
-from midgram.batchio import native_status, version_line
-from midgram.client import default_target
-from midgram.commands import Dispatcher, Outcome, Pending, Registry
-from midgram.config import Settings
-from midgram.core import with_core
+from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
+from midgram.server.batchio import native_status, version_line
+from midgram.client.calls import default_target
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.config.settings import Settings
+from midgram.engine.core import with_core
 from midgram.errors import ConfigError, TransportError
-from midgram.files import squatted
+from midgram.server.files import squatted
 from midgram.logs import LOG_FORMAT, formatter_for
-from midgram.process import name_attendant, name_worker
-from midgram.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
-from midgram.service import Notifier
-from midgram.supervisor import Supervisor, WorkerSignals, WorkerStates
-from midgram.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
-from midgram.transport import (
+from midgram.server.process import name_attendant, name_worker
+from midgram.engine.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
+from midgram.server.service import Notifier
+from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
+from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
+from midgram.server.transport import (
     HepSender,
     bind_udp,
     bind_unix,
@@ -50,7 +50,7 @@ from midgram.transport import (
     resolve_udp,
     set_recv_timeout,
 )
-from midgram.worker import ServerStats, Tracing, Worker, source_filter
+from midgram.server.worker import ServerStats, Tracing, Worker, source_filter
 
 __all__ = [
     "LOG_FORMAT",

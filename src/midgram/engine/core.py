@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from midgram import __version__
-from midgram.commands import Command, Registry, make_command
+from midgram.engine.dispatch import Command, Registry, make_command
 from midgram.errors import InvalidParams, MIError
-from midgram.protocol import C_INT_MAX, C_INT_MIN
-from midgram.runtime import Runtime
-from midgram.stats import Stat, Statistics
+from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN
+from midgram.engine.runtime import Runtime
+from midgram.engine.stats import Stat, Statistics
 
 __all__ = ["SERVER_NAME", "with_core"]
 

@@ -41,8 +41,8 @@ from types import FrameType
 from typing import Final
 
 from midgram.logs import shown
-from midgram.process import prctl as libc_prctl
-from midgram.runtime import reopen_log_files
+from midgram.server.process import prctl as libc_prctl
+from midgram.engine.runtime import reopen_log_files
 
 __all__ = [
     "IN_HAND_MAX",

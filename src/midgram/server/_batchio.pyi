@@ -4,8 +4,8 @@ every call into it against. The docstrings are in the C source."""
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from midgram.commands import Outcome, Pending
-from midgram.transport import PeerAddress
+from midgram.engine.dispatch import Outcome, Pending
+from midgram.server.transport import PeerAddress
 
 MAX_SLOTS: Final[int]
 

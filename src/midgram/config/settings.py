@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from midgram.address import (
+from midgram.wire.address import (
     HepId,
     HepTransport,
     UdpAddress,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from midgram.logs import RateLimitedLog, printable
-from midgram.transport import peer_label
+from midgram.server.transport import peer_label
 
 __all__ = ["Notifier"]
 

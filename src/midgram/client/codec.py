@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.protocol import MAX_DEPTH, JsonId, Params, nesting_depth
+from midgram.wire.jsonrpc import MAX_DEPTH, JsonId, Params, nesting_depth
 
 __all__ = [
     "DIALECTS",

@@ -29,7 +29,7 @@ from orjson import JSONDecodeError
 
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
 from midgram.logs import RateLimitedLog, shown
-from midgram.protocol import (
+from midgram.wire.jsonrpc import (
     ALWAYS_FITS_MARGIN,
     DEFAULT_BUF_SIZE,
     INTERNAL_ERROR_REPLY,
@@ -43,7 +43,7 @@ from midgram.protocol import (
     encode_result,
     reply_fits,
 )
-from midgram.stats import Statistics
+from midgram.engine.stats import Statistics
 
 __all__ = [
     "Command",

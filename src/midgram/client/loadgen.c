@@ -25,7 +25,7 @@
  *
  * It is plain C with no Python in it: loadgen_run() (loadgen.h) takes the command line a
  * program would and returns the JSON line, or an error message. _loadgen.c wraps it as the
- * extension module midgram._loadgen, built at install time with _batchio; midgram.loadtest
+ * extension module midgram.client._loadgen, built at install time with _batchio; midgram.client.loadtest
  * runs it in a process of its own (python -m midgram.cli.loadgen), which keeps the process
  * model of a standalone program: one run per process, its own CPU figures, killed at will.
  */

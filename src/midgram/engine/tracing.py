@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
-from midgram import hep
-from midgram.commands import Outcome, Status
-from midgram.config import DEFAULT_HEP_CAPTURE_ID, DEFAULT_HOMER5_DELIM, parse_bwlist
+from midgram.wire import hep
+from midgram.engine.dispatch import Outcome, Status
+from midgram.config.settings import DEFAULT_HEP_CAPTURE_ID, DEFAULT_HOMER5_DELIM, parse_bwlist
 from midgram.errors import ConfigError
-from midgram.protocol import Params
+from midgram.wire.jsonrpc import Params
 
 __all__ = [
     "BACKEND",

@@ -10,11 +10,11 @@ without parsing it in Python. OpenSIPS reads and answers one datagram at a time.
 
 Without it (an install that could not build it, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
-reply to :class:`~midgram.transport.ReplySender`: the behaviour is the same, only slower.
+reply to :class:`~midgram.server.transport.ReplySender`: the behaviour is the same, only slower.
 :func:`native_status` says which it is and why; ``midgram --version`` shows it, and the
 server logs it at start (a warning when off).
 
-Either way :class:`~midgram.transport.ReplySender` stays in charge of anything unusual: a
+Either way :class:`~midgram.server.transport.ReplySender` stays in charge of anything unusual: a
 reply the batch could not send (a full client queue, a vanished client, an unbound peer) is
 handed to it, with every reply after it, so replies to one client keep their order.
 """
@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from midgram import __version__
-from midgram.commands import Answer
+from midgram.engine.dispatch import Answer
 from midgram.compiled import why_not_loaded
 from midgram.errors import TransportError
-from midgram.transport import PeerAddress, Receiver, sock_label
+from midgram.server.transport import PeerAddress, Receiver, sock_label
 
 try:
-    from midgram import _batchio
+    from midgram.server import _batchio
 except ImportError as exc:
     #: Why the compiled module is not there (None: it is).
-    _MISSING: str | None = why_not_loaded("midgram._batchio", exc)
+    _MISSING: str | None = why_not_loaded("midgram.server._batchio", exc)
 else:
     _MISSING = None
 

@@ -4,7 +4,7 @@ Several workers (forked by the supervisor) block in a receive on the one shared 
 kernel wakes exactly one of them per datagram, so there is no thundering herd. A woken
 worker takes every datagram already waiting (up to ``batchio.SLOTS``) with one
 ``recvmmsg()`` and sends their replies ``FLUSH`` at a time with ``sendmmsg()``
-(``midgram.batchio``), so under load a request costs less than the two syscalls of a bare
+(``midgram.server.batchio``), so under load a request costs less than the two syscalls of a bare
 echo loop. Each datagram
 goes through ``Dispatcher.answer``, whose common case is one flat function.
 
@@ -29,18 +29,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
-from midgram.budget import SendBudget
-from midgram.commands import Dispatcher, Outcome, Pending, Status
+from midgram.server.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
+from midgram.server.budget import SendBudget
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
 from midgram.errors import TransportError
-from midgram.inflight import AsyncCalls
+from midgram.server.inflight import AsyncCalls
 from midgram.logs import RateLimitedLog, shown
-from midgram.protocol import INTERNAL_ERROR_REPLY
-from midgram.runtime import apply_log_level
-from midgram.stats import Counter, Statistics
-from midgram.supervisor import IN_HAND_MAX, held, hold, let_go
-from midgram.tracing import Tracer
-from midgram.transport import (
+from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY
+from midgram.engine.runtime import apply_log_level
+from midgram.engine.stats import Counter, Statistics
+from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
+from midgram.engine.tracing import Tracer
+from midgram.server.transport import (
     RECV_TIMEOUT,
     WITHHELD,
     HepSender,
@@ -186,7 +186,7 @@ class Worker:
         self._replied = stats.replied.inc
         self._readable = (sock,)
         self._fd = sock.fileno()
-        # async def calls run beside the rest (midgram.inflight), replied to as they complete.
+        # async def calls run beside the rest (midgram.server.inflight), replied to as they complete.
         self._worker_timeout = worker_timeout
         self._calls = AsyncCalls(self.finish, self._stuck, timeout=worker_timeout, in_hand=in_hand)
         # How long a wait runs the calls at most: the socket's own wake-up, and often enough

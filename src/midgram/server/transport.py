@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from midgram.budget import SendBudget
+from midgram.server.budget import SendBudget
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
 from midgram.logs import RateLimitedLog, printable
@@ -406,7 +406,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 #: What the server asks for its send buffer (the kernel doubles it for its own overhead). A
 #: UNIX reply is charged to the server socket's send buffer until the client reads it
-#: (``midgram.budget``): the larger the buffer, the more clients that do not read it takes
+#: (``midgram.server.budget``): the larger the buffer, the more clients that do not read it takes
 #: to crowd out the others.
 SEND_BUFFER: Final = 4 * 1024 * 1024
 #: asm-generic/socket.h: SO_SNDBUF beyond net.core.wmem_max, for CAP_NET_ADMIN. Python's
@@ -605,7 +605,7 @@ class ReplySender:
     At most ``max_pending`` replies and ``max_pending_bytes`` bytes wait; beyond, a reply is
     dropped.
 
-    With a ``budget`` (UNIX sockets: ``midgram.budget``), a reply bigger than
+    With a ``budget`` (UNIX sockets: ``midgram.server.budget``), a reply bigger than
     ``budget.small`` goes out only while the send buffer has room for it that unread replies
     may take: else it waits like a refused one, and is dropped at once when its client is not
     reading.

@@ -18,7 +18,7 @@
  * reply that failed or whose peer it cannot convert, and the caller hands that one (and the
  * rest) to ReplySender, which owns retries, drops and their logs.
  *
- * Built on first use by midgram.batchio with the system compiler and Python's headers; when
+ * Built on first use by midgram.server.batchio with the system compiler and Python's headers; when
  * that is not possible midgram serves with the socket module instead.
  */
 #define PY_SSIZE_T_CLEAN
@@ -702,7 +702,7 @@ static PyGetSetDef BatchSocket_getset[] = {
 };
 
 static PyTypeObject BatchSocketType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram._batchio.BatchSocket",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram.server._batchio.BatchSocket",
     .tp_basicsize = sizeof(BatchSocket),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize): "
@@ -1006,7 +1006,7 @@ static void FastAnswer_dealloc(FastAnswer *self) {
 }
 
 static PyTypeObject FastAnswerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram._batchio.FastAnswer",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram.server._batchio.FastAnswer",
     .tp_basicsize = sizeof(FastAnswer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "FastAnswer(bare, compact, after_bare, answer): a callable equal to "

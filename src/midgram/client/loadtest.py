@@ -2,7 +2,7 @@
 
 ::
 
-    from midgram.loadtest import load_test
+    from midgram.client.loadtest import load_test
 
     result = load_test("/run/app/mi.sock", "uptime", inflight=8, duration=5, runs=3, pid=1234)
     result.median.rps, result.median.p99_us, result.median.cpu_us_per_request
@@ -13,7 +13,7 @@ sendto cost it about what they cost the server), so its own limit would be repor
 server's. The generator keeps N requests in flight with sendmmsg/recvmmsg, matches replies
 by id, counts error replies and timeouts, and prints one JSON line (see the top of the file).
 
-It is compiled when midgram is installed, as the extension module ``midgram._loadgen``
+It is compiled when midgram is installed, as the extension module ``midgram.client._loadgen``
 (``midgram.compiled``), and each run is a process of its own (``python -m
 midgram.cli.loadgen``), as a standalone program's would be: the generator's CPU is its own,
 and a stuck run is killed without harm to the caller.
@@ -35,12 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from midgram.address import parse_target
-from midgram.client import Client
+from midgram.wire.address import parse_target
+from midgram.client.calls import Client
 from midgram.compiled import why_not_loaded
 from midgram.errors import ConfigError, LoadgenError
-from midgram.protocol import Params
-from midgram.rpc import Dialect, check_params, encode_request, get_dialect
+from midgram.wire.jsonrpc import Params
+from midgram.client.codec import Dialect, check_params, encode_request, get_dialect
 
 __all__ = [
     "ID_MARK",
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 #: Where the generator writes each request's id in the request text.
 ID_MARK: Final = "%ID%"
 #: The generator's module (compiled) and the entry point that runs it in its own process.
-_MODULE: Final = "midgram._loadgen"
+_MODULE: Final = "midgram.client._loadgen"
 _ENTRY: Final = "midgram.cli.loadgen"
 #: Seconds a reply may take before it counts as a timeout. Shorter than the client's 5 s: in
 #: a run of a few seconds a lost datagram must show up as a timeout, not as a stalled slot.
@@ -82,7 +82,7 @@ def loadgen_command() -> list[str]:
     """The command that runs the generator once (its options follow); ``LoadgenError`` when
     this install has no generator (it was not built when midgram was installed)."""
     try:
-        from midgram import _loadgen  # noqa: F401, PLC0415 - checked here, used by the child
+        from midgram.client import _loadgen  # noqa: F401, PLC0415 - checked here, used by the child
     except ImportError as exc:
         raise LoadgenError(why_not_loaded(_MODULE, exc)) from exc
     # -P: the caller's cwd is not put first on the child's path, so that a `midgram` folder
