@@ -44,6 +44,7 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench tools fuzz
 	$(BIN)/ruff format --check src tests bench tools fuzz
+	$(BIN)/lint-imports
 
 # mypy --strict, and stubtest: the .pyi stubs of the compiled modules match what was built.
 typecheck: $(VENV)/.installed-test

@@ -46,9 +46,9 @@ from cbuild import BuildError, compile_c
 from kamailio_ref import kamailio_binary, kamailio_config
 
 from midgram.client import loadtest
-from midgram.server.batchio import version_line
-from midgram.errors import MidgramError
 from midgram.client.loadtest import process_tree
+from midgram.errors import MidgramError
+from midgram.server.batchio import version_line
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent

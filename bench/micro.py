@@ -151,10 +151,10 @@ def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object
 def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     import app  # noqa: PLC0415 (the bench commands)
 
-    from midgram.wire import jsonrpc as protocol  # noqa: PLC0415 (bench/ is importable without midgram)
-    from midgram.engine.dispatch import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
     from midgram.engine.core import with_core  # noqa: PLC0415
+    from midgram.engine.dispatch import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
     from midgram.engine.runtime import LocalRuntime  # noqa: PLC0415
+    from midgram.wire import jsonrpc as protocol  # noqa: PLC0415 (bench/ is importable without midgram)
 
     data = REQUESTS[request].replace("%ID%", "12345").encode()
     registry = with_core(app.mi if request in ("blob", "named") else Registry(), LocalRuntime())

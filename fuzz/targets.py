@@ -25,12 +25,12 @@ from types import ModuleType
 from typing import Any
 
 from midgram.cli.output import FORMATS, render
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.client.codec import decode_response
 from midgram.engine.core import with_core
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.runtime import LocalRuntime
 from midgram.errors import BadReply, PlainTextError
 from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE
-from midgram.client.codec import decode_response
-from midgram.engine.runtime import LocalRuntime
 
 #: Where an instrumented build of the C module is (``make sanitize``), else the package's.
 BATCHIO_ENV = "MIDGRAM_BATCHIO"

@@ -27,13 +27,13 @@ from apps import mi
 
 import midgram.cli.call  # the sub-commands, imported while still root
 import midgram.cli.serve  # noqa: F401
-from midgram.wire.address import UdpAddress, parse_target
-from midgram.server.batchio import native_status
 from midgram.cli import cli
 from midgram.client.calls import Client
 from midgram.config.settings import Settings
 from midgram.errors import ClientError
+from midgram.server.batchio import native_status
 from midgram.server.wiring import serve
+from midgram.wire.address import UdpAddress, parse_target
 
 #: What a forger sends: an error reply to any call (a null id), and a plain-text error.
 FORGED = (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"forged"},"id":null}', b"500 forged")

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from midgram.errors import AddressError, ConfigError
 from midgram.wire.address import (
     HEP_DEFAULT_PORT,
     SUN_PATH_MAX,
@@ -21,7 +22,6 @@ from midgram.wire.address import (
     parse_target,
     parse_trace_destination,
 )
-from midgram.errors import AddressError, ConfigError
 
 # --- UDP: what parses ------------------------------------------------------------------------
 

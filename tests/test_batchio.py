@@ -31,12 +31,12 @@ from golden_cases import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
 from toolchain import needs_ipv6, needs_native
 
+from midgram.engine.core import with_core
+from midgram.engine.dispatch import Dispatcher, Registry
+from midgram.engine.runtime import LocalRuntime
+from midgram.errors import TransportError
 from midgram.server import batchio
 from midgram.server.batchio import BatchIO, NativeIO, SocketIO, batch_io
-from midgram.engine.dispatch import Dispatcher, Registry
-from midgram.engine.core import with_core
-from midgram.errors import TransportError
-from midgram.engine.runtime import LocalRuntime
 from midgram.server.transport import ReplySender, SendStatus, set_recv_timeout
 from midgram.server.worker import ServerStats, Worker
 

@@ -44,11 +44,11 @@ from test_batchio import (
 )
 from toolchain import needs_ipv6, needs_native
 
-from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.core import with_core
-from midgram.errors import MIError, TransportError
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
+from midgram.errors import MIError, TransportError
+from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
 from midgram.server.transport import set_recv_timeout
 from midgram.server.worker import ServerStats, Worker, source_filter
 
@@ -1000,7 +1000,9 @@ def test_a_worker_with_debug_logging_uses_the_python_loop(
         setup.close()
     # Every datagram that reached dispatching was logged, with its status (the native loop
     # would have logged none of the OK ones).
-    logged = [record.getMessage() for record in caplog.records if record.name == "midgram.server.worker"]
+    logged = [
+        record.getMessage() for record in caplog.records if record.name == "midgram.server.worker"
+    ]
     # The method names come from the datagrams: quoted and escaped (midgram.logs.shown).
     assert sum(message.startswith("'ping' from ") for message in logged) == 7
     assert any(message.startswith("'later' from ") for message in logged)

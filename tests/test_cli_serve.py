@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from servers import ROOT, ServerProcess, free_udp_port, short_tmpdir, started_server
 
-from midgram.engine.dispatch import Registry
 from midgram.config.settings import Settings
+from midgram.engine.dispatch import Registry
 from midgram.errors import ConfigError
 from midgram.server.wiring import serve
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
 
-from midgram.client.calls import AsyncClient, Client, Exchange, default_target
+from midgram.client.calls import AsyncClient, Client, Exchange
 from midgram.errors import (
     AddressError,
     BadReply,
@@ -35,6 +35,7 @@ from midgram.errors import (
     ReplyTimeout,
     RequestTooLarge,
 )
+from midgram.local import default_target
 
 APP = ("--app", "apps:mi")
 # A slack for timing assertions on a loaded 2-core CI machine.

@@ -9,7 +9,6 @@ from golden_cases import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.wire.address import UdpAddress, UnixAddress
 from midgram.config.settings import (
     ALIASES,
     PARAMETERS,
@@ -24,6 +23,7 @@ from midgram.config.settings import (
     read_config,
 )
 from midgram.errors import AddressError, ConfigError, ConfigFileError
+from midgram.wire.address import UdpAddress, UnixAddress
 
 
 def _error(values: dict[str, object]) -> ConfigError:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from golden_cases import Case, assert_matches, load_cases
 
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry
 from midgram.engine.core import SERVER_NAME, with_core
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry
 from midgram.engine.runtime import LocalRuntime
 
 CASES = load_cases()

@@ -33,6 +33,7 @@ from test_protocol import json_values
 from toolchain import needs_native
 
 from midgram.engine import core
+from midgram.engine.core import with_core
 from midgram.engine.dispatch import (
     Answer,
     Dispatcher,
@@ -42,10 +43,9 @@ from midgram.engine.dispatch import (
     Status,
     make_command,
 )
-from midgram.engine.core import with_core
+from midgram.engine.runtime import LocalRuntime
 from midgram.errors import InvalidParams, MIError
 from midgram.wire.jsonrpc import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request
-from midgram.engine.runtime import LocalRuntime
 
 HUGE = "x" * 70_000  # a result over the 65457-byte limit whatever the id
 SMALL_BUF = 256  # a second buffer size, where ordinary results straddle the size rule

@@ -24,9 +24,9 @@ import pytest
 from test_batchio import DEADLINE, Sockets, open_sockets
 from toolchain import needs_native
 
-from midgram.server.batchio import NativeIO, SocketIO
 from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Registry, Status
 from midgram.errors import MIError
+from midgram.server.batchio import NativeIO, SocketIO
 from midgram.server.worker import ServerStats, Worker
 
 pytestmark = needs_native

@@ -14,8 +14,8 @@ from golden_hep import Captured, all_packets, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.wire import hep
 from midgram.errors import HepError
+from midgram.wire import hep
 from midgram.wire.hep import Chunk, ChunkType, HepPacket
 
 V4 = ipaddress.IPv4Address

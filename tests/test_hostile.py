@@ -21,14 +21,14 @@ import pytest
 from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wait_until
 from toolchain import needs_native
 
-from midgram.server.batchio import NativeIO
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.core import with_core
-from midgram.wire.jsonrpc import MAX_DEPTH, PARSE_ERROR_REPLY
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
+from midgram.server.batchio import NativeIO
 from midgram.server.supervisor import WorkerStates
 from midgram.server.transport import set_recv_timeout
 from midgram.server.worker import ServerStats, Worker
+from midgram.wire.jsonrpc import MAX_DEPTH, PARSE_ERROR_REPLY
 
 
 def _native() -> Any:

@@ -147,4 +147,6 @@ def test_a_worker_is_logged_by_its_id_in_ps_and_its_restart_is_a_warning() -> No
 
         after = wait_until(restarted, what="the new worker in ps")
         assert after[1] == before[1]
-        running.wait_for_log(f"WARNING midgram.server.supervisor: worker 2 restarted (pid {after[2]})")
+        running.wait_for_log(
+            f"WARNING midgram.server.supervisor: worker 2 restarted (pid {after[2]})"
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from midgram.errors import ConfigError
+from midgram.client.codec import encode_request
 from midgram.client.loadtest import (
     LoadTestResult,
     RunResult,
@@ -20,7 +20,7 @@ from midgram.client.loadtest import (
     request_template,
     run_template,
 )
-from midgram.client.codec import encode_request
+from midgram.errors import ConfigError
 
 # --- the request ----------------------------------------------------------------------------
 

@@ -72,11 +72,11 @@ def nothing_was_compiled_or_cached(tmp_path: Path) -> None:
 @needs_native
 @needs_loadgen
 def test_the_compiled_modules_are_part_of_the_package() -> None:
-    for name in ("_batchio", "_loadgen"):
+    for name in ("server._batchio", "client._loadgen"):
         module = importlib.import_module(f"midgram.{name}")
         assert module.__file__ is not None
         path = Path(module.__file__)
-        assert path.parent == PACKAGE, path
+        assert path.parent == PACKAGE / name.split(".")[0], path
         assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
 
 
@@ -122,7 +122,7 @@ def test_serve_and_bench_run_native_without_a_compiler(no_compiler: Env, tmp_pat
                 if "_batchio" in line
             }
             assert mapped, f"worker {pid} has no _batchio mapped"
-            assert {Path(path).parent for path in mapped} == {PACKAGE}, mapped
+            assert {Path(path).parent for path in mapped} == {PACKAGE / "server"}, mapped
     nothing_was_compiled_or_cached(tmp_path)
 
 
@@ -149,18 +149,20 @@ def test_a_module_not_built_at_install_is_said_plainly(tmp_path: Path) -> None:
 def test_a_damaged_module_is_said_plainly_not_a_crash(tmp_path: Path) -> None:
     where = install_without_compiled_modules(tmp_path)
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    (where / "midgram" / f"_batchio{suffix}").write_bytes(b"\x7fELF" + b"\0" * 12)  # truncated
+    damaged = where / "midgram" / "server" / f"_batchio{suffix}"
+    damaged.write_bytes(b"\x7fELF" + b"\0" * 12)  # truncated
     proc = run_midgram("--version", env={"PYTHONPATH": str(where)})
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith(f"{VERSION}off (midgram.server._batchio cannot be loaded: ")
-    assert str(where / "midgram") in proc.stdout
+    assert str(where / "midgram" / "server") in proc.stdout
 
 
 def test_without_the_module_the_server_warns_and_still_serves(tmp_path: Path) -> None:
     where = install_without_compiled_modules(tmp_path)
     with midgram_server("--children", "1", env={"PYTHONPATH": str(where)}) as server:
-        assert f"WARNING midgram.server.wiring: {VERSION}off (midgram.server._batchio was not built" in (
-            server.log()
+        assert (
+            f"WARNING midgram.server.wiring: {VERSION}off (midgram.server._batchio was not built"
+            in (server.log())
         )
         assert server.call("uptime")["result"]["Up time"]
 
@@ -213,7 +215,7 @@ def _compiler() -> str | None:
 
 
 @pytest.mark.skipif(_compiler() is None, reason="no C compiler here to check the sources with")
-@pytest.mark.parametrize("source", ["_batchio.c", "_loadgen.c", "loadgen.c"])
+@pytest.mark.parametrize("source", ["server/_batchio.c", "client/_loadgen.c", "client/loadgen.c"])
 def test_the_c_sources_compile_without_warnings(source: str, tmp_path: Path) -> None:
     # setup.py builds them at install time, where pip keeps the compiler's warnings to itself.
     include = sysconfig.get_paths()["include"]

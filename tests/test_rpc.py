@@ -9,8 +9,6 @@ from golden_cases import KAMAILIO_UNIX, golden_files
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.wire.jsonrpc import encode_error, encode_result
 from midgram.client.codec import (
     DIALECTS,
     check_params,
@@ -19,6 +17,8 @@ from midgram.client.codec import (
     get_dialect,
     make_params,
 )
+from midgram.errors import BadReply, PlainTextError, RemoteError
+from midgram.wire.jsonrpc import encode_error, encode_result
 
 OPENSIPS = DIALECTS["opensips"]
 KAMAILIO = DIALECTS["kamailio"]

@@ -21,11 +21,11 @@ from hepjs import Decoder, assert_hepjs_agrees, hepjs_decoder
 from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_server, server_command
 from toolchain import needs_ipv6
 
-from midgram.wire import hep
-from midgram.engine.dispatch import Registry
 from midgram.config.settings import Settings
-from midgram.server.wiring import AsyncServer
+from midgram.engine.dispatch import Registry
 from midgram.engine.tracing import cjson_object
+from midgram.server.wiring import AsyncServer
+from midgram.wire import hep
 
 CORRELATION_RE = re.compile(rb"MICORR[A-Za-z0-9+/]{27}=")
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":1}'

@@ -67,7 +67,8 @@ def test_a_stream_that_is_not_the_journals_keeps_the_time() -> None:
         pass
     line = next(line for line in running.lines if "listening on" in line)
     assert re.match(
-        rf"\d{{4}}-\d\d-\d\d \S+ midgram\[{running.proc.pid}\] INFO midgram.server.wiring: listening on ",
+        rf"\d{{4}}-\d\d-\d\d \S+ midgram\[{running.proc.pid}\] INFO "
+        r"midgram.server.wiring: listening on ",
         line,
     )
 

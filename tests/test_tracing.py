@@ -14,11 +14,8 @@ from golden_hep import Exchange, all_exchanges, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.wire import hep
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.core import with_core
-from midgram.errors import ConfigError
-from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY, PARSE_ERROR_REPLY
+from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
 from midgram.engine.tracing import (
     MAX_PARAMS,
@@ -34,6 +31,9 @@ from midgram.engine.tracing import (
     correlation_id,
     params_text,
 )
+from midgram.errors import ConfigError
+from midgram.wire import hep
+from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY, PARSE_ERROR_REPLY
 
 CORRELATION = b"MICORR0gQAAADxU2UqAAAAAAAAAAcAAAA="
 NOW = 1_700_000_000_123_456_000

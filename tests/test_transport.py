@@ -27,8 +27,8 @@ from typing import Any, cast
 import pytest
 from toolchain import needs_ipv6
 
-from midgram.server import transport
 from midgram.errors import ConfigError, SocketInUse, TransportError
+from midgram.server import transport
 from midgram.server.transport import (
     DROP_LOG_INTERVAL,
     DropReason,

@@ -19,8 +19,8 @@ import socket
 
 import pytest
 
-from midgram.server.batchio import ENV
 from midgram.compiled import why_not_loaded
+from midgram.server.batchio import ENV
 
 #: The marker conftest.py acts on: ``needs_compiled(module)``.
 needs_native = pytest.mark.needs_compiled("midgram.server._batchio")

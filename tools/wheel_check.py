@@ -2,9 +2,9 @@
 
 1. ``python -m build`` makes the sdist, then the wheel from the unpacked sdist (so the sdist
    must carry everything the build needs); both are read: the wheel is platform-tagged, has
-   the compiled modules under ``midgram/``, the stubs, the LICENSE in its dist-info and no C
-   source; the sdist has the C sources, setup.py, the LICENSE and the tests with their golden
-   replies.
+   the compiled modules under ``midgram/server/`` and ``midgram/client/``, the stubs, the
+   LICENSE in its dist-info and no C source; the sdist has the C sources, setup.py, the
+   LICENSE and the tests with their golden replies.
 2. The wheel is installed into a fresh venv, and run where no compiler can be found (PATH of
    the venv alone, ``CC=/bin/false``, ``HOME=/nonexistent``): ``midgram --version`` must say
    native I/O is on; ``midgram serve`` on a socket in a temporary folder, awaited on its
@@ -72,7 +72,7 @@ def check_wheel(wheel: Path) -> None:
         if not licenses or archive.read(licenses[0]) != (ROOT / "LICENSE").read_bytes():
             raise CheckFailed(f"{wheel.name}: no LICENSE (the GPL-2.0 text) in its dist-info")
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
-    for module in ("_batchio", "_loadgen"):
+    for module in ("server/_batchio", "client/_loadgen"):
         if not any(re.fullmatch(rf"midgram/{module}\.cpython-[^/]+\.so", n) for n in names):
             raise CheckFailed(f"{wheel.name}: no compiled midgram/{module} module")
         if f"midgram/{module}.pyi" not in names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from midgram._version import __version__
 
 __all__ = [
     "AsyncClient",
@@ -31,8 +31,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from midgram.client.calls import AsyncClient, Client
-    from midgram.engine.dispatch import Registry
     from midgram.config.settings import Settings
+    from midgram.engine.dispatch import Registry
     from midgram.errors import MIError
     from midgram.server.wiring import AsyncServer, serve
 

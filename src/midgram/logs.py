@@ -31,6 +31,7 @@ __all__ = [
     "RateLimitedLog",
     "formatter_for",
     "on_journal",
+    "peer_label",
     "printable",
     "shown",
 ]
@@ -159,3 +160,17 @@ def formatter_for(stream: IO[Any]) -> logging.Formatter:
     if on_journal(stream):
         return JournalFormatter(JOURNAL_FORMAT)
     return logging.Formatter(LOG_FORMAT)
+
+
+def peer_label(address: str | bytes | tuple[Any, ...] | None) -> str:
+    """A peer address as a person reads it: a path, ``@abstract``, ``host:port``,
+    ``[v6]:port``, or ``(unbound)``. A client names its own address: what is not printable
+    in it is escaped, so that it cannot forge a log line."""
+    if not address:
+        return "(unbound)"
+    if isinstance(address, bytes):
+        return "@" + printable(address[1:].decode(errors="backslashreplace"))
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return printable(address)

@@ -16,7 +16,6 @@ from typing import Any, Final, TypeVar
 import click
 from click.shell_completion import get_completion_class
 
-from midgram.wire.address import parse_target
 from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.durations import Duration
 from midgram.cli.failures import (
@@ -31,11 +30,13 @@ from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colou
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
 from midgram.cli.shells import register as register_shells
-from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange, default_target
-from midgram.errors import AddressError, ClientError, RemoteError
-from midgram.logs import printable
-from midgram.wire.jsonrpc import Params
+from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange
 from midgram.client.codec import DIALECTS
+from midgram.errors import AddressError, ClientError, RemoteError
+from midgram.local import default_target
+from midgram.logs import printable
+from midgram.wire.address import parse_target
+from midgram.wire.jsonrpc import Params
 
 __all__ = ["call", "completion", "help_", "one_target_options", "shell", "target_options", "which"]
 

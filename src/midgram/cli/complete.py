@@ -25,8 +25,9 @@ from typing import Any, Final
 import click
 from click.shell_completion import CompletionItem
 
-from midgram.client.calls import Client, default_target
+from midgram.client.calls import Client
 from midgram.errors import MidgramError
+from midgram.local import default_target
 
 __all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]
 

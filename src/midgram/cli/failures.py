@@ -15,7 +15,7 @@ import stat
 from types import MappingProxyType
 from typing import Any, Final
 
-from midgram.wire.address import UnixAddress, parse_target
+from midgram.client.codec import get_dialect
 from midgram.errors import (
     AddressError,
     BadReply,
@@ -26,8 +26,8 @@ from midgram.errors import (
     ReplyTimeout,
     RequestTooLarge,
 )
+from midgram.wire.address import UnixAddress, parse_target
 from midgram.wire.jsonrpc import Params
-from midgram.client.codec import get_dialect
 
 __all__ = [
     "EXIT_INTERRUPTED",

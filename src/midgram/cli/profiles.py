@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
-from midgram.wire.address import parse_target
 from midgram.errors import AddressError
+from midgram.wire.address import parse_target
 
 __all__ = ["load_profile", "profile_option", "profile_targets", "profiles_file"]
 

@@ -2,6 +2,6 @@
 JSON-RPC codec (``codec``) and the load test behind ``midgram bench`` (``loadtest``).
 """
 
-from midgram.client.calls import AsyncClient, Client, Exchange, default_target
+from midgram.client.calls import AsyncClient, Client, Exchange
 
-__all__ = ["AsyncClient", "Client", "Exchange", "default_target"]
+__all__ = ["AsyncClient", "Client", "Exchange"]

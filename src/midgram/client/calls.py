@@ -61,10 +61,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
 
-from midgram.wire.address import HostKind, UdpAddress, UnixAddress, default_socket_name, parse_target
-from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout, RequestTooLarge
-from midgram.server.files import squatted
-from midgram.wire.jsonrpc import Params
 from midgram.client.codec import (
     MAX_REQUEST_ID,
     Dialect,
@@ -75,7 +71,16 @@ from midgram.client.codec import (
     get_dialect,
     make_params,
 )
-from midgram.server.transport import peer_label
+from midgram.errors import BadReply, ClientError, ConnectError, ReplyTimeout, RequestTooLarge
+from midgram.local import default_target, squatted
+from midgram.logs import peer_label
+from midgram.wire.address import (
+    HostKind,
+    UdpAddress,
+    UnixAddress,
+    parse_target,
+)
+from midgram.wire.jsonrpc import Params
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -83,7 +88,6 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Exchange",
-    "default_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,12 +119,6 @@ _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 T = TypeVar("T")
 Sockaddr = str | bytes | tuple[Any, ...]
-
-
-def default_target() -> str:
-    """Where ``midgram serve`` listens, and its clients call, when told nothing:
-    ``$XDG_RUNTIME_DIR/midgram.sock``, else ``/tmp/midgram-<uid>.sock``."""
-    return default_socket_name(os.environ.get("XDG_RUNTIME_DIR"), os.getuid())
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from midgram.wire.address import parse_target
 from midgram.client.calls import Client
+from midgram.client.codec import Dialect, check_params, encode_request, get_dialect
 from midgram.compiled import why_not_loaded
 from midgram.errors import ConfigError, LoadgenError
+from midgram.wire.address import parse_target
 from midgram.wire.jsonrpc import Params
-from midgram.client.codec import Dialect, check_params, encode_request, get_dialect
 
 __all__ = [
     "ID_MARK",

@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from midgram.engine.tracing import (
+    DEFAULT_HEP_CAPTURE_ID,
+    DEFAULT_HOMER5_DELIM,
+    DEFAULT_HOMER5_ON,
+    parse_bwlist,
+)
+from midgram.errors import ConfigError, ConfigFileError
 from midgram.wire.address import (
     HepId,
     HepTransport,
@@ -33,7 +40,6 @@ from midgram.wire.address import (
     parse_socket_name,
     parse_trace_destination,
 )
-from midgram.errors import ConfigError, ConfigFileError
 
 __all__ = [
     "ALIASES",
@@ -65,10 +71,6 @@ DEFAULT_LOG_LEVEL: Final = "info"
 ZERO_MODE_REPLACEMENT: Final = 0o600
 #: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
 UDP_MAX_PAYLOAD: Final = 65507
-#: proto_hep's defaults: HOMER 5 plain-text payloads joined with ":", capture agent id 1.
-DEFAULT_HOMER5_ON: Final = True
-DEFAULT_HOMER5_DELIM: Final = ":"
-DEFAULT_HEP_CAPTURE_ID: Final = 1
 #: The only HEP version midgram sends: OpenSIPS adds no MI data to version 1 or 2 packets.
 HEP_VERSION: Final = 3
 
@@ -557,55 +559,6 @@ _COERCERS: Final[Mapping[str, Coercer]] = MappingProxyType(
 
 # --------------------------------------------------------------------------------------------
 # trace_bwlist (docs/tracing.md, "trace_bwlist")
-
-# The list type, after trimming spaces, maps to "is a whitelist".
-_LIST_TYPES: Final[Mapping[str, bool]] = MappingProxyType(
-    {"w": True, "W": True, "b": False, "B": False}
-)
-
-
-def parse_bwlist(text: str, *, parameter: str = "trace_bwlist") -> tuple[bool, tuple[str, ...]]:
-    """Split ``"b: ps, which"`` into ``(is_whitelist, ("ps", "which"))``.
-
-    Errors use OpenSIPS's texts. Whether each name is a registered command is checked later,
-    against the registry, by whoever holds it.
-    """
-    if not text:
-        raise ConfigError(parameter, text, "empty mi command list!")
-    kind, colon, rest = text.partition(":")
-    if not colon:
-        raise ConfigError(
-            parameter, text, "missing list type: either blacklist( b ) or whitelist ( w )!"
-        )
-    # str_trim_spaces_lr trims ' ' only, not tabs or newlines.
-    kind = kind.strip(" ")
-    if kind not in _LIST_TYPES:
-        raise ConfigError(
-            parameter,
-            text,
-            f"Invalid list type <{kind}>! Either b (blacklist) or w (whitelist)!",
-        )
-    if not rest:
-        raise ConfigError(parameter, text, "no command in list!")
-    names = tuple(token.strip(" ") for token in rest.split(","))
-    for command in names:
-        _check_bwlist_name(parameter, text, command)
-    return _LIST_TYPES[kind], names
-
-
-def _check_bwlist_name(parameter: str, text: str, command: str) -> None:
-    # OpenSIPS would fail the lookup for these; no command name is empty or holds a tab.
-    if not command:
-        raise ConfigError(
-            parameter,
-            text,
-            "can't find mi command []! (an empty name: look for ',,' or a ',' at the end)",
-        )
-    if any(char.isspace() for char in command):
-        raise ConfigError(
-            parameter, text, f"can't find mi command [{command}]! (a name holds white space)"
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # Cross-parameter rules, run once every field has its type. Each returns warnings or raises.

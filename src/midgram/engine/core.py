@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from midgram import __version__
+from midgram._version import __version__
 from midgram.engine.dispatch import Command, Registry, make_command
-from midgram.errors import InvalidParams, MIError
-from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN
 from midgram.engine.runtime import Runtime
 from midgram.engine.stats import Stat, Statistics
+from midgram.errors import InvalidParams, MIError
+from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN
 
 __all__ = ["SERVER_NAME", "with_core"]
 

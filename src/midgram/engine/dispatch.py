@@ -27,6 +27,7 @@ from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 import orjson
 from orjson import JSONDecodeError
 
+from midgram.engine.stats import Statistics
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
 from midgram.logs import RateLimitedLog, shown
 from midgram.wire.jsonrpc import (
@@ -43,7 +44,6 @@ from midgram.wire.jsonrpc import (
     encode_result,
     reply_fits,
 )
-from midgram.engine.stats import Statistics
 
 __all__ = [
     "Command",

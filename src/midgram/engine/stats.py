@@ -51,6 +51,7 @@ same moment may lose one update. The servers write from one thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -417,7 +418,7 @@ class Statistics:
         for stat in self._cells:
             stat._relocate(layout)
         self._layout = layout
-        _ALLOCATED.add(self)
+        _track_forks(self)
         _log.debug(
             "statistics: %d cells x %d slots in %d bytes of shared memory",
             len(self._cells),
@@ -516,6 +517,15 @@ class Statistics:
 _ALLOCATED: weakref.WeakSet[Statistics] = weakref.WeakSet()
 
 
+def _track_forks(stats: Statistics) -> None:
+    """From now on, every fork switches ``stats`` to shared rows (:func:`_after_fork`). The
+    hook is registered by the first allocate(), not on import: importing the engine has no
+    effect on the process."""
+    if not _ALLOCATED:
+        _register_fork_hook()
+    _ALLOCATED.add(stats)
+
+
 def _after_fork() -> None:
     """Runs in parent and child after every os.fork(): they now share their rows.
 
@@ -526,4 +536,7 @@ def _after_fork() -> None:
         stats._share_row()
 
 
-os.register_at_fork(after_in_parent=_after_fork, after_in_child=_after_fork)
+@functools.cache
+def _register_fork_hook() -> None:
+    """Once per process (a hook cannot be unregistered)."""
+    os.register_at_fork(after_in_parent=_after_fork, after_in_child=_after_fork)

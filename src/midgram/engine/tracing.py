@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
-from midgram.wire import hep
 from midgram.engine.dispatch import Outcome, Status
-from midgram.config.settings import DEFAULT_HEP_CAPTURE_ID, DEFAULT_HOMER5_DELIM, parse_bwlist
 from midgram.errors import ConfigError
+from midgram.wire import hep
 from midgram.wire.jsonrpc import Params
 
 __all__ = [
@@ -71,6 +70,63 @@ MAX_TRACE_FIELD: Final = 128
 #: The params text is written into a MAX_TRACE_FIELD buffer, its NUL included.
 MAX_PARAMS: Final = MAX_TRACE_FIELD - 1
 CORRELATION_PREFIX: Final = b"MICORR"
+
+
+#: proto_hep's defaults: HOMER 5 plain-text payloads joined with ":", capture agent id 1.
+DEFAULT_HOMER5_ON: Final = True
+DEFAULT_HOMER5_DELIM: Final = ":"
+DEFAULT_HEP_CAPTURE_ID: Final = 1
+
+
+# --- trace_bwlist: its grammar (docs/tracing.md) ---------------------------------------------
+
+# The list type, after trimming spaces, maps to "is a whitelist".
+_LIST_TYPES: Final[Mapping[str, bool]] = MappingProxyType(
+    {"w": True, "W": True, "b": False, "B": False}
+)
+
+
+def parse_bwlist(text: str, *, parameter: str = "trace_bwlist") -> tuple[bool, tuple[str, ...]]:
+    """Split ``"b: ps, which"`` into ``(is_whitelist, ("ps", "which"))``.
+
+    Errors use OpenSIPS's texts. Whether each name is a registered command is checked later,
+    against the registry, by whoever holds it.
+    """
+    if not text:
+        raise ConfigError(parameter, text, "empty mi command list!")
+    kind, colon, rest = text.partition(":")
+    if not colon:
+        raise ConfigError(
+            parameter, text, "missing list type: either blacklist( b ) or whitelist ( w )!"
+        )
+    # str_trim_spaces_lr trims ' ' only, not tabs or newlines.
+    kind = kind.strip(" ")
+    if kind not in _LIST_TYPES:
+        raise ConfigError(
+            parameter,
+            text,
+            f"Invalid list type <{kind}>! Either b (blacklist) or w (whitelist)!",
+        )
+    if not rest:
+        raise ConfigError(parameter, text, "no command in list!")
+    names = tuple(token.strip(" ") for token in rest.split(","))
+    for command in names:
+        _check_bwlist_name(parameter, text, command)
+    return _LIST_TYPES[kind], names
+
+
+def _check_bwlist_name(parameter: str, text: str, command: str) -> None:
+    # OpenSIPS would fail the lookup for these; no command name is empty or holds a tab.
+    if not command:
+        raise ConfigError(
+            parameter,
+            text,
+            "can't find mi command []! (an empty name: look for ',,' or a ',' at the end)",
+        )
+    if any(char.isspace() for char in command):
+        raise ConfigError(
+            parameter, text, f"can't find mi command [{command}]! (a name holds white space)"
+        )
 
 
 class Endpoint(NamedTuple):

@@ -34,12 +34,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 
-from midgram.wire.address import parse_target
 from midgram.client.calls import AsyncClient
 from midgram.errors import AddressError
 from midgram.monitoring.exposition import SnapshotCollector
 from midgram.monitoring.naming import Naming
 from midgram.monitoring.scrape import FAMILIES, Collector, Snapshot, StatsReader, scrape
+from midgram.wire.address import parse_target
 
 __all__ = ["DEFAULT_PORT", "Exporter", "ExporterServer", "serve_http"]
 

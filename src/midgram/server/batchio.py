@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from midgram import __version__
-from midgram.engine.dispatch import Answer
+from midgram._version import __version__
 from midgram.compiled import why_not_loaded
+from midgram.engine.dispatch import Answer
 from midgram.errors import TransportError
 from midgram.server.transport import PeerAddress, Receiver, sock_label
 

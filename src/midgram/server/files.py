@@ -1,5 +1,4 @@
-"""The files ``midgram serve`` writes beside its socket (the pid file and the log file), and
-who owns the default socket's place.
+"""The files ``midgram serve`` writes beside its socket: the pid file and the log file.
 
 Both are opened before anything forks, so that a path that cannot be used stops the start
 with one line naming it (a ``ConfigError`` for ``--pid-file`` or ``--log-file``) and leaves
@@ -12,10 +11,6 @@ following a symbolic link (``O_NOFOLLOW``), and refused unless it is a regular f
 other name; everything after that goes through the descriptor, and the pid file is removed
 only if its name still leads to the file this server wrote. (Directories above the file
 are followed as they are: ``/var/run`` is often a link to ``/run``.)
-
-The default socket (``/tmp/midgram-UID.sock`` without ``XDG_RUNTIME_DIR``) lives where any
-user can create a file first: :func:`squatted` says why a server must not use it and a
-client must not talk to it.
 """
 
 from __future__ import annotations
@@ -24,13 +19,12 @@ import errno
 import io
 import logging
 import os
-import pwd
 import stat
 from typing import Final
 
 from midgram.errors import ConfigError
 
-__all__ = ["LogFileHandler", "PidFile", "squatted"]
+__all__ = ["LogFileHandler", "PidFile"]
 
 PID_FLAG: Final = "--pid-file"
 LOG_FLAG: Final = "--log-file"
@@ -127,38 +121,3 @@ class LogFileHandler(logging.FileHandler):
     def _open(self) -> io.TextIOWrapper:
         fd, _ = _open(self.baseFilename, LOG_FLAG, os.O_WRONLY | os.O_APPEND)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-
-def squatted(path: str, trusted: tuple[int, ...] = ()) -> str | None:
-    """Why the socket at ``path``, a default location, may have been put there by another
-    user; None when it cannot have been.
-
-    Its directory must belong to this user or root and, if other users may write it, be
-    sticky (as /tmp is: nobody can then rename or remove another's file); the socket, if
-    there, must belong to this user, root or one of ``trusted`` (the owner a server gives
-    its socket).
-    """
-    uid = os.geteuid()
-    directory = os.path.dirname(path) or "."
-    try:
-        folder = os.stat(directory)
-    except OSError:
-        return None  # binding or sending there says what is wrong
-    if folder.st_uid not in (uid, 0):
-        return f"its directory {directory} belongs to {_who(folder.st_uid)}"
-    if folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX:
-        return f"other users may write its directory {directory}"
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if info.st_uid not in (uid, 0, *trusted):
-        return f"it belongs to {_who(info.st_uid)}, not to {_who(uid)}"
-    return None
-
-
-def _who(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"

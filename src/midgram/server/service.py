@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from midgram.logs import RateLimitedLog, printable
-from midgram.server.transport import peer_label
+from midgram.logs import RateLimitedLog, peer_label, printable
 
 __all__ = ["Notifier"]
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Final
 
+from midgram.engine.runtime import reopen_log_files
 from midgram.logs import shown
 from midgram.server.process import prctl as libc_prctl
-from midgram.engine.runtime import reopen_log_files
 
 __all__ = [
     "IN_HAND_MAX",

@@ -40,10 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from midgram.server.budget import SendBudget
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
-from midgram.logs import RateLimitedLog, printable
+from midgram.logs import RateLimitedLog, peer_label
+from midgram.server.budget import SendBudget
 
 __all__ = [
     "DROP_LOG_INTERVAL",
@@ -58,7 +58,6 @@ __all__ = [
     "SendStatus",
     "bind_udp",
     "bind_unix",
-    "peer_label",
     "remove_unix",
     "resolve_group",
     "resolve_owner",
@@ -495,20 +494,6 @@ def sock_label(sock: socket.socket) -> str:
         return peer_label(sock.getsockname())
     except OSError:
         return "a closed socket"
-
-
-def peer_label(address: PeerAddress) -> str:
-    """A peer address as a person reads it: a path, ``@abstract``, ``host:port``,
-    ``[v6]:port``, or ``(unbound)``. A client names its own address: what is not printable
-    in it is escaped, so that it cannot forge a log line."""
-    if not address:
-        return "(unbound)"
-    if isinstance(address, bytes):
-        return _ABSTRACT_PREFIX + printable(address[1:].decode(errors="backslashreplace"))
-    if isinstance(address, tuple):
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return printable(address)
 
 
 # --- replying ---------------------------------------------------------------------------

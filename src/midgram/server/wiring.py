@@ -26,20 +26,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
-from midgram.server.batchio import native_status, version_line
-from midgram.client.calls import default_target
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
 from midgram.config.settings import Settings
 from midgram.engine.core import with_core
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.runtime import (
+    LocalRuntime,
+    ProcessTable,
+    Runtime,
+    SharedRuntime,
+    opensips_level,
+)
+from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.errors import ConfigError, TransportError
-from midgram.server.files import squatted
+from midgram.local import default_target, squatted
 from midgram.logs import LOG_FORMAT, formatter_for
+from midgram.server.batchio import native_status, version_line
 from midgram.server.process import name_attendant, name_worker
-from midgram.engine.runtime import LocalRuntime, ProcessTable, Runtime, SharedRuntime, opensips_level
 from midgram.server.service import Notifier
 from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
-from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.server.transport import (
     HepSender,
     bind_udp,
@@ -51,6 +55,7 @@ from midgram.server.transport import (
     set_recv_timeout,
 )
 from midgram.server.worker import ServerStats, Tracing, Worker, source_filter
+from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
 
 __all__ = [
     "LOG_FORMAT",

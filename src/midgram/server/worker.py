@@ -29,17 +29,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from midgram.server.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
-from midgram.server.budget import SendBudget
 from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
-from midgram.errors import TransportError
-from midgram.server.inflight import AsyncCalls
-from midgram.logs import RateLimitedLog, shown
-from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY
 from midgram.engine.runtime import apply_log_level
 from midgram.engine.stats import Counter, Statistics
-from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.engine.tracing import Tracer
+from midgram.errors import TransportError
+from midgram.logs import RateLimitedLog, peer_label, shown
+from midgram.server.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
+from midgram.server.budget import SendBudget
+from midgram.server.inflight import AsyncCalls
+from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.server.transport import (
     RECV_TIMEOUT,
     WITHHELD,
@@ -47,8 +46,8 @@ from midgram.server.transport import (
     PeerAddress,
     ReplySender,
     SendStatus,
-    peer_label,
 )
+from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY
 
 __all__ = ["ServerStats", "Tracing", "Worker", "source_filter"]
 
@@ -186,7 +185,8 @@ class Worker:
         self._replied = stats.replied.inc
         self._readable = (sock,)
         self._fd = sock.fileno()
-        # async def calls run beside the rest (midgram.server.inflight), replied to as they complete.
+        # async def calls run beside the rest (midgram.server.inflight), replied to as they
+        # complete.
         self._worker_timeout = worker_timeout
         self._calls = AsyncCalls(self.finish, self._stuck, timeout=worker_timeout, in_hand=in_hand)
         # How long a wait runs the calls at most: the socket's own wake-up, and often enough
