@@ -37,7 +37,8 @@ from midgram.engine.runtime import LocalRuntime
 from midgram.errors import TransportError
 from midgram.server import batchio
 from midgram.server.batchio import BatchIO, NativeIO, SocketIO, batch_io
-from midgram.server.transport import ReplySender, SendStatus, set_recv_timeout
+from midgram.server.binding import set_recv_timeout
+from midgram.server.transport import ReplySender, SendStatus
 from midgram.server.worker import ServerStats, Worker
 
 #: How long a test waits for something that should happen at once.

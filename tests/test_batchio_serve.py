@@ -49,7 +49,7 @@ from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import MIError, TransportError
 from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
-from midgram.server.transport import set_recv_timeout
+from midgram.server.binding import set_recv_timeout
 from midgram.server.worker import ServerStats, Worker, source_filter
 
 Served = tuple[int, int, list[Leftover] | None]

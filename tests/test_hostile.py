@@ -25,8 +25,8 @@ from midgram.engine.core import with_core
 from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
 from midgram.server.batchio import NativeIO
+from midgram.server.binding import set_recv_timeout
 from midgram.server.supervisor import WorkerStates
-from midgram.server.transport import set_recv_timeout
 from midgram.server.worker import ServerStats, Worker
 from midgram.wire.jsonrpc import MAX_DEPTH, PARSE_ERROR_REPLY
 

@@ -1,4 +1,5 @@
-"""transport.py on real sockets: UNIX paths under a short /tmp dir, abstract names, UDP on port 0.
+"""binding.py and transport.py on real sockets: UNIX paths under a short /tmp dir, abstract names,
+UDP on port 0.
 
 Nothing sleeps to synchronise: a UNIX datagram is in the receiver's queue when sendto()
 returns, and anything else is awaited with poll() and a deadline. Time-dependent retry logic
@@ -28,7 +29,17 @@ import pytest
 from toolchain import needs_ipv6
 
 from midgram.errors import ConfigError, SocketInUse, TransportError
-from midgram.server import transport
+from midgram.server import binding
+from midgram.server.binding import (
+    bind_udp,
+    bind_unix,
+    remove_unix,
+    resolve_group,
+    resolve_owner,
+    resolve_udp,
+    resolve_user,
+    set_recv_timeout,
+)
 from midgram.server.transport import (
     DROP_LOG_INTERVAL,
     DropReason,
@@ -37,15 +48,7 @@ from midgram.server.transport import (
     Receiver,
     ReplySender,
     SendStatus,
-    bind_udp,
-    bind_unix,
     peer_label,
-    remove_unix,
-    resolve_group,
-    resolve_owner,
-    resolve_udp,
-    resolve_user,
-    set_recv_timeout,
 )
 
 NOBODY = pwd.getpwnam("nobody")
@@ -53,7 +56,7 @@ NOGROUP = grp.getgrnam("nogroup").gr_gid
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: changes file owners and switches to user nobody"
 )
-LOGGER = "midgram.server.transport"
+LOGGER = "midgram.server.binding"
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def test_a_name_swapped_after_the_bind_is_never_chowned_or_chmodded(
     victim.write_text("secret")
     victim.chmod(0o600)
     path = os.path.join(sockdir, "mi.sock")
-    real_bind = transport._bind
+    real_bind = binding._bind
 
     def bind_then_swap(sock: socket.socket, name: str, *rest: str) -> None:
         real_bind(sock, name, *rest)
@@ -346,7 +349,7 @@ def test_a_name_swapped_after_the_bind_is_never_chowned_or_chmodded(
         os.rename(entry, os.path.join(sockdir, "moved"))
         os.symlink(decoy, entry)
 
-    monkeypatch.setattr(transport, "_bind", bind_then_swap)
+    monkeypatch.setattr(binding, "_bind", bind_then_swap)
     with pytest.raises(TransportError) as caught:
         bind_unix(path, mode=0o660, uid=NOBODY.pw_uid, gid=NOGROUP)
     info = victim.stat()

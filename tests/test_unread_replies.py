@@ -19,15 +19,9 @@ import orjson
 import pytest
 from servers import ServerProcess, free_udp_port, midgram_server, wait_until
 
+from midgram.server.binding import SO_SNDBUFFORCE, bind_unix, enlarge_send_buffer
 from midgram.server.budget import PEER_SHARE, RESERVE_SHARE, SMALL_REPLY, SendBudget, unread_bytes
-from midgram.server.transport import (
-    SO_SNDBUFFORCE,
-    DropReason,
-    ReplySender,
-    SendStatus,
-    bind_unix,
-    enlarge_send_buffer,
-)
+from midgram.server.transport import DropReason, ReplySender, SendStatus
 
 HOSTILE_SOCKETS = 15
 REQUESTS_EACH = 10

@@ -32,8 +32,7 @@ from typing import Any, Final, Protocol
 from midgram._version import __version__
 from midgram.compiled import why_not_loaded
 from midgram.engine.dispatch import Answer
-from midgram.errors import TransportError
-from midgram.server.transport import PeerAddress, Receiver, sock_label
+from midgram.server.transport import PeerAddress, Receiver, receive_error
 
 try:
     from midgram.server import _batchio
@@ -137,7 +136,7 @@ class NativeIO:
         try:
             batch: list[Datagram] = self._recv(block)
         except OSError as exc:
-            raise self._receive_error(exc) from exc
+            raise receive_error(exc, self._sock) from exc
         return batch
 
     def serve(
@@ -158,12 +157,8 @@ class NativeIO:
                 answer, block, flush, settle
             )
         except OSError as exc:
-            raise self._receive_error(exc) from exc
+            raise receive_error(exc, self._sock) from exc
         return served
-
-    def _receive_error(self, exc: OSError) -> TransportError:
-        why = exc.strerror or str(exc)
-        return TransportError(f"cannot receive: {why}", sock_label(self._sock))
 
 
 @dataclass(frozen=True)

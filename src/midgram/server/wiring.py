@@ -41,11 +41,7 @@ from midgram.errors import ConfigError, TransportError
 from midgram.local import default_target, squatted
 from midgram.logs import LOG_FORMAT, formatter_for
 from midgram.server.batchio import native_status, version_line
-from midgram.server.process import name_attendant, name_worker
-from midgram.server.service import Notifier
-from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
-from midgram.server.transport import (
-    HepSender,
+from midgram.server.binding import (
     bind_udp,
     bind_unix,
     enlarge_send_buffer,
@@ -54,7 +50,11 @@ from midgram.server.transport import (
     resolve_udp,
     set_recv_timeout,
 )
-from midgram.server.worker import ServerStats, Tracing, Worker, source_filter
+from midgram.server.process import name_attendant, name_worker
+from midgram.server.service import Notifier
+from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
+from midgram.server.transport import HepSender
+from midgram.server.worker import IDLE_WAKEUP, ServerStats, Tracing, Worker, source_filter
 from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
 
 __all__ = [
@@ -68,10 +68,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: How often an idle worker wakes up to look at its stop flag and log level.
-IDLE_WAKEUP: Final = 0.2
-
 
 #: Where ``midgram serve`` listens when told nothing: where the client calls by default.
 default_address = default_target

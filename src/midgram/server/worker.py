@@ -40,7 +40,6 @@ from midgram.server.budget import SendBudget
 from midgram.server.inflight import AsyncCalls
 from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.server.transport import (
-    RECV_TIMEOUT,
     WITHHELD,
     HepSender,
     PeerAddress,
@@ -54,6 +53,9 @@ __all__ = ["ServerStats", "Tracing", "Worker", "source_filter"]
 log = logging.getLogger(__name__)
 
 GROUP: Final = "mi_datagram"
+#: How often an idle worker wakes up (the socket's SO_RCVTIMEO, set before the fork) to look
+#: at its stop flag and its log level.
+IDLE_WAKEUP: Final = 0.2
 #: Reads (batches) served back to back between two housekeeping checks.
 BURST: Final = 64
 #: Replies sent together while a batch is served. The first replies of a batch reach their
@@ -191,7 +193,7 @@ class Worker:
         self._calls = AsyncCalls(self.finish, self._stuck, timeout=worker_timeout, in_hand=in_hand)
         # How long a wait runs the calls at most: the socket's own wake-up, and often enough
         # that a healthy worker's record never looks older than worker_timeout.
-        self._tick = min(RECV_TIMEOUT, worker_timeout / 4) if worker_timeout else RECV_TIMEOUT
+        self._tick = min(IDLE_WAKEUP, worker_timeout / 4) if worker_timeout else IDLE_WAKEUP
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The loop. Returns when ``should_stop()`` is true; replies still queued get up to
