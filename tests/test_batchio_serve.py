@@ -50,7 +50,8 @@ from midgram.engine.runtime import LocalRuntime
 from midgram.errors import MIError, TransportError
 from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
 from midgram.server.binding import set_recv_timeout
-from midgram.server.worker import ServerStats, Worker, source_filter
+from midgram.server.hooks import Admission, allow_from
+from midgram.server.worker import ServerStats, Worker
 
 Served = tuple[int, int, list[Leftover] | None]
 
@@ -1015,15 +1016,16 @@ def test_a_worker_with_allow_from_uses_the_python_loop(sockets: Sockets) -> None
     dispatcher = Dispatcher(registry, buf_size=BUF_SIZE)
     stats = ServerStats.declare(registry.stats)
     io = WatchedIO(server, BUF_SIZE)
-    rule = source_filter(["127.0.0.2/32"])
+    rule = allow_from(["127.0.0.2/32"])
     assert rule is not None
     asked: list[Any] = []
 
     def allowed(peer: Any) -> bool:
         asked.append(peer)
-        return rule(peer)
+        return rule.allows(peer)
 
-    worker = Worker(server, dispatcher, stats, socket_timeout_ms=10_000, allowed=allowed, io=io)
+    admission = [Admission(allowed, rule.reason)]
+    worker = Worker(server, dispatcher, stats, socket_timeout_ms=10_000, admission=admission, io=io)
     friend, stranger = sockets.udp("127.0.0.2"), sockets.udp("127.0.0.1")
     plan = [
         (friend, request(1)),
@@ -1043,7 +1045,7 @@ def test_a_worker_with_allow_from_uses_the_python_loop(sockets: Sockets) -> None
     assert reply_ids([got[0], got[3]]) == [1, 3]
     assert got[1:3] == [b"400 Parse_error", b"400 Parse_error"]
     assert drain(friend) == drain(stranger) == []
-    # Every datagram was checked (a refused one that fits twice: in serve_batch and _admit).
+    # Every datagram was checked.
     assert set(asked) == {peer_of(friend), peer_of(stranger)}
     assert len(asked) >= len(plan)
     assert "serve" not in io.calls

@@ -26,6 +26,7 @@ from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
 from midgram.engine.runtime import LocalRuntime
 from midgram.server.batchio import NativeIO
 from midgram.server.binding import set_recv_timeout
+from midgram.server.hooks import Admission
 from midgram.server.supervisor import WorkerStates
 from midgram.server.worker import ServerStats, Worker
 from midgram.wire.jsonrpc import MAX_DEPTH, PARSE_ERROR_REPLY
@@ -373,7 +374,8 @@ def test_a_worker_survives_a_bug_and_serves_the_rest_of_the_batch(
     io = NativeIO(server, 1024, in_hand=states.in_hand(0))
     worker = Worker(
         server, dispatcher, stats, socket_timeout_ms=1000, io=io if native else None,
-        in_hand=states.in_hand(0), allowed=None if native else (lambda peer: True),
+        in_hand=states.in_hand(0),
+        admission=() if native else [Admission(lambda peer: True, "none")],
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop.is_set,))

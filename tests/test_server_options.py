@@ -18,7 +18,8 @@ from servers import RawClient, midgram_server, server_command, short_tmpdir, wai
 from midgram.config.settings import Settings
 from midgram.engine.dispatch import Registry
 from midgram.errors import TransportError
-from midgram.server.wiring import AsyncServer, serve
+from midgram.server.asyncserver import AsyncServer
+from midgram.server.wiring import serve
 
 UPTIME = b'{"jsonrpc":"2.0","method":"uptime","id":1}'
 

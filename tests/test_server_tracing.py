@@ -24,7 +24,7 @@ from toolchain import needs_ipv6
 from midgram.config.settings import Settings
 from midgram.engine.dispatch import Registry
 from midgram.engine.tracing import cjson_object
-from midgram.server.wiring import AsyncServer
+from midgram.server.asyncserver import AsyncServer
 from midgram.wire import hep
 
 CORRELATION_RE = re.compile(rb"MICORR[A-Za-z0-9+/]{27}=")

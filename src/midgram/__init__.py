@@ -22,7 +22,7 @@ __all__ = [
 _LAZY = {
     "AsyncClient": "midgram.client.calls",
     "Client": "midgram.client.calls",
-    "AsyncServer": "midgram.server.wiring",
+    "AsyncServer": "midgram.server.asyncserver",
     "serve": "midgram.server.wiring",
     "Registry": "midgram.engine.dispatch",
     "Settings": "midgram.config.settings",
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from midgram.config.settings import Settings
     from midgram.engine.dispatch import Registry
     from midgram.errors import MIError
-    from midgram.server.wiring import AsyncServer, serve
+    from midgram.server.asyncserver import AsyncServer
+    from midgram.server.wiring import serve
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
-"""A forked worker's ``async def`` calls in flight: run on the worker's own event loop while
-the worker goes on serving other datagrams.
+"""A worker's ``async def`` calls in flight: run on an event loop while the worker goes on
+serving other datagrams (a forked worker's own loop, or ``AsyncServer``'s running one).
 
 The worker hands each :class:`~midgram.engine.dispatch.Pending` to :meth:`AsyncCalls.start` and
 carries on with its batch; nothing runs until the worker next waits. While calls are in
@@ -17,6 +17,10 @@ While the loop runs, the worker's record (``WorkerStates``) holds the datagram o
 call, taken anew at each wait: a call that blocks the loop itself (``time.sleep`` in an
 ``async def``) holds the worker like a stuck synchronous handler, and the supervisor's
 watchdog replaces it.
+
+In ``AsyncServer`` the calls are tasks of the program's running loop, which runs them by
+itself: :meth:`AsyncCalls.wait` and :meth:`AsyncCalls.drain` are for a loop of the worker's
+own.
 """
 
 from __future__ import annotations
@@ -44,12 +48,15 @@ class AsyncCalls:
         *,
         timeout: float = 0.0,
         in_hand: memoryview | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._on_done = on_done
         self._on_stuck = on_stuck
         self._timeout = timeout or None
         self._in_hand = in_hand
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # None: the worker's own, made on first use, run by wait() and closed by close().
+        self._loop = loop
+        self._own_loop = loop is None
         self._calls: dict[asyncio.Task[None], bytes] = {}
         self._wake: Callable[[], None] | None = None
 
@@ -129,11 +136,19 @@ class AsyncCalls:
         while self._calls:
             self.wait(None, tick)
 
+    def cancel(self) -> list[asyncio.Task[None]]:
+        """Cancel every call in flight (nobody answers them); their tasks, to await."""
+        tasks = list(self._calls)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     def close(self) -> None:
-        if self._loop is not None:
-            for task in self._calls:
-                task.cancel()
-            if self._calls:
-                self._loop.run_until_complete(asyncio.gather(*self._calls, return_exceptions=True))
+        """Cancel the calls in flight and close the worker's own loop (a loop given to it
+        is left as it is: its owner awaits what ``cancel`` gives)."""
+        tasks = self.cancel()
+        if self._loop is not None and self._own_loop:
+            if tasks:
+                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
             self._loop = None

@@ -99,12 +99,17 @@ class WorkerSignals:
         self.reopen_logs = True
 
     def should_stop(self) -> bool:
-        if self.reopen_logs:
-            self.reopen_logs = False
-            reopen_log_files()
+        """Whether the worker stops: SIGTERM came, or the supervisor died."""
         if self.supervisor and not self._supervised():
             self.stop = True  # the supervisor died and no SIGTERM came (no prctl)
         return self.stop
+
+    def reopen_logs_if_asked(self) -> None:
+        """SIGHUP came: re-open the log files (here, in the worker's loop: not in a signal
+        handler, which may run in the middle of a log write)."""
+        if self.reopen_logs:
+            self.reopen_logs = False
+            reopen_log_files()
 
     def stop_server(self) -> None:
         """The ``kill`` command: SIGTERM to the supervisor, which stops every worker. Only

@@ -211,6 +211,9 @@ class ReplySender:
     ``budget.small`` goes out only while the send buffer has room for it that unread replies
     may take: else it waits like a refused one, and is dropped at once when its client is not
     reading.
+
+    ``on_wait`` is called each time a reply is queued, for a caller that retries on a timer
+    instead of polling (``AsyncServer``).
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class ReplySender:
         on_drop: Callable[[str], None] | None = None,
         log_interval: float = DROP_LOG_INTERVAL,
         budget: SendBudget | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self._sendto = sock.sendto
         self._timeout = timeout_ms / 1000
@@ -231,6 +235,7 @@ class ReplySender:
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._on_drop = on_drop
+        self._on_wait = on_wait
         self._log = RateLimitedLog(log, log_interval, clock=clock)
         self._queues: dict[str | bytes | tuple[Any, ...], _PeerQueue] = {}
         self._pending = 0
@@ -377,6 +382,8 @@ class ReplySender:
         queue.replies.append(_Reply(data, deadline, why))
         self._pending += 1
         self._pending_bytes += len(data)
+        if self._on_wait is not None:
+            self._on_wait()
         return SendStatus.QUEUED
 
     def _drop_expired(self, addr: PeerAddress, why: _Wait) -> SendStatus:

@@ -1,5 +1,5 @@
-"""Wiring: ``serve(settings, registry)`` runs the daemon; ``AsyncServer`` runs inside a program's
-own asyncio loop.
+"""Wiring: from ``Settings`` to a server. ``serve(settings, registry)`` runs the daemon, and
+what it does at start serves ``AsyncServer`` (``midgram.server.asyncserver``) too.
 
 ``serve`` binds the socket (permissions applied atomically), declares the statistics, and
 then either forks ``children_count`` workers under a ``Supervisor`` or, with
@@ -13,7 +13,6 @@ correlation ids after the fork.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,11 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from midgram.config.settings import Settings
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.dispatch import Dispatcher, Registry
 from midgram.engine.runtime import (
     LocalRuntime,
     ProcessTable,
@@ -50,21 +49,28 @@ from midgram.server.binding import (
     resolve_udp,
     set_recv_timeout,
 )
+from midgram.server.hooks import Tracing, allow_from
 from midgram.server.process import name_attendant, name_worker
 from midgram.server.service import Notifier
 from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.server.transport import HepSender
-from midgram.server.worker import IDLE_WAKEUP, ServerStats, Tracing, Worker, source_filter
+from midgram.server.worker import IDLE_WAKEUP, ServerStats, Worker
 from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
 
 __all__ = [
     "LOG_FORMAT",
-    "AsyncServer",
+    "InProcess",
+    "close_socket",
     "default_address",
     "importing_app",
+    "in_process",
+    "local_runtime",
     "logging_level",
     "open_socket",
+    "own_logging",
+    "refuse_during_app_import",
     "serve",
+    "server_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +96,7 @@ def importing_app(spec: str) -> Iterator[None]:
         _importing_app = None
 
 
-def _refuse_during_app_import() -> None:
+def refuse_during_app_import() -> None:
     if _importing_app is not None:
         raise ConfigError(
             "--app",
@@ -113,7 +119,7 @@ def _check_slots(settings: Settings, registry: Registry) -> None:
         )
 
 
-def _address(settings: Settings) -> UnixAddress | UdpAddress:
+def server_address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
 
 
@@ -130,7 +136,7 @@ def _opensips_level(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _own_logging(settings: Settings) -> Iterator[None]:
+def own_logging(settings: Settings) -> Iterator[None]:
     """Meanwhile, midgram's logger is at ``settings.log_level`` (in every process, as the
     ``log_level`` command reports it) and, if the program set up no logging at all, writes
     to stderr (Python would show warnings only, without midgram's format). The root logger
@@ -153,7 +159,7 @@ def _own_logging(settings: Settings) -> Iterator[None]:
 
 def open_socket(settings: Settings) -> socket.socket:
     """Bind the server socket as ``settings`` says (path, owner, mode; or UDP host:port)."""
-    address = _address(settings)
+    address = server_address(settings)
     if isinstance(address, UdpAddress):
         return bind_udp(address.host, address.port)
     _check_folder(address)
@@ -187,8 +193,8 @@ def _check_folder(address: UnixAddress) -> None:
         )
 
 
-def _close(sock: socket.socket, settings: Settings) -> None:
-    address = _address(settings)
+def close_socket(sock: socket.socket, settings: Settings) -> None:
+    address = server_address(settings)
     sock.close()
     if isinstance(address, UnixAddress) and not address.abstract:
         remove_unix(address.path)
@@ -214,8 +220,9 @@ class _TracePlan:
     traced: TraceFilter
     startup: int
 
-    def start(self) -> Tracing:
-        """This process's tracer and HEP socket (its own pid and random source)."""
+    def start(self, counted: Callable[[], None]) -> Tracing:
+        """This process's tracer and HEP socket (its own pid and random source); ``counted``
+        counts each trace sent."""
         settings = self.settings
         tracer = Tracer(
             self.server,
@@ -224,7 +231,7 @@ class _TracePlan:
             payload=PayloadFormat(settings.homer5_on, settings.homer5_delim),
             traced=self.traced,
         )
-        return Tracing(tracer, HepSender(*self.collector))
+        return Tracing(tracer, HepSender(*self.collector), counted)
 
 
 def _trace_plan(
@@ -248,11 +255,6 @@ def _trace_plan(
     return _TracePlan(settings, target, collector, sock.getsockname(), traced, int(time.time()))
 
 
-def _close_tracing(tracing: Tracing | None) -> None:
-    if tracing is not None:
-        tracing.sender.close()
-
-
 def serve(
     settings: Settings,
     registry: Registry | None = None,
@@ -262,16 +264,16 @@ def serve(
     """Serve until stopped (SIGTERM, SIGINT or the ``kill`` command). Returns an exit status:
     0 after a clean stop, 1 when the workers kept dying at start-up."""
     registry = registry if registry is not None else Registry()
-    _refuse_during_app_import()
+    refuse_during_app_import()
     _check_slots(settings, registry)
-    with _own_logging(settings):
+    with own_logging(settings):
         return _serve(settings, registry, on_ready)
 
 
 def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
     for warning in settings.warnings():
         log.warning("%s", warning)
-    where = str(_address(settings)) if settings.socket_name else default_address()
+    where = str(server_address(settings)) if settings.socket_name else default_address()
     told = _Told(where, settings.children_count, on_ready, Notifier.from_environment())
     sock = open_socket(settings)
     try:
@@ -282,7 +284,7 @@ def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], Non
             return _serve_inline(sock, settings, registry, told)
         return _serve_forked(sock, settings, registry, told)
     finally:
-        _close(sock, settings)
+        close_socket(sock, settings)
         if told.listening:  # a server that never listened did not stop: its error says it all
             log.info("stopped")
 
@@ -328,41 +330,24 @@ def _log_start() -> None:
 
 def _serve_inline(sock: socket.socket, settings: Settings, registry: Registry, told: _Told) -> int:
     """``children_count = 0``: this process is the one worker (embedding, debugging)."""
-    runtime = LocalRuntime(level=_opensips_level(settings))
-    dispatcher = _dispatcher(settings, registry, runtime)
-    plan = _trace_plan(settings, sock, dispatcher)
-    tracing = plan.start() if plan is not None else None
-    worker = _worker(
-        sock, settings, dispatcher, ServerStats.declare(registry.stats), tracing=tracing
+    signals = WorkerSignals()
+    served = in_process(
+        sock, settings, registry, local_runtime(settings), on_stop_requested=signals.stop_server
     )
-    worker_signals = WorkerSignals()
-    restore = _install_inline_signals(worker_signals)
+    restore = _install_inline_signals(signals)
     told.ready()
-
-    def should_stop() -> bool:
-        return worker_signals.should_stop() or runtime.stop_requested
-
     try:
-        worker.run(_with_heartbeat(should_stop, told.notifier))
+        # The heartbeat goes between bursts and when idle (every IDLE_WAKEUP): it stops
+        # when the loop hangs.
+        served.worker.run(
+            signals.should_stop, chores=(signals.reopen_logs_if_asked, told.notifier.heartbeat)
+        )
         told.stopping("")
     finally:
         restore()
-        _close_tracing(tracing)
-    _report(worker.stats)
+        served.close()
+    _report(served.worker.stats)
     return 0
-
-
-def _with_heartbeat(should_stop: Callable[[], bool], notifier: Notifier) -> Callable[[], bool]:
-    """``should_stop``, pinging the watchdog too: the worker asks it between bursts and when
-    idle (every ``IDLE_WAKEUP``), so the pings stop when the loop hangs."""
-    if notifier.watchdog_interval is None:
-        return should_stop
-
-    def beating() -> bool:
-        notifier.heartbeat()
-        return should_stop()
-
-    return beating
 
 
 def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]:
@@ -408,14 +393,14 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
             settings,
             dispatcher,
             server_stats,
+            plan.start(server_stats.traced.inc) if plan is not None else None,
             log_level=lambda: table.level(slot + 1),
             stop_requested=lambda: runtime.stop_requested,
             on_stop_requested=worker_signals.stop_server,
-            tracing=plan.start() if plan is not None else None,
             in_hand=states.in_hand(slot),
         )
         states.mark_ready(slot)
-        worker.run(worker_signals.should_stop)
+        worker.run(worker_signals.should_stop, chores=(worker_signals.reopen_logs_if_asked,))
         return 0
 
     supervisor = Supervisor(
@@ -441,17 +426,63 @@ def _worker(
     settings: Settings,
     dispatcher: Dispatcher,
     server_stats: ServerStats,
-    **hooks: Any,
+    tracing: Tracing | None,
+    **options: Any,
 ) -> Worker:
+    """The batch loop as ``settings`` say, with its hooks: ``allow_from``, tracing."""
+    admission = allow_from(settings.allow_from)
     return Worker(
         sock,
         dispatcher,
         server_stats,
         socket_timeout_ms=settings.socket_timeout,
-        allowed=source_filter(settings.allow_from),
+        admission=() if admission is None else (admission,),
+        observers=() if tracing is None else (tracing,),
         worker_timeout=settings.worker_timeout,
-        **hooks,
+        **options,
     )
+
+
+def local_runtime(settings: Settings) -> LocalRuntime:
+    """The runtime of a server that is this one process."""
+    return LocalRuntime(level=_opensips_level(settings))
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """A server that is this one process (``children_count = 0``, ``AsyncServer``)."""
+
+    worker: Worker
+    tracing: Tracing | None
+
+    def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
+
+
+def in_process(
+    sock: socket.socket,
+    settings: Settings,
+    registry: Registry,
+    runtime: LocalRuntime,
+    **options: Any,
+) -> InProcess:
+    """The worker of a server that is this one process, serving ``sock``; ``options`` go to
+    ``Worker``."""
+    dispatcher = _dispatcher(settings, registry, runtime)
+    plan = _trace_plan(settings, sock, dispatcher)
+    stats = ServerStats.declare(registry.stats)
+    tracing = plan.start(stats.traced.inc) if plan is not None else None
+    worker = _worker(
+        sock,
+        settings,
+        dispatcher,
+        stats,
+        tracing,
+        stop_requested=lambda: runtime.stop_requested,
+        **options,
+    )
+    return InProcess(worker, tracing)
 
 
 def _report(stats: ServerStats) -> None:
@@ -462,141 +493,3 @@ def _report(stats: ServerStats) -> None:
         stats.replied.value,
         stats.dropped_replies.value,
     )
-
-
-class AsyncServer:
-    """An MI datagram server inside a program's own asyncio loop (one process, no fork).
-
-    ::
-
-        async with AsyncServer(Settings(socket_name="/run/app/mi.sock"), registry) as server:
-            await server.serve_forever()   # until the `kill` command, or close()
-    """
-
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
-        self.settings = settings
-        self.registry = registry if registry is not None else Registry()
-        self.runtime = LocalRuntime(level=_opensips_level(settings))
-        self._sock: socket.socket | None = None
-        self._worker: Worker | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed: asyncio.Event | None = None
-        self._retry: asyncio.TimerHandle | None = None
-        self._tracing: Tracing | None = None
-        self._logging = contextlib.ExitStack()
-
-    @property
-    def address(self) -> str:
-        return str(_address(self.settings))
-
-    async def start(self) -> None:
-        _refuse_during_app_import()
-        self._logging.enter_context(_own_logging(self.settings))
-        try:
-            sock = open_socket(self.settings)
-        except BaseException:
-            self._logging.close()
-            raise
-        try:
-            sock.setblocking(False)  # one process: the flag is ours alone
-            dispatcher = _dispatcher(self.settings, self.registry, self.runtime)
-            plan = _trace_plan(self.settings, sock, dispatcher)
-        except BaseException:
-            _close(sock, self.settings)
-            self._logging.close()
-            raise
-        self._tracing = plan.start() if plan is not None else None
-        stats = ServerStats.declare(self.registry.stats)
-        self._worker = _worker(sock, self.settings, dispatcher, stats, tracing=self._tracing)
-        self._sock = sock
-        self._closed = asyncio.Event()
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
-        log.info("listening on %s (asyncio)", self.address)
-
-    async def serve_forever(self) -> None:
-        if self._closed is None:
-            await self.start()
-        assert self._closed is not None
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        if self._sock is None:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._sock.fileno())
-        if self._retry is not None:
-            self._retry.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        _close(self._sock, self.settings)
-        self._sock = None
-        _close_tracing(self._tracing)
-        self._tracing = None
-        self._logging.close()
-        if self._closed is not None:
-            self._closed.set()
-
-    async def __aenter__(self) -> AsyncServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # Up to this many reads (batches) per wake-up, so a flood cannot starve the rest of the
-    # loop.
-    _READS: Final = 8
-
-    def _on_readable(self) -> None:
-        worker = self._worker
-        assert worker is not None
-        for _ in range(self._READS):
-            batch = worker.io.recv(False)
-            if not batch:
-                break
-            for data, peer, truncated in batch:
-                self._serve(worker, data, peer, truncated)
-
-    def _serve(self, worker: Worker, data: bytes, peer: Any, truncated: bool) -> None:
-        """One datagram; an async command runs as a task of the loop, not blocking it."""
-        handled = worker.dispatch(data, peer, truncated)
-        if type(handled) is Outcome:
-            self._finish(handled, peer)
-        elif handled is not None:
-            assert isinstance(handled, Pending)
-            task = asyncio.get_running_loop().create_task(self._run(handled, peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, pending: Pending, peer: Any) -> None:
-        try:
-            result = await pending.coroutine
-        except Exception as exc:
-            outcome = pending.finish(error=exc)
-        else:
-            outcome = pending.finish(result)
-        self._finish(outcome, peer)
-
-    def _finish(self, outcome: Outcome, peer: Any) -> None:
-        worker = self._worker
-        assert worker is not None
-        worker.finish(outcome, peer)
-        self._schedule_retry()
-        if self.runtime.stop_requested:
-            asyncio.get_running_loop().create_task(self.close())
-
-    def _schedule_retry(self) -> None:
-        """socket_timeout: retry queued replies on a timer instead of blocking the loop."""
-        worker = self._worker
-        if worker is None or self._retry is not None:
-            return
-        wait = worker.sender.next_retry_in()
-        if wait is not None:
-            self._retry = asyncio.get_running_loop().call_later(wait, self._retry_due)
-
-    def _retry_due(self) -> None:
-        self._retry = None
-        if self._worker is not None:
-            self._worker.sender.retry_due()
-            self._schedule_retry()
