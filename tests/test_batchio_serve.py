@@ -985,6 +985,51 @@ def test_a_full_client_under_the_native_loop_keeps_its_order(sockets: Sockets) -
 
 
 @needs_native
+def test_a_reply_waiting_for_its_client_is_not_overtaken_beside_async_calls(
+    sockets: Sockets,
+) -> None:
+    # While an async call is in flight, a client's next reply must queue behind the one
+    # already waiting for it, as without calls: the fast path (which sends directly) once
+    # served that batch while the waiting reply's retry was not yet due, and overtook it.
+    server = sockets.server(name="srvq")
+    registry = _registry()
+    release = asyncio.Event()
+
+    @registry.command()
+    async def hold_on() -> str:
+        await release.wait()
+        return "released"
+
+    dispatcher = Dispatcher(registry, buf_size=BUF_SIZE)
+    stats = ServerStats.declare(registry.stats)
+    worker = Worker(server, dispatcher, stats, socket_timeout_ms=10_000)
+    full, other = sockets.unix("full"), sockets.unix("other")
+    junk = fill_queue(sockets, full.getsockname())
+    deadline = time.monotonic() + DEADLINE
+
+    def serve_until(done: Callable[[], bool]) -> None:
+        while not done():
+            assert time.monotonic() < deadline
+            worker.serve_once()
+
+    other.sendto(call("hold_on", req_id=7), server.getsockname())
+    serve_until(lambda: worker.in_flight() == 1)
+    full.sendto(request(100, "ping"), server.getsockname())
+    serve_until(lambda: worker.sender.pending() == 1)
+    # Refused again and again, its retries back off to tens of milliseconds apart.
+    serve_until(lambda: (worker.sender.next_retry_in() or 0) > 0.03)
+    drain_junk(full, junk)
+    full.sendto(request(101, "ping"), server.getsockname())
+    serve_until(lambda: stats.received.value == 3)
+    serve_until(lambda: not worker.sender.pending())
+    assert reply_ids(receive(full, 2)) == [100, 101]
+    release.set()
+    worker.run(lambda: True)  # the call completes and is answered
+    assert reply_ids(drain(other)) == [7]
+    assert (stats.received.value, stats.replied.value, stats.dropped_replies.value) == (3, 3, 0)
+
+
+@needs_native
 def test_a_worker_with_debug_logging_uses_the_python_loop(
     sockets: Sockets, caplog: pytest.LogCaptureFixture
 ) -> None:
