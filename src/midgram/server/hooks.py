@@ -32,7 +32,7 @@ from midgram.logs import peer_label, shown
 from midgram.server.transport import HepSender, PeerAddress
 from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY
 
-__all__ = ["Admission", "DebugLog", "Observer", "Tracing", "allow_from"]
+__all__ = ["Admission", "DebugLog", "Observer", "Tracing", "allow_from", "observing"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,30 @@ class Observer(Protocol):
 
     def replied(self, seen: Any, reply: bytes, sent: bool) -> None:
         """The reply went out (``sent``; queued for a slow client counts), or was dropped."""
+
+
+class _Together:
+    """Several observers as one, told in their order."""
+
+    def __init__(self, observers: tuple[Observer, ...]) -> None:
+        self._observers = observers
+
+    def seen(self, outcome: Outcome, peer: PeerAddress) -> list[Any]:
+        return [observer.seen(outcome, peer) for observer in self._observers]
+
+    def replied(self, seen: list[Any], reply: bytes, sent: bool) -> None:
+        for observer, observed in zip(self._observers, seen, strict=True):
+            observer.replied(observed, reply, sent)
+
+
+def observing(observers: Sequence[Observer]) -> Observer | None:
+    """The observer the loop tells: None for none, the one itself (most often: tracing, or
+    debug logging), or several together."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+    return _Together(tuple(observers))
 
 
 class DebugLog:

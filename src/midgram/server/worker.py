@@ -43,7 +43,7 @@ from midgram.errors import TransportError
 from midgram.logs import RateLimitedLog, peer_label, shown
 from midgram.server.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
 from midgram.server.budget import SendBudget
-from midgram.server.hooks import Admission, DebugLog, Observer
+from midgram.server.hooks import Admission, DebugLog, Observer, observing
 from midgram.server.inflight import AsyncCalls
 from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.server.transport import WITHHELD, PeerAddress, ReplySender, SendStatus
@@ -197,11 +197,12 @@ class Worker:
     def _plug_hooks(self) -> None:
         """Which path serves, from the hooks in place (debug logging comes and goes with the
         log level): the fast one only without any."""
-        observers = self._observing + ((self._debug_log,) if self._debug else ())
-        self._observers = observers
-        self._answer = self._dispatching.handle if observers else self._dispatching.answer
-        self._flush = 1 if observers else FLUSH
-        plain = not observers and not self._admission
+        observer = observing(self._observing + ((self._debug_log,) if self._debug else ()))
+        self._observer = observer
+        observed = observer is not None
+        self._answer = self._dispatching.handle if observed else self._dispatching.answer
+        self._flush = 1 if observed else FLUSH
+        plain = not observed and not self._admission
         self._fast = self.io if plain and isinstance(self.io, NativeIO) else None
 
     # --- driven by a blocking receive: forked workers, children_count = 0 -----------------
@@ -352,7 +353,7 @@ class Worker:
         if type(handled) is Pending:
             self._calls.start(handled, peer, data)
             return None
-        if self._observers:
+        if self._observer is not None:
             self.finish(handled, peer)  # type: ignore[arg-type]
             return None
         return self._count(handled)  # type: ignore[arg-type]
@@ -438,15 +439,15 @@ class Worker:
         """One outcome served on its own (an async call that completed, an observed one):
         counted, its observers told, its reply sent."""
         reply = self._count(outcome)
-        observers = self._observers
-        seen = [observer.seen(outcome, peer) for observer in observers]
+        observer = self._observer
+        seen = observer.seen(outcome, peer) if observer is not None else None
         if reply is None:
             return
         sent = self._send(reply, peer) is not _DROPPED
         if sent:
             self._replied()
-        for observer, observed in zip(observers, seen, strict=True):
-            observer.replied(observed, reply, sent)
+        if observer is not None:
+            observer.replied(seen, reply, sent)
 
     def _dropped(self, reason: str) -> None:
         self.stats.dropped_replies.inc()
