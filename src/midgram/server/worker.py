@@ -249,9 +249,10 @@ class Worker:
             if not self._wait():
                 return False
             received = self.serve_ready(block=False)
-        else:
-            received = self.serve_ready(block=True)
-        return bool(received) and not self._stop_requested()
+        else:  # serve_ready(block=True) without asking again whether a reply waits
+            fast = self._fast
+            received = self._serve_fast(fast, True) if fast is not None else self._serve_read(True)
+        return received > 0 and not self._stop_requested()
 
     def _wait(self) -> bool:
         """Until the socket is readable or the next retry is due, running the async calls in
@@ -310,6 +311,10 @@ class Worker:
         fast = self._fast
         if fast is not None and not self.sender.pending():
             return self._serve_fast(fast, block)
+        return self._serve_read(block)
+
+    def _serve_read(self, block: bool) -> int:
+        """The reference path's read: a batch for ``serve_batch``; its size."""
         batch = self._recv(block)
         if batch:
             self.serve_batch(batch)
