@@ -1054,6 +1054,64 @@ def test_a_worker_with_debug_logging_uses_the_python_loop(
     assert any(message.startswith("'later' from ") for message in logged)
 
 
+class Watcher:
+    """An observer that looks, each time it is told, whether the reply is at its client."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.events: list[tuple[str, Any, bool]] = []
+
+    def waiting(self) -> bool:
+        try:
+            self.client.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
+    def seen(self, outcome: Outcome, peer: Any) -> str | None:
+        self.events.append(("seen", outcome.method, self.waiting()))
+        return outcome.method
+
+    def replied(self, seen: str | None, reply: bytes, sent: bool) -> None:
+        self.events.append(("replied", seen, self.waiting() and sent))
+        drain(self.client)
+
+
+@needs_native
+@pytest.mark.parametrize("debug", [False, True], ids=["alone", "with_debug_logging"])
+def test_observers_are_told_before_each_reply_goes_and_after(
+    sockets: Sockets, caplog: pytest.LogCaptureFixture, debug: bool
+) -> None:
+    # What tracing relies on: the request's trace before its reply, the reply's after it.
+    if debug:
+        caplog.set_level(logging.DEBUG, logger="midgram.server.worker")
+    setup = Setup(sockets, _io_maker("native"), "")
+    watcher = Watcher(setup.clients["a"])
+    worker = Worker(
+        setup.server, setup.dispatcher, setup.stats, socket_timeout_ms=1000, observers=[watcher]
+    )
+    plan = [("a", call("ping", req_id=1)), ("a", b"not json"), ("a", call("echo", ["x"], 2))]
+    try:
+        setup.send(plan)
+        deadline = time.monotonic() + DEADLINE
+        while setup.stats.received.value < len(plan):
+            assert time.monotonic() < deadline
+            worker.serve_once()
+    finally:
+        setup.close()
+    assert watcher.events == [
+        ("seen", "ping", False),
+        ("replied", "ping", True),
+        ("seen", None, False),
+        ("replied", None, True),
+        ("seen", "echo", False),
+        ("replied", "echo", True),
+    ]
+    assert setup.stats.replied.value == len(plan)
+    logged = [r.getMessage() for r in caplog.records if r.name == "midgram.server.worker"]
+    assert len(logged) == (len(plan) if debug else 0)
+
+
 @needs_native
 def test_a_worker_with_allow_from_uses_the_python_loop(sockets: Sockets) -> None:
     server = sockets.server("udp4")

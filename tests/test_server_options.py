@@ -68,11 +68,13 @@ def test_reply_dropped_after_socket_timeout() -> None:
         never_reads.close()
 
 
-def test_sighup_reopens_the_log_file() -> None:
+@pytest.mark.parametrize("children", ["1", "0"])
+def test_sighup_reopens_the_log_file(children: str) -> None:
+    # With children_count 0 the one process is the worker: its loop re-opens the file.
     folder = short_tmpdir()
     log_file = Path(folder, "midgram.log")
     rotated = Path(folder, "midgram.log.1")
-    with midgram_server("--log-file", str(log_file), "--children", "1") as running:
+    with midgram_server("--log-file", str(log_file), "--children", children) as running:
         wait_until(lambda: log_file.exists() and "listening" in log_file.read_text())
         os.rename(log_file, rotated)
         running.proc.send_signal(signal.SIGHUP)

@@ -210,6 +210,17 @@ def test_a_worker_never_signals_a_process_that_is_not_its_live_supervisor() -> N
     assert done.stdout.split() == ["True", "0"], done.stderr
 
 
+def test_asking_whether_to_stop_does_not_reopen_the_log_files() -> None:
+    """SIGHUP is recorded; the loop re-opens the files as a chore of its own, not as a side
+    effect of asking whether to stop."""
+    signals = WorkerSignals()
+    signals.reopen_logs = True  # what the SIGHUP handler records
+    assert not signals.should_stop()
+    assert signals.reopen_logs
+    signals.reopen_logs_if_asked()
+    assert not signals.reopen_logs
+
+
 def test_a_worker_whose_supervisor_is_gone_stops_on_its_next_wake_up() -> None:
     """Where prctl(PR_SET_PDEATHSIG) is missing, the loop's own check ends an orphan."""
     assert not WorkerSignals(supervisor=os.getppid()).should_stop()

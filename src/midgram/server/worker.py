@@ -32,7 +32,7 @@ import asyncio
 import logging
 import select
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -208,7 +208,7 @@ class Worker:
     # --- driven by a blocking receive: forked workers, children_count = 0 -----------------
 
     def run(
-        self, should_stop: Callable[[], bool], *, chores: Iterable[Callable[[], object]] = ()
+        self, should_stop: Callable[[], bool], *, chores: Sequence[Callable[[], object]] = ()
     ) -> None:
         """The loop. Returns when ``should_stop()`` is true; the async calls in flight
         complete and replies still queued get up to their own ``socket_timeout`` to go out.
