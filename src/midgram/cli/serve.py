@@ -18,9 +18,9 @@ from midgram.cli.durations import Duration
 from midgram.config.settings import ALIASES, load_settings, read_config
 from midgram.engine.dispatch import Registry
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
-from midgram.logs import LOG_FORMAT, formatter_for, on_journal, printable
+from midgram.logs import LOG_FORMAT, formatter_for, logging_level, on_journal, printable
 from midgram.server.files import LogFileHandler, PidFile
-from midgram.server.wiring import importing_app, logging_level
+from midgram.server.wiring import importing_app
 from midgram.server.wiring import serve as run_server
 from midgram.wire.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
 

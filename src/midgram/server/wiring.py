@@ -34,12 +34,11 @@ from midgram.engine.runtime import (
     ProcessTable,
     Runtime,
     SharedRuntime,
-    opensips_level,
 )
 from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.errors import ConfigError, TransportError
 from midgram.local import default_target, squatted
-from midgram.logs import LOG_FORMAT, formatter_for
+from midgram.logs import LOG_FORMAT, formatter_for, logging_level, opensips_level
 from midgram.server.batchio import native_status, version_line
 from midgram.server.process import name_attendant, name_worker
 from midgram.server.service import Notifier
@@ -62,7 +61,6 @@ __all__ = [
     "AsyncServer",
     "default_address",
     "importing_app",
-    "logging_level",
     "open_socket",
     "serve",
 ]
@@ -119,13 +117,6 @@ def _check_slots(settings: Settings, registry: Registry) -> None:
 
 def _address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
-
-
-def logging_level(name: str) -> int:
-    """The ``logging`` level of a ``Settings.log_level`` (already one of debug, info,
-    warning, error, critical)."""
-    level = logging.getLevelName(name.upper())
-    return level if isinstance(level, int) else logging.INFO
 
 
 def _opensips_level(settings: Settings) -> int:
