@@ -404,6 +404,17 @@ def test_a_toml_hep_id(collector: Collector, tmp_path: Path) -> None:
         assert _payloads(collector, 2)[0] == b"uptime:datagram"
 
 
+def test_every_tracing_parameter_has_its_flag(collector: Collector) -> None:
+    """hep_id and homer5_delim, which only a config file gave before the flags were
+    generated from the parameter table."""
+    port = int(collector.target.rpartition(":")[2])
+    hep_id = f"[dst]127.0.0.1:{port};transport=udp"
+    flags = ("--hep-id", hep_id, "--trace-to", "dst", "--homer5-delim", "|")
+    with midgram_server(*flags) as server:
+        server.call("log_level", [3])
+        assert _payloads(collector, 2)[0] == b"log_level|datagram|3"
+
+
 # --- errors at start, and a collector that cannot be reached ---------------------------------
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from midgram.config.coercion import ID_MAX, UNSET_ID
 from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
 from midgram.logs import RateLimitedLog, peer_label
@@ -82,7 +83,6 @@ PeerAddress: TypeAlias = str | bytes | tuple[Any, ...] | None
 
 _ABSTRACT_PREFIX: Final = "@"
 _NUMERIC_ID = re.compile(r"\s*[+-]?[0-9]+\s*")  # what strtol() accepts, as OpenSIPS parses it
-_MAX_ID: Final = 0xFFFF_FFFE  # (uid_t)-1 is "no change"
 _DONTWAIT: Final = socket.MSG_DONTWAIT
 
 
@@ -128,7 +128,7 @@ def resolve_owner(user: str | int | None, group: str | int | None) -> tuple[int,
 
 def _numeric_id(parameter: str, spec: str | int, what: str) -> int:
     value = int(spec)  # a str here matched _NUMERIC_ID
-    if isinstance(spec, bool) or not (value == -1 or 0 <= value <= _MAX_ID):
+    if isinstance(spec, bool) or not (value == UNSET_ID or 0 <= value <= ID_MAX):
         raise ConfigError(parameter, spec, f"not a valid {what}")
     return value
 
