@@ -246,9 +246,8 @@ class RequestTooLarge(ClientError):
     def __init__(self, target: str, size: int | None, reason: str) -> None:
         what = "the request" if size is None else f"the request ({size} bytes)"
         super().__init__(
-            f"{what} is too large to send to {target} in one datagram ({reason}): UDP carries "
-            "at most 65507 bytes, a UNIX socket what its send buffer holds; send fewer or "
-            "shorter params"
+            f"{what} is too large to send to {target} in one datagram ({reason}): send fewer "
+            "or shorter params"
         )
         self.target = target
         self.size = size

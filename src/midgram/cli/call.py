@@ -30,8 +30,9 @@ from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colou
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
 from midgram.cli.shells import register as register_shells
-from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange
+from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client
 from midgram.client.codec import DIALECTS
+from midgram.client.exchange import Exchange
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.local import default_target
 from midgram.logs import printable

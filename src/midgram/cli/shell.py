@@ -20,7 +20,8 @@ from midgram.cli.complete import Catalog
 from midgram.cli.failures import describe, exit_code_for
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import PARAMS_HELP, ParamsError, parse_words
-from midgram.client.calls import Client, Exchange
+from midgram.client.calls import Client
+from midgram.client.exchange import Exchange
 from midgram.errors import ClientError
 from midgram.logs import printable
 
