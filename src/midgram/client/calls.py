@@ -54,7 +54,7 @@ from midgram.client.exchange import (
 from midgram.errors import BadReply, ConnectError
 from midgram.local import default_target, squatted
 from midgram.wire.address import UdpAddress, UnixAddress, parse_target
-from midgram.wire.jsonrpc import Params
+from midgram.wire.jsonrpc import MAX_BUF_SIZE, Params
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -65,9 +65,9 @@ __all__ = [
 
 #: Seconds to wait for a reply. python-opensips's 0.1 s fails slow commands; kamcli waits 4 s.
 DEFAULT_TIMEOUT: Final = 5.0
-#: The receive buffer: the server's ``socket_buf_size`` is at most 1 MiB and its replies are
-#: shorter than that. Only the pages a reply fills are touched, so the size costs ~10 us.
-REPLY_BUF_SIZE: Final = 1 << 20
+#: The receive buffer: a server's replies are no longer than its ``socket_buf_size``, at most
+#: MAX_BUF_SIZE (1 MiB). Only the pages a reply fills are touched, so the size costs ~10 us.
+REPLY_BUF_SIZE: Final = MAX_BUF_SIZE
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.wire.jsonrpc import MAX_DEPTH, JsonId, Params, nesting_depth
+from midgram.wire.jsonrpc import C_INT_MAX, MAX_DEPTH, JsonId, Params, nesting_depth
 
 __all__ = [
     "DIALECTS",
@@ -37,7 +37,7 @@ __all__ = [
 
 #: Request ids stay within a C int: OpenSIPS echoes a number as a C int
 #: (docs/compatibility.md, difference 3).
-MAX_REQUEST_ID: Final = 2**31 - 1
+MAX_REQUEST_ID: Final = C_INT_MAX
 
 # "400 Parse_error", "500 Internal error": a status, a space, printable ASCII.
 _PLAIN_TEXT_RE: Final = re.compile(rb"[1-6][0-9]{2} [ -~]*")

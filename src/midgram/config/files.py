@@ -101,7 +101,7 @@ _CFG_ESCAPES: Final[Mapping[str, str]] = MappingProxyType(
 )
 _CFG_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
 _HEP_ID_RE: Final = re.compile(r"\s*\[([^\]]+)\](.*)", re.DOTALL)
-_HEP_MODULE: Final = "proto_hep"
+_HEP_MODULE: Final = Origin.PROTO_HEP.value
 #: The proto_hep modparams that shape MI traces (besides hep_id, read as destinations).
 _HEP_PARAMS: Final = frozenset(
     p.name for p in PARAMETERS if p.origin is Origin.PROTO_HEP and p.name != "hep_id"
@@ -337,7 +337,7 @@ def read_config(data: bytes, name: str) -> ConfigFile:
     if _has_modparam(text):
         cfg = parse_opensips_cfg(text)
         found = ConfigFile(cfg.layer(), "opensips.cfg", cfg.warnings())
-        missing = 'an opensips.cfg without a modparam("mi_datagram", ...) line'
+        missing = f'an opensips.cfg without a modparam("{SECTION}", ...) line'
     else:
         try:
             data.decode()

@@ -46,7 +46,7 @@ from midgram.wire.address import (
     UnixAddress,
     parse_socket_name,
 )
-from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE
+from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE, MAX_BUF_SIZE
 
 __all__ = [
     "ALIASES",
@@ -205,7 +205,7 @@ def _parameter(declared: dataclasses.Field[Any]) -> Parameter:
 
 _MAX_CHILDREN: Final = 256
 _MAX_SOCKET_TIMEOUT: Final = 600_000
-_BUF_SIZES: Final = (1024, 1_048_576)
+_BUF_SIZES: Final = (1024, MAX_BUF_SIZE)
 _DEFAULT_MODE: Final = 0o660
 _MAX_CAPTURE_ID: Final = 2**32 - 1  # a u32 chunk
 _MAX_WORKER_TIMEOUT: Final = 86_400.0

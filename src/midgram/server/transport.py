@@ -45,11 +45,11 @@ from midgram.errors import ConfigError, SocketInUse, TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
 from midgram.logs import RateLimitedLog, peer_label
 from midgram.server.budget import SendBudget
+from midgram.wire.address import SUN_PATH_MAX
 
 __all__ = [
     "DROP_LOG_INTERVAL",
     "RECV_TIMEOUT",
-    "SUN_PATH_MAX",
     "DropReason",
     "HepSender",
     "PeerAddress",
@@ -70,9 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``sizeof(sun_path)``: the longest abstract name in bytes, its leading NUL included; a
-#: path may have one byte less (see _check_length).
-SUN_PATH_MAX: Final = 108
 #: How often a blocked worker wakes up, as the server passes it to :func:`set_recv_timeout`.
 RECV_TIMEOUT: Final = 0.2
 

@@ -30,6 +30,7 @@ __all__ = [
     "C_INT_MIN",
     "DEFAULT_BUF_SIZE",
     "INTERNAL_ERROR_REPLY",
+    "MAX_BUF_SIZE",
     "MAX_DEPTH",
     "PARSE_ERROR_REPLY",
     "JsonId",
@@ -50,6 +51,8 @@ Params: TypeAlias = list[Any] | dict[str, Any] | None
 
 #: OpenSIPS's datagram buffer: the largest request read and reply sent (socket_buf_size).
 DEFAULT_BUF_SIZE: Final = 65457
+#: The largest ``socket_buf_size`` a server takes, so the largest reply a client may get.
+MAX_BUF_SIZE: Final = 1 << 20
 #: The plain-text replies mi_datagram sends where a JSON-RPC reply cannot be made.
 PARSE_ERROR_REPLY: Final = b"400 Parse_error"
 INTERNAL_ERROR_REPLY: Final = b"500 Internal error"
