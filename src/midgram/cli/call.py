@@ -24,7 +24,7 @@ from midgram.cli.failures import (
     EXIT_STATUS_HELP,
     STATUS_NAMES,
     describe,
-    exit_code_for,
+    exit_status,
 )
 from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
@@ -146,7 +146,7 @@ class Outcome:
 
     @property
     def status(self) -> int:
-        return EXIT_OK if self.error is None else exit_code_for(self.error)
+        return EXIT_OK if self.error is None else exit_status(self.error)
 
 
 def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
@@ -345,7 +345,7 @@ def _run_sync(ctx: click.Context, client: Client, method: str, work: Callable[[]
         return work()
     except ClientError as exc:
         _fail(describe(exc, target=client.target, method=method, dialect=client.dialect.name))
-        ctx.exit(exit_code_for(exc))
+        ctx.exit(exit_status(exc))
     except KeyboardInterrupt:
         _fail("interrupted")
         ctx.exit(EXIT_INTERRUPTED)

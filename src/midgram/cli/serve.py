@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 
 from midgram.cli.durations import Duration
+from midgram.cli.failures import exit_status
 from midgram.config import ALIASES, PARAMETERS, Kind, Parameter, load_settings, read_config
 from midgram.engine.dispatch import Registry
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
@@ -224,7 +225,7 @@ def serve(
         # The file's own error: one line naming it, whatever the file holds.
         text = str(exc) if isinstance(exc, ConfigFileError) else f"{config_file}: {exc}"
         click.echo(f"midgram: {printable(text)}", err=True)
-        sys.exit(exc.code)
+        sys.exit(exit_status(exc))
     # Everything that can fail is opened here, before the server forks: a failed start
     # leaves nothing running and says what failed in one line.
     try:
@@ -252,4 +253,4 @@ def _ready(where: str, pid: PidFile | None) -> None:
 
 def _fail(exc: MidgramError) -> NoReturn:
     click.echo(f"midgram: {exc}", err=True)
-    sys.exit(exc.code)
+    sys.exit(exit_status(exc))
