@@ -11,8 +11,9 @@ the README shows one, must match it: JSON by shape (times and pids vary), text w
 and column widths normalised. Python examples run with their socket paths replaced by
 temporary ones.
 
-Also: the parameter table of docs/parameters.md is the one ``midgram.config.table`` renders from
-the parameters' declarations, and ``midgram serve --help`` has a flag for each.
+Also: the parameter tables of docs/parameters.md and docs/tracing.md are the ones
+``midgram.config.table`` renders from the parameters' declarations, and ``midgram serve
+--help`` has a flag for each.
 """
 
 from __future__ import annotations
@@ -36,11 +37,10 @@ from servers import READY_TIMEOUT, RawClient, midgram_server, short_tmpdir, wait
 
 from midgram.cli import cli
 from midgram.config import PARAMETERS
-from midgram.config.table import markdown_table
+from midgram.config.table import PAGES, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-PARAMETERS_PAGE = (ROOT / "docs" / "parameters.md").read_text()
 #: Where the README's examples say XDG_RUNTIME_DIR is.
 README_RUNTIME_DIR = "/run/user/1000"
 BIN = Path(sys.executable).parent
@@ -304,10 +304,11 @@ def test_readme_links_lead_somewhere() -> None:
         assert (ROOT / target).exists(), target
 
 
-def test_the_parameter_table_is_generated_from_the_declarations() -> None:
-    assert markdown_table() in PARAMETERS_PAGE, (
-        "docs/parameters.md's parameter table is not the one midgram.config.settings declares: "
-        "run `.venv/bin/python tools/parameter_table.py` and commit docs/parameters.md"
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_the_parameter_tables_are_generated_from_the_declarations(page: str) -> None:
+    assert markdown_table(page) in (ROOT / "docs" / page).read_text(), (
+        f"docs/{page}'s parameter table is not the one midgram.config.settings declares: "
+        f"run `.venv/bin/python tools/parameter_table.py` and commit docs/{page}"
     )
 
 

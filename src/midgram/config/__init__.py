@@ -5,7 +5,7 @@
 - ``coercion``: how each value is checked and made its type;
 - ``rules``: what is checked between parameters;
 - ``files``: the config files (TOML, an existing opensips.cfg);
-- ``table``: the table of docs/parameters.md, rendered from ``PARAMETERS``.
+- ``table``: the tables of docs/parameters.md and docs/tracing.md, rendered from ``PARAMETERS``.
 """
 
 from midgram.config.files import (

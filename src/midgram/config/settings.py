@@ -4,8 +4,8 @@ Each parameter is declared once, as a field of ``Settings`` made by ``parameter(
 default, what it means, where it comes from, how its value is checked (``config.coercion``)
 and the flag of ``midgram serve`` that sets it. The rest is derived from these declarations:
 ``PARAMETERS`` (the table), ``ALIASES`` (the flags' names, which a config file may use too),
-the options of ``midgram serve`` (cli/serve.py) and the table of docs/parameters.md
-(``config.table``).
+the options of ``midgram serve`` (cli/serve.py) and the tables of docs/parameters.md and
+docs/tracing.md (``config.table``).
 
 Values come from three layers, later ones winning (``merge``): the defaults, a configuration
 file (``config.files``) and the CLI flags. ``Settings.from_mapping`` then validates and

@@ -1,25 +1,41 @@
-"""The table of docs/parameters.md, rendered from ``PARAMETERS``. Sans-IO.
+"""The parameter tables of the docs, rendered from ``PARAMETERS``. Sans-IO.
 
-tools/parameter_table.py writes it into the page, between the markers; tests/test_readme.py
-fails when the page's table is not the one rendered here.
+docs/parameters.md has every parameter; docs/tracing.md those of tracing. Each table stands
+between two marker lines; tools/parameter_table.py writes them, and tests/test_readme.py
+fails when a page's table is not the one rendered here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
-from midgram.config.settings import PARAMETERS, Parameter
+from midgram.config.settings import PARAMETERS, Origin, Parameter
 
-__all__ = ["END_MARKER", "START_MARKER", "markdown_table"]
+__all__ = ["END_MARKER", "PAGES", "TRACING_PARAMETERS", "markdown_table", "start_marker"]
 
-#: The lines between which the table stands in docs/parameters.md.
-START_MARKER: Final = (
-    "<!-- parameters:start (generated from midgram.config.PARAMETERS: "
-    "python tools/parameter_table.py) -->"
-)
+#: The line after a table.
 END_MARKER: Final = "<!-- parameters:end -->"
 
+#: Those that say whether, where and how commands are traced.
+TRACING_PARAMETERS: Final = tuple(
+    p for p in PARAMETERS if p.name.startswith("trace_") or p.origin is Origin.PROTO_HEP
+)
+#: Each page under docs/ with a table, and the parameters in it.
+PAGES: Final[Mapping[str, tuple[Parameter, ...]]] = MappingProxyType(
+    {"parameters.md": PARAMETERS, "tracing.md": TRACING_PARAMETERS}
+)
+
 _HEADER: Final = ("parameter", "flag", "default", "from", "meaning")
+
+
+def start_marker(page: str) -> str:
+    """The line before the table of ``page`` (a name in ``PAGES``)."""
+    return (
+        f"<!-- parameters:start (generated for {page} from midgram.config.PARAMETERS: "
+        "python tools/parameter_table.py) -->"
+    )
 
 
 def _cell(text: str) -> str:
@@ -46,8 +62,8 @@ def _row(parameter: Parameter) -> tuple[str, ...]:
     )
 
 
-def markdown_table() -> str:
-    """The table, its markers included, one line a parameter, as the page holds it."""
-    rows = [_HEADER, ("---",) * len(_HEADER), *map(_row, PARAMETERS)]
+def markdown_table(page: str) -> str:
+    """The table of ``page``, its marker lines included, one line a parameter."""
+    rows = [_HEADER, ("---",) * len(_HEADER), *map(_row, PAGES[page])]
     lines = ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
-    return "\n".join([START_MARKER, *lines, END_MARKER]) + "\n"
+    return "\n".join([start_marker(page), *lines, END_MARKER]) + "\n"
