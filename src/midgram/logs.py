@@ -11,6 +11,10 @@ cannot be sent, a command that keeps failing) to one line per interval, counting
 ``formatter_for`` gives the format of midgram's own log lines, on stderr or in a file; on the
 systemd journal (stderr is the stream ``$JOURNAL_STREAM`` names), without a time of its own
 and with each line's syslog priority, as journald reads it.
+
+``LOG_LEVELS`` is the one table of log levels: each of Python's five with the OpenSIPS levels
+and names that fold onto it and its syslog priority. What ``log_level`` accepts, what the
+``log_level`` command reports, and each journal line's priority are read from it.
 """
 
 from __future__ import annotations
