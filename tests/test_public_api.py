@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import midgram
-from midgram import errors
+from midgram import config, errors
 
 
 def test_dir_lists_the_public_names_and_nothing_else() -> None:
@@ -61,3 +61,28 @@ def test_the_lazy_names_load_on_first_use() -> None:
     loaded = _loaded_after("import midgram\nmidgram.Settings")
     assert "midgram.config.settings" in loaded
     assert not {name for name in loaded if name.startswith("midgram.server")}
+
+
+#: What ``midgram.config`` exported when it was one module (0.1): users' imports keep working.
+CONFIG_NAMES_OF_0_1 = (
+    "ALIASES",
+    "PARAMETERS",
+    "SECTION",
+    "ConfigFile",
+    "OpensipsCfg",
+    "Parameter",
+    "Settings",
+    "default_socket_name",
+    "load_settings",
+    "load_toml",
+    "merge",
+    "parse_bwlist",
+    "parse_opensips_cfg",
+    "read_config",
+)
+
+
+def test_midgram_config_still_exports_what_it_did() -> None:
+    for name in CONFIG_NAMES_OF_0_1:
+        assert name in config.__all__, name
+        assert getattr(config, name) is not None, name

@@ -6,6 +6,9 @@
 - ``rules``: what is checked between parameters;
 - ``files``: the config files (TOML, an existing opensips.cfg);
 - ``table``: the tables of docs/parameters.md and docs/tracing.md, rendered from ``PARAMETERS``.
+
+``default_socket_name`` (wire.address) and ``parse_bwlist`` (engine.tracing) are here too, as
+they were when midgram.config was one module.
 """
 
 from midgram.config.files import (
@@ -27,6 +30,8 @@ from midgram.config.settings import (
     load_settings,
     merge,
 )
+from midgram.engine.tracing import parse_bwlist
+from midgram.wire.address import default_socket_name
 
 __all__ = [
     "ALIASES",
@@ -38,9 +43,11 @@ __all__ = [
     "Origin",
     "Parameter",
     "Settings",
+    "default_socket_name",
     "load_settings",
     "load_toml",
     "merge",
+    "parse_bwlist",
     "parse_opensips_cfg",
     "read_config",
     "trace_target",
