@@ -41,9 +41,9 @@ MAX_REQUEST_ID: Final = C_INT_MAX
 
 # "400 Parse_error", "500 Internal error": a status, a space, printable ASCII.
 _PLAIN_TEXT_RE: Final = re.compile(rb"[1-6][0-9]{2} [ -~]*")
-# orjson reads integers beyond 64 bits as floats, silently: a run of 20 digits (2**64 has 20)
-# sends the reply to the exact, slower stdlib parser instead.
-_LONG_NUMBER_RE: Final = re.compile(rb"[0-9]{20}")
+# orjson reads integers beyond 64 bits as floats, silently: below -2**63 (19 digits) and from
+# 2**64 (20 digits). A run of 19 digits sends the reply to the exact, slower stdlib parser.
+_LONG_NUMBER_RE: Final = re.compile(rb"[0-9]{19}")
 # A result of MAX_DEPTH levels in its envelope object.
 _DEEPEST: Final = MAX_DEPTH + 1
 # How much of an unusable reply an error message quotes.
