@@ -152,7 +152,8 @@ def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     import app  # noqa: PLC0415 (the bench commands)
 
     from midgram.engine.core import with_core  # noqa: PLC0415
-    from midgram.engine.dispatch import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
+    from midgram.engine.dispatch import Dispatcher  # noqa: PLC0415
+    from midgram.engine.registry import Registry, bind_arguments  # noqa: PLC0415
     from midgram.engine.runtime import LocalRuntime  # noqa: PLC0415
     from midgram.wire import jsonrpc as protocol  # noqa: PLC0415 (bench/ is importable without midgram)
 

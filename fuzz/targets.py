@@ -27,7 +27,8 @@ from typing import Any
 from midgram.cli.output import FORMATS, render
 from midgram.client.codec import decode_response
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import BadReply, PlainTextError
 from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE

@@ -32,7 +32,8 @@ from servers import ServerProcess, midgram_server, short_tmpdir
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Registry
+from midgram.engine.dispatch import Dispatcher
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import TransportError
 from midgram.server import batchio

@@ -45,7 +45,8 @@ from test_batchio import (
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.dispatch import Dispatcher, Outcome, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import MIError, TransportError
 from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO

@@ -11,20 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midgram.engine.dispatch import (
-    Dispatcher,
-    Outcome,
-    Pending,
-    Registry,
-    Status,
-    coercer_for,
-    get_bool,
-    get_int,
-    get_str,
-    make_command,
-    recipes_from_signature,
-    select_recipe,
-)
+from midgram.engine.coercion import coercer_for, get_bool, get_int, get_str
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry, make_command, recipes_from_signature, select_recipe
 from midgram.errors import InvalidParams, MIError
 
 

@@ -11,7 +11,8 @@ import pytest
 from golden_cases import Case, assert_matches, load_cases
 
 from midgram.engine.core import SERVER_NAME, with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry
+from midgram.engine.dispatch import Dispatcher, Outcome
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 
 CASES = load_cases()

@@ -34,15 +34,8 @@ from toolchain import needs_native
 
 from midgram.engine import core
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import (
-    Answer,
-    Dispatcher,
-    Outcome,
-    Pending,
-    Registry,
-    Status,
-    make_command,
-)
+from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry, make_command
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import InvalidParams, MIError
 from midgram.wire.jsonrpc import ALWAYS_FITS_MARGIN, DEFAULT_BUF_SIZE, Request, decode_request

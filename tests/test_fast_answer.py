@@ -24,7 +24,8 @@ import pytest
 from test_batchio import DEADLINE, Sockets, open_sockets
 from toolchain import needs_native
 
-from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Registry, Status
+from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry
 from midgram.errors import MIError
 from midgram.server.batchio import NativeIO, SocketIO
 from midgram.server.worker import ServerStats, Worker

@@ -22,7 +22,8 @@ from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wai
 from toolchain import needs_native
 
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.dispatch import Dispatcher, Outcome, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.server.batchio import NativeIO
 from midgram.server.supervisor import WorkerStates

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.dispatch import Dispatcher, Outcome, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.engine.tracing import (
     MAX_PARAMS,

@@ -24,7 +24,7 @@ _LAZY = {
     "Client": "midgram.client.calls",
     "AsyncServer": "midgram.server.wiring",
     "serve": "midgram.server.wiring",
-    "Registry": "midgram.engine.dispatch",
+    "Registry": "midgram.engine.registry",
     "Settings": "midgram.config.settings",
     "MIError": "midgram.errors",
 }
@@ -32,7 +32,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from midgram.client.calls import AsyncClient, Client
     from midgram.config.settings import Settings
-    from midgram.engine.dispatch import Registry
+    from midgram.engine.registry import Registry
     from midgram.errors import MIError
     from midgram.server.wiring import AsyncServer, serve
 

@@ -16,7 +16,7 @@ import click
 
 from midgram.cli.durations import Duration
 from midgram.config.settings import ALIASES, load_settings, read_config
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
 from midgram.logs import LOG_FORMAT, formatter_for, on_journal, printable
 from midgram.server.files import LogFileHandler, PidFile

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from midgram._version import __version__
-from midgram.engine.dispatch import Command, Registry, make_command
+from midgram.engine.registry import Command, Registry, make_command
 from midgram.engine.runtime import Runtime
 from midgram.engine.stats import Stat, Statistics
 from midgram.errors import InvalidParams, MIError

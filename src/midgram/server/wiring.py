@@ -28,7 +28,8 @@ from typing import Any, Final
 
 from midgram.config.settings import Settings
 from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import (
     LocalRuntime,
     ProcessTable,
