@@ -26,7 +26,7 @@ from typing import Any
 
 from midgram.cli.output import FORMATS, render
 from midgram.client.codec import decode_response
-from midgram.engine.core import with_core
+from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Dispatcher, Outcome, Pending
 from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
@@ -74,7 +74,7 @@ def registry() -> Registry:
     async def later(value: Any = None) -> Any:
         return value
 
-    served = with_core(app, LocalRuntime())
+    served = with_builtins(app, LocalRuntime())
     table = Registry(module=served.module, stats=served.stats)
     for command in served:
         if command.name not in _SKIPPED_CORE:

@@ -44,7 +44,7 @@ from test_batchio import (
 )
 from toolchain import needs_ipv6, needs_native
 
-from midgram.engine.core import with_core
+from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Dispatcher, Outcome, Status
 from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
@@ -627,7 +627,7 @@ BUF_SIZE = 4096
 
 def _registry() -> Registry:
     """The core commands and deterministic ones of every kind of outcome."""
-    registry = with_core(Registry(), LocalRuntime())
+    registry = with_builtins(Registry(), LocalRuntime())
 
     @registry.command()
     def ping() -> str:

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from test_protocol import json_values
 from toolchain import needs_native
 
-from midgram.engine import core
-from midgram.engine.core import with_core
+from midgram.engine import builtins as builtin_commands
+from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
 from midgram.engine.registry import Registry, make_command
 from midgram.engine.runtime import LocalRuntime
@@ -614,14 +614,14 @@ ALL_CASES = [
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """midgram.engine.core reads a clock that stands still (uptime, core:timestamp)."""
+    """midgram.engine.builtins reads a clock that stands still (uptime, core:timestamp)."""
     clock = types.SimpleNamespace(time=lambda: FROZEN_NOW, ctime=time.ctime)
-    monkeypatch.setattr(core, "time", clock)
+    monkeypatch.setattr(builtin_commands, "time", clock)
 
 
 def core_twins(*, json_errors: bool) -> tuple[Dispatcher, Dispatcher]:
     def served() -> Registry:
-        return with_core(Registry(), LocalRuntime(started=STARTED))
+        return with_builtins(Registry(), LocalRuntime(started=STARTED))
 
     return (
         Dispatcher(served(), json_errors=json_errors),
