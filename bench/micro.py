@@ -144,7 +144,7 @@ def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object
         return {}
     from midgram.server import _batchio  # noqa: PLC0415
 
-    fast = dispatcher.fast_answer(_batchio.FastAnswer)
+    fast = dispatcher.answer_function(_batchio.FastAnswer)
     return {"native": lambda: fast(data)}
 
 

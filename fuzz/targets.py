@@ -107,7 +107,7 @@ class Targets:
         self.small = Dispatcher(commands, buf_size=1024, json_errors=True)
         self.fast: Callable[[bytes], Any] | None = None
         if module is not None:
-            self.fast = self.plain.fast_answer(module.FastAnswer)
+            self.fast = self.plain.answer_function(module.FastAnswer)
 
     def datagram(self, data: bytes) -> None:
         handled = _reply(self.twin.handle(data), self.twin)

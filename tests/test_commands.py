@@ -283,7 +283,9 @@ def test_async_handlers(dispatcher: Dispatcher) -> None:
     assert reply_of(dispatcher, call("later", [3]))["result"] == {"delay": 3}
     error = reply_of(dispatcher, call("later_fails"))["error"]
     assert error == {"code": 480, "message": "Temporarily Unavailable"}
-    outcome = asyncio.run(dispatcher.handle_async(call("later", {"delay": 4})))
+    later = dispatcher.handle(call("later", {"delay": 4}))
+    assert isinstance(later, Pending)
+    outcome = asyncio.run(later.settle())
     assert json.loads(outcome.reply or b"")["result"] == {"delay": 4}
 
 

@@ -147,7 +147,7 @@ def answer_with(kind: str) -> Any:
     if kind == "handle":
         return dispatcher.handle
     if kind == "native":
-        return dispatcher.fast_answer(_native().FastAnswer)
+        return dispatcher.answer_function(_native().FastAnswer)
     return dispatcher.answer
 
 

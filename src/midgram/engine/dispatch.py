@@ -25,6 +25,7 @@ from midgram.wire.jsonrpc import (
     ALWAYS_FITS_MARGIN,
     DEFAULT_BUF_SIZE,
     INTERNAL_ERROR_REPLY,
+    NO_ID,
     PARSE_ERROR_REPLY,
     Notification,
     Params,
@@ -34,6 +35,7 @@ from midgram.wire.jsonrpc import (
     encode_error,
     encode_result,
     reply_fits,
+    validate_request,
 )
 
 __all__ = [
@@ -80,19 +82,19 @@ _NO_ARGUMENTS: Final[dict[str, Any]] = {}
 _OK: Final = "OK"  # what a handler returning None answers
 _dumps: Final = orjson.dumps
 _loads: Final = orjson.loads
-_NO_ID: Final[Any] = object()  # the request id of a notification (null is an id)
 
 
 def _call(method: str, params: Params, req_id: Any) -> Request | Notification:
     """The decoded call, for the general path, from what ``answer`` read flat."""
-    if req_id is _NO_ID:
+    if req_id is NO_ID:
         return Notification(method, params)
     return Request(method, params, req_id)
 
 
 @dataclass(slots=True)
 class Pending:
-    """An ``async def`` command in flight: await ``coroutine``, then call ``finish``."""
+    """An ``async def`` command in flight: ``await settle()`` for its outcome (or await
+    ``coroutine`` where the caller wants it, then call ``finish``)."""
 
     coroutine: Coroutine[Any, Any, Any]
     _dispatcher: Dispatcher
@@ -102,6 +104,15 @@ class Pending:
     def finish(self, result: Any = None, error: BaseException | None = None) -> Outcome:
         """The outcome for the coroutine's result (or the exception it raised)."""
         return self._dispatcher._complete(self._call, self._command, result, error)
+
+    async def settle(self) -> Outcome:
+        """Run the command to its end in the running loop: its outcome, whatever it raised
+        (a cancellation goes through: the caller's, not the command's)."""
+        try:
+            result = await self.coroutine
+        except Exception as exc:
+            return self.finish(error=exc)
+        return self.finish(result)
 
 
 #: What serves one datagram: ``Dispatcher.answer``, or its native twin.
@@ -137,8 +148,10 @@ class Dispatcher:
         return PARSE_ERROR_REPLY
 
     def handle(self, data: bytes) -> Outcome | Pending:
-        """One datagram in, its outcome (or a Pending for an async command) out. Never
-        raises: whatever escapes the steps below is ``_failed`` (a bug, answered and logged)."""
+        """One datagram in, its outcome (or a Pending for an async command) out: the
+        reference path, with the whole record (for tracing, debug logging, statistics).
+        Never raises: whatever escapes the steps below is ``_failed`` (a bug, answered and
+        logged)."""
         if not data:
             return _IGNORED
         try:
@@ -147,44 +160,33 @@ class Dispatcher:
             except ParseError as exc:
                 return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
             except InvalidRequest as exc:
-                reply = encode_error(
-                    -32600, "Invalid Request", None, exc.reply_id, pretty=self.pretty
-                )
-                return Outcome(reply, Status.INVALID_REQUEST, exc.method)
-            return self.dispatch(call)
+                return self._invalid(exc)
+            return self._dispatch(call)
         except Exception as exc:
             return self._failed(data, exc)
 
     def answer(self, data: bytes) -> bytes | Outcome | Pending:  # noqa: PLR0911 - one flat pass
         """``handle`` for servers: the common datagram answered in one flat pass.
 
-        A well-formed request (a string or integer id) whose compact reply is far below the
-        size limit gives that reply's bytes: status OK, nothing to count or log. Anything
-        else gives what ``handle`` gives. Either way the handler runs at most once, and the
-        reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both on any
-        datagram). It costs one JSON parse and no Request or Outcome object. A result plain
-        orjson cannot encode (non-string keys, integers beyond 64 bits) takes the general
-        path after its handler ran: the same bytes, as an Outcome. Like ``handle`` it never
-        raises (a ``try`` costs nothing until something raises).
+        A valid request whose compact reply is far below the size limit gives that reply's
+        bytes: status OK, nothing to count or log. Anything else gives what ``handle``
+        gives. Either way the handler runs at most once, and the reply is ``handle``'s byte
+        for byte (tests/test_dispatch_fast.py checks both on any datagram). It costs one
+        JSON parse, the same validation as ``handle`` (``validate_request``) and no Request
+        or Outcome object. A result plain orjson cannot encode (non-string keys, integers
+        beyond 64 bits) takes the general path after its handler ran: the same bytes, as an
+        Outcome. Like ``handle`` it never raises (a ``try`` costs nothing until something
+        raises).
         """
         try:
             if not self._fast:
                 return self.handle(data)
             try:
-                obj = _loads(data)
+                method, params, req_id = validate_request(_loads(data), data)
             except JSONDecodeError:
-                obj = None  # a parse error, or a request ending at a NUL byte: handle() says
-            if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
-                return self.handle(data)
-            method = obj.get("method")
-            req_id = obj.get("id")
-            params = obj.get("params")
-            if type(params) is list or type(params) is dict:
-                params = params or None  # empty counts as absent (OpenSIPS)
-            elif params is not None or "params" in obj:
-                method = None  # neither an array nor an object (null included): invalid
-            if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
-                return self.handle(data)  # invalid, a notification, or a null or float id
+                return self.handle(data)  # a parse error, or a request ending at a NUL byte
+            except InvalidRequest as exc:
+                return self._invalid(exc)
             handler = self._bare(method) if params is None else None
             if handler is None:
                 return self._run(method, params, req_id, None)
@@ -198,14 +200,24 @@ class Dispatcher:
         except Exception as exc:
             return self._failed(data, exc)
 
-    def fast_answer(self, native: Callable[..., Answer] | None) -> Answer:
-        """``answer``, or the same in C when ``native`` (``_batchio.FastAnswer``) is given
-        and can serve this dispatcher: it recognises a bare call (no params) in the
-        datagram's bytes, runs its handler and hands the result to ``_compact`` and
-        ``_after_bare`` as ``answer`` would, and calls ``answer`` itself for anything else."""
+    def answer_function(self, native: Callable[..., Answer] | None) -> Answer:
+        """What a server calls for each datagram: ``answer``, or the same in C when
+        ``native`` (``_batchio.FastAnswer``) is given and can serve this dispatcher: it
+        recognises a bare call (no params) in the datagram's bytes, runs its handler and
+        hands the result to ``_compact`` and ``_after_bare`` as ``answer`` would, and calls
+        ``answer`` itself for anything else."""
         if native is None or not self._fast:
             return self.answer
         return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
+
+    def handle_oversize(self, size: int) -> Outcome:
+        """A datagram larger than the buffer (difference 5): answered as unparsable."""
+        why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
+        return Outcome(self._parse_error(why), Status.OVERSIZE)
+
+    def _invalid(self, error: InvalidRequest) -> Outcome:
+        reply = encode_error(-32600, "Invalid Request", None, error.reply_id, pretty=self.pretty)
+        return Outcome(reply, Status.INVALID_REQUEST, error.method)
 
     def _after_bare(
         self, method: str, req_id: Any, result: Any, error: BaseException | None
@@ -213,12 +225,12 @@ class Dispatcher:
         """The general path for what a bare handler gave (an error, an unusual result)."""
         command = self._lookup(method)
         assert command is not None  # it had a bare handler
-        return self._complete(Request(method, None, req_id), command, result, error)
+        return self._complete(_call(method, None, req_id), command, result, error)
 
     def _compact(self, result: Any, req_id: Any) -> bytes | None:
         """The common reply: compact, OK, far below the size limit (one orjson call for
         the whole envelope). None when it is not that: _complete decides."""
-        if not self._fast or req_id is _NO_ID:
+        if not self._fast or req_id is NO_ID:
             return None
         try:
             reply = _dumps(
@@ -228,9 +240,9 @@ class Dispatcher:
             return None
         return reply if len(reply) <= self._fast_limit else None
 
-    def dispatch(self, call: Request | Notification) -> Outcome | Pending:
+    def _dispatch(self, call: Request | Notification) -> Outcome | Pending:
         """Run a decoded call: find the command, pick the recipe, call the handler."""
-        req_id = call.id if type(call) is Request else _NO_ID
+        req_id = call.id if type(call) is Request else NO_ID
         handled = self._run(call.method, call.params, req_id, call)
         if type(handled) is bytes:
             command = self._lookup(call.method)
@@ -266,22 +278,6 @@ class Dispatcher:
         if reply is not None:
             return reply
         return self._complete(call or _call(method, params, req_id), command, result, None)
-
-    def handle_oversize(self, size: int) -> Outcome:
-        """A datagram larger than the buffer (difference 5): answered as unparsable."""
-        why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
-        return Outcome(self._parse_error(why), Status.OVERSIZE)
-
-    async def handle_async(self, data: bytes) -> Outcome:
-        """``handle`` for asyncio programs: awaits async commands in the running loop."""
-        outcome = self.handle(data)
-        if isinstance(outcome, Outcome):
-            return outcome
-        try:
-            result = await outcome.coroutine
-        except Exception as exc:
-            return outcome.finish(error=exc)
-        return outcome.finish(result)
 
     def _start_async(
         self, call: Request | Notification, command: Command, kwargs: dict[str, Any]
