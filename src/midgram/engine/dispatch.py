@@ -1,10 +1,18 @@
 """Dispatch: the whole MI server minus sockets, one datagram at a time.
 
-``Dispatcher.handle(datagram)`` is pure: bytes in, an ``Outcome`` out (the reply bytes or
-none, and a small record of what happened for logs, statistics and tracing). For an
-``async def`` handler it returns a ``Pending`` instead, which the caller finishes with the
-coroutine's result, so the same engine serves a blocking worker and an asyncio server.
-The commands come from a Registry (midgram.engine.registry).
+A ``Dispatcher`` runs datagrams against a Registry (midgram.engine.registry). Pure: no
+sockets, no clock. What its callers need, and nothing else:
+
+- ``handle(datagram)``, the reference path: an ``Outcome`` (the reply bytes or none, and a
+  small record of what happened for logs, statistics and tracing);
+- ``answer(datagram)``, its fast path for servers: the reply's bytes for the common request,
+  else what ``handle`` gives (tests/test_dispatch_fast.py holds the two equal);
+- ``answer_function(FastAnswer)``: ``answer``, or its native twin when the C module is there;
+- ``handle_oversize(size)``: the answer to a datagram too large to have been read whole.
+
+Both paths parse and check a request with ``wire.jsonrpc.parse_request``. For an
+``async def`` handler they give a ``Pending`` instead, which the caller settles in its event
+loop, so the same engine serves a blocking worker and an asyncio server.
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeAlias
 
 import orjson
-from orjson import JSONDecodeError
 
 from midgram.engine.registry import Command, Registry, bind_arguments
 from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
@@ -31,11 +38,10 @@ from midgram.wire.jsonrpc import (
     Params,
     Request,
     TooDeep,
-    decode_request,
     encode_error,
     encode_result,
+    parse_request,
     reply_fits,
-    validate_request,
 )
 
 __all__ = [
@@ -81,7 +87,6 @@ _METHOD_NOT_FOUND: Final = MIError(-32601, "Method not found")
 _NO_ARGUMENTS: Final[dict[str, Any]] = {}
 _OK: Final = "OK"  # what a handler returning None answers
 _dumps: Final = orjson.dumps
-_loads: Final = orjson.loads
 
 
 def _call(method: str, params: Params, req_id: Any) -> Request | Notification:
@@ -152,16 +157,17 @@ class Dispatcher:
         reference path, with the whole record (for tracing, debug logging, statistics).
         Never raises: whatever escapes the steps below is ``_failed`` (a bug, answered and
         logged)."""
-        if not data:
-            return _IGNORED
         try:
             try:
-                call = decode_request(data)
+                method, params, req_id = parse_request(data)
             except ParseError as exc:
-                return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
+                return self._unparsable(data, exc)
             except InvalidRequest as exc:
                 return self._invalid(exc)
-            return self._dispatch(call)
+            handled = self._run(method, params, req_id)
+            if type(handled) is bytes:
+                return Outcome(handled, Status.OK, method, params, self._lookup(method))
+            return handled  # type: ignore[return-value]
         except Exception as exc:
             return self._failed(data, exc)
 
@@ -171,9 +177,9 @@ class Dispatcher:
         A valid request whose compact reply is far below the size limit gives that reply's
         bytes: status OK, nothing to count or log. Anything else gives what ``handle``
         gives. Either way the handler runs at most once, and the reply is ``handle``'s byte
-        for byte (tests/test_dispatch_fast.py checks both on any datagram). It costs one
-        JSON parse, the same validation as ``handle`` (``validate_request``) and no Request
-        or Outcome object. A result plain orjson cannot encode (non-string keys, integers
+        for byte (tests/test_dispatch_fast.py checks both on any datagram). It parses and
+        checks the request as ``handle`` does (``parse_request``) and builds no Request or
+        Outcome object. A result plain orjson cannot encode (non-string keys, integers
         beyond 64 bits) takes the general path after its handler ran: the same bytes, as an
         Outcome. Like ``handle`` it never raises (a ``try`` costs nothing until something
         raises).
@@ -182,14 +188,14 @@ class Dispatcher:
             if not self._fast:
                 return self.handle(data)
             try:
-                method, params, req_id = validate_request(_loads(data), data)
-            except JSONDecodeError:
-                return self.handle(data)  # a parse error, or a request ending at a NUL byte
+                method, params, req_id = parse_request(data)
+            except ParseError as exc:
+                return self._unparsable(data, exc)
             except InvalidRequest as exc:
                 return self._invalid(exc)
             handler = self._bare(method) if params is None else None
             if handler is None:
-                return self._run(method, params, req_id, None)
+                return self._run(method, params, req_id)
             # _run's common case, inlined: a command without params, the busiest kind.
             try:
                 result = handler()
@@ -214,6 +220,11 @@ class Dispatcher:
         """A datagram larger than the buffer (difference 5): answered as unparsable."""
         why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
         return Outcome(self._parse_error(why), Status.OVERSIZE)
+
+    def _unparsable(self, data: bytes, error: ParseError) -> Outcome:
+        if not data:
+            return _IGNORED  # a 0-byte datagram, as OpenSIPS: no reply
+        return Outcome(self._parse_error(str(error)), Status.PARSE_ERROR)
 
     def _invalid(self, error: InvalidRequest) -> Outcome:
         reply = encode_error(-32600, "Invalid Request", None, error.reply_id, pretty=self.pretty)
@@ -240,25 +251,14 @@ class Dispatcher:
             return None
         return reply if len(reply) <= self._fast_limit else None
 
-    def _dispatch(self, call: Request | Notification) -> Outcome | Pending:
-        """Run a decoded call: find the command, pick the recipe, call the handler."""
-        req_id = call.id if type(call) is Request else NO_ID
-        handled = self._run(call.method, call.params, req_id, call)
-        if type(handled) is bytes:
-            command = self._lookup(call.method)
-            return Outcome(handled, Status.OK, call.method, call.params, command)
-        return handled  # type: ignore[return-value]
-
-    def _run(
-        self, method: str, params: Params, req_id: Any, call: Request | Notification | None
-    ) -> bytes | Outcome | Pending:
+    def _run(self, method: str, params: Params, req_id: Any) -> bytes | Outcome | Pending:
         """Find the command, bind the params, run the handler. The common case (a compact
         OK reply to a request, far below the size limit) gives the reply's bytes, encoded
-        here with one orjson call; anything else goes the general way, with ``call`` (made
-        from the other arguments when None, for ``answer``)."""
+        here with one orjson call; anything else goes the general way, with the call as a
+        Request or Notification."""
         command = self._lookup(method)
         if command is None:
-            call = call or _call(method, params, req_id)
+            call = _call(method, params, req_id)
             return self._error(call, None, Status.UNKNOWN_METHOD, _METHOD_NOT_FOUND)
         if params is None and command.takes_nothing:
             kwargs = _NO_ARGUMENTS
@@ -266,18 +266,18 @@ class Dispatcher:
             try:
                 kwargs = bind_arguments(command, params)
             except InvalidParams as exc:
-                call = call or _call(method, params, req_id)
+                call = _call(method, params, req_id)
                 return self._error(call, command, Status.INVALID_PARAMS, exc)
         if command.is_async:
-            return self._start_async(call or _call(method, params, req_id), command, kwargs)
+            return self._start_async(_call(method, params, req_id), command, kwargs)
         try:
             result = command.handler(**kwargs)
         except Exception as exc:
-            return self._complete(call or _call(method, params, req_id), command, None, exc)
+            return self._complete(_call(method, params, req_id), command, None, exc)
         reply = self._compact(result, req_id)
         if reply is not None:
             return reply
-        return self._complete(call or _call(method, params, req_id), command, result, None)
+        return self._complete(_call(method, params, req_id), command, result, None)
 
     def _start_async(
         self, call: Request | Notification, command: Command, kwargs: dict[str, Any]

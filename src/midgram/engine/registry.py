@@ -246,8 +246,13 @@ def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
     if params is None:
         return {}
     coercers = command.coercers
+    # Loops, not comprehensions: on CPython 3.11 a comprehension is a call of its own, a
+    # quarter of the time it takes to bind three named params.
+    kwargs: dict[str, Any] = {}
     if isinstance(params, list):
-        return {
-            name: coercers[name](value, name) for name, value in zip(recipe, params, strict=True)
-        }
-    return {name: coercers[name](params[name], name) for name in recipe}
+        for name, value in zip(recipe, params, strict=True):
+            kwargs[name] = coercers[name](value, name)
+    else:
+        for name in recipe:
+            kwargs[name] = coercers[name](params[name], name)
+    return kwargs

@@ -1,9 +1,9 @@
 """Sans-IO JSON-RPC 2.0 as OpenSIPS's MI speaks it: bytes in, values out; values in, bytes out.
 
 No sockets, no clock. ``decode_request`` turns a datagram into a ``Request`` or a
-``Notification`` (or raises ``ParseError`` / ``InvalidRequest``), checked by
-``validate_request``, the one statement of what a valid request is (the dispatcher's fast
-path calls it too, on the value it parsed itself); the ``encode_*`` functions
+``Notification`` (or raises ``ParseError`` / ``InvalidRequest``), from ``parse_request``,
+the one statement of what a valid request is (both dispatch paths call it, and use the call
+flat); the ``encode_*`` functions
 build replies byte-compatible with OpenSIPS 3.6 (member order ``jsonrpc, result|error, id``,
 compact or cJSON's "formatted" layout), and ``reply_fits`` applies OpenSIPS's size rule.
 
@@ -46,8 +46,8 @@ __all__ = [
     "encode_result",
     "encode_value",
     "nesting_depth",
+    "parse_request",
     "reply_fits",
-    "validate_request",
 ]
 
 JsonId: TypeAlias = str | int | float | None
@@ -98,21 +98,8 @@ class Notification(NamedTuple):
 
 
 def decode_request(data: bytes) -> Request | Notification:
-    """Parse one datagram.
-
-    Raises ``ParseError`` for anything that is not exactly one JSON value (strict RFC 8259;
-    surrounding whitespace is fine, as kamcli sends a trailing newline), and ``InvalidRequest``
-    for JSON that is not a valid JSON-RPC 2.0 request (``validate_request``).
-    Like OpenSIPS (which reads the datagram as a C string) the request ends at a NUL byte.
-    """
-    nul = data.find(b"\0")
-    if nul >= 0:
-        data = data[:nul]
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ParseError(str(exc)) from exc
-    method, params, req_id = validate_request(obj, data)
+    """One datagram as a ``Request`` or a ``Notification``: ``parse_request``'s call, typed."""
+    method, params, req_id = parse_request(data)
     if req_id is NO_ID:
         return Notification(method, params)
     return Request(method, params, req_id)
@@ -125,37 +112,61 @@ NO_ID: Final[Any] = object()
 Call: TypeAlias = tuple[str, Params, Any]
 
 _PARAMS_TYPE: Final = "'params' must be an array or an object"
+_loads: Final = orjson.loads
 
 
-def validate_request(obj: Any, data: bytes) -> Call:
-    """What a valid request is, stated once: OpenSIPS's parse_mi_request checks
-    (docs/compatibility.md, "Request validation"), with differences 3 and 4 applied.
+def parse_request(data: bytes) -> Call:
+    """What a valid request is, stated once: the one parse and check both dispatch paths
+    (``Dispatcher.handle`` and its fast path ``Dispatcher.answer``) make.
 
-    ``obj`` is the datagram's JSON value and ``data`` its text (read again only for an id
-    beyond 64 bits). Raises ``InvalidRequest`` with the id to answer with. Both dispatch
-    paths call it (``Dispatcher.handle`` through ``decode_request``, ``Dispatcher.answer``
-    after its own parse), so it is written for speed: one lookup per member, and no other
-    call for the common request (a string or integer id).
+    Raises ``ParseError`` for anything that is not exactly one JSON value (strict RFC 8259;
+    surrounding whitespace is fine, as kamcli sends a trailing newline), and
+    ``InvalidRequest``, with the id to answer with, for JSON that is not a valid JSON-RPC 2.0
+    request: OpenSIPS's parse_mi_request checks (docs/compatibility.md, "Request
+    validation"), with differences 3 and 4 applied. Every datagram comes through here, so
+    the common request (a string or integer id, every member there) costs one parse, one
+    subscript per member and no other call.
     """
+    try:
+        obj = _loads(data)
+    except orjson.JSONDecodeError as exc:
+        obj, data = _parse_to_nul(data, exc)
     if type(obj) is not dict:
         raise InvalidRequest("a request must be a JSON object (batches are not supported)")
-    method = obj.get("method")
-    req_id = obj.get("id", NO_ID)
+    try:  # subscripts: cheaper than get() where the members are there, as they usually are
+        version = obj["jsonrpc"]
+        method = obj["method"]
+        req_id = obj["id"]
+    except KeyError:
+        version = obj.get("jsonrpc")
+        method = obj.get("method")
+        req_id = obj.get("id", NO_ID)
     if type(req_id) is not int and type(req_id) is not str:
         req_id = _other_id(req_id, method, data)
-    if obj.get("jsonrpc") != "2.0":
+    if version != "2.0":
         raise _invalid("'jsonrpc' must be \"2.0\"", req_id, method)
     if type(method) is not str:
         raise _invalid("'method' must be a string", req_id, None)
-    params = obj.get("params")
-    if params is None:
-        if "params" in obj:
-            raise _invalid(_PARAMS_TYPE, req_id, method)
-    elif type(params) is not list and type(params) is not dict:
-        raise _invalid(_PARAMS_TYPE, req_id, method)
-    elif not params:
-        params = None  # empty counts as absent (OpenSIPS)
-    return method, params, req_id
+    if "params" not in obj:
+        return method, None, req_id
+    params = obj["params"]
+    if type(params) is not list and type(params) is not dict:
+        raise _invalid(_PARAMS_TYPE, req_id, method)  # null included
+    return method, params or None, req_id  # empty counts as absent (OpenSIPS)
+
+
+def _parse_to_nul(data: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
+    """Like OpenSIPS, which reads the datagram as a C string, a request ends at a NUL byte:
+    the JSON before it and that text, or ``ParseError``. Only a datagram orjson refused pays
+    for the search (JSON text holds no raw NUL byte, so no datagram with one parses whole)."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        data = data[:nul]
+        try:
+            return _loads(data), data
+        except orjson.JSONDecodeError as again:
+            error = again
+    raise ParseError(str(error)) from error
 
 
 def _other_id(req_id: Any, method: Any, data: bytes) -> Any:
