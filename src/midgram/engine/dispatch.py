@@ -26,7 +26,13 @@ from typing import Any, Final, NamedTuple, TypeAlias
 import orjson
 
 from midgram.engine.registry import Command, Registry, bind_arguments
-from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
+from midgram.errors import (
+    InvalidParams,
+    InvalidRequest,
+    MIError,
+    ProtocolError,
+    ServerError,
+)
 from midgram.logs import RateLimitedLog, shown
 from midgram.wire.jsonrpc import (
     ALWAYS_FITS_MARGIN,
@@ -160,10 +166,8 @@ class Dispatcher:
         try:
             try:
                 method, params, req_id = parse_request(data)
-            except ParseError as exc:
-                return self._unparsable(data, exc)
-            except InvalidRequest as exc:
-                return self._invalid(exc)
+            except ProtocolError as exc:
+                return self._rejected(data, exc)
             handled = self._run(method, params, req_id)
             if type(handled) is bytes:
                 return Outcome(handled, Status.OK, method, params, self._lookup(method))
@@ -171,7 +175,7 @@ class Dispatcher:
         except Exception as exc:
             return self._failed(data, exc)
 
-    def answer(self, data: bytes) -> bytes | Outcome | Pending:  # noqa: PLR0911 - one flat pass
+    def answer(self, data: bytes) -> bytes | Outcome | Pending:
         """``handle`` for servers: the common datagram answered in one flat pass.
 
         A valid request whose compact reply is far below the size limit gives that reply's
@@ -189,10 +193,8 @@ class Dispatcher:
                 return self.handle(data)
             try:
                 method, params, req_id = parse_request(data)
-            except ParseError as exc:
-                return self._unparsable(data, exc)
-            except InvalidRequest as exc:
-                return self._invalid(exc)
+            except ProtocolError as exc:
+                return self._rejected(data, exc)
             handler = self._bare(method) if params is None else None
             if handler is None:
                 return self._run(method, params, req_id)
@@ -221,14 +223,16 @@ class Dispatcher:
         why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
         return Outcome(self._parse_error(why), Status.OVERSIZE)
 
-    def _unparsable(self, data: bytes, error: ParseError) -> Outcome:
+    def _rejected(self, data: bytes, error: ProtocolError) -> Outcome:
+        """A datagram that is not a valid request: not JSON (``ParseError``), or not a
+        JSON-RPC 2.0 request (``InvalidRequest``, answered with the id it gives)."""
+        if isinstance(error, InvalidRequest):
+            reply_id, method = error.reply_id, error.method
+            reply = encode_error(-32600, "Invalid Request", None, reply_id, pretty=self.pretty)
+            return Outcome(reply, Status.INVALID_REQUEST, method)
         if not data:
             return _IGNORED  # a 0-byte datagram, as OpenSIPS: no reply
         return Outcome(self._parse_error(str(error)), Status.PARSE_ERROR)
-
-    def _invalid(self, error: InvalidRequest) -> Outcome:
-        reply = encode_error(-32600, "Invalid Request", None, error.reply_id, pretty=self.pretty)
-        return Outcome(reply, Status.INVALID_REQUEST, error.method)
 
     def _after_bare(
         self, method: str, req_id: Any, result: Any, error: BaseException | None
