@@ -79,7 +79,7 @@ class Status(enum.Enum):
 class Outcome(NamedTuple):
     """The reply to send (None: send nothing) and what happened, for logs/stats/tracing.
 
-    A NamedTuple, immutable and cheap to build once per datagram (see protocol.Request)."""
+    A NamedTuple, immutable and cheap to build once per datagram (see jsonrpc.Request)."""
 
     reply: bytes | None
     status: Status
@@ -96,7 +96,7 @@ _dumps: Final = orjson.dumps
 
 
 def _call(method: str, params: Params, req_id: Any) -> Request | Notification:
-    """The decoded call, for the general path, from what ``answer`` read flat."""
+    """The call as a Request or a Notification, for the general path, from the call read flat."""
     if req_id is NO_ID:
         return Notification(method, params)
     return Request(method, params, req_id)
@@ -148,7 +148,7 @@ class Dispatcher:
         self._fast = not pretty
         self._lookup = registry.lookup_function()
         self._bare = registry.bare_handlers().get
-        # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
+        # Up to this size a reply fits whatever its id (jsonrpc.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
         self._log = RateLimitedLog(log)
 
