@@ -22,7 +22,7 @@ from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_serve
 from toolchain import needs_ipv6
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.engine.tracing import cjson_object
 from midgram.server.wiring import AsyncServer
 from midgram.wire import hep

@@ -23,7 +23,7 @@ from midgram.errors import *  # noqa: F403 - the errors are public as midgram.er
 if _TYPE_CHECKING:
     from midgram.client.calls import AsyncClient, Client
     from midgram.config.settings import Settings
-    from midgram.engine.dispatch import Registry
+    from midgram.engine.registry import Registry
     from midgram.server.wiring import AsyncServer, serve
 
 __all__ = [
@@ -48,7 +48,7 @@ _LAZY = {
     "Client": "midgram.client.calls",
     "AsyncServer": "midgram.server.wiring",
     "serve": "midgram.server.wiring",
-    "Registry": "midgram.engine.dispatch",
+    "Registry": "midgram.engine.registry",
     "Settings": "midgram.config.settings",
 }
 

@@ -19,7 +19,7 @@ import click
 from midgram.cli.durations import Duration
 from midgram.cli.failures import exit_status
 from midgram.config import ALIASES, PARAMETERS, Kind, Parameter, load_settings, read_config
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
 from midgram.logs import LOG_FORMAT, formatter_for, logging_level, on_journal, printable
 from midgram.server.files import LogFileHandler, PidFile

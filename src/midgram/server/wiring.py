@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from midgram.config.settings import Settings
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import (
     LocalRuntime,
     ProcessTable,
@@ -191,7 +192,7 @@ def _close(sock: socket.socket, settings: Settings) -> None:
 
 def _dispatcher(settings: Settings, registry: Registry, runtime: Runtime) -> Dispatcher:
     return Dispatcher(
-        with_core(registry, runtime),
+        with_builtins(registry, runtime),
         pretty=settings.pretty_printing,
         buf_size=settings.socket_buf_size,
         json_errors=settings.json_errors,

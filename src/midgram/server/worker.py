@@ -176,7 +176,7 @@ class Worker:
         self._send_batch = self.io.send
         self._send = self.sender.send
         self._handle = dispatcher.handle
-        self._answer = dispatcher.fast_answer(self.io.fast_answer)
+        self._answer = dispatcher.answer_function(self.io.fast_answer)
         # The native loop serves a batch's common case in C: only without what needs each
         # datagram in Python (tracing, allow_from; debug logging is checked per batch).
         self._native = self.io if isinstance(self.io, NativeIO) else None
