@@ -17,7 +17,7 @@ import functools
 import sys
 from typing import Any
 
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 
 mi = Registry(module="bench")
 

@@ -144,20 +144,21 @@ def _native_stage(dispatcher: Any, data: bytes) -> dict[str, Callable[[], object
         return {}
     from midgram.server import _batchio  # noqa: PLC0415
 
-    fast = dispatcher.fast_answer(_batchio.FastAnswer)
+    fast = dispatcher.answer_function(_batchio.FastAnswer)
     return {"native": lambda: fast(data)}
 
 
 def measure(request: str = "uptime", number: int = 20000) -> dict[str, float]:
     import app  # noqa: PLC0415 (the bench commands)
 
-    from midgram.engine.core import with_core  # noqa: PLC0415
-    from midgram.engine.dispatch import Dispatcher, Registry, bind_arguments  # noqa: PLC0415
+    from midgram.engine.builtins import with_builtins  # noqa: PLC0415
+    from midgram.engine.dispatch import Dispatcher  # noqa: PLC0415
+    from midgram.engine.registry import Registry, bind_arguments  # noqa: PLC0415
     from midgram.engine.runtime import LocalRuntime  # noqa: PLC0415
     from midgram.wire import jsonrpc as protocol  # noqa: PLC0415 (bench/ is importable without midgram)
 
     data = REQUESTS[request].replace("%ID%", "12345").encode()
-    registry = with_core(app.mi if request in ("blob", "named") else Registry(), LocalRuntime())
+    registry = with_builtins(app.mi if request in ("blob", "named") else Registry(), LocalRuntime())
     dispatcher = Dispatcher(registry)
     call = protocol.decode_request(data)
     assert isinstance(call, protocol.Request)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from midgram.client.calls import AsyncClient, Client
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.monitoring.exporter import Exporter
 from midgram.monitoring.naming import GroupMode, Naming
 

@@ -26,8 +26,9 @@ from typing import Any
 
 from midgram.cli.output import FORMATS, render
 from midgram.client.codec import decode_response
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Registry
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import BadReply, PlainTextError
 from midgram.wire.jsonrpc import DEFAULT_BUF_SIZE
@@ -73,7 +74,7 @@ def registry() -> Registry:
     async def later(value: Any = None) -> Any:
         return value
 
-    served = with_core(app, LocalRuntime())
+    served = with_builtins(app, LocalRuntime())
     table = Registry(module=served.module, stats=served.stats)
     for command in served:
         if command.name not in _SKIPPED_CORE:
@@ -106,7 +107,7 @@ class Targets:
         self.small = Dispatcher(commands, buf_size=1024, json_errors=True)
         self.fast: Callable[[bytes], Any] | None = None
         if module is not None:
-            self.fast = self.plain.fast_answer(module.FastAnswer)
+            self.fast = self.plain.answer_function(module.FastAnswer)
 
     def datagram(self, data: bytes) -> None:
         handled = _reply(self.twin.handle(data), self.twin)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 
 log = logging.getLogger("midgram.tests")
 

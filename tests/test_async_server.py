@@ -17,7 +17,7 @@ import pytest
 from servers import short_tmpdir
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.engine.stats import Stat
 from midgram.server.asyncserver import AsyncServer
 

@@ -31,8 +31,9 @@ from golden_cases import assert_matches, load_cases
 from servers import ServerProcess, midgram_server, short_tmpdir
 from toolchain import needs_ipv6, needs_native
 
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Registry
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import TransportError
 from midgram.server import batchio
@@ -765,7 +766,7 @@ def _serve(io_factory: Callable[..., BatchIO], sockets: Sockets, tag: str = "") 
     """One worker serving a batch in which one client's queue is full: what each client got,
     and the worker's statistics, step by step. ``tag`` names its sockets' files."""
     server = sockets.server(name=f"srv{tag}")
-    registry = with_core(Registry(), LocalRuntime())
+    registry = with_builtins(Registry(), LocalRuntime())
     dispatcher = Dispatcher(registry, buf_size=4096)
     stats = ServerStats.declare(registry.stats)
     io = io_factory(server, dispatcher.buf_size)

@@ -44,8 +44,9 @@ from test_batchio import (
 )
 from toolchain import needs_ipv6, needs_native
 
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.errors import MIError, TransportError
 from midgram.server.batchio import Answer, BatchIO, Leftover, NativeIO, Settle, SocketIO
@@ -627,7 +628,7 @@ BUF_SIZE = 4096
 
 def _registry() -> Registry:
     """The core commands and deterministic ones of every kind of outcome."""
-    registry = with_core(Registry(), LocalRuntime())
+    registry = with_builtins(Registry(), LocalRuntime())
 
     @registry.command()
     def ping() -> str:
@@ -708,7 +709,8 @@ def handle_reply(dispatcher: Dispatcher, data: bytes) -> bytes | None:
     """The reply ``Dispatcher.handle`` gives (async commands run to completion)."""
     if len(data) > dispatcher.buf_size:
         return dispatcher.handle_oversize(dispatcher.buf_size).reply
-    outcome = asyncio.run(dispatcher.handle_async(data))
+    handled = dispatcher.handle(data)
+    outcome = asyncio.run(handled.settle()) if isinstance(handled, Pending) else handled
     return outcome.reply
 
 

@@ -9,17 +9,27 @@ import pytest
 import yaml
 
 from midgram.cli.durations import Duration
-from midgram.cli.failures import EXIT_STATUS_HELP, describe, exit_code_for
+from midgram.cli.failures import EXIT_STATUS_HELP, describe, exit_status
 from midgram.cli.output import auto_format, render, use_colour
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.errors import (
     AddressError,
     BadReply,
     ClientError,
+    ConfigError,
+    ConfigFileError,
     ConnectError,
+    InvalidParams,
+    InvalidRequest,
+    LoadgenError,
+    MIError,
+    ParseError,
     PlainTextError,
     RemoteError,
     ReplyTimeout,
+    RequestTooLarge,
+    SocketInUse,
+    TransportError,
 )
 
 PS = {
@@ -173,19 +183,34 @@ def test_auto_format_and_colour(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "code"),
+    ("error", "status"),
     [
         (RemoteError(-32601, "Method not found"), 1),
         (PlainTextError("500 Internal error"), 1),
         (BadReply("x"), 1),
         (ClientError("x"), 1),
+        (MIError(404, "Not found"), 1),  # its code is a wire code, not an exit status
+        (LoadgenError("x"), 1),
         (ReplyTimeout("/x.sock", 1.5), 3),
         (ConnectError("/x.sock", "No such file or directory", errno.ENOENT), 4),
         (AddressError("target", "udp:x", "no port specified"), 2),
+        (ConfigError("children_count", 300, "must be between 0 and 256"), 2),
+        (ConfigFileError("/etc/mi.toml", "not valid TOML"), 2),
+        (RequestTooLarge("udp:127.0.0.1:8080", 70_000, "Message too long"), 2),
+        (TransportError("cannot bind", "/x.sock"), 4),
+        (SocketInUse("another server answers", "/x.sock"), 4),
     ],
 )
-def test_exit_codes(error: Exception, code: int) -> None:
-    assert exit_code_for(error) == code
+def test_exit_statuses(error: Exception, status: int) -> None:
+    assert exit_status(error) == status
+
+
+def test_code_is_a_wire_code_and_only_errors_with_one_have_it() -> None:
+    assert InvalidParams("x").code == -32602
+    assert (ParseError("x").code, InvalidRequest("x").code) == (-32700, -32600)
+    assert RemoteError(-32601, "Method not found").code == -32601
+    for error in (ConfigError("p", 1, "r"), TransportError("t"), ReplyTimeout("/x", 1)):
+        assert not hasattr(error, "code"), error
 
 
 def test_every_exit_code_is_documented() -> None:

@@ -22,7 +22,7 @@ import pytest
 from servers import ROOT, ServerProcess, free_udp_port, short_tmpdir, started_server
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.errors import ConfigError
 from midgram.server.wiring import serve
 

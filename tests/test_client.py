@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
 
-from midgram.client.calls import AsyncClient, Client, Exchange
+from midgram.client.calls import AsyncClient, Client
+from midgram.client.exchange import Exchange
 from midgram.errors import (
     AddressError,
     BadReply,
@@ -287,8 +288,11 @@ def test_request_too_big_for_udp() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         target = f"udp:127.0.0.1:{sock.getsockname()[1]}"
-        with pytest.raises(RequestTooLarge, match=r"the request \(700\d\d bytes\) is too large"):
+        with pytest.raises(
+            RequestTooLarge, match=r"the request \(700\d\d bytes\) is too large"
+        ) as info:
             Client(target, timeout=1).call("which", "x" * 70_000)
+    assert "a UDP datagram carries at most 65507 bytes" in str(info.value)
 
 
 # --- replies out of turn -------------------------------------------------------------------
@@ -522,7 +526,7 @@ def test_an_ignored_unbound_sender_is_named_as_the_server_logs_it(
 ) -> None:
     """An unbound sender was "an unbound socket of another user" here and "(unbound)" in
     the server's log: one name, and the reason it was ignored."""
-    caplog.set_level(logging.DEBUG, logger="midgram.client.calls")
+    caplog.set_level(logging.DEBUG, logger="midgram.client.exchange")
     forge_before_sending(monkeypatch)
     replies = [b'{"jsonrpc":"2.0","result":"mine","id":{id}}']
     with scripted_peer(folder, replies) as target:

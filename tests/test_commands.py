@@ -11,20 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midgram.engine.dispatch import (
-    Dispatcher,
-    Outcome,
-    Pending,
-    Registry,
-    Status,
-    coercer_for,
-    get_bool,
-    get_int,
-    get_str,
-    make_command,
-    recipes_from_signature,
-    select_recipe,
-)
+from midgram.engine.coercion import coercer_for, get_bool, get_int, get_str
+from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry, make_command, recipes_from_signature, select_recipe
 from midgram.errors import InvalidParams, MIError
 
 
@@ -294,7 +283,9 @@ def test_async_handlers(dispatcher: Dispatcher) -> None:
     assert reply_of(dispatcher, call("later", [3]))["result"] == {"delay": 3}
     error = reply_of(dispatcher, call("later_fails"))["error"]
     assert error == {"code": 480, "message": "Temporarily Unavailable"}
-    outcome = asyncio.run(dispatcher.handle_async(call("later", {"delay": 4})))
+    later = dispatcher.handle(call("later", {"delay": 4}))
+    assert isinstance(later, Pending)
+    outcome = asyncio.run(later.settle())
     assert json.loads(outcome.reply or b"")["result"] == {"delay": 4}
 
 

@@ -9,21 +9,21 @@ from golden_cases import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.config.settings import (
+from midgram.config import (
     ALIASES,
     PARAMETERS,
     OpensipsCfg,
+    Origin,
     Settings,
-    default_socket_name,
     load_settings,
     load_toml,
     merge,
-    parse_bwlist,
     parse_opensips_cfg,
     read_config,
 )
+from midgram.engine.tracing import parse_bwlist
 from midgram.errors import AddressError, ConfigError, ConfigFileError
-from midgram.wire.address import UdpAddress, UnixAddress
+from midgram.wire.address import UdpAddress, UnixAddress, default_socket_name
 
 
 def _error(values: dict[str, object]) -> ConfigError:
@@ -35,14 +35,12 @@ def _error(values: dict[str, object]) -> ConfigError:
 # --- The parameter table ---------------------------------------------------------------------
 
 
-def test_parameters_table_matches_settings_fields() -> None:
-    settings_fields = [f for f in dataclasses.fields(Settings) if f.init]
-    assert [p.name for p in PARAMETERS] == [f.name for f in settings_fields]
+def test_every_default_passes_its_own_check() -> None:
     defaults = Settings()
     for parameter in PARAMETERS:
         assert getattr(defaults, parameter.name) == parameter.default, parameter.name
         assert parameter.description
-        assert parameter.origin in {"3.6", "4.0", "proto_hep", "midgram"}
+        assert isinstance(parameter.origin, Origin)
 
 
 def test_every_alias_names_a_parameter() -> None:

@@ -24,7 +24,8 @@ import pytest
 from test_batchio import DEADLINE, Sockets, open_sockets
 from toolchain import needs_native
 
-from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Registry, Status
+from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
+from midgram.engine.registry import Registry
 from midgram.errors import MIError
 from midgram.server.batchio import NativeIO, SocketIO
 from midgram.server.worker import ServerStats, Worker
@@ -98,7 +99,7 @@ def served(native: ModuleType) -> tuple[Answer, Spy, Dispatcher]:
     dispatcher = Dispatcher(build_registry())
     spy = Spy(dispatcher.answer)
     dispatcher.answer = spy  # type: ignore[method-assign]  # fast_answer hands the rest to it
-    fast = dispatcher.fast_answer(native.FastAnswer)
+    fast = dispatcher.answer_function(native.FastAnswer)
     assert type(fast) is native.FastAnswer
     return fast, spy, Dispatcher(build_registry())
 
@@ -243,7 +244,7 @@ def test_what_is_not_an_exception_goes_through(served: tuple[Answer, Spy, Dispat
 def test_a_command_added_later_is_answered_too(native: ModuleType) -> None:
     registry = build_registry()
     dispatcher = Dispatcher(registry)
-    fast = dispatcher.fast_answer(native.FastAnswer)
+    fast = dispatcher.answer_function(native.FastAnswer)
     data = b'{"jsonrpc":"2.0","method":"late","id":1}'
     assert reply_of(fast(data)) == reply_of(dispatcher.handle(data))  # not found, yet
 
@@ -256,9 +257,9 @@ def test_a_command_added_later_is_answered_too(native: ModuleType) -> None:
 
 def test_it_serves_only_where_answer_has_its_fast_path(native: ModuleType) -> None:
     pretty = Dispatcher(build_registry(), pretty=True)
-    assert pretty.fast_answer(native.FastAnswer) == pretty.answer
+    assert pretty.answer_function(native.FastAnswer) == pretty.answer
     plain = Dispatcher(build_registry())
-    assert plain.fast_answer(None) == plain.answer
+    assert plain.answer_function(None) == plain.answer
 
 
 def test_bad_arguments_are_refused(native: ModuleType) -> None:
@@ -290,7 +291,7 @@ def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
         return odd
 
     dispatcher = Dispatcher(registry)
-    fast = dispatcher.fast_answer(native.FastAnswer)
+    fast = dispatcher.answer_function(native.FastAnswer)
     requests = [
         *(b'{"jsonrpc":"2.0","method":"ping","id":%d}' % n for n in range(3)),
         b'{"jsonrpc":"2.0","method":"ping","id":"x"}',
@@ -332,7 +333,7 @@ def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
 def test_a_reference_cycle_through_it_is_collected(native: ModuleType) -> None:
     dispatcher = Dispatcher(build_registry())
     spy = Spy(dispatcher.answer)
-    fast = dispatcher.fast_answer(native.FastAnswer)
+    fast = dispatcher.answer_function(native.FastAnswer)
     fast_twin = native.FastAnswer(
         dispatcher.registry.bare_handlers(), dispatcher._compact, dispatcher._after_bare, spy
     )

@@ -295,11 +295,6 @@ def test_packets_round_trip(packet: HepPacket) -> None:
 
 
 @given(packets())
-def test_the_fast_encoder_is_the_chunk_encoder(packet: HepPacket) -> None:
-    assert hep.encode(packet) == hep.encode_chunks(packet.chunks())
-
-
-@given(packets())
 def test_a_route_encoder_is_encode(packet: HepPacket) -> None:
     mi = packet._replace(proto_type=hep.PROTO_MI, ip_proto=hep.IPPROTO_TCP, extra=())
     route = hep.route_encoder(mi.src_ip, mi.dst_ip, mi.src_port, mi.dst_port, mi.capture_id)

@@ -21,8 +21,9 @@ import pytest
 from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wait_until
 from toolchain import needs_native
 
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.server.batchio import NativeIO
 from midgram.server.binding import set_recv_timeout
@@ -143,11 +144,11 @@ ANSWERS = ["handle", "answer", "pretty", "native"]
 
 
 def answer_with(kind: str) -> Any:
-    dispatcher = Dispatcher(with_core(app(), LocalRuntime()), pretty=kind == "pretty")
+    dispatcher = Dispatcher(with_builtins(app(), LocalRuntime()), pretty=kind == "pretty")
     if kind == "handle":
         return dispatcher.handle
     if kind == "native":
-        return dispatcher.fast_answer(_native().FastAnswer)
+        return dispatcher.answer_function(_native().FastAnswer)
     return dispatcher.answer
 
 
@@ -161,7 +162,7 @@ def test_every_poison_gets_its_reply_from_every_path(name: str, kind: str) -> No
 
 @pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
 def test_a_result_at_the_depth_limit_is_still_answered(pretty: bool) -> None:
-    dispatcher = Dispatcher(with_core(app(), LocalRuntime()), pretty=pretty)
+    dispatcher = Dispatcher(with_builtins(app(), LocalRuntime()), pretty=pretty)
     outcome = dispatcher.handle(request("deep", [MAX_DEPTH], 1))
     assert isinstance(outcome, Outcome)
     assert outcome.status is Status.OK
@@ -173,7 +174,7 @@ def test_a_result_at_the_depth_limit_is_still_answered(pretty: bool) -> None:
 
 @pytest.mark.usefixtures("quiet_log_level")
 def test_log_level_beyond_a_c_int_saturates_as_opensips_does() -> None:
-    dispatcher = Dispatcher(with_core(Registry(), LocalRuntime()))
+    dispatcher = Dispatcher(with_builtins(Registry(), LocalRuntime()))
     for level, expected in ((1e30, 2**31 - 1), ("-" + "9" * 30, -(2**31)), (4, 4)):
         reply = reply_of(dispatcher.handle(request("log_level", [level], 7)))
         assert reply is not None
@@ -187,7 +188,7 @@ FORGED = "\n2026-01-01 00:00:00,000 midgram[1] CRITICAL midgram: FORGED"
 
 def test_an_unknown_method_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     """Item 8: a reply too big (a long string id) logs the method name: escaped."""
-    dispatcher = Dispatcher(with_core(Registry(), LocalRuntime()))
+    dispatcher = Dispatcher(with_builtins(Registry(), LocalRuntime()))
     caplog.set_level(logging.WARNING, logger="midgram")
     data = request("x" + FORGED, req_id=orjson.dumps("i" * 70_000).decode())
     assert dispatcher.handle(data).status is Status.REPLY_TOO_BIG  # type: ignore[union-attr]
@@ -205,7 +206,7 @@ def test_a_failing_command_logs_one_traceback_per_interval(
     def fail() -> None:
         raise RuntimeError("no")
 
-    dispatcher = Dispatcher(with_core(registry, LocalRuntime()))
+    dispatcher = Dispatcher(with_builtins(registry, LocalRuntime()))
     caplog.set_level(logging.ERROR, logger="midgram")
     for i in range(50):
         reply = reply_of(dispatcher.answer(request("fail", req_id=i)))
@@ -369,7 +370,7 @@ def test_a_worker_survives_a_bug_and_serves_the_rest_of_the_batch(
     server.bind(f"\0mgtest-worker-{id(server)}")
     set_recv_timeout(server, 0.05)
     states = WorkerStates(1)
-    dispatcher = BuggyDispatcher(with_core(Registry(), LocalRuntime()), buf_size=1024)
+    dispatcher = BuggyDispatcher(with_builtins(Registry(), LocalRuntime()), buf_size=1024)
     stats = ServerStats.declare(dispatcher.registry.stats)
     io = NativeIO(server, 1024, in_hand=states.in_hand(0))
     worker = Worker(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import server_command, short_tmpdir
 
-from midgram.config.settings import parse_opensips_cfg
+from midgram.config import parse_opensips_cfg
 
 DIGITS = "1" * 5000
 DEADLINE = 20.0  # each of these used to take minutes, or fail at once with a traceback

@@ -11,7 +11,9 @@ the README shows one, must match it: JSON by shape (times and pids vary), text w
 and column widths normalised. Python examples run with their socket paths replaced by
 temporary ones.
 
-Also: the parameter table of docs/parameters.md is checked against ``midgram.config.settings``.
+Also: the parameter tables of docs/parameters.md and docs/tracing.md are the ones
+``midgram.config.table`` renders from the parameters' declarations, and ``midgram serve
+--help`` has a flag for each.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from click.testing import CliRunner
 from servers import READY_TIMEOUT, RawClient, midgram_server, short_tmpdir, wait_until
 
 from midgram.cli import cli
-from midgram.config.settings import PARAMETERS
+from midgram.config import PARAMETERS
+from midgram.config.table import PAGES, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-PARAMETERS_PAGE = (ROOT / "docs" / "parameters.md").read_text()
 #: Where the README's examples say XDG_RUNTIME_DIR is.
 README_RUNTIME_DIR = "/run/user/1000"
 BIN = Path(sys.executable).parent
@@ -302,19 +304,19 @@ def test_readme_links_lead_somewhere() -> None:
         assert (ROOT / target).exists(), target
 
 
-def parameter_table() -> str:
-    """The table of docs/parameters.md, between its markers."""
-    start = PARAMETERS_PAGE.index("<!-- parameters:start")
-    return PARAMETERS_PAGE[start : PARAMETERS_PAGE.index("<!-- parameters:end")]
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_the_parameter_tables_are_generated_from_the_declarations(page: str) -> None:
+    assert markdown_table(page) in (ROOT / "docs" / page).read_text(), (
+        f"docs/{page}'s parameter table is not the one midgram.config.settings declares: "
+        f"run `.venv/bin/python tools/parameter_table.py` and commit docs/{page}"
+    )
 
 
-def test_every_parameter_is_documented() -> None:
-    table = parameter_table()
-    documented = set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
-    assert documented == {p.name for p in PARAMETERS}
-
-
-def test_documented_flags_exist() -> None:
-    help_text = CliRunner().invoke(cli, ["serve", "--help"]).output
-    for flag in re.findall(r"\| `(--[\w-]+)` \|", parameter_table()):
-        assert flag in help_text, flag
+def test_serve_has_a_flag_for_each_parameter() -> None:
+    help_text = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200).output
+    for parameter in PARAMETERS:
+        shown = ", ".join(parameter.flags)
+        if parameter.off_flag is not None:
+            shown += f" / {parameter.off_flag}"
+        assert f"  {shown} " in help_text, parameter.name
+        assert f"{parameter.name}: {parameter.description}" in help_text, parameter.name

@@ -158,3 +158,14 @@ def test_any_result_round_trips(result: object, request_id: int) -> None:
     response = decode_response(reply)
     assert response.answers(request_id)
     assert response.unwrap() == result
+
+
+@pytest.mark.parametrize(
+    "number", [-(2**63) - 1, -(2**63), 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(10**30), 10**30]
+)
+def test_integers_at_the_64_bit_edges_stay_exact(number: int) -> None:
+    # orjson reads an integer below -2**63 (19 digits) as a float: hypothesis found one.
+    reply = b'{"jsonrpc":"2.0","result":%d,"id":1}' % number
+    result = decode_response(reply).unwrap()
+    assert type(result) is int
+    assert result == number

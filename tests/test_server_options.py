@@ -16,7 +16,7 @@ import pytest
 from servers import RawClient, midgram_server, server_command, short_tmpdir, wait_until
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.errors import TransportError
 from midgram.server.asyncserver import AsyncServer
 from midgram.server.wiring import serve

@@ -22,7 +22,7 @@ from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_serve
 from toolchain import needs_ipv6
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.engine.tracing import cjson_object
 from midgram.server.asyncserver import AsyncServer
 from midgram.wire import hep
@@ -402,6 +402,17 @@ def test_a_toml_hep_id(collector: Collector, tmp_path: Path) -> None:
     with midgram_server("--config", str(config)) as server:
         server.call("uptime")
         assert _payloads(collector, 2)[0] == b"uptime:datagram"
+
+
+def test_every_tracing_parameter_has_its_flag(collector: Collector) -> None:
+    """hep_id and homer5_delim, which only a config file gave before the flags were
+    generated from the parameter table."""
+    port = int(collector.target.rpartition(":")[2])
+    hep_id = f"[dst]127.0.0.1:{port};transport=udp"
+    flags = ("--hep-id", hep_id, "--trace-to", "dst", "--homer5-delim", "|")
+    with midgram_server(*flags) as server:
+        server.call("log_level", [3])
+        assert _payloads(collector, 2)[0] == b"log_level|datagram|3"
 
 
 # --- errors at start, and a collector that cannot be reached ---------------------------------

@@ -14,8 +14,9 @@ from golden_hep import Exchange, all_exchanges, canonical
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry, Status
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome, Status
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 from midgram.engine.tracing import (
     MAX_PARAMS,
@@ -221,7 +222,7 @@ def test_an_unknown_command_in_the_bwlist_is_an_error() -> None:
 
 
 def test_bwlist_checks_against_a_registry() -> None:
-    served = with_core(Registry(), LocalRuntime())
+    served = with_builtins(Registry(), LocalRuntime())
     assert TraceFilter.from_bwlist("w: uptime, log_level", served)("ps") is False
     with pytest.raises(ConfigError, match=r"can't find mi command \[sip_trace\]!"):
         TraceFilter.from_bwlist("w: sip_trace", served)
@@ -377,7 +378,7 @@ EXCHANGES = all_exchanges()
 
 
 def _engine() -> Dispatcher:
-    return Dispatcher(with_core(Registry(), LocalRuntime()))
+    return Dispatcher(with_builtins(Registry(), LocalRuntime()))
 
 
 def _replayed(exchange: Exchange) -> tuple[Outcome, list[bytes]]:

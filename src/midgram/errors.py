@@ -1,33 +1,37 @@
-"""The one exception tree of midgram. Every error carries a ``.code``.
+"""The one exception tree of midgram, reachable from the package too (``midgram.ClientError``).
 
 ::
 
-    MidgramError                    code: 1 unless a subclass says otherwise
-    +-- ConfigError                 a bad parameter value; .parameter, .value (code 2)
+    MidgramError                    every error midgram raises on purpose
+    +-- ConfigError                 a bad parameter value; .parameter, .value, .reason
     |   +-- AddressError            a socket_name / target that does not parse
     |   +-- ConfigFileError         a config file unusable as a whole; .parameter is its name
     +-- MIError                     a command's error reply: .code, .message, .data
-    |   +-- InvalidParams           -32602 "Invalid params" with a data text
-    |   +-- ServerError             -32000 "Server error" with a data text
+    |   +-- InvalidParams           code -32602 "Invalid params" with a data text
+    |   +-- ServerError             code -32000 "Server error" with a data text
     +-- ProtocolError               a datagram that is not a usable JSON-RPC request
-    |   +-- ParseError              not JSON (-32700; plain "400 Parse_error" on the wire)
-    |   +-- InvalidRequest          JSON, but not a valid request (-32600); .id to answer with
+    |   +-- ParseError              not JSON: code -32700 (plain "400 Parse_error" on the wire)
+    |   +-- InvalidRequest          JSON, but not a valid request: code -32600; .reply_id
     +-- HepError                    a HEP packet that cannot be encoded or decoded
-    +-- TransportError              a socket operation failed (code 4); .target
+    +-- TransportError              a socket operation failed; .target
     |   +-- SocketInUse             another live server answers on that path
     +-- ClientError                 what a client call raises
-    |   +-- RemoteError             the server answered with a JSON-RPC error: code, message, data
-    |   +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal error"
-    |   +-- ReplyTimeout            no reply within the timeout (code 3); .target
+    |   +-- RemoteError             the server answered with a JSON-RPC error: .code, .message,
+    |   |                           .data
+    |   +-- PlainTextError          the server answered "400 Parse_error" / "500 Internal
+    |   |                           error"; .text, .status (400, 500)
+    |   +-- ReplyTimeout            no reply within the timeout; .target, .timeout
     |   +-- ConnectError            cannot reach the target: no socket, refused, permission,
-    |   |                           unresolvable host (code 4); .target, .reason, .errno
-    |   +-- RequestTooLarge         the request does not fit in one datagram (code 2)
+    |   |                           unresolvable host; .target, .reason, .errno
+    |   +-- RequestTooLarge         the request does not fit in one datagram; .target, .size
     |   +-- BadReply                a reply that is truncated or not a JSON-RPC response
     +-- LoadgenError                ``midgram bench``'s load generator is not installed (it
                                     was not built at install time) or failed to run
 
-``MIError`` codes are the JSON-RPC/MI codes sent on the wire; the other codes are the exit
-statuses the CLI maps them to.
+``code`` is always a JSON-RPC (MI) error code, as sent on the wire: the one a handler's
+``MIError`` answers with, the one the server answers a ``ProtocolError`` with, the one a
+server answered a client with (``RemoteError``). No other error has one. Which exit status
+the command line gives each error is the command line's business (``midgram.cli.failures``).
 """
 
 from __future__ import annotations
@@ -63,13 +67,9 @@ __all__ = [
 class MidgramError(Exception):
     """Base of every error midgram raises on purpose."""
 
-    code: int = 1
-
 
 class ConfigError(MidgramError):
     """A configuration value is unusable. The message names the parameter and the value."""
-
-    code = 2
 
     def __init__(self, parameter: str, value: object, reason: str) -> None:
         self.parameter = parameter
@@ -123,23 +123,26 @@ class MIError(MidgramError):
 class InvalidParams(MIError):
     """-32602 ``Invalid params``; ``data`` says which parameter and why."""
 
-    CODE: ClassVar[int] = -32602
+    code = -32602
 
     def __init__(self, data: str) -> None:
-        super().__init__(self.CODE, "Invalid params", data)
+        super().__init__(self.code, "Invalid params", data)
 
 
 class ServerError(MIError):
     """-32000 ``Server error``; ``data`` says why (the handler itself failed)."""
 
-    CODE: ClassVar[int] = -32000
+    code = -32000
 
     def __init__(self, data: str) -> None:
-        super().__init__(self.CODE, "Server error", data)
+        super().__init__(self.code, "Server error", data)
 
 
 class ProtocolError(MidgramError):
-    """A datagram that cannot be run as a JSON-RPC request."""
+    """A datagram that cannot be run as a JSON-RPC request; ``code`` is the JSON-RPC error
+    code it is answered with."""
+
+    code: ClassVar[int]
 
 
 class ParseError(ProtocolError):
@@ -172,8 +175,6 @@ class HepError(MidgramError):
 
 class TransportError(MidgramError):
     """A socket operation failed; ``target`` names the socket or address involved."""
-
-    code = 4
 
     def __init__(self, message: str, target: str = "") -> None:
         super().__init__(message)
@@ -212,8 +213,6 @@ class PlainTextError(ClientError):
 class ReplyTimeout(ClientError):
     """No reply arrived within the timeout."""
 
-    code = 3
-
     def __init__(self, target: str, timeout: float, note: str = "") -> None:
         text = f"no reply from {target} within {timeout:g} s"
         super().__init__(f"{text} ({note})" if note else text)
@@ -228,8 +227,6 @@ class ConnectError(ClientError):
     when there is one, so a caller can tell "no socket" from "permission denied".
     """
 
-    code = 4
-
     def __init__(self, target: str, reason: str, errno: int | None = None) -> None:
         super().__init__(f"cannot reach {target}: {reason}")
         self.target = target
@@ -239,16 +236,13 @@ class ConnectError(ClientError):
 
 class RequestTooLarge(ClientError):
     """The client's own socket refused to send the request (EMSGSIZE): it does not fit in one
-    datagram. Nothing was sent; a usage error (code 2), not the server's answer."""
-
-    code = 2
+    datagram. Nothing was sent: a usage error, not the server's answer."""
 
     def __init__(self, target: str, size: int | None, reason: str) -> None:
         what = "the request" if size is None else f"the request ({size} bytes)"
         super().__init__(
-            f"{what} is too large to send to {target} in one datagram ({reason}): UDP carries "
-            "at most 65507 bytes, a UNIX socket what its send buffer holds; send fewer or "
-            "shorter params"
+            f"{what} is too large to send to {target} in one datagram ({reason}): send fewer "
+            "or shorter params"
         )
         self.target = target
         self.size = size

@@ -11,6 +11,10 @@ cannot be sent, a command that keeps failing) to one line per interval, counting
 ``formatter_for`` gives the format of midgram's own log lines, on stderr or in a file; on the
 systemd journal (stderr is the stream ``$JOURNAL_STREAM`` names), without a time of its own
 and with each line's syslog priority, as journald reads it.
+
+``LOG_LEVELS`` is the one table of log levels: each of Python's five with the OpenSIPS levels
+and names that fold onto it and its syslog priority. What ``log_level`` accepts, what the
+``log_level`` command reports, and each journal line's priority are read from it.
 """
 
 from __future__ import annotations
@@ -23,17 +27,26 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 __all__ = [
+    "DEFAULT_LOG_LEVEL",
     "JOURNAL_FORMAT",
     "LOG_FORMAT",
     "LOG_INTERVAL",
+    "LOG_LEVELS",
+    "LOG_LEVEL_CHOICES",
     "SHOWN_MAX",
     "JournalFormatter",
+    "LogLevel",
     "RateLimitedLog",
+    "find_log_level",
     "formatter_for",
+    "logging_level",
     "on_journal",
+    "opensips_level",
+    "opensips_to_logging",
     "peer_label",
     "printable",
     "shown",
+    "syslog_priority",
 ]
 
 #: At most one log line per cause per this many seconds.
@@ -117,14 +130,6 @@ LOG_FORMAT: Final = "%(asctime)s midgram[%(process)d] %(levelname)s %(name)s: %(
 #: The same on the journal, which stamps each line with its time and the service's name and
 #: main pid: the pid here tells a worker's lines from the supervisor's.
 JOURNAL_FORMAT: Final = "[%(process)d] %(levelname)s %(name)s: %(message)s"
-#: syslog priorities (crit, err, warning, info, debug) from the highest ``logging`` level down.
-_PRIORITIES: Final = (
-    (logging.CRITICAL, 2),
-    (logging.ERROR, 3),
-    (logging.WARNING, 4),
-    (logging.INFO, 6),
-)
-_DEBUG_PRIORITY: Final = 7
 
 
 def on_journal(stream: IO[Any]) -> bool:
@@ -152,7 +157,8 @@ class JournalFormatter(logging.Formatter):
 
 def syslog_priority(level: int) -> int:
     """The syslog priority of a ``logging`` level (a level between two takes the lower's)."""
-    return next((priority for floor, priority in _PRIORITIES if level >= floor), _DEBUG_PRIORITY)
+    found = next((row for row in LOG_LEVELS if level >= row.number), LOG_LEVELS[-1])
+    return found.syslog
 
 
 def formatter_for(stream: IO[Any]) -> logging.Formatter:
@@ -174,3 +180,83 @@ def peer_label(address: str | bytes | tuple[Any, ...] | None) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return printable(address)
+
+
+# --- log levels: the one table -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevel:
+    """One level, as each part of midgram names it: ``log_level`` (the parameter and the MI
+    command), the ``logging`` module, OpenSIPS and the systemd journal."""
+
+    #: Python's name, lower case: what ``Settings.log_level`` holds.
+    name: str
+    #: The ``logging`` module's number.
+    number: int
+    #: OpenSIPS's levels (dprint.h) that fold onto it.
+    opensips_levels: tuple[int, ...]
+    #: OpenSIPS's names of those levels, accepted as ``log_level`` values too.
+    opensips_names: tuple[str, ...]
+    #: The syslog priority journald files its lines under.
+    syslog: int
+
+    @property
+    def opensips_level(self) -> int:
+        """The OpenSIPS level the ``log_level`` command reports for it: the highest that
+        folds onto it (3 for info, as OpenSIPS's default)."""
+        return max(self.opensips_levels)
+
+    @property
+    def keys(self) -> tuple[str | int, ...]:
+        """Every ``log_level`` value that names it."""
+        return (self.name, *self.opensips_names, *self.opensips_levels)
+
+
+#: Most severe first. OpenSIPS has eight levels (L_ALERT -3, L_CRIT -2, L_ERR -1, 0, L_WARN 1,
+#: L_NOTICE 2, L_INFO 3, L_DBG 4; a level shows messages at or below it, so 0 shows errors
+#: only), Python five: each of Python's takes the OpenSIPS levels nearest to it.
+LOG_LEVELS: Final = (
+    LogLevel("critical", logging.CRITICAL, (-3, -2), ("alert", "crit"), 2),
+    LogLevel("error", logging.ERROR, (-1, 0), ("err",), 3),
+    LogLevel("warning", logging.WARNING, (1,), ("warn",), 4),
+    LogLevel("info", logging.INFO, (2, 3), ("notice",), 6),
+    LogLevel("debug", logging.DEBUG, (4,), ("dbg",), 7),
+)
+#: ``info``, OpenSIPS's 3.
+DEFAULT_LOG_LEVEL: Final = LOG_LEVELS[3]
+
+_BY_KEY: Final = {key: row for row in LOG_LEVELS for key in row.keys}
+_BY_NUMBER: Final = {row.number: row for row in LOG_LEVELS}
+_OPENSIPS_RANGE: Final = (
+    min(level for row in LOG_LEVELS for level in row.opensips_levels),
+    max(level for row in LOG_LEVELS for level in row.opensips_levels),
+)
+#: What a ``log_level`` value may be, as help texts and error messages say it.
+LOG_LEVEL_CHOICES: Final = (
+    f"{', '.join(row.name for row in reversed(LOG_LEVELS))}, "
+    f"or an OpenSIPS level {_OPENSIPS_RANGE[0]}..{_OPENSIPS_RANGE[1]}"
+)
+
+
+def find_log_level(key: str | int) -> LogLevel | None:
+    """The level a ``log_level`` value names: Python's name or OpenSIPS's (lower case), or an
+    OpenSIPS number -3..4; None for anything else."""
+    return _BY_KEY.get(key)
+
+
+def logging_level(name: str) -> int:
+    """The ``logging`` number of a ``Settings.log_level`` (one of the names of the table)."""
+    return _BY_KEY[name].number
+
+
+def opensips_to_logging(level: int) -> int:
+    """OpenSIPS accepts any integer: below -3 logs only alerts, above 4 logs everything."""
+    low, high = _OPENSIPS_RANGE
+    return _BY_KEY[max(low, min(high, level))].number
+
+
+def opensips_level(number: int) -> int:
+    """The OpenSIPS level that ``log_level`` reports for a ``logging`` number (the default's
+    for a number that is none of the five)."""
+    return _BY_NUMBER.get(number, DEFAULT_LOG_LEVEL).opensips_level

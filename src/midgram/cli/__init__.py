@@ -3,7 +3,7 @@
 Each sub-command lives in its own module, imported only when that sub-command runs (or a
 help lists them): ``midgram call`` does not load the server, and its cold start is what a
 script calling it in a loop pays. Library errors are mapped to exit codes in one place
-(``exit_code_for``), so every sub-command reports failures the same way.
+(``failures.exit_status``), so every sub-command reports failures the same way.
 """
 
 from __future__ import annotations

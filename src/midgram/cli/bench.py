@@ -13,7 +13,7 @@ import click
 
 from midgram.cli.call import _call_params, _fail, _one_target, one_target_options
 from midgram.cli.complete import complete_method, complete_param
-from midgram.cli.failures import EXIT_INTERRUPTED, EXIT_TIMEOUT, describe, exit_code_for
+from midgram.cli.failures import EXIT_INTERRUPTED, EXIT_TIMEOUT, describe, exit_status
 from midgram.cli.output import render
 from midgram.errors import ClientError, ConfigError, LoadgenError
 
@@ -137,7 +137,7 @@ def _measure(ctx: click.Context, target: str, method: str, **options: Any) -> Lo
                 params=options["params"],
             )
         )
-        ctx.exit(exit_code_for(exc))
+        ctx.exit(exit_status(exc))
     except LoadgenError as exc:
         _fail(str(exc))
         ctx.exit(EXIT_LOADGEN)

@@ -24,14 +24,15 @@ from midgram.cli.failures import (
     EXIT_STATUS_HELP,
     STATUS_NAMES,
     describe,
-    exit_code_for,
+    exit_status,
 )
 from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colour, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
 from midgram.cli.shells import register as register_shells
-from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client, Exchange
+from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client
 from midgram.client.codec import DIALECTS
+from midgram.client.exchange import Exchange
 from midgram.errors import AddressError, ClientError, RemoteError
 from midgram.local import default_target
 from midgram.logs import printable
@@ -135,7 +136,7 @@ def _check_format(fmt: str | None) -> None:
 
 
 @dataclass
-class Outcome:
+class TargetAnswer:
     """What one target answered."""
 
     target: str
@@ -145,7 +146,7 @@ class Outcome:
 
     @property
     def status(self) -> int:
-        return EXIT_OK if self.error is None else exit_code_for(self.error)
+        return EXIT_OK if self.error is None else exit_status(self.error)
 
 
 def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
@@ -165,7 +166,7 @@ def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
     return show
 
 
-async def _call_one(client: AsyncClient, method: str, params: Params) -> Outcome:
+async def _call_one(client: AsyncClient, method: str, params: Params) -> TargetAnswer:
     exchanges: list[Exchange] = []
     hook = client.on_exchange
 
@@ -175,16 +176,16 @@ async def _call_one(client: AsyncClient, method: str, params: Params) -> Outcome
             hook(exchange)
 
     client.on_exchange = keep
-    outcome = Outcome(client.target)
+    answer = TargetAnswer(client.target)
     try:
-        outcome.result = await client.request(method, params)
+        answer.result = await client.request(method, params)
     except ClientError as exc:
-        outcome.error = exc
-    outcome.exchange = exchanges[-1] if exchanges else None
-    return outcome
+        answer.error = exc
+    answer.exchange = exchanges[-1] if exchanges else None
+    return answer
 
 
-async def _call_all(clients: list[AsyncClient], method: str, params: Params) -> list[Outcome]:
+async def _call_all(clients: list[AsyncClient], method: str, params: Params) -> list[TargetAnswer]:
     return list(await asyncio.gather(*(_call_one(c, method, params) for c in clients)))
 
 
@@ -197,29 +198,29 @@ def _error_doc(error: ClientError) -> Any:
     return str(error)
 
 
-def _show_one(outcome: Outcome, fmt: str, colour: bool) -> None:
+def _show_one(answer: TargetAnswer, fmt: str, colour: bool) -> None:
     if fmt == "raw":
-        if outcome.exchange is not None and outcome.exchange.reply is not None:
-            click.echo(raw_text(outcome.exchange.reply, tty=sys.stdout.isatty()))
-    elif outcome.error is None:
-        click.echo(render(outcome.result, fmt, colour=colour), color=colour)
+        if answer.exchange is not None and answer.exchange.reply is not None:
+            click.echo(raw_text(answer.exchange.reply, tty=sys.stdout.isatty()))
+    elif answer.error is None:
+        click.echo(render(answer.result, fmt, colour=colour), color=colour)
 
 
-def _show_many(outcomes: list[Outcome], fmt: str, colour: bool) -> None:
+def _show_many(answers: list[TargetAnswer], fmt: str, colour: bool) -> None:
     if fmt in ("json", "pretty", "yaml"):
         doc: dict[str, Any] = {}
-        for outcome in outcomes:
-            entry: dict[str, Any] = {"status": STATUS_NAMES.get(outcome.status, "error")}
-            if outcome.error is None:
-                entry["result"] = outcome.result
+        for answer in answers:
+            entry: dict[str, Any] = {"status": STATUS_NAMES.get(answer.status, "error")}
+            if answer.error is None:
+                entry["result"] = answer.result
             else:
-                entry["error"] = _error_doc(outcome.error)
-            doc[outcome.target] = entry
+                entry["error"] = _error_doc(answer.error)
+            doc[answer.target] = entry
         click.echo(render(doc, fmt, colour=colour), color=colour)
         return
-    for outcome in outcomes:
-        click.echo(f"== {outcome.target}: {STATUS_NAMES.get(outcome.status, 'error')}")
-        _show_one(outcome, fmt, colour)
+    for answer in answers:
+        click.echo(f"== {answer.target}: {STATUS_NAMES.get(answer.status, 'error')}")
+        _show_one(answer, fmt, colour)
 
 
 def _call_params(words: Sequence[str], json_params: str | None) -> Params:
@@ -311,28 +312,28 @@ def call(
     tty = sys.stdout.isatty()
     fmt, colour = auto_format(fmt, tty=tty), use_colour(tty)
     try:
-        outcomes = asyncio.run(_call_all(clients, method, params))
+        answers = asyncio.run(_call_all(clients, method, params))
     except TypeError as exc:  # e.g. named params in the kamailio dialect
         raise click.UsageError(str(exc)) from None
     except KeyboardInterrupt:
         _fail("interrupted")
         ctx.exit(EXIT_INTERRUPTED)
-    if len(outcomes) == 1:
-        _show_one(outcomes[0], fmt, colour)
+    if len(answers) == 1:
+        _show_one(answers[0], fmt, colour)
     else:
-        _show_many(outcomes, fmt, colour)
-    for outcome in outcomes:
-        if outcome.error is not None:
+        _show_many(answers, fmt, colour)
+    for answer in answers:
+        if answer.error is not None:
             _fail(
                 describe(
-                    outcome.error,
-                    target=outcome.target,
+                    answer.error,
+                    target=answer.target,
                     method=method,
                     dialect=dialect,
                     params=params,
                 )
             )
-    ctx.exit(max(outcome.status for outcome in outcomes))
+    ctx.exit(max(answer.status for answer in answers))
 
 
 # --- which, help -----------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def _run_sync(ctx: click.Context, client: Client, method: str, work: Callable[[]
         return work()
     except ClientError as exc:
         _fail(describe(exc, target=client.target, method=method, dialect=client.dialect.name))
-        ctx.exit(exit_code_for(exc))
+        ctx.exit(exit_status(exc))
     except KeyboardInterrupt:
         _fail("interrupted")
         ctx.exit(EXIT_INTERRUPTED)

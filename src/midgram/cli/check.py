@@ -18,7 +18,7 @@ from midgram.cli.complete import complete_method, complete_param
 from midgram.cli.durations import Duration
 from midgram.cli.params import ParamsError, parse_words
 from midgram.client.calls import AsyncClient
-from midgram.monitoring.check import Check, Outcome, Status, run_check
+from midgram.monitoring.check import Check, Status, Verdict, run_check
 from midgram.monitoring.thresholds import Range, RangeError
 
 __all__ = ["check"]
@@ -73,7 +73,7 @@ class _NagiosCommand(click.Command):
 def _unknown(exc: click.ClickException) -> click.exceptions.Exit:
     """The status line on stdout (what Nagios shows), the error on stderr, exit 3."""
     message = exc.format_message()
-    click.echo(Outcome(Status.UNKNOWN, message).line())
+    click.echo(Verdict(Status.UNKNOWN, message).line())
     click.echo(f"midgram: {message}", err=True)
     return click.exceptions.Exit(int(Status.UNKNOWN))
 
@@ -148,11 +148,11 @@ def check(
     client = AsyncClient(_one_target(targets), timeout=timeout, dialect=dialect)
     probe = Check(method, _params(args), stat, warn, crit, wait)
     try:
-        outcome = asyncio.run(run_check(client, probe))
+        verdict = asyncio.run(run_check(client, probe))
     except TypeError as exc:  # e.g. named params in the kamailio dialect
         raise click.UsageError(str(exc)) from None
-    click.echo(outcome.line())
-    ctx.exit(int(outcome.status))
+    click.echo(verdict.line())
+    ctx.exit(int(verdict.status))
 
 
 def _params(words: Sequence[str]) -> Any:

@@ -1,7 +1,8 @@
-"""Client errors as the CLI reports them: an exit status and one line for stderr.
+"""Errors as the CLI reports them: an exit status and one line for stderr.
 
-``exit_code_for`` and ``describe`` are the one place that decides both, for every client
-sub-command (``call``, ``which``, ``help``, ``shell``).
+``exit_status`` is the one place that maps midgram's errors to exit statuses, for every
+sub-command (the library's errors carry none: their ``code`` is a JSON-RPC code). ``describe``
+says a client error in one line, for ``call``, ``which``, ``help`` and ``shell``.
 """
 
 from __future__ import annotations
@@ -17,35 +18,39 @@ from typing import Any, Final
 
 from midgram.client.codec import get_dialect
 from midgram.errors import (
-    AddressError,
     BadReply,
     ClientError,
+    ConfigError,
     ConnectError,
     PlainTextError,
     RemoteError,
     ReplyTimeout,
     RequestTooLarge,
+    TransportError,
 )
 from midgram.wire.address import UnixAddress, parse_target
 from midgram.wire.jsonrpc import Params
 
 __all__ = [
+    "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
-    "EXIT_REMOTE",
     "EXIT_STATUS_HELP",
     "EXIT_TIMEOUT",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "STATUS_NAMES",
     "describe",
-    "exit_code_for",
+    "exit_status",
 ]
 
 EXIT_OK: Final = 0
-EXIT_REMOTE: Final = 1
+#: The server answered with an error; for ``serve``, a failure after the start.
+EXIT_ERROR: Final = 1
+#: A bad option, parameter, config file, target or request: nothing was done.
 EXIT_USAGE: Final = 2
 EXIT_TIMEOUT: Final = 3
+#: The target cannot be reached; for ``serve``, the socket cannot be bound.
 EXIT_UNREACHABLE: Final = 4
 EXIT_INTERRUPTED: Final = 130
 
@@ -61,25 +66,26 @@ Exit status:
   130  interrupted (Ctrl-C)
 With several --target, the worst status of all targets."""
 
-# Most specific first: the first class an error is an instance of decides.
-_EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
+# Most specific first: the first class an error is an instance of decides; any other error
+# is EXIT_ERROR.
+_EXIT_STATUSES: Final[tuple[tuple[type[BaseException], int], ...]] = (
     (ReplyTimeout, EXIT_TIMEOUT),
     (ConnectError, EXIT_UNREACHABLE),
-    (AddressError, EXIT_USAGE),
+    (TransportError, EXIT_UNREACHABLE),
+    (ConfigError, EXIT_USAGE),  # AddressError (a bad target) and ConfigFileError too
     (RequestTooLarge, EXIT_USAGE),
-    (ClientError, EXIT_REMOTE),
 )
 STATUS_NAMES: Final = MappingProxyType(
-    {EXIT_OK: "ok", EXIT_REMOTE: "error", EXIT_TIMEOUT: "timeout", EXIT_UNREACHABLE: "unreachable"}
+    {EXIT_OK: "ok", EXIT_ERROR: "error", EXIT_TIMEOUT: "timeout", EXIT_UNREACHABLE: "unreachable"}
 )
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """The exit status for a client error (see ``EXIT_STATUS_HELP``)."""
-    for kind, code in _EXIT_CODES:
+def exit_status(exc: BaseException) -> int:
+    """The exit status for an error (``EXIT_STATUS_HELP`` and ``serve``'s help list them)."""
+    for kind, status in _EXIT_STATUSES:
         if isinstance(exc, kind):
-            return code
-    return EXIT_REMOTE
+            return status
+    return EXIT_ERROR
 
 
 # --- one-line error descriptions -------------------------------------------------------------

@@ -9,18 +9,21 @@ import shlex
 import shutil
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from types import MappingProxyType
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
 from midgram.cli.durations import Duration
-from midgram.config.settings import ALIASES, load_settings, read_config
-from midgram.engine.dispatch import Registry
+from midgram.cli.failures import exit_status
+from midgram.config import ALIASES, PARAMETERS, Kind, Parameter, load_settings, read_config
+from midgram.engine.registry import Registry
 from midgram.errors import ConfigError, ConfigFileError, MidgramError
-from midgram.logs import LOG_FORMAT, formatter_for, on_journal, printable
+from midgram.logs import LOG_FORMAT, formatter_for, logging_level, on_journal, printable
 from midgram.server.files import LogFileHandler, PidFile
-from midgram.server.wiring import importing_app, logging_level
+from midgram.server.wiring import importing_app
 from midgram.server.wiring import serve as run_server
 from midgram.wire.address import HostKind, UdpAddress, UnixAddress, parse_socket_name
 
@@ -136,56 +139,65 @@ Exit status:
        permission denied, no such folder)"""
 
 
-@click.command(epilog=EXIT_STATUS_HELP)
-@click.option(
-    "-s", "--socket", "socket_name", help="socket_name: a path, @abstract or udp:host:port."
+_CLICK_TYPES: Final[Mapping[Kind, object]] = MappingProxyType(
+    {
+        Kind.INTEGER: click.INT,
+        Kind.SECONDS: Duration("s"),
+        Kind.MILLISECONDS: Duration("ms", whole=True),
+    }
 )
-@click.option("-c", "--children", "children_count", type=int, help="children_count (0: no fork).")
-@click.option("--mode", "unix_socket_mode", help="unix_socket_mode, octal (default 0660).")
-@click.option("--user", "unix_socket_user", help="unix_socket_user: owner of the socket file.")
-@click.option("--group", "unix_socket_group", help="unix_socket_group: group of the socket file.")
-@click.option(
-    "--timeout",
-    "socket_timeout",
-    type=Duration("ms", whole=True),
-    help="socket_timeout: how long a reply waits for a client that cannot take it yet: "
-    "500ms or 2s; a bare number is milliseconds (default 2000).",
-)
-@click.option("--buf-size", "socket_buf_size", type=int, help="socket_buf_size (default 65457).")
-@click.option(
-    "--worker-timeout",
-    "worker_timeout",
-    type=Duration("s"),
-    help="worker_timeout: a worker busy in one request longer than this is replaced: 30s or "
-    "500ms; a bare number is seconds (default 0: never).",
-)
-@click.option("--pretty/--no-pretty", "pretty_printing", default=None, help="pretty_printing.")
-@click.option("--json-errors/--plain-errors", default=None, help="JSON-RPC errors, not plain text.")
-@click.option("--allow-from", multiple=True, help="CIDR allowed to send over UDP (repeatable).")
-@click.option("--allow-any", is_flag=True, default=None, help="Accept UDP from any address.")
-@click.option(
-    "--trace-to",
-    "trace_destination",
-    metavar="DEST",
-    help="trace_destination: trace commands as HEP3 to udp:HOST:PORT, or to a hep_id's name.",
-)
-@click.option("--trace-bwlist", metavar="LIST", help='trace_bwlist, e.g. "b: ps, which".')
-@click.option(
-    "--homer5/--no-homer5",
-    "homer5_on",
-    default=None,
-    help="homer5_on: HOMER 5 text trace payloads (the default), or JSON.",
-)
-@click.option("--hep-capture-id", type=int, help="hep_capture_id in HEP packets (default 1).")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parameter_option(parameter: Parameter) -> Callable[[F], F]:
+    """The option of one parameter, from its row of the table. Its default is None (an
+    empty tuple when repeatable): "not given", so that the config file's value stands."""
+    flags = parameter.flags
+    if parameter.off_flag is not None:
+        flags = (*flags[:-1], f"{flags[-1]}/{parameter.off_flag}")
+    return click.option(
+        *flags,
+        parameter.name,
+        type=_CLICK_TYPES.get(parameter.kind),
+        multiple=parameter.kind is Kind.REPEATED,
+        default=None,
+        metavar=parameter.metavar,
+        help=_help(parameter),
+    )
+
+
+def _help(parameter: Parameter) -> str:
+    """``name: what it is.  [default: X]``, the config file's name first (the one that the
+    docs, the logs and the errors use)."""
+    note = "" if parameter.flag_note is None else f"; {parameter.flag_note}"
+    text = f"{parameter.name}: {parameter.description}{note}."
+    if parameter.shown_default == "none":  # nothing worth a line of its own
+        return text
+    return f"{text}  [default: {parameter.shown_default}]"
+
+
+def _parameter_options(command: F) -> F:
+    """An option for every parameter, in the table's order."""
+    for parameter in reversed(PARAMETERS):
+        command = _parameter_option(parameter)(command)
+    return command
+
+
+# Wider than click's 80 columns when the terminal is: one line less for most options.
+@click.command(epilog=EXIT_STATUS_HELP, context_settings={"max_content_width": 100})
 @click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
     help="A TOML file, or an opensips.cfg (its mi_datagram and proto_hep modparams), told "
-    "apart by content.",
+    "apart by content. Flags win over it.",
 )
-@click.option("--app", help="module:attribute of a Registry whose commands to serve too.")
-@click.option("--log-level", help="debug|info|warning|error|critical, or OpenSIPS -3..4.")
+@_parameter_options
+@click.option(
+    "--app",
+    metavar="MODULE:ATTRIBUTE",
+    help="module:attribute of a Registry whose commands to serve too.",
+)
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (SIGHUP re-opens).")
 @click.option(
     "--pid-file",
@@ -197,11 +209,13 @@ def serve(
     app: str | None,
     log_file: str | None,
     pid_file: str | None,
-    allow_from: tuple[str, ...],
-    **flags: Any,
+    **given: Any,
 ) -> None:
-    """Serve MI commands over a UNIX datagram socket or UDP, OpenSIPS-compatible."""
-    flags["allow_from"] = allow_from or None
+    """Serve MI commands over a UNIX datagram socket or UDP, OpenSIPS-compatible.
+
+    Every parameter can be given in the config file or as a flag (docs/parameters.md).
+    """
+    flags = {name: value for name, value in given.items() if value not in (None, ())}
     try:
         layer = _config_layer(config_file)
         settings = load_settings(layer, flags)
@@ -211,7 +225,7 @@ def serve(
         # The file's own error: one line naming it, whatever the file holds.
         text = str(exc) if isinstance(exc, ConfigFileError) else f"{config_file}: {exc}"
         click.echo(f"midgram: {printable(text)}", err=True)
-        sys.exit(exc.code)
+        sys.exit(exit_status(exc))
     # Everything that can fail is opened here, before the server forks: a failed start
     # leaves nothing running and says what failed in one line.
     try:
@@ -239,4 +253,4 @@ def _ready(where: str, pid: PidFile | None) -> None:
 
 def _fail(exc: MidgramError) -> NoReturn:
     click.echo(f"midgram: {exc}", err=True)
-    sys.exit(exc.code)
+    sys.exit(exit_status(exc))

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Final
 import click
 
 from midgram.cli.complete import Catalog
-from midgram.cli.failures import describe, exit_code_for
+from midgram.cli.failures import describe, exit_status
 from midgram.cli.output import FORMATS, auto_format, render, use_colour, yaml_missing
 from midgram.cli.params import PARAMS_HELP, ParamsError, parse_words
-from midgram.client.calls import Client, Exchange
+from midgram.client.calls import Client
+from midgram.client.exchange import Exchange
 from midgram.errors import ClientError
 from midgram.logs import printable
 
@@ -112,7 +113,7 @@ class Shell:
                 params=params,
                 in_shell=True,
             )
-            self._error(line, status=exit_code_for(exc))
+            self._error(line, status=exit_status(exc))
             return
         if self._show_raw(fmt):
             return

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from midgram.errors import BadReply, PlainTextError, RemoteError
-from midgram.wire.jsonrpc import MAX_DEPTH, JsonId, Params, nesting_depth
+from midgram.wire.jsonrpc import C_INT_MAX, MAX_DEPTH, JsonId, Params, nesting_depth
 
 __all__ = [
     "DIALECTS",
@@ -37,13 +37,13 @@ __all__ = [
 
 #: Request ids stay within a C int: OpenSIPS echoes a number as a C int
 #: (docs/compatibility.md, difference 3).
-MAX_REQUEST_ID: Final = 2**31 - 1
+MAX_REQUEST_ID: Final = C_INT_MAX
 
 # "400 Parse_error", "500 Internal error": a status, a space, printable ASCII.
 _PLAIN_TEXT_RE: Final = re.compile(rb"[1-6][0-9]{2} [ -~]*")
-# orjson reads integers beyond 64 bits as floats, silently: a run of 20 digits (2**64 has 20)
-# sends the reply to the exact, slower stdlib parser instead.
-_LONG_NUMBER_RE: Final = re.compile(rb"[0-9]{20}")
+# orjson reads integers beyond 64 bits as floats, silently: below -2**63 (19 digits) and from
+# 2**64 (20 digits). A run of 19 digits sends the reply to the exact, slower stdlib parser.
+_LONG_NUMBER_RE: Final = re.compile(rb"[0-9]{19}")
 # A result of MAX_DEPTH levels in its envelope object.
 _DEEPEST: Final = MAX_DEPTH + 1
 # How much of an unusable reply an error message quotes.

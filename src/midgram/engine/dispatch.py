@@ -1,433 +1,64 @@
-"""Commands, recipes, the Registry and dispatch: the whole MI server minus sockets.
+"""Dispatch: the whole MI server minus sockets, one datagram at a time.
 
-A command has one or more *recipes*: the lists of parameter names it can be called with.
-They come from the handler's signature (required parameters, then each optional one in
-turn) or are given explicitly. Picking a recipe, fetching and coercing each parameter, and
-every error text follow OpenSIPS 3.6 (docs/compatibility.md, "Recipe matching" and
-"Parameter types and their errors").
+A ``Dispatcher`` runs datagrams against a Registry (midgram.engine.registry). Pure: no
+sockets, no clock. What its callers need, and nothing else:
 
-``Dispatcher.handle(datagram)`` is pure: bytes in, an ``Outcome`` out (the reply bytes or
-none, and a small record of what happened for logs, statistics and tracing). For an
-``async def`` handler it returns a ``Pending`` instead, which the caller finishes with the
-coroutine's result, so the same engine serves a blocking worker and an asyncio server.
+- ``handle(datagram)``, the reference path: an ``Outcome`` (the reply bytes or none, and a
+  small record of what happened for logs, statistics and tracing);
+- ``answer(datagram)``, its fast path for servers: the reply's bytes for the common request,
+  else what ``handle`` gives (tests/test_dispatch_fast.py holds the two equal);
+- ``answer_function(FastAnswer)``: ``answer``, or its native twin when the C module is there;
+- ``handle_oversize(size)``: the answer to a datagram too large to have been read whole.
+
+Both paths parse and check a request with ``wire.jsonrpc.parse_request``. For an
+``async def`` handler they give a ``Pending`` instead, which the caller settles in its event
+loop, so the same engine serves a blocking worker and an asyncio server.
 """
 
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
-import math
-import types
-import typing
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import orjson
-from orjson import JSONDecodeError
 
-from midgram.engine.stats import Statistics
-from midgram.errors import InvalidParams, InvalidRequest, MIError, ParseError, ServerError
+from midgram.engine.registry import Command, Registry, bind_arguments
+from midgram.errors import (
+    InvalidParams,
+    InvalidRequest,
+    MIError,
+    ProtocolError,
+    ServerError,
+)
 from midgram.logs import RateLimitedLog, shown
 from midgram.wire.jsonrpc import (
     ALWAYS_FITS_MARGIN,
     DEFAULT_BUF_SIZE,
     INTERNAL_ERROR_REPLY,
+    NO_ID,
     PARSE_ERROR_REPLY,
     Notification,
     Params,
     Request,
     TooDeep,
-    decode_request,
     encode_error,
     encode_result,
+    parse_request,
     reply_fits,
 )
 
 __all__ = [
-    "Command",
+    "Answer",
     "Dispatcher",
     "Outcome",
     "Pending",
-    "Registry",
     "Status",
 ]
 
 log = logging.getLogger(__name__)
-
-Handler: TypeAlias = Callable[..., Any]
-Coercer: TypeAlias = Callable[[Any, str], Any]
-F = TypeVar("F", bound=Handler)
-
-# OpenSIPS's -32602 data texts (docs/compatibility.md, "Error codes and texts").
-NAMED_ONLY: Final = "Command only supports named parameters"
-AMBIGUOUS: Final = "Ambiguous call, use named parameters instead"
-WRONG_COUNT: Final = "Too few or too many parameters"
-NAMES_MISMATCH: Final = "Named parameters do not match"
-
-
-# --- parameter getters: OpenSIPS's coercions (item.c) -------------------------------------
-
-
-def _bad_type(name: str) -> InvalidParams:
-    return InvalidParams(f"Bad type for parameter '{name}'")
-
-
-def _is_number(value: object) -> bool:
-    return type(value) in (int, float)
-
-
-def _valueint(value: float) -> int:
-    """cJSON's valueint: truncated toward zero (Python ints need no saturation)."""
-    if type(value) is int:
-        return value
-    if math.isnan(value) or math.isinf(value):
-        raise OverflowError
-    return int(value)
-
-
-def _str2sint(text: str) -> int | None:
-    """OpenSIPS str2sint: an optional sign then decimal digits; a lone sign is 0."""
-    digits = text[1:] if text[:1] in "+-" else text
-    if digits and not (digits.isascii() and digits.isdigit()):
-        return None
-    if not text:
-        return None
-    try:
-        value = int(digits) if digits else 0
-    except ValueError:  # beyond Python's int-string limit (4300 digits): not a number to us
-        return None
-    return -value if text[:1] == "-" else value
-
-
-def get_int(value: Any, name: str) -> int:
-    """A number (truncated) or a decimal string (``Bad type for parameter 'x'``)."""
-    if _is_number(value):
-        try:
-            return _valueint(value)
-        except OverflowError:
-            raise _bad_type(name) from None
-    if type(value) is str:
-        parsed = _str2sint(value)
-        if parsed is not None:
-            return parsed
-    raise _bad_type(name)
-
-
-def get_str(value: Any, name: str) -> str:
-    """A string, or a number printed as an integer (``1.9`` -> ``"1"``, as OpenSIPS)."""
-    if type(value) is str:
-        return value
-    if _is_number(value):
-        try:
-            return str(_valueint(value))
-        except OverflowError:
-            raise _bad_type(name) from None
-    raise _bad_type(name)
-
-
-def get_float(value: Any, name: str) -> float:
-    """A number, or a string holding one (Python's own float syntax, finite only)."""
-    if _is_number(value):
-        return float(value)
-    if type(value) is str:
-        try:
-            number = float(value)
-        except ValueError:
-            raise _bad_type(name) from None
-        if math.isfinite(number):
-            return number
-    raise _bad_type(name)
-
-
-_BOOL_CHARS: Final = {"0": False, "n": False, "N": False, "1": True, "y": True, "Y": True}
-
-
-def get_bool(value: Any, name: str) -> bool:
-    """OpenSIPS's bool-like getter (``0 n N`` / ``1 y Y``), plus JSON true/false."""
-    if type(value) is bool:
-        return value
-    if _is_number(value):
-        return bool(value != 0)
-    if type(value) is str and value in _BOOL_CHARS:
-        return _BOOL_CHARS[value]
-    raise _bad_type(name)
-
-
-def get_array(value: Any, name: str) -> list[Any]:
-    """A non-empty array (``Empty array in parameter 'x'``)."""
-    if type(value) is not list:
-        raise _bad_type(name)
-    if not value:
-        raise InvalidParams(f"Empty array in parameter '{name}'")
-    return value
-
-
-def get_object(value: Any, name: str) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise _bad_type(name)
-    return value
-
-
-def get_any(value: Any, name: str) -> Any:
-    return value
-
-
-def _array_of(item_getter: Coercer) -> Coercer:
-    def get_items(value: Any, name: str) -> list[Any]:
-        items = get_array(value, name)
-        try:
-            return [item_getter(item, name) for item in items]
-        except InvalidParams:
-            raise InvalidParams(f"Bad type for array item in parameter '{name}'") from None
-
-    return get_items
-
-
-_GETTERS: Final[Mapping[Any, Coercer]] = {
-    int: get_int,
-    str: get_str,
-    float: get_float,
-    bool: get_bool,
-    list: get_array,
-    dict: get_object,
-    Any: get_any,
-    object: get_any,
-}
-
-
-def coercer_for(annotation: Any) -> Coercer:
-    """The getter for a handler parameter's annotation (``X | None`` means ``X``)."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType):
-        return coercer_for(args[0]) if len(args) == 1 else get_any
-    if origin is list:
-        item = _GETTERS.get(args[0]) if args else None
-        return _array_of(item) if item in (get_int, get_str, get_float) else get_array
-    if origin is dict:
-        return get_object
-    return _GETTERS.get(annotation, get_any)
-
-
-# --- commands and the registry ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Command:
-    """One MI command. ``recipes`` lists the parameter names it accepts, in OpenSIPS order."""
-
-    name: str
-    handler: Handler
-    recipes: tuple[tuple[str, ...], ...]
-    help: str = ""
-    module: str = "core"
-    named_only: bool = False
-    coercers: Mapping[str, Coercer] = field(default_factory=dict)
-    is_async: bool = False
-
-    #: Whether a call without params is valid (it has the empty recipe): the common case
-    #: that dispatch serves without looking at recipes at all.
-    takes_nothing: bool = field(init=False, default=False)
-    #: The recipes indexed as OpenSIPS's scan would find them (built once, used per call):
-    #: by parameter count for positional calls, by name set for named ones.
-    by_count: Mapping[int, tuple[tuple[str, ...], ...]] = field(init=False, repr=False)
-    by_names: Mapping[frozenset[str], tuple[str, ...]] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.name or any(c.isspace() for c in self.name):
-            raise ValueError(f"bad MI command name {self.name!r}")
-        if not self.recipes:
-            raise ValueError(f"command {self.name!r} has no recipe")
-        object.__setattr__(self, "takes_nothing", () in self.recipes)
-        by_count: dict[int, tuple[tuple[str, ...], ...]] = {}
-        by_names: dict[frozenset[str], tuple[str, ...]] = {}
-        for recipe in self.recipes:
-            if recipe:  # a call with params never picks the empty recipe
-                by_count[len(recipe)] = (*by_count.get(len(recipe), ()), recipe)
-                by_names.setdefault(frozenset(recipe), recipe)  # the first one wins
-        object.__setattr__(self, "by_count", by_count)
-        object.__setattr__(self, "by_names", by_names)
-
-
-def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
-    """Required parameters, then one more recipe for each optional one, in order.
-
-    ``def f(a, b=1, c=2)`` -> ``[["a"], ["a","b"], ["a","b","c"]]``.
-    """
-    required: list[str] = []
-    optional: list[str] = []
-    for param in _mi_parameters(handler):
-        (required if param.default is inspect.Parameter.empty else optional).append(param.name)
-    recipes = [tuple(required)]
-    for i in range(1, len(optional) + 1):
-        recipes.append((*required, *optional[:i]))
-    return tuple(recipes)
-
-
-def _mi_parameters(handler: Handler) -> list[inspect.Parameter]:
-    params = list(inspect.signature(handler).parameters.values())
-    for param in params:
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
-            raise TypeError(
-                f"MI handler {handler.__qualname__}: parameter {param.name!r} must be "
-                "nameable (no *args, **kwargs or positional-only parameters)"
-            )
-    return params
-
-
-def _coercers(handler: Handler, names: set[str]) -> dict[str, Coercer]:
-    try:
-        hints = typing.get_type_hints(handler)
-    except (NameError, TypeError):
-        hints = {}
-    return {name: coercer_for(hints.get(name, Any)) for name in names}
-
-
-def make_command(
-    handler: Handler,
-    *,
-    name: str | None = None,
-    help: str = "",
-    module: str = "core",
-    recipes: Sequence[Sequence[str]] | None = None,
-    named_only: bool = False,
-) -> Command:
-    """Build a ``Command`` from a function, its recipes from the signature unless given."""
-    all_recipes = (
-        recipes_from_signature(handler)
-        if recipes is None
-        else tuple(tuple(recipe) for recipe in recipes)
-    )
-    if any(len(set(recipe)) != len(recipe) for recipe in all_recipes):
-        raise TypeError(f"a recipe of {name or handler.__name__} names a parameter twice")
-    accepted = {p.name for p in _mi_parameters(handler)}
-    used = {n for recipe in all_recipes for n in recipe}
-    if unknown := used - accepted:
-        raise TypeError(f"recipe names {sorted(unknown)} are not parameters of {name}")
-    return Command(
-        name=name or handler.__name__,
-        handler=handler,
-        recipes=all_recipes,
-        help=help or inspect.getdoc(handler) or "",
-        module=module,
-        named_only=named_only,
-        coercers=_coercers(handler, used),
-        is_async=inspect.iscoroutinefunction(handler),
-    )
-
-
-class Registry:
-    """The MI commands (in registration order) and statistics one server exposes."""
-
-    def __init__(self, module: str = "app", stats: Statistics | None = None) -> None:
-        self.module = module
-        self.stats = stats if stats is not None else Statistics()
-        self._commands: dict[str, Command] = {}
-        # The handlers of the sync commands that take no params, by name: what a call
-        # without params runs, found with one lookup (Dispatcher.answer).
-        self._bare: dict[str, Handler] = {}
-
-    def command(
-        self,
-        name: str | None = None,
-        *,
-        help: str = "",
-        recipes: Sequence[Sequence[str]] | None = None,
-        named_only: bool = False,
-        module: str | None = None,
-    ) -> Callable[[F], F]:
-        """Decorator registering a function as an MI command (``@mi.command()``)."""
-
-        def register(handler: F) -> F:
-            self.add(
-                make_command(
-                    handler,
-                    name=name,
-                    help=help,
-                    module=module or self.module,
-                    recipes=recipes,
-                    named_only=named_only,
-                )
-            )
-            return handler
-
-        return register
-
-    def add(self, command: Command) -> None:
-        if command.name in self._commands:
-            raise ValueError(f"MI command {command.name!r} is already registered")
-        self._commands[command.name] = command
-        if command.takes_nothing and not command.is_async:
-            self._bare[command.name] = command.handler
-
-    def get(self, name: str) -> Command | None:
-        return self._commands.get(name)
-
-    def lookup_function(self) -> Callable[[str], Command | None]:
-        """``get`` without the method call, for the dispatcher's per-datagram lookup; it
-        still sees commands added later."""
-        return self._commands.get
-
-    def bare_handlers(self) -> dict[str, Handler]:
-        """By name, the handler to call without arguments for a call without params, where
-        that is all there is to it (a sync command with the empty recipe). The live table,
-        for the dispatcher's fast paths: read it, never change it."""
-        return self._bare
-
-    def names(self) -> list[str]:
-        return list(self._commands)
-
-    def __iter__(self) -> Iterator[Command]:
-        return iter(self._commands.values())
-
-    def __len__(self) -> int:
-        return len(self._commands)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._commands
-
-
-# --- recipe matching (docs/compatibility.md, "Recipe matching") ---------------------------
-
-
-def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
-    """Pick the recipe OpenSIPS would pick, or raise InvalidParams with its text."""
-    if params is None:
-        for recipe in command.recipes:
-            if not recipe:
-                return recipe
-        raise InvalidParams(WRONG_COUNT)
-    if type(params) is list:
-        if command.named_only:
-            raise InvalidParams(NAMED_ONLY)
-        candidates = command.by_count.get(len(params), ())
-        if len(candidates) == 1:
-            return candidates[0]
-        raise InvalidParams(AMBIGUOUS if candidates else WRONG_COUNT)
-    # OpenSIPS takes the first recipe of the same count whose every name is present: with
-    # names unique within a recipe, that is the first recipe with exactly this name set.
-    named = command.by_names.get(frozenset(params))
-    if named is not None:
-        return named
-    raise InvalidParams(NAMES_MISMATCH if len(params) in command.by_count else WRONG_COUNT)
-
-
-def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
-    """The handler's keyword arguments for these params, coerced by OpenSIPS's getters."""
-    recipe = select_recipe(command, params)
-    if params is None:
-        return {}
-    coercers = command.coercers
-    if isinstance(params, list):
-        return {
-            name: coercers[name](value, name) for name, value in zip(recipe, params, strict=True)
-        }
-    return {name: coercers[name](params[name], name) for name in recipe}
-
-
-# --- dispatch -----------------------------------------------------------------------------
 
 
 class Status(enum.Enum):
@@ -448,7 +79,7 @@ class Status(enum.Enum):
 class Outcome(NamedTuple):
     """The reply to send (None: send nothing) and what happened, for logs/stats/tracing.
 
-    A NamedTuple, immutable and cheap to build once per datagram (see protocol.Request)."""
+    A NamedTuple, immutable and cheap to build once per datagram (see jsonrpc.Request)."""
 
     reply: bytes | None
     status: Status
@@ -462,20 +93,19 @@ _METHOD_NOT_FOUND: Final = MIError(-32601, "Method not found")
 _NO_ARGUMENTS: Final[dict[str, Any]] = {}
 _OK: Final = "OK"  # what a handler returning None answers
 _dumps: Final = orjson.dumps
-_loads: Final = orjson.loads
-_NO_ID: Final[Any] = object()  # the request id of a notification (null is an id)
 
 
 def _call(method: str, params: Params, req_id: Any) -> Request | Notification:
-    """The decoded call, for the general path, from what ``answer`` read flat."""
-    if req_id is _NO_ID:
+    """The call as a Request or a Notification, for the general path, from the call read flat."""
+    if req_id is NO_ID:
         return Notification(method, params)
     return Request(method, params, req_id)
 
 
 @dataclass(slots=True)
 class Pending:
-    """An ``async def`` command in flight: await ``coroutine``, then call ``finish``."""
+    """An ``async def`` command in flight: ``await settle()`` for its outcome (or await
+    ``coroutine`` where the caller wants it, then call ``finish``)."""
 
     coroutine: Coroutine[Any, Any, Any]
     _dispatcher: Dispatcher
@@ -485,6 +115,15 @@ class Pending:
     def finish(self, result: Any = None, error: BaseException | None = None) -> Outcome:
         """The outcome for the coroutine's result (or the exception it raised)."""
         return self._dispatcher._complete(self._call, self._command, result, error)
+
+    async def settle(self) -> Outcome:
+        """Run the command to its end in the running loop: its outcome, whatever it raised
+        (a cancellation goes through: the caller's, not the command's)."""
+        try:
+            result = await self.coroutine
+        except Exception as exc:
+            return self.finish(error=exc)
+        return self.finish(result)
 
 
 #: What serves one datagram: ``Dispatcher.answer``, or its native twin.
@@ -509,7 +148,7 @@ class Dispatcher:
         self._fast = not pretty
         self._lookup = registry.lookup_function()
         self._bare = registry.bare_handlers().get
-        # Up to this size a reply fits whatever its id (protocol.ALWAYS_FITS_MARGIN).
+        # Up to this size a reply fits whatever its id (jsonrpc.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
         self._log = RateLimitedLog(log)
 
@@ -520,57 +159,45 @@ class Dispatcher:
         return PARSE_ERROR_REPLY
 
     def handle(self, data: bytes) -> Outcome | Pending:
-        """One datagram in, its outcome (or a Pending for an async command) out. Never
-        raises: whatever escapes the steps below is ``_failed`` (a bug, answered and logged)."""
-        if not data:
-            return _IGNORED
+        """One datagram in, its outcome (or a Pending for an async command) out: the
+        reference path, with the whole record (for tracing, debug logging, statistics).
+        Never raises: whatever escapes the steps below is ``_failed`` (a bug, answered and
+        logged)."""
         try:
             try:
-                call = decode_request(data)
-            except ParseError as exc:
-                return Outcome(self._parse_error(str(exc)), Status.PARSE_ERROR)
-            except InvalidRequest as exc:
-                reply = encode_error(
-                    -32600, "Invalid Request", None, exc.reply_id, pretty=self.pretty
-                )
-                return Outcome(reply, Status.INVALID_REQUEST, exc.method)
-            return self.dispatch(call)
+                method, params, req_id = parse_request(data)
+            except ProtocolError as exc:
+                return self._rejected(data, exc)
+            handled = self._run(method, params, req_id)
+            if type(handled) is bytes:
+                return Outcome(handled, Status.OK, method, params, self._lookup(method))
+            return handled  # type: ignore[return-value]
         except Exception as exc:
             return self._failed(data, exc)
 
-    def answer(self, data: bytes) -> bytes | Outcome | Pending:  # noqa: PLR0911 - one flat pass
+    def answer(self, data: bytes) -> bytes | Outcome | Pending:
         """``handle`` for servers: the common datagram answered in one flat pass.
 
-        A well-formed request (a string or integer id) whose compact reply is far below the
-        size limit gives that reply's bytes: status OK, nothing to count or log. Anything
-        else gives what ``handle`` gives. Either way the handler runs at most once, and the
-        reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both on any
-        datagram). It costs one JSON parse and no Request or Outcome object. A result plain
-        orjson cannot encode (non-string keys, integers beyond 64 bits) takes the general
-        path after its handler ran: the same bytes, as an Outcome. Like ``handle`` it never
-        raises (a ``try`` costs nothing until something raises).
+        A valid request whose compact reply is far below the size limit gives that reply's
+        bytes: status OK, nothing to count or log. Anything else gives what ``handle``
+        gives. Either way the handler runs at most once, and the reply is ``handle``'s byte
+        for byte (tests/test_dispatch_fast.py checks both on any datagram). It parses and
+        checks the request as ``handle`` does (``parse_request``) and builds no Request or
+        Outcome object. A result plain orjson cannot encode (non-string keys, integers
+        beyond 64 bits) takes the general path after its handler ran: the same bytes, as an
+        Outcome. Like ``handle`` it never raises (a ``try`` costs nothing until something
+        raises).
         """
         try:
             if not self._fast:
                 return self.handle(data)
             try:
-                obj = _loads(data)
-            except JSONDecodeError:
-                obj = None  # a parse error, or a request ending at a NUL byte: handle() says
-            if type(obj) is not dict or obj.get("jsonrpc") != "2.0":
-                return self.handle(data)
-            method = obj.get("method")
-            req_id = obj.get("id")
-            params = obj.get("params")
-            if type(params) is list or type(params) is dict:
-                params = params or None  # empty counts as absent (OpenSIPS)
-            elif params is not None or "params" in obj:
-                method = None  # neither an array nor an object (null included): invalid
-            if type(method) is not str or (type(req_id) is not int and type(req_id) is not str):
-                return self.handle(data)  # invalid, a notification, or a null or float id
+                method, params, req_id = parse_request(data)
+            except ProtocolError as exc:
+                return self._rejected(data, exc)
             handler = self._bare(method) if params is None else None
             if handler is None:
-                return self._run(method, params, req_id, None)
+                return self._run(method, params, req_id)
             # _run's common case, inlined: a command without params, the busiest kind.
             try:
                 result = handler()
@@ -581,14 +208,31 @@ class Dispatcher:
         except Exception as exc:
             return self._failed(data, exc)
 
-    def fast_answer(self, native: Callable[..., Answer] | None) -> Answer:
-        """``answer``, or the same in C when ``native`` (``_batchio.FastAnswer``) is given
-        and can serve this dispatcher: it recognises a bare call (no params) in the
-        datagram's bytes, runs its handler and hands the result to ``_compact`` and
-        ``_after_bare`` as ``answer`` would, and calls ``answer`` itself for anything else."""
+    def answer_function(self, native: Callable[..., Answer] | None) -> Answer:
+        """What a server calls for each datagram: ``answer``, or the same in C when
+        ``native`` (``_batchio.FastAnswer``) is given and can serve this dispatcher: it
+        recognises a bare call (no params) in the datagram's bytes, runs its handler and
+        hands the result to ``_compact`` and ``_after_bare`` as ``answer`` would, and calls
+        ``answer`` itself for anything else."""
         if native is None or not self._fast:
             return self.answer
         return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
+
+    def handle_oversize(self, size: int) -> Outcome:
+        """A datagram larger than the buffer (difference 5): answered as unparsable."""
+        why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
+        return Outcome(self._parse_error(why), Status.OVERSIZE)
+
+    def _rejected(self, data: bytes, error: ProtocolError) -> Outcome:
+        """A datagram that is not a valid request: not JSON (``ParseError``), or not a
+        JSON-RPC 2.0 request (``InvalidRequest``, answered with the id it gives)."""
+        if isinstance(error, InvalidRequest):
+            reply_id, method = error.reply_id, error.method
+            reply = encode_error(-32600, "Invalid Request", None, reply_id, pretty=self.pretty)
+            return Outcome(reply, Status.INVALID_REQUEST, method)
+        if not data:
+            return _IGNORED  # a 0-byte datagram, as OpenSIPS: no reply
+        return Outcome(self._parse_error(str(error)), Status.PARSE_ERROR)
 
     def _after_bare(
         self, method: str, req_id: Any, result: Any, error: BaseException | None
@@ -596,12 +240,12 @@ class Dispatcher:
         """The general path for what a bare handler gave (an error, an unusual result)."""
         command = self._lookup(method)
         assert command is not None  # it had a bare handler
-        return self._complete(Request(method, None, req_id), command, result, error)
+        return self._complete(_call(method, None, req_id), command, result, error)
 
     def _compact(self, result: Any, req_id: Any) -> bytes | None:
         """The common reply: compact, OK, far below the size limit (one orjson call for
         the whole envelope). None when it is not that: _complete decides."""
-        if not self._fast or req_id is _NO_ID:
+        if not self._fast or req_id is NO_ID:
             return None
         try:
             reply = _dumps(
@@ -611,25 +255,14 @@ class Dispatcher:
             return None
         return reply if len(reply) <= self._fast_limit else None
 
-    def dispatch(self, call: Request | Notification) -> Outcome | Pending:
-        """Run a decoded call: find the command, pick the recipe, call the handler."""
-        req_id = call.id if type(call) is Request else _NO_ID
-        handled = self._run(call.method, call.params, req_id, call)
-        if type(handled) is bytes:
-            command = self._lookup(call.method)
-            return Outcome(handled, Status.OK, call.method, call.params, command)
-        return handled  # type: ignore[return-value]
-
-    def _run(
-        self, method: str, params: Params, req_id: Any, call: Request | Notification | None
-    ) -> bytes | Outcome | Pending:
+    def _run(self, method: str, params: Params, req_id: Any) -> bytes | Outcome | Pending:
         """Find the command, bind the params, run the handler. The common case (a compact
         OK reply to a request, far below the size limit) gives the reply's bytes, encoded
-        here with one orjson call; anything else goes the general way, with ``call`` (made
-        from the other arguments when None, for ``answer``)."""
+        here with one orjson call; anything else goes the general way, with the call as a
+        Request or Notification."""
         command = self._lookup(method)
         if command is None:
-            call = call or _call(method, params, req_id)
+            call = _call(method, params, req_id)
             return self._error(call, None, Status.UNKNOWN_METHOD, _METHOD_NOT_FOUND)
         if params is None and command.takes_nothing:
             kwargs = _NO_ARGUMENTS
@@ -637,34 +270,18 @@ class Dispatcher:
             try:
                 kwargs = bind_arguments(command, params)
             except InvalidParams as exc:
-                call = call or _call(method, params, req_id)
+                call = _call(method, params, req_id)
                 return self._error(call, command, Status.INVALID_PARAMS, exc)
         if command.is_async:
-            return self._start_async(call or _call(method, params, req_id), command, kwargs)
+            return self._start_async(_call(method, params, req_id), command, kwargs)
         try:
             result = command.handler(**kwargs)
         except Exception as exc:
-            return self._complete(call or _call(method, params, req_id), command, None, exc)
+            return self._complete(_call(method, params, req_id), command, None, exc)
         reply = self._compact(result, req_id)
         if reply is not None:
             return reply
-        return self._complete(call or _call(method, params, req_id), command, result, None)
-
-    def handle_oversize(self, size: int) -> Outcome:
-        """A datagram larger than the buffer (difference 5): answered as unparsable."""
-        why = f"request of {size}+ bytes exceeds the {self.buf_size}-byte limit"
-        return Outcome(self._parse_error(why), Status.OVERSIZE)
-
-    async def handle_async(self, data: bytes) -> Outcome:
-        """``handle`` for asyncio programs: awaits async commands in the running loop."""
-        outcome = self.handle(data)
-        if isinstance(outcome, Outcome):
-            return outcome
-        try:
-            result = await outcome.coroutine
-        except Exception as exc:
-            return outcome.finish(error=exc)
-        return outcome.finish(result)
+        return self._complete(_call(method, params, req_id), command, result, None)
 
     def _start_async(
         self, call: Request | Notification, command: Command, kwargs: dict[str, Any]

@@ -12,7 +12,9 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
+
+from midgram.logs import DEFAULT_LOG_LEVEL, opensips_to_logging
 
 __all__ = [
     "LocalRuntime",
@@ -21,37 +23,8 @@ __all__ = [
     "Runtime",
     "SharedRuntime",
     "apply_log_level",
-    "opensips_level",
-    "opensips_to_logging",
     "reopen_log_files",
 ]
-
-#: OpenSIPS log levels (L_ALERT -3 ... L_DBG 4) onto Python's logging levels.
-OPENSIPS_LEVELS: Final = {
-    -3: logging.CRITICAL,
-    -2: logging.CRITICAL,
-    -1: logging.ERROR,
-    0: logging.ERROR,
-    1: logging.WARNING,
-    2: logging.INFO,
-    3: logging.INFO,
-    4: logging.DEBUG,
-}
-DEFAULT_LOG_LEVEL: Final = 3
-
-
-def opensips_to_logging(level: int) -> int:
-    """OpenSIPS accepts any integer: below -3 logs only alerts, above 4 logs everything."""
-    return OPENSIPS_LEVELS[max(-3, min(4, level))]
-
-
-def opensips_level(logging_level: int) -> int:
-    """The OpenSIPS level that ``log_level`` reports for a ``logging`` level: the highest
-    that maps onto it (3 for INFO, as OpenSIPS's default)."""
-    return max(
-        (level for level, mapped in OPENSIPS_LEVELS.items() if mapped == logging_level),
-        default=DEFAULT_LOG_LEVEL,
-    )
 
 
 def apply_log_level(level: int) -> None:
@@ -66,7 +39,7 @@ class ProcessInfo:
     id: int
     pid: int
     type: str
-    log_level: int = DEFAULT_LOG_LEVEL
+    log_level: int = DEFAULT_LOG_LEVEL.opensips_level
 
 
 class Runtime(Protocol):
@@ -97,7 +70,7 @@ class LocalRuntime:
         self,
         process_type: str = "MI Datagram",
         started: float | None = None,
-        level: int = DEFAULT_LOG_LEVEL,
+        level: int = DEFAULT_LOG_LEVEL.opensips_level,
     ) -> None:
         self._started = time.time() if started is None else started
         self._type = process_type
@@ -137,7 +110,10 @@ class ProcessTable:
     """
 
     def __init__(
-        self, workers: int, worker_type: str = "MI Datagram", level: int = DEFAULT_LOG_LEVEL
+        self,
+        workers: int,
+        worker_type: str = "MI Datagram",
+        level: int = DEFAULT_LOG_LEVEL.opensips_level,
     ) -> None:
         self.size = workers + 1
         self._map = mmap.mmap(-1, self.size * _CELLS * 8)

@@ -41,7 +41,7 @@ from typing import Any, Final, NamedTuple
 from midgram.engine.dispatch import Outcome, Status
 from midgram.errors import ConfigError
 from midgram.wire import hep
-from midgram.wire.jsonrpc import Params
+from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN, Params
 
 __all__ = [
     "BACKEND",
@@ -154,13 +154,10 @@ def endpoint(sockaddr: Any) -> Endpoint | None:
 
 # --- the params text (build_mi_trace_request) ---------------------------------------------
 
-_INT_MIN: Final = -(2**31)
-_INT_MAX: Final = 2**31 - 1
-
 
 def _valueint(number: float) -> bytes:
     """cJSON's ``valueint`` printed with ``%d``: truncated toward zero, saturated to a C int."""
-    return b"%d" % max(_INT_MIN, min(_INT_MAX, int(number)))
+    return b"%d" % max(C_INT_MIN, min(C_INT_MAX, int(number)))
 
 
 #: How each JSON type is written; the types missing here (bool, null, array, object) are

@@ -27,7 +27,7 @@ from midgram.errors import ClientError, ConnectError, RemoteError, ReplyTimeout
 from midgram.monitoring.thresholds import Range
 from midgram.wire.jsonrpc import Params
 
-__all__ = ["DEFAULT_METHODS", "Check", "Outcome", "Status", "run_check"]
+__all__ = ["DEFAULT_METHODS", "Check", "Status", "Verdict", "run_check"]
 
 #: What a check calls when told nothing: the cheapest command that proves a worker answers.
 DEFAULT_METHODS: Final = {"opensips": "uptime", "kamailio": "core.uptime"}
@@ -50,7 +50,7 @@ class Status(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Verdict:
     """The verdict: a status, what it is about, and the performance data."""
 
     status: Status
@@ -77,7 +77,7 @@ class Check:
     wait: float = 0.0
 
 
-async def run_check(client: AsyncClient, check: Check) -> Outcome:
+async def run_check(client: AsyncClient, check: Check) -> Verdict:
     """The verdict on ``client``'s server; never raises for the server's sake."""
     deadline = time.monotonic() + check.wait
     pause = _RETRY_FIRST
@@ -93,7 +93,7 @@ async def run_check(client: AsyncClient, check: Check) -> Outcome:
         pause = min(pause * 2, _RETRY_MAX)
 
 
-async def _attempt(client: AsyncClient, check: Check) -> Outcome:
+async def _attempt(client: AsyncClient, check: Check) -> Verdict:
     """One try. ``ConnectError`` and ``ReplyTimeout`` are raised, for ``wait`` to retry."""
     method, params = _request(client, check)
     started = time.perf_counter()
@@ -103,14 +103,14 @@ async def _attempt(client: AsyncClient, check: Check) -> Outcome:
         raise
     except ClientError as exc:
         if check.stat is not None and isinstance(exc, RemoteError) and exc.code == _NOT_FOUND:
-            return Outcome(Status.UNKNOWN, f"{client.target} has no statistic {check.stat!r}")
+            return Verdict(Status.UNKNOWN, f"{client.target} has no statistic {check.stat!r}")
         return _failure(exc, method)
     rtt_ms = (time.perf_counter() - started) * 1000
     if check.stat is None:
         return _judge(f"{method} answered in {rtt_ms:.2f} ms", "rtt", rtt_ms, "ms", check)
     value = _stat_value(result, check.stat, client.dialect.name)
     if value is None:
-        return Outcome(Status.UNKNOWN, f"{client.target} has no statistic {check.stat!r}")
+        return Verdict(Status.UNKNOWN, f"{client.target} has no statistic {check.stat!r}")
     rtt = _perf("rtt", rtt_ms, "ms", None, None)
     return _judge(f"{check.stat} is {_shown(value)}", check.stat, value, "", check, extra=rtt)
 
@@ -154,15 +154,15 @@ def _stat_value(result: Any, stat: str, dialect: str) -> float | None:
 
 def _judge(
     summary: str, label: str, value: float, unit: str, check: Check, *, extra: str | None = None
-) -> Outcome:
+) -> Verdict:
     perfdata = [_perf(label, value, unit, check.warn, check.crit)]
     if extra is not None:
         perfdata.append(extra)
     for level, threshold in ((Status.CRITICAL, check.crit), (Status.WARNING, check.warn)):
         if threshold is not None and threshold.alerts(value):
             text = f"{summary} ({level.name.lower()}: {threshold.describe()})"
-            return Outcome(level, text, tuple(perfdata))
-    return Outcome(Status.OK, summary, tuple(perfdata))
+            return Verdict(level, text, tuple(perfdata))
+    return Verdict(Status.OK, summary, tuple(perfdata))
 
 
 def _perf(label: str, value: float, unit: str, warn: Range | None, crit: Range | None) -> str:
@@ -181,13 +181,13 @@ def _shown(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0")
 
 
-def _failure(exc: ClientError, method: str) -> Outcome:
+def _failure(exc: ClientError, method: str) -> Verdict:
     if isinstance(exc, RemoteError) and (
         exc.code in _MISASKED or exc.message.lower() in _MISASKED_MESSAGES
     ):
-        return Outcome(Status.UNKNOWN, f"{method}: error {exc.code}: {exc.message}")
+        return Verdict(Status.UNKNOWN, f"{method}: error {exc.code}: {exc.message}")
     if isinstance(exc, ConnectError):
-        return Outcome(Status.CRITICAL, f"cannot reach {exc.target}: {exc.reason}")
+        return Verdict(Status.CRITICAL, f"cannot reach {exc.target}: {exc.reason}")
     if not method:
-        return Outcome(Status.CRITICAL, str(exc))
-    return Outcome(Status.CRITICAL, f"{method}: {exc}")
+        return Verdict(Status.CRITICAL, str(exc))
+    return Verdict(Status.CRITICAL, f"{method}: {exc}")

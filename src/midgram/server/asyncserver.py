@@ -17,7 +17,7 @@ import socket
 from typing import Final
 
 from midgram.config.settings import Settings
-from midgram.engine.dispatch import Registry
+from midgram.engine.registry import Registry
 from midgram.errors import TransportError
 from midgram.server.wiring import (
     InProcess,

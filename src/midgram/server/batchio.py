@@ -79,7 +79,7 @@ class BatchIO(Protocol):
     @property
     def fast_answer(self) -> Callable[..., Answer] | None:
         """The native twin of ``Dispatcher.answer`` (``_batchio.FastAnswer``), if there is
-        one: see ``Dispatcher.fast_answer``."""
+        one: see ``Dispatcher.answer_function``."""
 
     def recv(self, block: bool) -> list[Datagram]:
         """``(data, peer, truncated)`` for each datagram read ([] when none came): with

@@ -33,12 +33,13 @@ import stat
 import struct
 from typing import Any, Final
 
+from midgram.config.coercion import ID_MAX, UNSET_ID
 from midgram.errors import ConfigError, SocketInUse, TransportError
+from midgram.wire.address import SUN_PATH_MAX
 
 __all__ = [
     "SEND_BUFFER",
     "SO_SNDBUFFORCE",
-    "SUN_PATH_MAX",
     "bind_udp",
     "bind_unix",
     "enlarge_send_buffer",
@@ -52,13 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``sizeof(sun_path)``: the longest abstract name in bytes, its leading NUL included; a
-#: path may have one byte less (see _check_length).
-SUN_PATH_MAX: Final = 108
-
 _ABSTRACT_PREFIX: Final = "@"
 _NUMERIC_ID = re.compile(r"\s*[+-]?[0-9]+\s*")  # what strtol() accepts, as OpenSIPS parses it
-_MAX_ID: Final = 0xFFFF_FFFE  # (uid_t)-1 is "no change"
 
 
 # --- owner of the UNIX socket file ------------------------------------------------------
@@ -103,7 +99,7 @@ def resolve_owner(user: str | int | None, group: str | int | None) -> tuple[int,
 
 def _numeric_id(parameter: str, spec: str | int, what: str) -> int:
     value = int(spec)  # a str here matched _NUMERIC_ID
-    if isinstance(spec, bool) or not (value == -1 or 0 <= value <= _MAX_ID):
+    if isinstance(spec, bool) or not (value == UNSET_ID or 0 <= value <= ID_MAX):
         raise ConfigError(parameter, spec, f"not a valid {what}")
     return value
 

@@ -26,19 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from midgram.config.settings import Settings
-from midgram.engine.core import with_core
-from midgram.engine.dispatch import Dispatcher, Registry
+from midgram.engine.builtins import with_builtins
+from midgram.engine.dispatch import Dispatcher
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import (
     LocalRuntime,
     ProcessTable,
     Runtime,
     SharedRuntime,
-    opensips_level,
 )
 from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.errors import ConfigError, TransportError
 from midgram.local import default_target, squatted
-from midgram.logs import LOG_FORMAT, formatter_for
+from midgram.logs import LOG_FORMAT, formatter_for, logging_level, opensips_level
 from midgram.server.batchio import native_status, version_line
 from midgram.server.binding import (
     bind_udp,
@@ -65,7 +65,6 @@ __all__ = [
     "importing_app",
     "in_process",
     "local_runtime",
-    "logging_level",
     "open_socket",
     "own_logging",
     "refuse_during_app_import",
@@ -121,13 +120,6 @@ def _check_slots(settings: Settings, registry: Registry) -> None:
 
 def server_address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
-
-
-def logging_level(name: str) -> int:
-    """The ``logging`` level of a ``Settings.log_level`` (already one of debug, info,
-    warning, error, critical)."""
-    level = logging.getLevelName(name.upper())
-    return level if isinstance(level, int) else logging.INFO
 
 
 def _opensips_level(settings: Settings) -> int:
@@ -202,7 +194,7 @@ def close_socket(sock: socket.socket, settings: Settings) -> None:
 
 def _dispatcher(settings: Settings, registry: Registry, runtime: Runtime) -> Dispatcher:
     return Dispatcher(
-        with_core(registry, runtime),
+        with_builtins(registry, runtime),
         pretty=settings.pretty_printing,
         buf_size=settings.socket_buf_size,
         json_errors=settings.json_errors,

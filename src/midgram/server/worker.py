@@ -119,7 +119,7 @@ class _Dispatching(NamedTuple):
 
 def _dispatching(dispatcher: Dispatcher, io: BatchIO) -> _Dispatching:
     return _Dispatching(
-        dispatcher.fast_answer(io.fast_answer), dispatcher.handle, dispatcher.handle_oversize
+        dispatcher.answer_function(io.fast_answer), dispatcher.handle, dispatcher.handle_oversize
     )
 
 

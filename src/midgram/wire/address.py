@@ -41,6 +41,7 @@ __all__ = [
     "SERVER_PORT_RANGE",
     "SUN_PATH_MAX",
     "TARGET_PORT_RANGE",
+    "UDP_MAX_PAYLOAD",
     "Address",
     "HepId",
     "HepTransport",
@@ -63,6 +64,8 @@ SUN_PATH_MAX: Final = 108
 SERVER_PORT_RANGE: Final = (1024, 65535)
 #: A client may talk to any real port.
 TARGET_PORT_RANGE: Final = (1, 65535)
+#: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
+UDP_MAX_PAYLOAD: Final = 65507
 
 # str2int accepts ASCII decimal digits only (str.isdigit would also accept "²" or "٣").
 _PORT_RE: Final = re.compile(r"[0-9]+")

@@ -316,78 +316,14 @@ def _address(kind: ChunkType, known: Mapping[int, bytes]) -> IPAddress:
     return _ADDRESSES[kind](value)
 
 
-def _fixed_part(address_size: int) -> struct.Struct:
-    """Header and chunks 1-10 of an MI trace (docs/tracing.md) as one struct: a packet is two
-    ``pack`` calls and a join, not a dozen small ones (tracing runs per request)."""
-    return struct.Struct(
-        ">4sH"
-        + "HHHB" * 2  # family, IP protocol
-        + "HHHH" * 2  # ports
-        + "HHHI" * 2  # seconds, microseconds
-        + "HHHB"  # protocol type
-        + "HHHI"  # capture id
-        + f"HHH{address_size}s" * 2  # source, destination
-    )
-
-
-#: version -> (fixed part, family, source chunk, destination chunk, address chunk length).
-_FIXED: Final[Mapping[int, tuple[struct.Struct, int, int, int, int]]] = MappingProxyType(
-    {
-        4: (_fixed_part(4), AF_INET, ChunkType.SRC_IP4, ChunkType.DST_IP4, 10),
-        6: (_fixed_part(16), AF_INET6, ChunkType.SRC_IP6, ChunkType.DST_IP6, 22),
-    }
-)
-_VARIABLE: Final = struct.Struct(">HHH")
-
-
-def _tail(payload: bytes | None, correlation_id: bytes | None) -> bytes:
-    """The payload and correlation id chunks. A value too long for its chunk's u16 length
-    makes the whole packet too long too, which every caller checks before it uses the tail:
-    so such a length is only masked here, never sent."""
-    tail = b""
-    if payload is not None:
-        size = (6 + len(payload)) & 0xFFFF
-        tail = _VARIABLE.pack(GENERIC, ChunkType.PAYLOAD, size) + payload
-    if correlation_id is not None:
-        size = (6 + len(correlation_id)) & 0xFFFF
-        tail += _VARIABLE.pack(GENERIC, ChunkType.CORRELATION_ID, size) + correlation_id
-    return tail
-
-
 def encode(packet: HepPacket) -> bytes:
     """The packet as OpenSIPS would send it: its chunk order, then ``extra``.
 
-    The usual packet (no extra chunk) takes two ``pack`` calls and a join; anything odd
-    goes chunk by chunk, which also says what does not fit. A test holds both equal.
+    The reference encoder, chunk by chunk (``HepPacket.chunks``, ``encode_chunks``), which
+    also says what does not fit. Its one fast path is ``route_encoder``, which a test holds
+    byte-identical to it.
     """
-    src_ip, dst_ip, payload, correlation_id = (
-        packet.src_ip,
-        packet.dst_ip,
-        packet.payload,
-        packet.correlation_id,
-    )
-    fixed, family, src_kind, dst_kind, address_len = _FIXED[src_ip.version]
-    tail = _tail(payload, correlation_id)
-    total = fixed.size + len(tail)
-    if packet.extra or dst_ip.version != src_ip.version or total > MAX_PACKET:
-        return encode_chunks(packet.chunks())
-    try:
-        head = fixed.pack(
-            MAGIC, total,
-            GENERIC, ChunkType.IP_FAMILY, 7, family,
-            GENERIC, ChunkType.IP_PROTO, 7, packet.ip_proto,
-            GENERIC, ChunkType.SRC_PORT, 8, packet.src_port,
-            GENERIC, ChunkType.DST_PORT, 8, packet.dst_port,
-            GENERIC, ChunkType.TS_SEC, 10, packet.ts_sec,
-            GENERIC, ChunkType.TS_USEC, 10, packet.ts_usec,
-            GENERIC, ChunkType.PROTO_TYPE, 7, packet.proto_type,
-            GENERIC, ChunkType.CAPTURE_ID, 10, packet.capture_id,
-            GENERIC, src_kind, address_len, src_ip.packed,
-            GENERIC, dst_kind, address_len, dst_ip.packed,
-        )  # fmt: skip
-    except struct.error:
-        return encode_chunks(packet.chunks())
-    return head + tail
+    return encode_chunks(packet.chunks())
 
 
 def decode(data: bytes) -> HepPacket:
@@ -411,8 +347,10 @@ def route_encoder(
     function of ``(ts_sec, ts_usec, payload, correlation_id)``, byte-identical to
     ``encode(HepPacket(...))`` (a test holds it), that packs only what changes.
 
-    A tracer sends two packets per request, one each way of a route it keeps: this costs a
-    fraction of building a ``HepPacket`` and encoding it.
+    The fast path of HEP encoding: a tracer sends two packets per request, one each way of
+    a route it keeps, and this costs a fraction of building a ``HepPacket`` and encoding it.
+    The route's fixed chunks are ``encode``'s own, made once; whatever does not fit is left
+    to ``encode``, which raises what it would.
     """
     template = HepPacket(src_ip, dst_ip, src_port, dst_port, 0, 0, capture_id)
 
@@ -426,11 +364,9 @@ def route_encoder(
         )
 
     try:
-        fixed = encode(template)  # no payload, no correlation id: the fixed part only
+        fixed = encode(template)  # no payload, no correlation id: the fixed chunks only
     except HepError:
         return encode_each  # each packet raises it, as encode() would
-    if len(fixed) != _FIXED[src_ip.version][0].size:
-        return encode_each  # packed chunk by chunk: nothing to reuse
     before = fixed[_HEADER_SIZE:_TIMES_OFFSET]
     after = fixed[_TIMES_OFFSET + _TIMES.size :]
     head_pack = struct.Struct(f">4sH{len(before)}s").pack
@@ -453,3 +389,17 @@ def route_encoder(
         return head_pack(MAGIC, total, before) + times + after + tail
 
     return encode_route
+
+
+def _tail(payload: bytes | None, correlation_id: bytes | None) -> bytes:
+    """The payload and correlation id chunks. A value too long for its chunk's u16 length
+    makes the whole packet too long too, which ``route_encoder`` checks before it uses the
+    tail: so such a length is only masked here, never sent."""
+    tail = b""
+    if payload is not None:
+        size = (_CHUNK_HEADER_SIZE + len(payload)) & 0xFFFF
+        tail = _CHUNK_HEADER.pack(GENERIC, ChunkType.PAYLOAD, size) + payload
+    if correlation_id is not None:
+        size = (_CHUNK_HEADER_SIZE + len(correlation_id)) & 0xFFFF
+        tail += _CHUNK_HEADER.pack(GENERIC, ChunkType.CORRELATION_ID, size) + correlation_id
+    return tail

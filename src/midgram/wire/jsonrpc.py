@@ -1,7 +1,9 @@
 """Sans-IO JSON-RPC 2.0 as OpenSIPS's MI speaks it: bytes in, values out; values in, bytes out.
 
 No sockets, no clock. ``decode_request`` turns a datagram into a ``Request`` or a
-``Notification`` (or raises ``ParseError`` / ``InvalidRequest``); the ``encode_*`` functions
+``Notification`` (or raises ``ParseError`` / ``InvalidRequest``), from ``parse_request``,
+the one statement of what a valid request is (both dispatch paths call it, and use the call
+flat); the ``encode_*`` functions
 build replies byte-compatible with OpenSIPS 3.6 (member order ``jsonrpc, result|error, id``,
 compact or cJSON's "formatted" layout), and ``reply_fits`` applies OpenSIPS's size rule.
 
@@ -30,8 +32,11 @@ __all__ = [
     "C_INT_MIN",
     "DEFAULT_BUF_SIZE",
     "INTERNAL_ERROR_REPLY",
+    "MAX_BUF_SIZE",
     "MAX_DEPTH",
+    "NO_ID",
     "PARSE_ERROR_REPLY",
+    "Call",
     "JsonId",
     "Notification",
     "Params",
@@ -42,6 +47,7 @@ __all__ = [
     "encode_result",
     "encode_value",
     "nesting_depth",
+    "parse_request",
     "reply_fits",
 ]
 
@@ -50,6 +56,8 @@ Params: TypeAlias = list[Any] | dict[str, Any] | None
 
 #: OpenSIPS's datagram buffer: the largest request read and reply sent (socket_buf_size).
 DEFAULT_BUF_SIZE: Final = 65457
+#: The largest ``socket_buf_size`` a server takes, so the largest reply a client may get.
+MAX_BUF_SIZE: Final = 1 << 20
 #: The plain-text replies mi_datagram sends where a JSON-RPC reply cannot be made.
 PARSE_ERROR_REPLY: Final = b"400 Parse_error"
 INTERNAL_ERROR_REPLY: Final = b"500 Internal error"
@@ -93,62 +101,92 @@ class Notification(NamedTuple):
 
 
 def decode_request(data: bytes) -> Request | Notification:
-    """Parse one datagram.
+    """One datagram as a ``Request`` or a ``Notification``: ``parse_request``'s call, typed."""
+    method, params, req_id = parse_request(data)
+    if req_id is NO_ID:
+        return Notification(method, params)
+    return Request(method, params, req_id)
+
+
+#: The id of a notification: it has no ``id`` member (an explicit null is an id).
+NO_ID: Final[Any] = object()
+
+#: A valid call, flat: method, params (None when absent or empty) and id (NO_ID when none).
+Call: TypeAlias = tuple[str, Params, Any]
+
+_PARAMS_TYPE: Final = "'params' must be an array or an object"
+_loads: Final = orjson.loads
+
+
+def parse_request(data: bytes) -> Call:
+    """What a valid request is, stated once: the one parse and check both dispatch paths
+    (``Dispatcher.handle`` and its fast path ``Dispatcher.answer``) make.
 
     Raises ``ParseError`` for anything that is not exactly one JSON value (strict RFC 8259;
-    surrounding whitespace is fine, as kamcli sends a trailing newline), and ``InvalidRequest``
-    for JSON that is not a valid JSON-RPC 2.0 request (with the id to answer with).
-    Like OpenSIPS (which reads the datagram as a C string) the request ends at a NUL byte.
+    surrounding whitespace is fine, as kamcli sends a trailing newline), and
+    ``InvalidRequest``, with the id to answer with, for JSON that is not a valid JSON-RPC 2.0
+    request: OpenSIPS's parse_mi_request checks (docs/compatibility.md, "Request
+    validation"), with differences 3 and 4 applied. Every datagram comes through here, so
+    the common request (a string or integer id, every member there) costs one parse, one
+    subscript per member and no other call.
     """
+    try:
+        obj = _loads(data)
+    except orjson.JSONDecodeError as exc:
+        obj, data = _parse_to_nul(data, exc)
+    if type(obj) is not dict:
+        raise InvalidRequest("a request must be a JSON object (batches are not supported)")
+    try:  # subscripts: cheaper than get() where the members are there, as they usually are
+        version = obj["jsonrpc"]
+        method = obj["method"]
+        req_id = obj["id"]
+    except KeyError:
+        version = obj.get("jsonrpc")
+        method = obj.get("method")
+        req_id = obj.get("id", NO_ID)
+    if type(req_id) is not int and type(req_id) is not str:
+        req_id = _other_id(req_id, method, data)
+    if version != "2.0":
+        raise _invalid("'jsonrpc' must be \"2.0\"", req_id, method)
+    if type(method) is not str:
+        raise _invalid("'method' must be a string", req_id, None)
+    if "params" not in obj:
+        return method, None, req_id
+    params = obj["params"]
+    if type(params) is not list and type(params) is not dict:
+        raise _invalid(_PARAMS_TYPE, req_id, method)  # null included
+    return method, params or None, req_id  # empty counts as absent (OpenSIPS)
+
+
+def _parse_to_nul(data: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
+    """Like OpenSIPS, which reads the datagram as a C string, a request ends at a NUL byte:
+    the JSON before it and that text, or ``ParseError``. Only a datagram orjson refused pays
+    for the search (JSON text holds no raw NUL byte, so no datagram with one parses whole)."""
     nul = data.find(b"\0")
     if nul >= 0:
         data = data[:nul]
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ParseError(str(exc)) from exc
-    if type(obj) is not dict:
-        raise InvalidRequest("a request must be a JSON object (batches are not supported)")
-    return _validate(obj, data)
+        try:
+            return _loads(data), data
+        except orjson.JSONDecodeError as again:
+            error = again
+    raise ParseError(str(error)) from error
 
 
-_NO_ID: Final = object()  # "no id member": a notification (an explicit null is an id)
-_ID_TYPES: Final = frozenset({str, int, float, type(None)})
-_PARAMS_TYPES: Final = frozenset({list, dict})
+def _other_id(req_id: Any, method: Any, data: bytes) -> Any:
+    """An id that is not a string or an integer: none (a notification), null, a number
+    orjson read as a float (made exact), or one that makes the request invalid."""
+    if req_id is NO_ID or req_id is None:
+        return req_id
+    if type(req_id) is float:
+        return _exact_id(data, req_id)
+    raise _invalid("'id' must be a string, a number or null", NO_ID, method)
 
 
-def _validate(obj: dict[str, Any], data: bytes) -> Request | Notification:
-    """OpenSIPS's parse_mi_request checks (docs/compatibility.md, "Request validation"),
-    with differences 3 and 4 applied.
-
-    Every datagram comes through here: one lookup per member, no helper calls on the
-    common path.
-    """
-    method = obj.get("method")
-    req_id = obj.get("id", _NO_ID)
-    id_type = type(req_id)
-    if id_type not in _ID_TYPES and req_id is not _NO_ID:
-        name = method if type(method) is str else None
-        raise InvalidRequest("'id' must be a string, a number or null", None, name)
-    if id_type is float:
-        req_id = _exact_id(data, req_id)
-    reply_id = None if req_id is _NO_ID else req_id
-    if obj.get("jsonrpc") != "2.0":
-        name = method if type(method) is str else None
-        raise InvalidRequest("'jsonrpc' must be \"2.0\"", reply_id, name)
-    if type(method) is not str:
-        raise InvalidRequest("'method' must be a string", reply_id, None)
-    params = obj.get("params")
-    if params is None:
-        if "params" in obj:
-            raise InvalidRequest("'params' must be an array or an object", reply_id, method)
-    elif type(params) not in _PARAMS_TYPES:
-        raise InvalidRequest("'params' must be an array or an object", reply_id, method)
-    elif not params:
-        params = None
-    if req_id is _NO_ID:
-        return Notification(method, params)
-    return Request(method, params, reply_id)
+def _invalid(why: str, req_id: Any, method: Any) -> InvalidRequest:
+    """The error for an invalid request: answered with its id (null when it has none usable),
+    and naming its method when that is a string (for logs and traces)."""
+    reply_id = None if req_id is NO_ID else req_id
+    return InvalidRequest(why, reply_id, method if type(method) is str else None)
 
 
 def _exact_id(data: bytes, parsed: float) -> JsonId:

@@ -1,6 +1,6 @@
 """The built-in MI commands, with OpenSIPS 3.6's names, recipes, texts and result shapes.
 
-``with_core(registry, runtime)`` returns the registry a server runs: these commands first
+``with_builtins(registry, runtime)`` returns the registry a server runs: these commands first
 (as OpenSIPS lists its core before its modules), then the program's own, sharing the
 program's statistics. The handlers read the server through a ``Runtime``. What each
 command answers: docs/compatibility.md, "Core commands".
@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from midgram._version import __version__
-from midgram.engine.dispatch import Command, Registry, make_command
+from midgram.engine.registry import Command, Registry, make_command
 from midgram.engine.runtime import Runtime
 from midgram.engine.stats import Stat, Statistics
 from midgram.errors import InvalidParams, MIError
 from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN
 
-__all__ = ["SERVER_NAME", "with_core"]
+__all__ = ["SERVER_NAME", "with_builtins"]
 
 SERVER_NAME: Final = (
     f"midgram {__version__} (python {platform.python_version()} "
@@ -35,7 +35,7 @@ _UNKNOWN_COMMAND: Final = (404, "unknown MI command")
 _NO_STATISTICS: Final = (404, "Statistics Not Found")
 
 
-def with_core(registry: Registry, runtime: Runtime) -> Registry:
+def with_builtins(registry: Registry, runtime: Runtime) -> Registry:
     """A registry with the built-in commands followed by ``registry``'s commands."""
     served = Registry(module=registry.module, stats=registry.stats)
     _declare_core_stats(registry.stats, runtime)

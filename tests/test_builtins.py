@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from golden_cases import Case, assert_matches, load_cases
 
-from midgram.engine.core import SERVER_NAME, with_core
-from midgram.engine.dispatch import Dispatcher, Outcome, Registry
+from midgram.engine.builtins import SERVER_NAME, with_builtins
+from midgram.engine.dispatch import Dispatcher, Outcome
+from midgram.engine.registry import Registry
 from midgram.engine.runtime import LocalRuntime
 
 CASES = load_cases()
@@ -19,7 +20,7 @@ CASES = load_cases()
 
 def engine(registry: Registry | None = None) -> tuple[Dispatcher, LocalRuntime]:
     runtime = LocalRuntime()
-    served = with_core(registry if registry is not None else Registry(), runtime)
+    served = with_builtins(registry if registry is not None else Registry(), runtime)
     return Dispatcher(served), runtime
 
 
