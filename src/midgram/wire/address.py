@@ -1,6 +1,6 @@
 """The address grammars, sans-IO: mi_datagram's ``socket_name`` (docs/parameters.md), client
-targets, and proto_hep's ``hep_id`` with the ``trace_destination`` that names one (see the
-end).
+targets, event_datagram's subscriber sockets (``event_subscribe``), and proto_hep's ``hep_id``
+with the ``trace_destination`` that names one (see the end).
 
 ::
 
@@ -49,6 +49,8 @@ __all__ = [
     "UdpAddress",
     "UnixAddress",
     "default_socket_name",
+    "event_socket_text",
+    "parse_event_socket",
     "parse_hep_id",
     "parse_socket_name",
     "parse_target",
@@ -331,6 +333,48 @@ def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAd
 def _foreign_scheme(text: str) -> re.Match[str] | None:
     match = _SCHEME_RE.fullmatch(text)
     return match if match is not None and match.group(1).lower() in _FOREIGN_SCHEMES else None
+
+
+# --- event subscribers (event_datagram's sockets) ------------------------------------------
+#
+#     event_socket := "udp:" host ":" port      (as a target's; any port 1-65535)
+#                   | "unix:" path              (relative paths allowed)
+#                   | "unix:@" name             (a Linux abstract name: a midgram extension)
+#
+# The transport is everything before the first ":", matched exactly (``UDP:`` and a bare path
+# are refused), as OpenSIPS's evi_transport.c does. Unlike OpenSIPS: an IPv6 host in brackets
+# works, a port beyond 65535 is refused instead of wrapping, and a path too long for
+# ``sun_path`` is refused instead of being accepted and never reached (docs/compatibility.md,
+# differences 23 and 24).
+
+UNIX_EVENT_PREFIX: Final = "unix:"
+
+
+def parse_event_socket(text: str, *, parameter: str = "socket") -> UnixAddress | UdpAddress:
+    """A subscriber's socket, as ``event_subscribe`` takes it. ``AddressError`` says why not."""
+    try:
+        if text.startswith(UDP_PREFIX):
+            return _parse_udp(text[len(UDP_PREFIX) :], TARGET_PORT_RANGE)
+        if text.startswith(UNIX_EVENT_PREFIX):
+            path = text[len(UNIX_EVENT_PREFIX) :]
+            if path.startswith(ABSTRACT_PREFIX):
+                return UnixAddress(path[len(ABSTRACT_PREFIX) :], abstract=True)
+            return UnixAddress(path)
+    except AddressError as exc:
+        raise AddressError(parameter, text, exc.reason) from None
+    except ValueError as exc:
+        raise AddressError(parameter, text, str(exc)) from None
+    transport = text.partition(":")[0] if ":" in text else ""
+    why = f"no transport {transport!r}" if transport else "no transport"
+    raise AddressError(parameter, text, f"{why}: write udp:host:port or unix:path")
+
+
+def event_socket_text(address: UnixAddress | UdpAddress) -> str:
+    """How ``subscribers_list`` shows a subscriber's socket (``parse_event_socket`` reads it)."""
+    if isinstance(address, UdpAddress):
+        return str(address)
+    name = ABSTRACT_PREFIX + address.path if address.abstract else address.path
+    return UNIX_EVENT_PREFIX + name
 
 
 # --- proto_hep's hep_id, and trace_destination ------------------------------------------
