@@ -209,6 +209,8 @@ _BUF_SIZES: Final = (1024, MAX_BUF_SIZE)
 _DEFAULT_MODE: Final = 0o660
 _MAX_CAPTURE_ID: Final = 2**32 - 1  # a u32 chunk
 _MAX_WORKER_TIMEOUT: Final = 86_400.0
+_DEFAULT_SUBSCRIBERS: Final = 256
+_MAX_SUBSCRIBERS: Final = 65_536
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,15 @@ class Settings:
         Origin.MIDGRAM,
         coercion.boolean,
         kind=Kind.SWITCH,
+    )
+    max_event_subscribers: int = parameter(
+        _DEFAULT_SUBSCRIBERS,
+        f"the most event subscriptions the server keeps (0-{_MAX_SUBSCRIBERS}; 0: "
+        "event_subscribe is refused); more are refused, and counted",
+        Origin.MIDGRAM,
+        coercion.int_range(0, _MAX_SUBSCRIBERS),
+        kind=Kind.INTEGER,
+        metavar="N",
     )
     log_level: str = parameter(
         DEFAULT_LOG_LEVEL.name,

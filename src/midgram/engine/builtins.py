@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from midgram._version import __version__
+from midgram.engine.event_commands import event_commands
 from midgram.engine.registry import Command, Registry, make_command
 from midgram.engine.runtime import Runtime
 from midgram.engine.stats import Stat, Statistics
@@ -37,7 +38,7 @@ _NO_STATISTICS: Final = (404, "Statistics Not Found")
 
 def with_builtins(registry: Registry, runtime: Runtime) -> Registry:
     """A registry with the built-in commands followed by ``registry``'s commands."""
-    served = Registry(module=registry.module, stats=registry.stats)
+    served = Registry(module=registry.module, stats=registry.stats, events=registry.events)
     _declare_core_stats(registry.stats, runtime)
     for command in _core_commands(served, runtime):
         served.add(command)
@@ -74,6 +75,7 @@ def _core_commands(served: Registry, runtime: Runtime) -> list[Command]:
         (_ps(runtime), "lists all processes used by midgram"),
         (_kill(runtime), "terminates midgram"),
         (_log_level(runtime), "gets/sets the per process or global log level in midgram"),
+        *event_commands(served.events),
         (_help(served), "prints information about MI commands usage"),
     ]
     return [

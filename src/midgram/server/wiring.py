@@ -28,6 +28,7 @@ from typing import Any
 from midgram.config.settings import Settings
 from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Dispatcher
+from midgram.engine.publisher import EventPublisher
 from midgram.engine.registry import Registry
 from midgram.engine.runtime import (
     LocalRuntime,
@@ -35,6 +36,7 @@ from midgram.engine.runtime import (
     Runtime,
     SharedRuntime,
 )
+from midgram.engine.subscriptions import SubscriptionTable
 from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.errors import ConfigError, TransportError
 from midgram.local import default_target, squatted
@@ -49,6 +51,7 @@ from midgram.server.binding import (
     resolve_udp,
     set_recv_timeout,
 )
+from midgram.server.events import WORKER_RESTARTED, EventSender
 from midgram.server.hooks import Tracing, allow_from
 from midgram.server.process import name_attendant, name_worker
 from midgram.server.service import Notifier
@@ -359,6 +362,35 @@ def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]
     return restore
 
 
+def _serve_events(settings: Settings, registry: Registry) -> Callable[[], None]:
+    """Serve ``registry``'s events: its subscribers' table (made before any fork, shared by
+    every process) and this process's sender. Returns what ends it."""
+    subscribers = SubscriptionTable(settings.max_event_subscribers)
+    sender = EventSender()
+    registry.events.publisher = EventPublisher(registry.events, subscribers, sender)
+
+    def end() -> None:
+        registry.events.publisher = None
+        sender.close()
+        subscribers.close()
+
+    return end
+
+
+def _raise_restarts(registry: Registry) -> Callable[[int, int, int, str], None]:
+    """``E_MIDGRAM_WORKER_RESTARTED``, raised by the supervisor for each worker replaced."""
+    restarted = registry.event(WORKER_RESTARTED)
+    count = 0
+
+    def raise_restart(slot: int, pid: int, old_pid: int, why: str) -> None:
+        nonlocal count
+        count += 1
+        params = {"id": slot + 1, "pid": pid, "old_pid": old_pid, "reason": why}
+        restarted.raise_event({**params, "restarts": count})
+
+    return raise_restart
+
+
 def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, told: _Told) -> int:
     children, where = settings.children_count, told.where
     table = ProcessTable(children, level=_opensips_level(settings))
@@ -367,6 +399,8 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
     dispatcher = _dispatcher(settings, registry, runtime)
     plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
+    on_restart = _raise_restarts(registry)
+    end_events = _serve_events(settings, registry)  # shared memory, before the fork
     registry.stats.allocate(children)  # shared memory, before the fork
     states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
@@ -403,12 +437,16 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
         on_stuck=lambda slot: server_stats.stuck_requests.inc(),
         on_spawn=spawned,
         on_exit=lambda slot: table.unregister(slot + 1),
+        on_restart=on_restart,
         on_started=told.ready,
         on_stop=told.stopping,
         heartbeat=told.notifier.heartbeat,
     )
     name_attendant(where)
-    status = supervisor.run()
+    try:
+        status = supervisor.run()
+    finally:
+        end_events()
     _report(server_stats)
     return status
 
@@ -446,8 +484,10 @@ class InProcess:
 
     worker: Worker
     tracing: Tracing | None
+    end_events: Callable[[], None]
 
     def close(self) -> None:
+        self.end_events()
         if self.tracing is not None:
             self.tracing.close()
 
@@ -474,7 +514,7 @@ def in_process(
         stop_requested=lambda: runtime.stop_requested,
         **options,
     )
-    return InProcess(worker, tracing)
+    return InProcess(worker, tracing, _serve_events(settings, registry))
 
 
 def _report(stats: ServerStats) -> None:
