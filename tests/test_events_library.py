@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -146,3 +147,39 @@ def test_params_that_are_not_json_are_refused_by_the_raiser() -> None:
     event = mi.event("E_X")
     with pytest.raises(TypeError):
         mi.events.raise_event(event, "a string")  # type: ignore[arg-type]
+
+
+def test_the_example_of_docs_events_md_works(folder: str) -> None:
+    """docs/events.md's five lines, served, subscribed to and raised through a real socket."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    block = page.split("<!-- example: events-library -->\n```python\n", 1)[1].split("```", 1)[0]
+    names: dict[str, object] = {"Registry": Registry}
+    exec(block, names)  # noqa: S102 - the documentation's own example
+    mi = names["mi"]
+    assert isinstance(mi, Registry)
+    server_path = f"{folder}/mi.sock"
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sub,
+        ):
+            client.bind("")
+            client.setblocking(False)
+            sub.bind(("127.0.0.1", 0))
+            sub.setblocking(False)
+            socket_text = f"udp:127.0.0.1:{sub.getsockname()[1]}"
+            async with AsyncServer(Settings(socket_name=server_path), mi):
+                for call in (
+                    request("event_subscribe", ["E_CALLS_HIGH", socket_text]),
+                    request("set_calls", [120]),
+                ):
+                    await loop.sock_sendto(client, call, server_path)
+                    reply = await asyncio.wait_for(loop.sock_recv(client, 4096), DEADLINE)
+                    assert orjson.loads(reply)["result"] == "OK"
+                return await asyncio.wait_for(loop.sock_recv(sub, 4096), DEADLINE)
+
+    assert asyncio.run(scenario()) == (
+        b'{"jsonrpc":"2.0","method":"E_CALLS_HIGH","params":{"calls":120}}'
+    )
