@@ -172,7 +172,7 @@ def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications() -> N
         assert len(waiting(asleep)) == counted["event_datagram:delivered"] - raised
         log = server.log()
         assert f"cannot send event {THRESHOLD} to unix:{folder}/gone.sock: it is gone" in log
-        assert log.count("gone.sock: it is gone") == 1  # rate-limited
+        assert log.count("gone.sock: it is gone") < raised  # rate-limited (once a 10 s)
         assert "asleep.sock: its queue is full" in log
         # Nobody was unsubscribed: they stay until they expire, as in OpenSIPS.
         listed = server.call("subscribers_list", [THRESHOLD])["result"]["Event"]["Subscribers"]
