@@ -16,14 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 # The config and the paths are the benchmark harness's own (bench/kamailio_ref.py).
-sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 from kamailio_ref import (
     KAMAILIO_MISSING,
     kamailio_binary,

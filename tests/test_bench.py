@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import importlib
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.append(str(BENCH))
-
-import harness  # noqa: E402
-from cbuild import BuildError, compiler  # noqa: E402
-from toolchain import needs_loadgen  # noqa: E402
+from cbuild import BuildError, compiler
+from toolchain import needs_loadgen
 
 
 def _no_compiler() -> str | None:
