@@ -11,9 +11,7 @@ returns, and anything else is awaited with select() and a deadline.
 
 from __future__ import annotations
 
-import importlib
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -21,14 +19,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
+from datagrams import DEADLINE, Sockets, drain, wait_readable
 from golden_cases import assert_matches, load_cases
-from servers import ServerProcess, midgram_server, short_tmpdir
+from servers import ServerProcess, midgram_server
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.builtins import with_builtins
@@ -42,90 +41,7 @@ from midgram.server.binding import set_recv_timeout
 from midgram.server.transport import ReplySender, SendStatus
 from midgram.server.worker import ServerStats, Worker
 
-#: How long a test waits for something that should happen at once.
-DEADLINE = 5.0
-
-
 # --- helpers ----------------------------------------------------------------------------
-
-
-class Sockets:
-    """Every socket a test opens, closed at teardown (an unclosed one is a warning = error)."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._open: list[socket.socket] = []
-
-    def keep(self, sock: socket.socket) -> socket.socket:
-        self._open.append(sock)
-        return sock
-
-    def unix(self, name: str | bytes | None = None) -> socket.socket:
-        """A UNIX datagram socket: bound at ``name`` (a str is a file in the test's folder,
-        bytes are bound as they are), or unbound."""
-        sock = self.keep(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
-        if isinstance(name, str):
-            sock.bind(os.path.join(self.folder, name))
-        elif name is not None:
-            sock.bind(name)
-        return sock
-
-    def abstract(self) -> socket.socket:
-        return self.unix(b"\0mgtest-" + uuid.uuid4().hex.encode())
-
-    def udp(self, host: str = "127.0.0.1") -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self.keep(socket.socket(family, socket.SOCK_DGRAM))
-        sock.bind((host, 0))
-        return sock
-
-    def server(self, kind: str = "unix", name: str = "srv") -> socket.socket:
-        """A server socket (``unix``, ``udp4``, ``udp6`` or ``dual``: IPv6 and IPv4 on
-        ``::``) whose blocking receives give up after DEADLINE, so a receive that should not
-        block fails instead of hanging."""
-        if kind == "unix":
-            sock = self.unix(name)
-        elif kind == "dual":  # IPv4 clients come v4-mapped
-            sock = self.keep(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0))
-        else:
-            sock = self.udp("127.0.0.1" if kind == "udp4" else "::1")
-        set_recv_timeout(sock, DEADLINE)
-        return sock
-
-    def close(self) -> None:
-        for sock in self._open:
-            sock.close()
-
-
-def open_sockets() -> Iterator[Sockets]:
-    """The body of a ``sockets`` fixture: a short folder for socket files, and a Sockets
-    that closes everything it opened, then removes the folder."""
-    folder = short_tmpdir()  # pytest's tmp_path is too long for the 108-byte sun_path
-    opened = Sockets(folder)
-    yield opened
-    opened.close()
-    for name in os.listdir(folder):
-        os.unlink(os.path.join(folder, name))
-    os.rmdir(folder)
-
-
-@pytest.fixture
-def sockets() -> Iterator[Sockets]:
-    yield from open_sockets()
-
-
-@pytest.fixture(scope="module")
-def native() -> ModuleType:
-    """The compiled module itself (tests using it are marked needs_native)."""
-    return importlib.import_module("midgram.server._batchio")
-
-
-def wait_readable(sock: socket.socket, timeout: float = DEADLINE) -> None:
-    ready, _, _ = select.select([sock], [], [], timeout)
-    if not ready:
-        pytest.fail(f"nothing arrived within {timeout} s")
 
 
 def receive(sock: socket.socket, count: int) -> list[bytes]:
@@ -135,16 +51,6 @@ def receive(sock: socket.socket, count: int) -> list[bytes]:
         wait_readable(sock)
         got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
     return got
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    """Everything queued on ``sock`` right now."""
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return got
 
 
 def fill_queue(sockets: Sockets, address: Any) -> int:

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +34,14 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=PROMTOOL_MISSING)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """midgram with three workers and the tests' app (its `tests:calls` counter)."""
-    with midgram_server("--children", "3", "--app", "apps:mi") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def dead() -> str:
     """A socket path nobody listens on."""
     return f"{short_tmpdir()}/nobody.sock"
 
 
-def _big(server: ServerProcess) -> None:
+def _big(midgram: ServerProcess) -> None:
     """One real call of a command that counts in tests:calls."""
-    assert server.call("big", {"size": 1})["result"] == "x"
+    assert midgram.call("big", {"size": 1})["result"] == "x"
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
@@ -60,59 +52,59 @@ def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_metrics_reports_every_target_and_a_dead_one_as_down(
-    server: ServerProcess, dead: str
+    midgram: ServerProcess, dead: str
 ) -> None:
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
         status, text = exporter.get("/metrics")
     assert status == 200
     found = samples(text)
-    assert value(found, "opensips_up", target=server.target) == 1
+    assert value(found, "opensips_up", target=midgram.target) == 1
     assert value(found, "opensips_up", target=dead) == 0
     # The live one is reported in full, the dead one only by its up and duration.
-    assert value(found, "opensips_processes_listed", target=server.target) == 4  # 3 + supervisor
-    assert value(found, "opensips_uptime_seconds", target=server.target) >= 0
+    assert value(found, "opensips_processes_listed", target=midgram.target) == 3  # 2 + supervisor
+    assert value(found, "opensips_uptime_seconds", target=midgram.target) >= 0
     groups = {dict(labels).get("group") for (_name, labels) in found}
     assert {"core", "mi_datagram", "tests"} <= groups
-    assert all(dict(labels)["target"] in (server.target, dead) for (_name, labels) in found)
+    assert all(dict(labels)["target"] in (midgram.target, dead) for (_name, labels) in found)
     assert not any(
         dict(labels)["target"] == dead for (name, labels) in found if "group" in dict(labels)
     )
     assert ("opensips_scrape_duration_seconds", frozenset({("target", dead)})) in found
 
 
-def test_statistic_types_come_from_list_statistics(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_statistic_types_come_from_list_statistics(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         _status, text = exporter.get("/metrics")
     declared = types(text)
     assert declared["opensips_received"] == "counter"  # mi_datagram:received, incremental
     assert declared["opensips_timestamp"] == "gauge"  # core:timestamp, a function
     assert "# TYPE opensips_received_total counter" in text
     assert "# HELP opensips_received_total MI statistic mi_datagram:received" in text
-    listed = server.call("list_statistics")["result"]
+    listed = midgram.call("list_statistics")["result"]
     assert listed["mi_datagram:received"] == "incremental"
     assert listed["core:timestamp"] == "non-incremental"
 
 
-def test_counters_move_with_real_calls_between_two_scrapes(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_counters_move_with_real_calls_between_two_scrapes(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         before = samples(exporter.get("/metrics")[1])
         for _ in range(3):
-            _big(server)
+            _big(midgram)
         after = samples(exporter.get("/metrics")[1])
-    labels = {"group": "tests", "target": server.target}
+    labels = {"group": "tests", "target": midgram.target}
     assert value(after, "opensips_calls_total", **labels) == (
         value(before, "opensips_calls_total", **labels) + 3
     )
-    received = {"group": "mi_datagram", "target": server.target}
+    received = {"group": "mi_datagram", "target": midgram.target}
     assert value(after, "opensips_received_total", **received) > value(
         before, "opensips_received_total", **received
     )
 
 
 @needs_promtool
-def test_promtool_accepts_the_exposition(server: ServerProcess, dead: str) -> None:
-    _big(server)
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
+def test_promtool_accepts_the_exposition(midgram: ServerProcess, dead: str) -> None:
+    _big(midgram)
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
         text = exporter.get("/metrics")[1]
         openmetrics = exporter.get(
             "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -123,9 +115,9 @@ def test_promtool_accepts_the_exposition(server: ServerProcess, dead: str) -> No
 
 
 @needs_promtool
-def test_promtool_finds_the_exposition_of_once_fine(server: ServerProcess) -> None:
+def test_promtool_finds_the_exposition_of_once_fine(midgram: ServerProcess) -> None:
     once = subprocess.run(
-        exporter_command("-t", server.target, "--once"),
+        exporter_command("-t", midgram.target, "--once"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,9 +129,9 @@ def test_promtool_finds_the_exposition_of_once_fine(server: ServerProcess) -> No
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_once_fails_when_a_target_is_down(server: ServerProcess, dead: str) -> None:
+def test_once_fails_when_a_target_is_down(midgram: ServerProcess, dead: str) -> None:
     once = subprocess.run(
-        exporter_command("-t", server.target, "-t", dead, "--once"),
+        exporter_command("-t", midgram.target, "-t", dead, "--once"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,11 +143,11 @@ def test_once_fails_when_a_target_is_down(server: ServerProcess, dead: str) -> N
     assert f'opensips_up{{target="{dead}"}} 0.0' in once.stdout
 
 
-def test_probe_scrapes_one_configured_target_only(server: ServerProcess, dead: str) -> None:
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
-        status, text = exporter.get(f"/probe?target={server.target}")
+def test_probe_scrapes_one_configured_target_only(midgram: ServerProcess, dead: str) -> None:
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
+        status, text = exporter.get(f"/probe?target={midgram.target}")
         assert status == 200
-        assert {dict(labels)["target"] for (_name, labels) in samples(text)} == {server.target}
+        assert {dict(labels)["target"] for (_name, labels) in samples(text)} == {midgram.target}
         other = f"{short_tmpdir()}/other.sock"
         status, text = exporter.get(f"/probe?target={other}")
         assert status == 403
@@ -166,25 +158,25 @@ def test_probe_scrapes_one_configured_target_only(server: ServerProcess, dead: s
         assert exporter.get("/-/healthy") == (200, "OK\n")
 
 
-def test_probe_any_reaches_a_target_not_configured(server: ServerProcess) -> None:
+def test_probe_any_reaches_a_target_not_configured(midgram: ServerProcess) -> None:
     with running_exporter("--probe-any", "-t", "/nonexistent/mi.sock") as exporter:
-        status, text = exporter.get(f"/probe?target={server.target}")
+        status, text = exporter.get(f"/probe?target={midgram.target}")
     assert status == 200
-    assert value(samples(text), "opensips_up", target=server.target) == 1
+    assert value(samples(text), "opensips_up", target=midgram.target) == 1
 
 
-def test_collect_reads_only_the_groups_asked(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_collect_reads_only_the_groups_asked(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         text = exporter.get("/metrics?collect[]=tests:&collect[]=core")[1]
     groups = {dict(labels).get("group") for (_name, labels) in samples(text)} - {None}
     assert groups == {"tests", "core"}
 
 
-def test_group_in_the_name_and_another_prefix(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target, "--prefix", "app", "--group-mode", "name") as e:
+def test_group_in_the_name_and_another_prefix(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target, "--prefix", "app", "--group-mode", "name") as e:
         found = samples(e.get("/metrics")[1])
-    assert value(found, "app_tests_calls_total", target=server.target) >= 0
-    assert value(found, "app_up", target=server.target) == 1
+    assert value(found, "app_tests_calls_total", target=midgram.target) >= 0
+    assert value(found, "app_up", target=midgram.target) == 1
 
 
 def test_a_usage_error_names_the_option() -> None:
@@ -348,14 +340,14 @@ def _get_json(url: str) -> Any:
 
 @needs_prometheus
 def test_a_real_prometheus_scrapes_the_exporter_and_answers_a_query(
-    server: ServerProcess, tmp_path: Path
+    midgram: ServerProcess, tmp_path: Path
 ) -> None:
     assert PROMETHEUS is not None
-    _big(server)
-    with running_exporter("-t", server.target) as exporter:
+    _big(midgram)
+    with running_exporter("-t", midgram.target) as exporter:
         address = exporter.url.removeprefix("http://")
         config = tmp_path / "prometheus.yml"
-        config.write_text(_prometheus_config(address, server.target))
+        config.write_text(_prometheus_config(address, midgram.target))
         port = _free_tcp_port()
         log = (tmp_path / "prometheus.log").open("wb")
         prometheus = subprocess.Popen(
@@ -384,8 +376,8 @@ def test_a_real_prometheus_scrapes_the_exporter_and_answers_a_query(
             prometheus.wait(20)
             log.close()
     (series,) = result
-    assert series["metric"]["instance"] == server.target
-    assert series["metric"]["target"] == server.target
+    assert series["metric"]["instance"] == midgram.target
+    assert series["metric"]["target"] == midgram.target
     assert series["metric"]["job"] == "midgram"
     assert float(series["value"][1]) >= 1
 
@@ -408,18 +400,18 @@ def _query(url: str) -> list[Any] | None:
 # --- collectors -------------------------------------------------------------------------------
 
 
-def test_a_collector_adds_its_readings_and_collect_selects_it(server: ServerProcess) -> None:
-    flags = ("-t", server.target, "--collector", "collectors:Commands")
+def test_a_collector_adds_its_readings_and_collect_selects_it(midgram: ServerProcess) -> None:
+    flags = ("-t", midgram.target, "--collector", "collectors:Commands")
     with running_exporter(*flags, "--collector", "collectors:Broken") as exporter:
         everything = samples(exporter.get("/metrics")[1])
         only = samples(exporter.get("/metrics?collect[]=commands")[1])
-    core = value(everything, "opensips_commands", module="core", target=server.target)
+    core = value(everything, "opensips_commands", module="core", target=midgram.target)
     ours = len(tests_app)  # the tests app's commands, module "tests"
-    assert core == len(server.call("which")["result"]) - ours  # all but the tests app's
-    assert value(everything, "opensips_commands", module="tests", target=server.target) == ours
-    assert value(everything, "opensips_up", target=server.target) == 1
+    assert core == len(midgram.call("which")["result"]) - ours  # all but the tests app's
+    assert value(everything, "opensips_commands", module="tests", target=midgram.target) == ours
+    assert value(everything, "opensips_up", target=midgram.target) == 1
     assert not any(dict(labels).get("group") for (_name, labels) in only)
-    assert value(only, "opensips_commands", module="tests", target=server.target) == ours
+    assert value(only, "opensips_commands", module="tests", target=midgram.target) == ours
 
 
 def test_a_collector_that_is_not_one_is_a_usage_error() -> None:
