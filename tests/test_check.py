@@ -135,7 +135,8 @@ def test_without_wait_a_missing_server_fails_at_once() -> None:
 
 @pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
 def test_kamailio() -> None:
-    with kamailio_server(modules=("kex",)) as target:
+    with kamailio_server(modules=("kex",)) as kamailio:
+        target = kamailio.target
         ok = check("--dialect", "kamailio", "-t", target)
         stat = check("--dialect", "kamailio", "-t", target, "--stat", "shmem:total_size")
         missing = check("--dialect", "kamailio", "-t", target, "--stat", "core:nosuch")

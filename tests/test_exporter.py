@@ -4,6 +4,7 @@ Kamailio, more statistics than a datagram holds; checked by promtool and a real 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import urllib.parse
@@ -26,7 +27,7 @@ from exporters import (
     types,
     value,
 )
-from kamailio import KAMAILIO, KAMAILIO_MISSING, free_udp_port, kamailio_server
+from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
 from servers import ROOT, ServerProcess, midgram_server, short_tmpdir, wait_until
 
 needs_kamailio = pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
@@ -246,9 +247,8 @@ def test_a_server_whose_statistics_overflow_a_datagram_is_exported_in_full() -> 
 
 @needs_kamailio
 def test_kamailio_statistics_are_exported_and_move_with_sip_traffic() -> None:
-    sip_port = free_udp_port()
-    modules = ("kex", "counters", "sl")
-    with kamailio_server(modules=modules, sip_port=sip_port) as target:
+    with kamailio_server(modules=("kex", "counters", "sl")) as kamailio:
+        target, sip_port = kamailio.target, kamailio.sip_port
         exporter_of = running_exporter("--dialect", "kamailio", "-t", target)
         with exporter_of as exporter:
             before = samples(exporter.get("/metrics")[1])
@@ -270,7 +270,8 @@ def test_kamailio_statistics_are_exported_and_move_with_sip_traffic() -> None:
 
 @needs_kamailio
 def test_a_kamailio_without_statistics_commands_is_up_with_no_statistics() -> None:
-    with kamailio_server() as target:  # jsonrpcs alone: no kex, no counters
+    with kamailio_server() as kamailio:  # jsonrpcs alone: no kex, no counters
+        target = kamailio.target
         exporter_of = running_exporter("--dialect", "kamailio", "-t", target)
         with exporter_of as exporter:
             found = samples(exporter.get("/metrics")[1])
@@ -304,10 +305,14 @@ def _send_sip_options(port: int, count: int) -> None:
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason=PROMETHEUS_MISSING)
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+#: Prometheus's line saying where it listens, with the port it took for port 0.
+_PROMETHEUS_LISTENING = re.compile(r'msg="Listening on" address=(\S+)')
+
+
+def _prometheus_address(log: Path) -> str | None:
+    """Where Prometheus said it listens, once it has."""
+    said = _PROMETHEUS_LISTENING.search(log.read_text(errors="replace"))
+    return said[1] if said else None
 
 
 def _prometheus_config(exporter_address: str, target: str) -> str:
@@ -348,21 +353,27 @@ def test_a_real_prometheus_scrapes_the_exporter_and_answers_a_query(
         address = exporter.url.removeprefix("http://")
         config = tmp_path / "prometheus.yml"
         config.write_text(_prometheus_config(address, midgram.target))
-        port = _free_tcp_port()
-        log = (tmp_path / "prometheus.log").open("wb")
+        said = tmp_path / "prometheus.log"
+        log = said.open("wb")
         prometheus = subprocess.Popen(
             [
                 PROMETHEUS,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",  # it logs the port it took
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        api = f"http://127.0.0.1:{port}"
         try:
+            where = wait_until(
+                lambda: _prometheus_address(said) or prometheus.poll() is not None,
+                30,
+                "prometheus saying where it listens",
+            )
+            assert prometheus.poll() is None, said.read_text()
+            api = f"http://{where}"
             wait_until(
                 lambda: _ready(api) or prometheus.poll() is not None, 30, "prometheus /-/ready"
             )
