@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
@@ -107,8 +108,7 @@ def test_a_check_that_cannot_be_made_is_unknown(
     assert why in done.stdout
 
 
-def test_wait_makes_it_a_readiness_check_for_a_server_that_is_starting() -> None:
-    folder = short_tmpdir()
+def test_wait_makes_it_a_readiness_check_for_a_server_that_is_starting(folder: Path) -> None:
     socket_path = f"{folder}/late.sock"
     waiting = subprocess.Popen(
         [sys.executable, "-m", "midgram", "check", "-t", socket_path, "--wait", "30s"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from servers import ROOT, ServerProcess, short_tmpdir
+from servers import ROOT, ServerProcess
 from toolchain import needs_loadgen
 
 from midgram.cli import cli
@@ -31,14 +30,7 @@ SHORT = ("--duration", "0.15", "--warmup", "0.02", "--runs", "2")
 COLUMNS = ["run", "req/s", "p50 us", "p99 us", "p99.9 us", "errors", "timeouts"]
 
 
-@pytest.fixture(scope="module")
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def env(folder: Path) -> dict[str, str | None]:
     """No target, timeout or profile from the caller's environment; a private cache folder."""
     clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MIDGRAM_")}

@@ -14,12 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ANY_UDP, ANY_UDP6, ROOT, ServerProcess, short_tmpdir, started_server
+from servers import ANY_UDP, ANY_UDP6, ROOT, ServerProcess, started_server
 
 from midgram.config.settings import Settings
 from midgram.engine.registry import Registry
@@ -30,13 +29,6 @@ BIN = Path(sys.executable).parent
 MIDGRAM = str(BIN / "midgram")
 README = (ROOT / "README.md").read_text()
 DEADLINE = 30.0
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def user_env(**extra: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from golden_cases import Case, assert_matches, load_cases
@@ -25,7 +26,6 @@ from servers import (
     command_line,
     midgram_server,
     server_command,
-    short_tmpdir,
     wait_until,
 )
 
@@ -170,8 +170,7 @@ def test_mode_user_and_group() -> None:
         running.wait_for_log("0600")
 
 
-def test_stale_socket_is_replaced_and_live_one_refused() -> None:
-    folder = short_tmpdir()
+def test_stale_socket_is_replaced_and_live_one_refused(folder: Path) -> None:
     path = f"{folder}/mi.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(path)
@@ -184,8 +183,7 @@ def test_stale_socket_is_replaced_and_live_one_refused() -> None:
         assert running.call("uptime")["result"]  # the first one still has its socket
 
 
-def test_regular_file_is_never_replaced() -> None:
-    folder = short_tmpdir()
+def test_regular_file_is_never_replaced(folder: Path) -> None:
     path = f"{folder}/mi.sock"
     with open(path, "w") as handle:
         handle.write("precious")
@@ -206,8 +204,7 @@ def test_regular_file_is_never_replaced() -> None:
         (["--user", "no-such-user-here"], "unix_socket_user"),
     ],
 )
-def test_bad_values_are_refused_at_start(flags: list[str], parameter: str) -> None:
-    folder = short_tmpdir()
+def test_bad_values_are_refused_at_start(flags: list[str], parameter: str, folder: Path) -> None:
     command = server_command("--socket", f"{folder}/mi.sock", *flags)
     refused = subprocess.run(command, capture_output=True, timeout=30)
     assert refused.returncode == 2, refused.stderr

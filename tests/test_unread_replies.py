@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -104,20 +105,10 @@ def test_over_udp_clients_that_never_read_change_nothing(hostile: list[socket.so
 # --- the budget, on real sockets -------------------------------------------------------------
 
 
-@pytest.fixture
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = f"/tmp/mgb{uuid.uuid4().hex[:8]}"  # short: sun_path is 108 bytes
-    os.mkdir(path)
-    yield path
-    for name in os.listdir(path):
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
-
-
 class Bench:
     """A server socket with a small send buffer, its sender, and clients to reply to."""
 
-    def __init__(self, folder: str, timeout_ms: int = 2000) -> None:
+    def __init__(self, folder: Path, timeout_ms: int = 2000) -> None:
         self.folder = folder
         self.server = bind_unix(os.path.join(folder, "srv"))
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 60_000)
@@ -146,7 +137,7 @@ class Bench:
 
 
 @pytest.fixture
-def bench(folder: str) -> Iterator[Bench]:
+def bench(folder: Path) -> Iterator[Bench]:
     made = Bench(folder)
     yield made
     made.close()
@@ -210,7 +201,7 @@ def test_a_big_reply_to_a_client_whose_queue_is_full_is_dropped_at_once(bench: B
     assert bench.drops[-1] == DropReason.NOT_READING.value
 
 
-def test_without_socket_timeout_a_big_reply_with_no_room_is_dropped_at_once(folder: str) -> None:
+def test_without_socket_timeout_a_big_reply_with_no_room_is_dropped_at_once(folder: Path) -> None:
     bench = Bench(folder, timeout_ms=0)
     try:
         _, path = bench.client("idle")
