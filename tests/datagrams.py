@@ -1,6 +1,8 @@
 """Real datagram sockets for the tests: ``Sockets`` opens them (UNIX files in the test's short
 folder, abstract names, UDP on port 0) and closes them at teardown (the ``sockets`` fixture of
-conftest.py); ``wait_readable`` waits, with a deadline, for something to read.
+conftest.py); ``wait_readable`` waits, with a deadline, for something to read; ``receive``,
+``drain``, ``fill_queue`` read and fill queues; ``request`` and ``reply_ids`` are the JSON-RPC
+the tests of the I/O layer send and check.
 
 Nothing sleeps to synchronise: a UNIX datagram is in the receiver's queue when sendto()
 returns, and anything else is awaited with poll() and a deadline.
@@ -13,7 +15,9 @@ import select
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from midgram.server.binding import set_recv_timeout
@@ -99,3 +103,39 @@ def drain(sock: socket.socket) -> list[bytes]:
             got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
         except BlockingIOError:
             return got
+
+
+def receive(sock: socket.socket, count: int) -> list[bytes]:
+    """The next ``count`` datagrams on ``sock``, each awaited with a deadline."""
+    got = []
+    for _ in range(count):
+        wait_readable(sock)
+        got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
+    return got
+
+
+def drain_junk(sock: socket.socket, junk: int) -> list[bytes]:
+    """The ``junk`` datagrams ``fill_queue`` sent, read off ``sock``."""
+    got = [sock.recv(64, socket.MSG_DONTWAIT) for _ in range(junk)]
+    assert got == [b"junk"] * junk
+    return got
+
+
+def fill_queue(sockets: Sockets, address: Any) -> int:
+    """Fill the receive queue of the UNIX client at ``address`` with junk until it refuses
+    one; how many went in. The filler stays open (its datagrams stay queued)."""
+    filler = sockets.unix()
+    for count in range(100_000):
+        try:
+            filler.sendto(b"junk", socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            return count
+    pytest.fail("the client's receive queue never filled up")
+
+
+def request(number: int, method: str = "version") -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "method": method, "id": number})
+
+
+def reply_ids(replies: list[bytes]) -> list[Any]:
+    return [orjson.loads(reply)["id"] for reply in replies]

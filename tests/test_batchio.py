@@ -12,11 +12,9 @@ returns, and anything else is awaited with select() and a deadline.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,8 +23,19 @@ from typing import Any
 
 import orjson
 import pytest
-from datagrams import DEADLINE, Sockets, drain, wait_readable
+from datagrams import (
+    DEADLINE,
+    Sockets,
+    drain,
+    drain_junk,
+    fill_queue,
+    receive,
+    reply_ids,
+    request,
+    wait_readable,
+)
 from golden_cases import assert_matches, load_cases
+from interrupts import check_signals_interrupt
 from servers import ServerProcess, midgram_server
 from toolchain import needs_ipv6, needs_native
 
@@ -44,37 +53,8 @@ from midgram.server.worker import ServerStats, Worker
 # --- helpers ----------------------------------------------------------------------------
 
 
-def receive(sock: socket.socket, count: int) -> list[bytes]:
-    """The next ``count`` datagrams on ``sock``, each awaited with a deadline."""
-    got = []
-    for _ in range(count):
-        wait_readable(sock)
-        got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
-    return got
-
-
-def fill_queue(sockets: Sockets, address: Any) -> int:
-    """Fill the receive queue of the UNIX client at ``address`` with junk until it refuses
-    one; how many went in. The filler stays open (its datagrams stay queued)."""
-    filler = sockets.unix()
-    for count in range(100_000):
-        try:
-            filler.sendto(b"junk", socket.MSG_DONTWAIT, address)
-        except BlockingIOError:
-            return count
-    pytest.fail("the client's receive queue never filled up")
-
-
 def numbered(prefix: str, count: int) -> list[bytes]:
     return [f"{prefix}{number}".encode() for number in range(count)]
-
-
-def request(number: int, method: str = "version") -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "method": method, "id": number})
-
-
-def reply_ids(replies: list[bytes]) -> list[Any]:
-    return [orjson.loads(reply)["id"] for reply in replies]
 
 
 def io_for(monkeypatch: pytest.MonkeyPatch, *, native: bool) -> Callable[..., BatchIO]:
@@ -295,68 +275,11 @@ def test_batch_socket_checks_its_arguments(native: ModuleType, sockets: Sockets)
             batch.send([], start)
 
 
-def check_signals_interrupt(call: Callable[[], Any], nothing: Any) -> None:
-    """PEP 475 for a blocking native call: a signal handler that returns lets ``call()``
-    give ``nothing`` at once (the worker then looks at its flags); one that raises makes
-    ``call()`` raise it."""
-
-    class Stop(Exception):
-        pass
-
-    caught: list[int] = []
-
-    def note(signum: int, frame: Any) -> None:
-        caught.append(signum)
-
-    def stop(signum: int, frame: Any) -> None:
-        caught.append(signum)
-        if len(caught) == 1:  # the next ones, if any, land after the call has raised
-            raise Stop
-
-    previous = signal.signal(signal.SIGUSR1, note)
-    try:
-        with Signalling(signal.SIGUSR1):
-            started = time.monotonic()
-            assert call() == nothing
-            assert time.monotonic() - started < DEADLINE / 2
-        assert caught
-        signal.signal(signal.SIGUSR1, stop)
-        caught.clear()
-        with pytest.raises(Stop), Signalling(signal.SIGUSR1):
-            call()
-        assert caught
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
 @needs_native
 def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()  # SO_RCVTIMEO of DEADLINE
     batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
     check_signals_interrupt(lambda: batch.recv(True), [])
-
-
-class Signalling:
-    """Send ``signum`` to the main thread every 50 ms until the block is left: it lands
-    in a blocking call there whenever that call starts."""
-
-    def __init__(self, signum: int) -> None:
-        self._signum = signum
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        main = threading.main_thread().ident
-        assert main is not None
-        while not self._done.wait(0.05):
-            signal.pthread_kill(main, self._signum)
-
-    def __enter__(self) -> None:
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(DEADLINE)
 
 
 @pytest.mark.parametrize(
@@ -715,12 +638,6 @@ def _serve(io_factory: Callable[..., BatchIO], sockets: Sockets, tag: str = "") 
     observed["replied_after"] = stats.replied.value
     observed["first_batch"] = len(first)
     return observed
-
-
-def drain_junk(sock: socket.socket, junk: int) -> list[bytes]:
-    got = [sock.recv(64, socket.MSG_DONTWAIT) for _ in range(junk)]
-    assert got == [b"junk"] * junk
-    return got
 
 
 @pytest.mark.parametrize(

@@ -29,15 +29,8 @@ from typing import Any
 
 import orjson
 import pytest
-from datagrams import DEADLINE, Sockets, drain
-from test_batchio import (
-    check_signals_interrupt,
-    drain_junk,
-    fill_queue,
-    receive,
-    reply_ids,
-    request,
-)
+from datagrams import DEADLINE, Sockets, drain, drain_junk, fill_queue, receive, reply_ids, request
+from interrupts import check_signals_interrupt
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.builtins import with_builtins
