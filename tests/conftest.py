@@ -8,6 +8,13 @@
 - The fixtures many test modules share: ``folder`` (a private short folder), ``sockets``
   (real datagram sockets, closed at teardown), ``native`` (the compiled ``_batchio``),
   ``midgram`` and ``midgram_udp`` (a served midgram, one per test module).
+
+The helpers they share are modules beside this one, never a test module: ``servers`` (a
+served midgram, ``RawClient``), ``datagrams`` (sockets, queues, waiting with a deadline),
+``kamailio``, ``exporters``, ``interrupts``, ``strategies``, ``golden_cases``, ``toolchain``.
+No test picks a "free" port beforehand: servers bind port 0 and say which port they took
+(``servers.ANY_UDP``); a port where nobody answers is held (``Sockets.unanswered``). Only
+Kamailio, which cannot bind port 0, is started again on other ports when one was taken.
 """
 
 from __future__ import annotations
