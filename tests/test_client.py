@@ -168,7 +168,10 @@ def test_many_threads_share_one_client(any_server: ServerProcess) -> None:
 
 
 def test_many_tasks_share_one_async_client(any_server: ServerProcess) -> None:
-    sizes = [1 + n % 89 * 41 for n in range(400)]
+    # UDP has no flow control: 400 requests at once overflow a socket buffer on a loaded
+    # machine and are lost, as UDP may. 100 at once still share one client deeply.
+    count = 100 if any_server.target.startswith("udp:") else 400
+    sizes = [1 + n % 89 * 41 for n in range(count)]
 
     async def main() -> list[str]:
         client = AsyncClient(any_server.target, timeout=10)
