@@ -39,6 +39,7 @@ from midgram.engine.tracing import (
 from midgram.errors import ConfigError
 from midgram.logs import DEFAULT_LOG_LEVEL, LOG_LEVEL_CHOICES
 from midgram.wire.address import (
+    ANY_PORT,
     SERVER_PORT_RANGE,
     UDP_MAX_PAYLOAD,
     HepId,
@@ -224,7 +225,8 @@ class Settings:
     socket_name: str | None = parameter(
         None,
         "UNIX socket path, @abstract-name, or udp:host:port "
-        f"(port {SERVER_PORT_RANGE[0]}-{SERVER_PORT_RANGE[1]}, [v6] allowed)",
+        f"(port {SERVER_PORT_RANGE[0]}-{SERVER_PORT_RANGE[1]}, or {ANY_PORT} for any free one; "
+        "[v6] allowed)",
         Origin.OPENSIPS,
         coercion.optional(coercion.socket_name),
         flag="--socket",

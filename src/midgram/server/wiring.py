@@ -58,7 +58,7 @@ from midgram.server.service import Notifier
 from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.server.transport import HepSender
 from midgram.server.worker import IDLE_WAKEUP, ServerStats, Worker
-from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
+from midgram.wire.address import ANY_PORT, HepId, UdpAddress, UnixAddress, parse_socket_name
 
 __all__ = [
     "LOG_FORMAT",
@@ -67,6 +67,7 @@ __all__ = [
     "default_address",
     "importing_app",
     "in_process",
+    "listening_address",
     "local_runtime",
     "open_socket",
     "own_logging",
@@ -123,6 +124,17 @@ def _check_slots(settings: Settings, registry: Registry) -> None:
 
 def server_address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
+
+
+def listening_address(settings: Settings, sock: socket.socket) -> str:
+    """Where the server bound ``sock`` listens, as its log, banner and process titles say
+    it: ``socket_name`` (or the default), with the port the kernel chose for port 0."""
+    address = settings.address
+    if address is None:
+        return default_address()
+    if isinstance(address, UdpAddress) and address.port == ANY_PORT:
+        return str(UdpAddress(address.host, sock.getsockname()[1]))
+    return str(address)
 
 
 def _opensips_level(settings: Settings) -> int:
@@ -268,9 +280,9 @@ def serve(
 def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
     for warning in settings.warnings():
         log.warning("%s", warning)
-    where = str(server_address(settings)) if settings.socket_name else default_address()
-    told = _Told(where, settings.children_count, on_ready, Notifier.from_environment())
+    notifier = Notifier.from_environment()
     sock = open_socket(settings)
+    told = _Told(listening_address(settings, sock), settings.children_count, on_ready, notifier)
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
         enlarge_send_buffer(sock)

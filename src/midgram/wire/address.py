@@ -37,6 +37,7 @@ from typing import Final
 from midgram.errors import AddressError
 
 __all__ = [
+    "ANY_PORT",
     "HEP_DEFAULT_PORT",
     "SERVER_PORT_RANGE",
     "SUN_PATH_MAX",
@@ -64,6 +65,9 @@ ABSTRACT_PREFIX: Final = "@"
 SUN_PATH_MAX: Final = 108
 #: OpenSIPS refuses privileged ports for the server socket.
 SERVER_PORT_RANGE: Final = (1024, 65535)
+#: A server's port 0 (midgram's own): any free port, chosen by the kernel at bind time. The
+#: server then says which one wherever it says where it listens.
+ANY_PORT: Final = 0
 #: A client may talk to any real port.
 TARGET_PORT_RANGE: Final = (1, 65535)
 #: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
@@ -174,7 +178,7 @@ def _is_loopback_literal(text: str) -> bool:
 class UdpAddress:
     """A UDP address. ``host`` is an IPv4 or IPv6 literal (canonical, no brackets) or a name.
 
-    The constructor accepts ports 0-65535 (0 lets the kernel pick, which tests use); the
+    The constructor accepts ports 0-65535 (0 lets the kernel pick: ``ANY_PORT``); the
     parsers apply the narrower ranges OpenSIPS uses.
     """
 
@@ -252,19 +256,23 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _parse_port(text: str, port_range: tuple[int, int]) -> int:
+def _parse_port(text: str, port_range: tuple[int, int], any_port: bool = False) -> int:
     if not _PORT_RE.fullmatch(text):
         raise ValueError("there is not a valid number port")
     port = int(text)
+    if any_port and port == ANY_PORT:
+        return port
     low, high = port_range
     if not low <= port <= high:
-        raise ValueError(f"invalid port number; must be in [{low},{high}]")
+        # OpenSIPS's text, so a search finds either project's answer; then midgram's own.
+        reason = f"invalid port number; must be in [{low},{high}]"
+        raise ValueError(f"{reason}, or {ANY_PORT} for any free port" if any_port else reason)
     return port
 
 
-def _parse_udp(rest: str, port_range: tuple[int, int]) -> UdpAddress:
+def _parse_udp(rest: str, port_range: tuple[int, int], any_port: bool) -> UdpAddress:
     host, port_text = _split_udp(rest)
-    return UdpAddress(host, _parse_port(port_text, port_range))
+    return UdpAddress(host, _parse_port(port_text, port_range, any_port))
 
 
 def _parse(
@@ -272,12 +280,14 @@ def _parse(
     parameter: str,
     port_range: tuple[int, int],
     allow_abstract: bool,
+    *,
+    any_port: bool = False,
     unix_prefix: str = "",
 ) -> UnixAddress | UdpAddress:
     """``text`` as a UDP address, or else as a UNIX one (after ``unix_prefix``)."""
     try:
         if text.startswith(UDP_PREFIX):
-            return _parse_udp(text[len(UDP_PREFIX) :], port_range)
+            return _parse_udp(text[len(UDP_PREFIX) :], port_range, any_port)
         path = text[len(unix_prefix) :]
         if allow_abstract and path.startswith(ABSTRACT_PREFIX):
             return UnixAddress(path[len(ABSTRACT_PREFIX) :], abstract=True)
@@ -292,12 +302,13 @@ def _parse(
 def parse_socket_name(
     text: str, *, parameter: str = "socket_name", allow_abstract: bool = True
 ) -> UnixAddress | UdpAddress:
-    """Parse a server ``socket_name`` exactly as OpenSIPS does (UDP ports 1024-65535).
+    """Parse a server ``socket_name`` as OpenSIPS does (UDP ports 1024-65535), and port 0:
+    any free port (``ANY_PORT``, midgram's own).
 
     ``allow_abstract=False`` reads ``@name`` as a relative path, which is what OpenSIPS does.
     Raises ``AddressError(parameter, text, reason)``.
     """
-    return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract)
+    return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract, any_port=True)
 
 
 # Schemes a target may be written with by habit (other tools' URLs), and what to write
