@@ -5,28 +5,19 @@ thread, and delivered to real subscriber sockets with the server's rules."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from servers import midgram_server, short_tmpdir
+from servers import midgram_server
 
 from midgram.config.settings import Settings
 from midgram.engine.registry import Registry
 from midgram.server.asyncserver import AsyncServer
 
 DEADLINE = 5.0
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def request(method: str, params: object = None, req_id: int = 1) -> bytes:
@@ -63,7 +54,7 @@ def test_a_program_declares_and_raises_its_events_in_a_forked_server() -> None:
             assert counted["event_datagram:delivered"] == 2
 
 
-def test_an_async_server_program_raises_from_a_task_and_a_thread(folder: str) -> None:
+def test_an_async_server_program_raises_from_a_task_and_a_thread(folder: Path) -> None:
     server_path = f"{folder}/mi.sock"
     mi = Registry("app")
     calls_high = mi.event("E_CALLS_HIGH")
@@ -107,7 +98,7 @@ def test_an_async_server_program_raises_from_a_task_and_a_thread(folder: str) ->
     assert calls_high.raise_event({"from": "after"}) == 0
 
 
-def test_a_registry_serves_its_events_again_after_a_restart(folder: str) -> None:
+def test_a_registry_serves_its_events_again_after_a_restart(folder: Path) -> None:
     server_path = f"{folder}/mi.sock"
     mi = Registry("app")
     mi.event("E_AGAIN")
@@ -149,7 +140,7 @@ def test_params_that_are_not_json_are_refused_by_the_raiser() -> None:
         mi.events.raise_event(event, "a string")  # type: ignore[arg-type]
 
 
-def test_the_example_of_docs_events_md_works(folder: str) -> None:
+def test_the_example_of_docs_events_md_works(folder: Path) -> None:
     """docs/events.md's five lines, served, subscribed to and raised through a real socket."""
     page = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
     block = page.split("<!-- example: events-library -->\n```python\n", 1)[1].split("```", 1)[0]

@@ -18,26 +18,22 @@ compares byte for byte.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datagrams import Sockets, drain
 from golden_events import Exchange, Notification, load_run
 from servers import (
     ROOT,
     ServerProcess,
-    free_udp_port,
     midgram_server,
     server_command,
-    short_tmpdir,
     started_server,
     wait_until,
 )
@@ -238,48 +234,33 @@ class Subscribers:
 
     def drain(self) -> list[tuple[str, bytes]]:
         """Every datagram waiting on the subscribers, with its transport."""
-        got: list[tuple[str, bytes]] = []
-        sockets = [("udp", s) for s in self.udp.values()]
-        sockets += [("unix", s) for s in self.unix]
-        for transport, sock in sockets:
-            while True:
-                try:
-                    got.append((transport, sock.recv(1 << 17, socket.MSG_DONTWAIT)))
-                except BlockingIOError:
-                    break
-        return got
+        sockets = [("udp", s) for s in self.udp.values()] + [("unix", s) for s in self.unix]
+        return [(transport, data) for transport, sock in sockets for data in drain(sock)]
 
 
-@contextlib.contextmanager
-def subscribers(folder: Path) -> Iterator[Subscribers]:
+def subscribers(sockets: Sockets) -> Subscribers:
+    """The capture's subscribers, as the test's own sockets (closed with ``sockets``)."""
+    folder = Path(sockets.folder)
     subs = Subscribers(folder)
-    try:
-        for name, host in (
-            ("17001", "127.0.0.1"),
-            ("localhost", "127.0.0.1"),  # udp:localhost:17001: its own port (difference 24)
-            ("17002", "127.0.0.1"),
-            ("17002.10", "127.0.0.10"),
-        ):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            port = subs.ports.get(name.split(".")[0], 0)
-            sock.bind((host, port))
-            subs.udp[name] = sock
-            subs.ports.setdefault(name.split(".")[0], sock.getsockname()[1])
-        subs.ports["17099"] = free_udp_port()  # nobody listens there
-        subs.ports["17555"] = free_udp_port()
-        for name in ("sub_unix.sock", "rel.sock"):  # rel.sock: the E_ run's relative path
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            subs.unix.append(sock)
-            sock.bind(str(folder / name))
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
-            stale.bind(str(folder / "stale.sock"))  # bound, then closed
-        (folder / "regular_file").write_text("not a socket\n")
-        yield subs
-    finally:
-        for sock in subs.udp.values():
-            sock.close()
-        for sock in subs.unix:
-            sock.close()
+    for name, host in (
+        ("17001", "127.0.0.1"),
+        ("localhost", "127.0.0.1"),  # udp:localhost:17001: its own port (difference 24)
+        ("17002", "127.0.0.1"),
+        ("17002.10", "127.0.0.10"),  # the same port as 17002, on 127.0.0.10
+    ):
+        key = name.split(".")[0]
+        sock = sockets.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        sock.bind((host, subs.ports.get(key, 0)))
+        subs.udp[name] = sock
+        subs.ports.setdefault(key, sock.getsockname()[1])
+    subs.ports["17099"] = sockets.unanswered()  # nobody listens there
+    subs.ports["17555"] = sockets.unanswered()
+    # sub_unix.sock, and rel.sock: the E_ run's relative path
+    subs.unix = [sockets.unix("sub_unix.sock"), sockets.unix("rel.sock")]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
+        stale.bind(str(folder / "stale.sock"))  # bound, then closed
+    (folder / "regular_file").write_text("not a socket\n")
+    return subs
 
 
 def _steps(run: str = "") -> list[tuple[Exchange, list[Notification]]]:
@@ -349,48 +330,25 @@ def replay(run: str, server: ServerProcess, subs: Subscribers) -> None:
                 assert realigned["result"] == "OK", (exchange.name, realigned)
 
 
-def test_the_main_run_replays(tmp_path: Path) -> None:
-    with (
-        midgram_server("--children", "0", "--app", "apps:opensips_events") as server,
-        subscribers(tmp_path) as subs,
-    ):
-        replay("", server, subs)
+def test_the_main_run_replays(sockets: Sockets) -> None:
+    with midgram_server("--children", "0", "--app", "apps:opensips_events") as server:
+        replay("", server, subscribers(sockets))
 
 
-def test_the_edge_cases_run_replays(tmp_path: Path) -> None:
+def test_the_edge_cases_run_replays(sockets: Sockets) -> None:
     """Run C: OpenSIPS's stale states (array params, error texts), notifications without an
     id, dangerous socket strings, and events_list still answered after each."""
-    with (
-        midgram_server("--children", "0", "--app", "apps:opensips_events") as server,
-        subscribers(tmp_path) as subs,
-    ):
-        replay("C_", server, subs)
+    with midgram_server("--children", "0", "--app", "apps:opensips_events") as server:
+        replay("C_", server, subscribers(sockets))
 
 
-def test_the_relative_path_run_replays(tmp_path: Path) -> None:
+def test_the_relative_path_run_replays(folder: Path, sockets: Sockets) -> None:
     """Run E: a relative UNIX path is relative to the server's working directory."""
-    folder = short_tmpdir()
-    try:
-        with (
-            started_server(
-                server_command(
-                    "--socket",
-                    f"{folder}/mi.sock",
-                    "--children",
-                    "0",
-                    "--app",
-                    "apps:opensips_events",
-                ),
-                f"{folder}/mi.sock",
-                folder=folder,
-                cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
-            ) as server,
-            subscribers(tmp_path) as subs,
-        ):
-            replay("E_", server, subs)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    target = str(folder / "mi.sock")
+    command = server_command("--socket", target, "--children", "0", "--app", "apps:opensips_events")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    with started_server(command, target, folder=str(folder), cwd=folder, env=environment) as server:
+        replay("E_", server, subscribers(sockets))
 
 
 def test_every_difference_is_a_case_of_a_run() -> None:

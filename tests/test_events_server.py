@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 import pytest
+from datagrams import drain, receive, wait_readable
 from golden_events import raw_records
-from servers import ServerProcess, midgram_server, short_tmpdir, wait_until
+from servers import ServerProcess, midgram_server, wait_until
 
 THRESHOLD = "E_CORE_THRESHOLD"
 RESTARTED = "E_MIDGRAM_WORKER_RESTARTED"
-DEADLINE = 5.0
 
 
 @contextlib.contextmanager
@@ -29,7 +29,6 @@ def udp_subscriber(host: str = "127.0.0.1") -> Iterator[socket.socket]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.bind((host, 0))
-        sock.settimeout(DEADLINE)
         yield sock
 
 
@@ -40,21 +39,9 @@ def udp_name(sock: socket.socket, host: str | None = None) -> str:
 
 
 def received(sock: socket.socket) -> Any:
-    return orjson.loads(sock.recv(1 << 17))
-
-
-def waiting(sock: socket.socket) -> list[bytes]:
-    """The datagrams already in ``sock``'s queue."""
-    got = []
-    timeout = sock.gettimeout()
-    sock.settimeout(0)
-    try:
-        while True:
-            got.append(sock.recv(1 << 17))
-    except BlockingIOError:
-        return got
-    finally:
-        sock.settimeout(timeout)
+    """The next notification on ``sock`` (awaited with a deadline), parsed."""
+    (data,) = receive(sock, 1)
+    return orjson.loads(data)
 
 
 def stats(server: ServerProcess) -> dict[str, int]:
@@ -93,16 +80,17 @@ def test_every_worker_delivers_to_a_subscription_made_through_one(served: Server
             with served.client() as client:  # a new client each: either worker serves it
                 reply = client.call("raise_event", [THRESHOLD, f'{{"n":{n}}}'], req_id=n)
             assert reply["result"] == "OK"
+            wait_readable(sub)
             data, sender = sub.recvfrom(1 << 16)
             assert orjson.loads(data) == {"jsonrpc": "2.0", "method": THRESHOLD, "params": {"n": n}}
             senders.add(sender)
-        assert waiting(sub) == []
+        assert drain(sub) == []
         assert len(senders) == 2, "one worker served all 200: the test proves nothing"
         # expire 0 unsubscribes at once, whichever worker is asked next.
         ok(served, "event_subscribe", [THRESHOLD, udp_name(sub), 0])
         for _ in range(4):
             assert error(served, "raise_event", [THRESHOLD]) == (480, "Temporarily Unavailable")
-        assert waiting(sub) == []
+        assert drain(sub) == []
 
 
 def test_events_list_adds_midgrams_own_event_after_the_programs(served: ServerProcess) -> None:
@@ -146,8 +134,7 @@ def test_a_killed_workers_replacement_delivers_and_the_restart_is_raised() -> No
 # --- delivery never blocks, drops are counted and logged ---------------------------------
 
 
-def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications() -> None:
-    folder = Path(short_tmpdir())
+def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications(folder: Path) -> None:
     with (
         midgram_server("--children", "1", "--app", "apps:opensips_events") as server,
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asleep,
@@ -165,11 +152,11 @@ def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications() -> N
             assert raised < 500, "asleep's queue never filled"
             ok(server, "raise_event", [THRESHOLD, payload])
             raised += 1
-            assert len(waiting(awake)) == 1  # awake misses none
+            assert len(drain(awake)) == 1  # awake misses none
         counted = stats(server)
         assert counted["event_datagram:raised"] == raised
         assert counted["event_datagram:delivered"] + counted["event_datagram:dropped"] == 3 * raised
-        assert len(waiting(asleep)) == counted["event_datagram:delivered"] - raised
+        assert len(drain(asleep)) == counted["event_datagram:delivered"] - raised
         log = server.log()
         assert f"cannot send event {THRESHOLD} to unix:{folder}/gone.sock: it is gone" in log
         assert log.count("gone.sock: it is gone") < raised  # rate-limited (once a 10 s)
@@ -180,7 +167,9 @@ def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications() -> N
 
 
 @pytest.mark.parametrize("count", [4700, 7000])
-def test_a_notification_too_big_for_udp_is_dropped_and_unix_gets_it(count: int) -> None:
+def test_a_notification_too_big_for_udp_is_dropped_and_unix_gets_it(
+    count: int, folder: Path
+) -> None:
     """The capture's C_raise_big_numbers_*: 65856 and 98056 bytes, too big for UDP (OpenSIPS
     logs "Message too long"); a UNIX subscriber got them. Same bytes from midgram."""
     records = raw_records()
@@ -202,7 +191,6 @@ def test_a_notification_too_big_for_udp_is_dropped_and_unix_gets_it(count: int) 
         }
     )
     assert len(request) == request_size  # the capture's request, rebuilt
-    folder = Path(short_tmpdir())
     with (
         midgram_server("--children", "1", "--app", "apps:opensips_events") as server,
         udp_subscriber() as udp,
@@ -215,11 +203,11 @@ def test_a_notification_too_big_for_udp_is_dropped_and_unix_gets_it(count: int) 
         assert client.exchange(request) == b'{"jsonrpc":"2.0","result":"OK","id":%d}' % (
             count + 900
         )
-        (got,) = waiting(unix)
+        (got,) = drain(unix)
         assert len(got) == captured["bytes"]
         assert got.startswith(captured["datagram_head"].encode())
         assert got.endswith(captured["datagram_tail"].encode())
-        assert waiting(udp) == []
+        assert drain(udp) == []
         counted = stats(server)
         assert (counted["event_datagram:delivered"], counted["event_datagram:dropped"]) == (1, 1)
         assert "the notification is too big for one datagram" in server.log()
@@ -235,7 +223,7 @@ def test_expire_0_unsubscribes_at_once_and_subscribes_nobody(served: ServerProce
         ok(served, "event_subscribe", ["E_CORE_SHM_THRESHOLD", udp_name(sub), 0])
         assert served.call("subscribers_list", ["E_CORE_SHM_THRESHOLD"])["result"] == {"Event": {}}
         assert error(served, "raise_event", ["E_CORE_SHM_THRESHOLD"])[0] == 480
-        assert waiting(sub) == []
+        assert drain(sub) == []
 
 
 def test_an_expired_subscription_is_not_raised_to() -> None:
@@ -263,7 +251,7 @@ def test_ipv6_subscribers_get_their_notifications(served: ServerProcess) -> None
         port = sub.getsockname()[1]
         ok(served, "event_subscribe", ["E_CORE_LOG", f"udp:[::1]:{port}", 60])
         ok(served, "raise_event", ["E_CORE_LOG", '{"v6":"yes"}'])
-        assert sub.recv(1 << 16) == b'{"jsonrpc":"2.0","method":"E_CORE_LOG","params":{"v6":"yes"}}'
+        assert receive(sub, 1) == [b'{"jsonrpc":"2.0","method":"E_CORE_LOG","params":{"v6":"yes"}}']
         ok(served, "event_subscribe", ["E_CORE_LOG", f"udp:::1:{port}", 0])  # the same one
         assert served.call("subscribers_list", ["E_CORE_LOG"])["result"] == {"Event": {}}
 
@@ -297,23 +285,22 @@ def test_one_socket_is_one_subscriber_however_it_is_written(served: ServerProces
             {"socket": f"udp:127.0.0.1:{port}", "expire": 200, "ttl": 200}
         ]
         ok(served, "raise_event", ["E_CORE_TCP_DISCONNECT", ["once"]])
-        assert waiting(sub) == [
+        assert drain(sub) == [
             b'{"jsonrpc":"2.0","method":"E_CORE_TCP_DISCONNECT","params":["once"]}'
         ]
         with udp_subscriber("127.0.0.10") as other:
             ok(served, "event_subscribe", ["E_CORE_TCP_DISCONNECT", udp_name(other), 300])
             ok(served, "raise_event", ["E_CORE_TCP_DISCONNECT", ["both"]])
-            assert len(waiting(other)) == 1
-            assert len(waiting(sub)) == 1
+            assert len(drain(other)) == 1
+            assert len(drain(sub)) == 1
             ok(served, "event_subscribe", ["E_CORE_TCP_DISCONNECT", udp_name(other), 0])
         ok(served, "event_subscribe", ["E_CORE_TCP_DISCONNECT", f"udp:localhost:{port}", 0])
         assert served.call("subscribers_list", ["E_CORE_TCP_DISCONNECT"])["result"] == {"Event": {}}
 
 
-def test_a_prefix_of_a_unix_path_is_another_subscriber(served: ServerProcess) -> None:
+def test_a_prefix_of_a_unix_path_is_another_subscriber(served: ServerProcess, folder: Path) -> None:
     """Difference 24: OpenSIPS renews unix:/x/sub.sock for unix:/x/sub.so, and finds it in
     subscribers_list by the prefix."""
-    folder = short_tmpdir()
     full, prefix = f"unix:{folder}/sub.sock", f"unix:{folder}/sub.so"
     ok(served, "event_subscribe", ["E_CORE_SR_STATUS_CHANGED", full, 60])
     ok(served, "event_subscribe", ["E_CORE_SR_STATUS_CHANGED", prefix, 77])
