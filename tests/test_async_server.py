@@ -131,7 +131,7 @@ def test_an_async_call_past_worker_timeout_is_cancelled_and_others_answered(
 
 
 def test_port_0_is_named_once_started() -> None:
-    """docs/compatibility.md, difference 22: ``address`` names the port the kernel chose."""
+    """docs/compatibility.md, difference 29: ``address`` names the port the kernel chose."""
 
     async def scenario() -> tuple[str, str, bytes]:
         server = AsyncServer(Settings(socket_name="udp:127.0.0.1:0"), Registry())

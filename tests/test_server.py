@@ -127,7 +127,7 @@ def test_allow_from_filters_senders() -> None:
 
 @pytest.mark.parametrize("socket_name", [ANY_UDP, ANY_UDP6, "udp:localhost:0"])
 def test_port_0_listens_on_a_free_port_and_names_it(socket_name: str) -> None:
-    """docs/compatibility.md, difference 22. ``midgram_server`` took the port from the
+    """docs/compatibility.md, difference 29. ``midgram_server`` took the port from the
     banner (``servers._bound``: the host asked for, a port that is not 0)."""
     with midgram_server("--children", "2", socket=socket_name) as running:
         assert running.call("uptime")["result"]

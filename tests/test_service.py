@@ -191,7 +191,7 @@ def test_an_in_process_server_notifies_too(notify_socket: NotifySocket) -> None:
 def test_on_the_journal_and_to_systemd_port_0_is_the_port_it_took(
     notify_socket: NotifySocket, children: str, processes: str
 ) -> None:
-    """docs/compatibility.md, difference 22: on the journal, where no banner is written,
+    """docs/compatibility.md, difference 29: on the journal, where no banner is written,
     the log line names the port (``midgram_server`` read it there); systemd's status too."""
     pipe, stream = journal_pipe()
     env = {"NOTIFY_SOCKET": notify_socket.env, "JOURNAL_STREAM": stream}
