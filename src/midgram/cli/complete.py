@@ -1,4 +1,5 @@
-"""Command and parameter names from the live server, for shell completion and ``midgram shell``.
+"""Command, parameter and event names from the live server, for shell completion and
+``midgram shell``.
 
 A completion runs a fresh ``midgram`` process for every TAB, so what the server said is kept
 in a small file under ``$XDG_CACHE_HOME/midgram`` (or ``~/.cache/midgram``) for a few
@@ -29,7 +30,14 @@ from midgram.client.calls import Client
 from midgram.errors import MidgramError
 from midgram.local import default_target
 
-__all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]
+__all__ = [
+    "CACHE_TTL",
+    "Catalog",
+    "cache_dir",
+    "complete_event",
+    "complete_method",
+    "complete_param",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,16 @@ class Catalog:
         """The server's command names ([] when it cannot be asked)."""
         names = self._cached("methods", self.client.methods)
         return names if isinstance(names, list) else []
+
+    def events(self) -> list[str]:
+        """The names of the server's events (``events_list``; [] when it cannot be asked)."""
+        listed = self._cached("events", lambda: self.client.request("events_list"))
+        entries = listed.get("Events") if isinstance(listed, dict) else None
+        if not isinstance(entries, list):
+            return []
+        return [
+            e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+        ]
 
     def params(self, command: str) -> list[str]:
         """Every parameter name of ``command``'s recipes, in order ([] if unknown)."""
@@ -158,6 +176,20 @@ def complete_method(
     if catalog is None:
         return []
     return [CompletionItem(name) for name in catalog.methods() if name.startswith(incomplete)]
+
+
+def complete_event(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Event names the live server publishes (and ``all``) that start with ``incomplete``."""
+    catalog = _catalog(ctx)
+    if catalog is None:
+        return []
+    given = set(ctx.params.get("names") or ())
+    names = ["all", *catalog.events()]
+    return [
+        CompletionItem(name) for name in names if name.startswith(incomplete) and name not in given
+    ]
 
 
 def complete_param(
