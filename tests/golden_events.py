@@ -50,7 +50,7 @@ class Notification:
     size: int | None
 
 
-def _records() -> list[dict[str, Any]]:
+def raw_records() -> list[dict[str, Any]]:
     (path,) = golden_files(EVENTS_GOLDEN, "captures.jsonl")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -68,7 +68,7 @@ def load_run(prefix: str = "") -> list[Exchange | Notification]:
     the main run, ``"B_"``, ``"C_"``, ``"E_"``). Entries that kept only the head of a large
     request are left out."""
     run: list[Exchange | Notification] = []
-    for record in _records():
+    for record in raw_records():
         name = record["name"]
         in_run = name.startswith(prefix) if prefix else name[:2] not in ("B_", "C_", "D_", "E_")
         if not in_run:
@@ -87,7 +87,7 @@ def load_run(prefix: str = "") -> list[Exchange | Notification]:
 
 def summary(name: str) -> dict[str, Any]:
     """One of the ``*_summary_*`` records."""
-    for record in _records():
+    for record in raw_records():
         if record["name"] == name:
             return record
     raise KeyError(name)

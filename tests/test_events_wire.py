@@ -179,7 +179,7 @@ def test_numbers_are_cjson_valueint() -> None:
 
 
 def test_array_items_are_sent_as_strings_in_an_array() -> None:
-    """Difference 27: OpenSIPS 3.6 sends them as an object with empty names
+    """Difference 25: OpenSIPS 3.6 sends them as an object with empty names
     (``{"":"s","":"42"}``) most of the time; the array it means is sent."""
     assert mi_event_params(["s", 42, -1, 1.9]) == ["s", "42", "-1", "1"]
     assert encode_notification("E", mi_event_params(["x", "y"])) == (
@@ -188,7 +188,7 @@ def test_array_items_are_sent_as_strings_in_an_array() -> None:
 
 
 def test_non_scalar_json_values_are_sent_as_their_json_text() -> None:
-    """Difference 28: OpenSIPS frees them before it copies them, and sends garbage
+    """Difference 26: OpenSIPS frees them before it copies them, and sends garbage
     (``"t":"PS\\xb8\\xcf"``); midgram sends what it means to, each value's JSON text."""
     sent = mi_event_params('{"t":true,"f":false,"n":null,"arr":[1,2],"obj":{"k":"v"}}')
     assert encode_notification("E_CORE_THRESHOLD", sent) == (
@@ -199,7 +199,7 @@ def test_non_scalar_json_values_are_sent_as_their_json_text() -> None:
 
 @pytest.mark.parametrize("value", ["{}", []])
 def test_empty_params_send_none(value: Any) -> None:
-    """``[]`` as OpenSIPS; ``"{}"`` too (difference 28: OpenSIPS sends stale params left by
+    """``[]`` as OpenSIPS; ``"{}"`` too (difference 26: OpenSIPS sends stale params left by
     the previous event, or none in a fresh process)."""
     assert mi_event_params(value) is None
 

@@ -1,7 +1,7 @@
 """The MI commands of OpenSIPS's Event Interface: ``event_subscribe``, ``events_list``,
 ``subscribers_list`` and ``raise_event``, with OpenSIPS 3.6's recipes, reply shapes, codes and
 texts (docs/events.md), but where OpenSIPS is wrong (docs/compatibility.md, differences 22
-to 30).
+to 28).
 
 They read the registry's catalog (``Events``) and, while a server serves it, its publisher;
 ``events_list`` works without one, the others answer ``500 Events are not served here``.
@@ -178,6 +178,6 @@ def _listing(event: Event, listed: tuple[Subscriber, ...], now: int) -> dict[str
 
 def _not_empty(value: str, name: str) -> None:
     """An empty ``event`` or ``socket`` is a bad value of its type (docs/compatibility.md,
-    difference 29: OpenSIPS's text there is whatever error came last in that process)."""
+    difference 27: OpenSIPS's text there is whatever error came last in that process)."""
     if not value:
         raise InvalidParams(f"Bad type for parameter '{name}'")

@@ -21,7 +21,7 @@ delivers to nobody.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,8 +97,21 @@ class Events:
         found = self._events.get(event) if isinstance(event, str) else event
         if found is None or found.catalog is not self:
             raise KeyError(f"event {event!r} is not declared")
+        _check_params(params)
         publisher = self.publisher
         return 0 if publisher is None else publisher.publish(found, params)
+
+
+def _check_params(params: object) -> None:
+    """Params of the wrong kind are a bug of the raiser's: refused whether or not anyone is
+    subscribed now, so it shows at once, not on the day someone subscribes."""
+    if params is None or isinstance(params, Mapping):
+        return
+    if isinstance(params, str | bytes | bytearray) or not isinstance(params, Sequence):
+        raise TypeError(
+            f"event params are an object (a dict), an array (a list) or None, not "
+            f"{type(params).__name__}"
+        )
 
 
 def _check_name(name: str) -> None:

@@ -345,7 +345,7 @@ def _foreign_scheme(text: str) -> re.Match[str] | None:
 # are refused), as OpenSIPS's evi_transport.c does. Unlike OpenSIPS: an IPv6 host in brackets
 # works, a port beyond 65535 is refused instead of wrapping, and a path too long for
 # ``sun_path`` is refused instead of being accepted and never reached (docs/compatibility.md,
-# differences 23 and 24).
+# difference 23).
 
 UNIX_EVENT_PREFIX: Final = "unix:"
 

@@ -13,7 +13,7 @@ included, as OpenSIPS sends them: ``Members`` holds such an object.
 
 ``mi_event_params`` reads ``raise_event``'s ``params`` as OpenSIPS 3.6 does
 (docs/events.md, "raise_event"), where OpenSIPS's own bugs aside (docs/compatibility.md,
-differences 27 and 28). ``decode_notification`` reads a notification back, for listeners.
+differences 25 and 26). ``decode_notification`` reads a notification back, for listeners.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def decode_notification(data: bytes) -> Notice:
     """``ValueError`` for a datagram that is not an event notification.
 
     An object whose names are all empty (``{"":"a","":"b"}``: OpenSIPS 3.6 sends array params
-    so, docs/compatibility.md, difference 27) is read as the array it was meant to be; any
+    so, docs/compatibility.md, difference 25) is read as the array it was meant to be; any
     other repeated name keeps its last value.
     """
     try:
