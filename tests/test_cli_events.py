@@ -26,6 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir, wait_until
+from test_cli_completion import _shell, terminal
 
 from midgram.cli import cli
 from midgram.client import Client
@@ -388,3 +389,16 @@ def test_midgram_call_does_not_load_the_listener() -> None:
     loaded: Any = json.loads(done.stdout)
     assert "midgram.client.events" not in loaded
     assert "midgram.client.listen" not in loaded
+
+
+@pytest.mark.parametrize("shell", [_shell("bash"), _shell("zsh")])
+def test_event_names_complete_from_the_server(shell: str) -> None:
+    with (
+        midgram_server(*APP, socket=f"udp:127.0.0.1:{free_udp_port()}") as udp,
+        terminal(shell) as term,
+    ):
+        since = term.type(f"midgram events -t {udp.target} E_CALLS_H\t")
+        term.wait_for("E_CALLS_HIGH ", since)
+        term.type("\x15")  # Ctrl-U: a fresh line
+        since = term.type(f"midgram events -t {udp.target} al\t")
+        term.wait_for("all ", since)

@@ -412,3 +412,35 @@ def test_opensips_notifications_are_received_as_it_sends_them(
                 assert event.data == notification.datagram
                 sent = json.loads(notification.datagram.decode(errors="replace"))
                 assert event.name == sent["method"]
+
+
+def test_the_listener_example_of_docs_events_md_works(unix_server: ServerProcess) -> None:
+    """docs/events.md's Python listener, run as written but for its target and event."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    block = page.split("<!-- example: events-listener -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert block.count('"/run/opensips/mi.sock"') == block.count('"E_CORE_THRESHOLD"') == 1
+    block = block.replace('"/run/opensips/mi.sock"', repr(unix_server.target))
+    block = block.replace('"E_CORE_THRESHOLD"', repr(EVENT))
+    client = Client(unix_server.target)
+    printed: list[tuple[Any, ...]] = []
+
+    class Heard(Exception):
+        pass
+
+    def record(*args: Any) -> None:
+        printed.append(args)
+        raise Heard
+
+    def raise_once_subscribed() -> None:
+        wait_until(lambda: _sockets(client), DEADLINE, "the example's subscription")
+        client.call("set_calls", calls=2)
+
+    raiser = threading.Thread(target=raise_once_subscribed)
+    raiser.start()
+    with pytest.raises(Heard):
+        exec(block, {"print": record})  # noqa: S102 - the documentation's own example
+    raiser.join()
+    ((name, params, sender),) = printed
+    assert (name, params) == (EVENT, {"calls": 2})
+    assert sender.startswith("unix:(pid ")
+    assert _sockets(client) == []
