@@ -26,6 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir, wait_until
+from test_cli_client import INTERRUPTIBLE
 from test_cli_completion import _shell, terminal
 
 from midgram.cli import cli
@@ -34,14 +35,6 @@ from midgram.client import Client
 APP = ("--app", "apps:events_mi")
 EVENT = "E_CALLS_HIGH"
 DEADLINE = 20.0
-# `python -m midgram` with Ctrl-C restored (a shell starts background jobs with SIGINT
-# ignored, and a child inherits that).
-INTERRUPTIBLE = (
-    sys.executable,
-    "-c",
-    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('midgram', run_name='__main__', alter_sys=True)",
-)
 LISTENING = re.compile(r"midgram: listening on (\S+) for ")
 
 
@@ -204,6 +197,11 @@ def test_a_server_restart_is_followed_by_a_renewal(env: dict[str, str]) -> None:
                 status, out, err = listener.finish()
                 assert status == 0, err
                 assert json.loads(out)["params"] == {"calls": 5}
+                # Said once when the server could not be asked, once when subscribed again.
+                assert err.count(": still listening, subscribing again once it answers\n") >= 1
+                assert (
+                    err.count(f"midgram: {target} restarted (or came back): subscribed again") == 1
+                )
                 assert _sockets(target) == []
         finally:
             listener.kill()
@@ -292,7 +290,7 @@ def test_a_port_in_use_exits_4(unix_server: ServerProcess) -> None:
     [
         (["--listen", "tcp:1.2.3.4:5"], "Invalid value for --listen: no transport 'tcp'"),
         (["--advertise", "udp:1.2.3.4"], "Invalid value for --advertise"),
-        (["--dialect", "kamailio"], "the kamailio dialect has no events"),
+        (["--dialect", "kamailio"], "the kamailio dialect has no event interface"),
         (["--expire", "1"], "Invalid value for '--expire'"),
         (["-f", "table"], "Invalid value for '-f' / '--format'"),
         (["-t", "/a.sock", "-t", "/b.sock"], "`midgram events` talks to one server, and got 2"),

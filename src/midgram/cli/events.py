@@ -56,16 +56,23 @@ class _Stop(BaseException):
     """SIGTERM or SIGHUP: stop listening, unsubscribe, exit 0 (a service being stopped)."""
 
 
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_stops() -> None:
+    """From now on SIGTERM and SIGHUP change nothing: unsubscribing is not cut short."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _stop(signum: int, _frame: FrameType | None) -> None:
-    # Once: a second signal while unsubscribing must not cut that short.
-    for stopping in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stopping, signal.SIG_IGN)
+    _ignore_stops()  # once
     raise _Stop(signum)
 
 
 @contextlib.contextmanager
 def _stoppable() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, _stop) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
@@ -125,19 +132,20 @@ class _Reporter:
     def __init__(self, target: str, quiet: bool) -> None:
         self.target = target
         self.quiet = quiet
-        self._down = False
+        self._trouble = ""  # the failure said last; "" when all is well
 
     def __call__(self, upkeep: Upkeep) -> None:
         if upkeep.error is None:
             if upkeep.reason == "restart":
                 self._say(f"{self.target} restarted (or came back): subscribed again")
-            self._down = False
+            self._trouble = ""
             return
-        what = describe(upkeep.error, target=self.target, method="event_subscribe")
+        method = "uptime" if upkeep.reason == "check" else "event_subscribe"
+        what = describe(upkeep.error, target=self.target, method=method)
         if upkeep.reason == "close":
             _fail(f"could not unsubscribe: {what}: the subscriptions expire by themselves")
-        elif not self._down:
-            self._down = True
+        elif what != self._trouble:  # once a failure, not every check while it lasts
+            self._trouble = what
             self._say(f"{what}: still listening, subscribing again once it answers")
 
     def _say(self, text: str) -> None:
@@ -304,8 +312,6 @@ def events(
     quiet: bool,
 ) -> None:
     _check_format(fmt)
-    if dialect != "opensips":
-        raise click.UsageError(f"the {dialect} dialect has no events: only OpenSIPS and midgram")
     client = Client(_one_target(targets), timeout=timeout, dialect=dialect)
     reporter = _Reporter(client.target, quiet)
     try:
@@ -319,6 +325,8 @@ def events(
         )
     except ConfigError as exc:
         raise click.BadParameter(exc.reason, param_hint=f"--{exc.parameter}") from None
+    except ValueError as exc:  # e.g. a dialect without events
+        raise click.UsageError(str(exc)) from None
     tty = sys.stdout.isatty()
     show = _shower(auto_format(fmt, tty=tty), use_colour(tty), tty)
     status = EXIT_OK
@@ -339,5 +347,6 @@ def events(
             # (and the interpreter's last flush) go nowhere instead of failing again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         finally:
+            _ignore_stops()
             stream.close()
     ctx.exit(status)
