@@ -221,6 +221,13 @@ def test_listen_and_advertise(unix_server: ServerProcess, tmp_path: Path) -> Non
         event = stream.next(DEADLINE)
         assert event is not None
         assert event.sender.startswith("udp:127.0.0.1:")
+    for options in ({"advertise": f"udp:127.0.0.1:{port}"}, {"listen": f"udp:0.0.0.0:{port}"}):
+        # Only advertise: that port on every address; only a wildcard listen: the port bound,
+        # advertised on the address that reaches the server (here: loopback).
+        with client.events(EVENT, **options) as stream:  # type: ignore[arg-type]
+            assert stream.socket == f"udp:127.0.0.1:{port}"
+            client.call("set_calls", calls=11)
+            assert stream.next(DEADLINE) is not None
     path = tmp_path / "here.sock"
     with client.events(EVENT, listen=f"unix:{path}") as stream:
         assert stream.socket == f"unix:{path}"

@@ -136,7 +136,7 @@ class _Reporter:
 
     def __call__(self, upkeep: Upkeep) -> None:
         if upkeep.error is None:
-            if upkeep.reason == "restart":
+            if upkeep.reason == "restart" or self._trouble:
                 self._say(f"{self.target} restarted (or came back): subscribed again")
             self._trouble = ""
             return

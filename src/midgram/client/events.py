@@ -129,9 +129,9 @@ class _Upkeep:
 
     def step(self) -> UpkeepReason | None:
         """What is due now: a renewal (``expiry``, ``restart``), a ``check``, or nothing."""
-        now = time.monotonic()
         if self._pending is not None:
             return self._pending
+        now = time.monotonic()
         if now >= self._renew_at:
             return "expiry"
         if self._marks is not None and now >= self._check_at:
@@ -158,14 +158,11 @@ class _Upkeep:
         return None
 
     def renewed(self, reason: UpkeepReason, error: ClientError | None) -> Upkeep:
-        """After a renewal; a failed one is tried again at the next check."""
+        """After a renewal; a failed one is tried again after ``check_every`` (or sooner)."""
         now = time.monotonic()
         self._pending = None
-        if error is None:
-            self._renew_at = now + self.expire / 2
-        else:
-            self._lost = True
-            self._renew_at = now + min(self.check_every, self.expire / 2)
+        wait = self.expire / 2 if error is None else min(self.check_every, self.expire / 2)
+        self._renew_at = now + wait
         self._check_at = now + self.check_every
         return Upkeep(reason, error)
 

@@ -59,6 +59,8 @@ LISTEN_SOCKET_NAME: Final = "events.sock"
 # net.core.rmem_max). A notification has no size limit in OpenSIPS: 98 KB ones were seen.
 _RCVBUF: Final = 1 << 20
 _SOCKET_MODE: Final = 0o622  # the server may run as another user: it must be able to write
+# A UNIX target's server is on this host: a UDP listener is advertised on loopback.
+_LOOPBACK: Final[dict[int, str]] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 # Behind NAT, only the port advertised is known: it is bound on every address.
 _WILDCARD: Final[dict[int, str]] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}  # noqa: S104
 
@@ -266,8 +268,11 @@ def _resolve_local(address: UdpAddress) -> tuple[int, str]:
 
 
 def _route_source(resolved: tuple[int, Sockaddr], family: int) -> str:
-    """The address this host sends to the target from (its route; nothing is sent)."""
+    """The address this host sends to the target from (its route; nothing is sent). A UNIX
+    target is on this host: its loopback address."""
     target_family, sockaddr = resolved
+    if target_family == socket.AF_UNIX:
+        return _LOOPBACK[family]
     if target_family != family:
         raise ValueError(
             "the listening address is not of the target's address family: give advertise "
