@@ -365,3 +365,29 @@ def test_subscribers_beyond_max_event_subscribers_are_refused_and_counted() -> N
         assert stats(server)["event_datagram:refused"] == 1
         assert stats(server)["event_datagram:subscribers"] == 2
         assert "max_event_subscribers" in server.log()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "answer"),
+    [
+        ("event_subscribe", [THRESHOLD, "udp:" + "a" * 300 + ":5"], (400, "Bad parameter value")),
+        (
+            "event_subscribe",
+            [THRESHOLD, "udp:no.such.host.invalid:5"],
+            (400, "Bad parameter value"),
+        ),
+        ("event_subscribe", [THRESHOLD, "unix:/tmp/a\x00b"], (400, "Bad parameter value")),
+        ("event_subscribe", [THRESHOLD, "udp:[::1%nosuch]:5"], (400, "Bad parameter value")),
+        ("raise_event", [THRESHOLD, "[" * 60_000], (400, "Bad Params")),
+        ("raise_event", [THRESHOLD, '{"a":' * 5000 + "1" + "}" * 5000], (400, "Bad Params")),
+        ("subscribers_list", [THRESHOLD, "\n" * 100], (404, "Subscriber does not exist")),
+    ],
+)
+def test_hostile_event_input_gets_an_answer(
+    served: ServerProcess, method: str, params: Any, answer: tuple[int, str]
+) -> None:
+    with udp_subscriber() as sub:  # someone subscribed: raise_event reads its params
+        ok(served, "event_subscribe", [THRESHOLD, udp_name(sub), 30])
+        assert error(served, method, params) == answer
+        ok(served, "event_subscribe", [THRESHOLD, udp_name(sub), 0])
+    assert "Traceback" not in served.log()

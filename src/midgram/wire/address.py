@@ -268,14 +268,20 @@ def _parse_udp(rest: str, port_range: tuple[int, int]) -> UdpAddress:
 
 
 def _parse(
-    text: str, parameter: str, port_range: tuple[int, int], allow_abstract: bool
+    text: str,
+    parameter: str,
+    port_range: tuple[int, int],
+    allow_abstract: bool,
+    unix_prefix: str = "",
 ) -> UnixAddress | UdpAddress:
+    """``text`` as a UDP address, or else as a UNIX one (after ``unix_prefix``)."""
     try:
         if text.startswith(UDP_PREFIX):
             return _parse_udp(text[len(UDP_PREFIX) :], port_range)
-        if allow_abstract and text.startswith(ABSTRACT_PREFIX):
-            return UnixAddress(text[len(ABSTRACT_PREFIX) :], abstract=True)
-        return UnixAddress(text)
+        path = text[len(unix_prefix) :]
+        if allow_abstract and path.startswith(ABSTRACT_PREFIX):
+            return UnixAddress(path[len(ABSTRACT_PREFIX) :], abstract=True)
+        return UnixAddress(path)
     except AddressError as exc:
         # Re-raised under the caller's parameter name with the whole text as the value.
         raise AddressError(parameter, text, exc.reason) from None
@@ -352,18 +358,8 @@ UNIX_EVENT_PREFIX: Final = "unix:"
 
 def parse_event_socket(text: str, *, parameter: str = "socket") -> UnixAddress | UdpAddress:
     """A subscriber's socket, as ``event_subscribe`` takes it. ``AddressError`` says why not."""
-    try:
-        if text.startswith(UDP_PREFIX):
-            return _parse_udp(text[len(UDP_PREFIX) :], TARGET_PORT_RANGE)
-        if text.startswith(UNIX_EVENT_PREFIX):
-            path = text[len(UNIX_EVENT_PREFIX) :]
-            if path.startswith(ABSTRACT_PREFIX):
-                return UnixAddress(path[len(ABSTRACT_PREFIX) :], abstract=True)
-            return UnixAddress(path)
-    except AddressError as exc:
-        raise AddressError(parameter, text, exc.reason) from None
-    except ValueError as exc:
-        raise AddressError(parameter, text, str(exc)) from None
+    if text.startswith((UDP_PREFIX, UNIX_EVENT_PREFIX)):
+        return _parse(text, parameter, TARGET_PORT_RANGE, True, unix_prefix=UNIX_EVENT_PREFIX)
     transport = text.partition(":")[0] if ":" in text else ""
     why = f"no transport {transport!r}" if transport else "no transport"
     raise AddressError(parameter, text, f"{why}: write udp:host:port or unix:path")
