@@ -300,6 +300,15 @@ def test_what_is_not_a_notification_of_an_event_subscribed_is_dropped(
                 b'{"jsonrpc":"2.0","method":"E_CALLS_HIGH","id":1}',  # a request
                 b'{"jsonrpc":"2.0","method":"E_OTHER"}',  # not subscribed
                 b"[1,2]",
+                # Params nested deeper than any reply may be: dropped unparsed.
+                b'{"jsonrpc":"2.0","method":"E_CALLS_HIGH","params":'
+                + b"[" * 500
+                + b"]" * 500
+                + b"}",
+                b'{"jsonrpc":"2.0","method":"E_CALLS_HIGH","params":'
+                + b"[" * 5000
+                + b"]" * 5000
+                + b"}",
             ):
                 sender.sendto(junk, address)
             sender.sendto(b'{"jsonrpc":"2.0","method":"E_CALLS_HIGH"}', address)
