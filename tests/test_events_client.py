@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -315,6 +316,20 @@ def test_what_is_not_a_notification_of_an_event_subscribed_is_dropped(
         event = stream.next(DEADLINE)
         assert event is not None
         assert (event.name, event.params) == (EVENT, None)
+
+
+def test_junk_arriving_does_not_hold_next_past_its_timeout(unix_server: ServerProcess) -> None:
+    """With its time up, ``next`` returns after the datagram at hand, not once the queue is
+    empty: under a steady flood of junk it would never be."""
+    with Client(unix_server.target).events([EVENT]) as stream:
+        assert stream.socket is not None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as flood:
+            for _ in range(5):
+                flood.sendto(b'{"jsonrpc":"2.0","method":"E_OTHER"}', stream.socket[5:])
+        assert stream.next(0) is None
+        readable, _, _ = select.select([stream._socket], [], [], 0)
+        assert readable  # the rest of the junk is still there
+        assert stream.next(0.05) is None  # and goes, one datagram per look, while time is left
 
 
 # --- OpenSIPS's side, from its captures ----------------------------------------------------

@@ -332,9 +332,11 @@ class _Stream:
         0: look again, a datagram that was not an event was dropped)."""
         assert self._socket is not None
         received = self._socket.read()
-        if received is not None:
-            return self._take(received), 0.0
-        return None, _left(deadline, self._upkeep.wait())
+        if received is None:
+            return None, _left(deadline, self._upkeep.wait())
+        event = self._take(received)
+        # Dropped: look again at once, unless the time is up (a flood must not hold next).
+        return event, 0.0 if event is not None else _left(deadline, 0.0)
 
     # The MI requests a stream makes, as plans (generators) that yield each request as
     # ``(method, params)`` and get back its result or its ``ClientError``: one plan for the

@@ -58,6 +58,7 @@ LISTEN_SOCKET_NAME: Final = "events.sock"
 # Room for a burst of notifications while the program is busy (the kernel caps it at
 # net.core.rmem_max). A notification has no size limit in OpenSIPS: 98 KB ones were seen.
 _RCVBUF: Final = 1 << 20
+_DROPS_AT_ONCE: Final = 64
 _SOCKET_MODE: Final = 0o622  # the server may run as another user: it must be able to write
 # A UNIX target's server is on this host: a UDP listener is advertised on loopback.
 _LOOPBACK: Final[dict[int, str]] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
@@ -175,8 +176,10 @@ class EventSocket:
         return self.sock.fileno()
 
     def read(self) -> Received | None:
-        """The next datagram taken, or None when none is waiting (it never blocks)."""
-        while True:
+        """The next datagram taken, or None when none is waiting (it never blocks). After
+        ``_DROPS_AT_ONCE`` datagrams dropped in a row it returns None too: a flood of them
+        must not keep its caller from renewing its subscriptions."""
+        for _ in range(_DROPS_AT_ONCE):
             try:
                 data, ancillary, flags, sender = self.sock.recvmsg(MAX_BUF_SIZE, CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -188,6 +191,7 @@ class EventSocket:
                 log.info("%s: ignored a datagram over %d bytes", self.advertised, MAX_BUF_SIZE)
                 continue
             return Received(data, _sender_text(sender, ancillary), time.time())
+        return None
 
     def close(self) -> None:
         """Close the socket and remove what was made on disk (again: nothing happens)."""
