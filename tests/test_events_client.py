@@ -149,6 +149,27 @@ def test_the_async_stream(server: ServerProcess) -> None:
     assert _sockets(Client(server.target)) == []
 
 
+def test_an_async_for_break_unsubscribes(unix_server: ServerProcess) -> None:
+    """Without ``async with``: the loop's generator is closed by asyncio, which unsubscribes."""
+    client = Client(unix_server.target)
+
+    def raise_once_subscribed() -> None:
+        wait_until(lambda: _sockets(client), DEADLINE, "the loop's subscription")
+        client.call("set_calls", calls=8)
+
+    async def listen() -> Event:
+        async with asyncio.timeout(DEADLINE):
+            async for event in AsyncClient(unix_server.target).events([EVENT]):
+                return event
+        raise AssertionError("the stream ended")
+
+    raiser = threading.Thread(target=raise_once_subscribed)
+    raiser.start()
+    assert asyncio.run(listen()).params == {"calls": 8}
+    raiser.join()
+    assert _sockets(client) == []
+
+
 def test_the_async_stream_waits_without_blocking_the_loop(unix_server: ServerProcess) -> None:
     async def listen() -> Event | None:
         client = AsyncClient(unix_server.target)
