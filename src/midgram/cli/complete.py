@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -168,28 +169,35 @@ def _catalog(ctx: click.Context) -> Catalog | None:
         return None
 
 
+def _offer(
+    ctx: click.Context, incomplete: str, names: Callable[[Catalog], list[str]], given: Any = ()
+) -> list[CompletionItem]:
+    """The ``names`` the live server gives that start with ``incomplete``, but ``given``."""
+    catalog = _catalog(ctx)
+    if catalog is None:
+        return []
+    return [
+        CompletionItem(name)
+        for name in names(catalog)
+        if name.startswith(incomplete) and name not in given
+    ]
+
+
 def complete_method(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     """Command names the live server knows that start with ``incomplete``."""
-    catalog = _catalog(ctx)
-    if catalog is None:
-        return []
-    return [CompletionItem(name) for name in catalog.methods() if name.startswith(incomplete)]
+    return _offer(ctx, incomplete, Catalog.methods)
 
 
 def complete_event(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    """Event names the live server publishes (and ``all``) that start with ``incomplete``."""
-    catalog = _catalog(ctx)
-    if catalog is None:
-        return []
+    """Event names the live server publishes (and ``all``) not given yet."""
     given = set(ctx.params.get("names") or ())
-    names = ["all", *catalog.events()]
-    return [
-        CompletionItem(name) for name in names if name.startswith(incomplete) and name not in given
-    ]
+    # "all" is client.events.ALL_EVENTS, spelled here: `midgram call` (which imports this
+    # module) must not load the listener.
+    return _offer(ctx, incomplete, lambda catalog: ["all", *catalog.events()], given)
 
 
 def complete_param(
