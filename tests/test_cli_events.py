@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir, wait_until
+from servers import ANY_UDP, ROOT, ServerProcess, midgram_server, short_tmpdir, wait_until
 from test_cli_client import INTERRUPTIBLE
 from test_cli_completion import _shell, terminal
 
@@ -40,7 +40,7 @@ LISTENING = re.compile(r"midgram: listening on (\S+) for ")
 
 @pytest.fixture(scope="module", params=["unix", "udp"])
 def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    socket = f"udp:127.0.0.1:{free_udp_port()}" if request.param == "udp" else None
+    socket = ANY_UDP if request.param == "udp" else None
     with midgram_server(*APP, socket=socket) as running:
         yield running
 
@@ -277,9 +277,9 @@ def test_a_silent_server_exits_3(tmp_path: Path) -> None:
 def test_a_port_in_use_exits_4(unix_server: ServerProcess) -> None:
     import socket
 
-    port = free_udp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", port))
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
         result = invoke(EVENT, "-t", unix_server.target, "--listen", f"udp:127.0.0.1:{port}")
     assert result.exit_code == 4
     assert f"cannot listen on udp:127.0.0.1:{port}: Address already in use" in result.stderr
@@ -392,7 +392,7 @@ def test_midgram_call_does_not_load_the_listener() -> None:
 @pytest.mark.parametrize("shell", [_shell("bash"), _shell("zsh")])
 def test_event_names_complete_from_the_server(shell: str) -> None:
     with (
-        midgram_server(*APP, socket=f"udp:127.0.0.1:{free_udp_port()}") as udp,
+        midgram_server(*APP, socket=ANY_UDP) as udp,
         terminal(shell) as term,
     ):
         since = term.type(f"midgram events -t {udp.target} E_CALLS_H\t")

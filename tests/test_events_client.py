@@ -22,7 +22,7 @@ import pytest
 from golden_cases import GOLDEN
 from golden_events import CAPTURED_UNIX, Notification, load_run
 from golden_events import Exchange as CapturedExchange
-from servers import ServerProcess, free_udp_port, midgram_server, wait_until
+from servers import ANY_UDP, ANY_UDP6, ServerProcess, midgram_server, wait_until
 
 from midgram.client import AsyncClient, Client
 from midgram.client.events import Event, Upkeep, _listed_names, _Upkeep
@@ -35,11 +35,7 @@ TRANSPORTS = ("unix", "udp", "udp6")
 
 
 def _socket_name(kind: str) -> str | None:
-    if kind == "udp":
-        return f"udp:127.0.0.1:{free_udp_port()}"
-    if kind == "udp6":
-        return f"udp:[::1]:{free_udp_port('::1')}"
-    return None
+    return {"udp": ANY_UDP, "udp6": ANY_UDP6}.get(kind)
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
@@ -222,30 +218,38 @@ def test_an_unreachable_server_raises(tmp_path: Path) -> None:
 
 
 def test_a_socket_in_use_is_a_transport_error(unix_server: ServerProcess) -> None:
-    port = free_udp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", port))
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
         stream = Client(unix_server.target).events(EVENT, listen=f"udp:127.0.0.1:{port}")
         with pytest.raises(TransportError, match=f"cannot listen on udp:127.0.0.1:{port}"):
             stream.open()
 
 
 def test_listen_and_advertise(unix_server: ServerProcess, tmp_path: Path) -> None:
-    """``listen`` binds, ``advertise`` is what the server is told: here the same UDP port
-    bound on every address and advertised on loopback, as behind NAT."""
-    port = free_udp_port()
+    """``listen`` binds, ``advertise`` is what the server is told: a wildcard listen on
+    port 0 is advertised with the port bound, on the address that reaches the server (here:
+    loopback); then that port named outright, bound on every address and advertised on
+    loopback, as behind NAT."""
     client = Client(unix_server.target)
-    with client.events(
-        EVENT, listen=f"udp:0.0.0.0:{port}", advertise=f"udp:127.0.0.1:{port}"
-    ) as stream:
+    with client.events(EVENT, listen="udp:0.0.0.0:0") as stream:
+        assert stream.socket is not None
+        port = int(stream.socket.rsplit(":", 1)[1])
+        assert port != 0
         assert stream.socket == f"udp:127.0.0.1:{port}"
         client.call("set_calls", calls=9)
         event = stream.next(DEADLINE)
         assert event is not None
         assert event.sender.startswith("udp:127.0.0.1:")
-    for options in ({"advertise": f"udp:127.0.0.1:{port}"}, {"listen": f"udp:0.0.0.0:{port}"}):
-        # Only advertise: that port on every address; only a wildcard listen: the port bound,
-        # advertised on the address that reaches the server (here: loopback).
+    # The port the kernel just gave the first stream, named: a listener told its port binds
+    # it itself, so none can be held for it (the kernel hands out ports at random, and this
+    # one was ours a moment ago).
+    named = (
+        {"listen": f"udp:0.0.0.0:{port}", "advertise": f"udp:127.0.0.1:{port}"},
+        {"advertise": f"udp:127.0.0.1:{port}"},
+        {"listen": f"udp:0.0.0.0:{port}"},
+    )
+    for options in named:
         with client.events(EVENT, **options) as stream:  # type: ignore[arg-type]
             assert stream.socket == f"udp:127.0.0.1:{port}"
             client.call("set_calls", calls=11)
@@ -448,7 +452,7 @@ def test_opensips_notifications_are_received_as_it_sends_them(
         if isinstance(entry, Notification) and entry.datagram and entry.transport == transport
     ]
     assert len(notifications) > 10
-    listen = f"udp:127.0.0.1:{free_udp_port()}" if transport == "udp" else None
+    listen = "udp:127.0.0.1:0" if transport == "udp" else None
     with Client(core_server.target).events(["all"], listen=listen) as stream:
         assert stream.socket is not None
         if transport == "udp":

@@ -269,7 +269,8 @@ Examples:
 @click.option(
     "--listen",
     metavar="SOCKET",
-    help="Where to receive: udp:HOST:PORT or unix:PATH. Default: a free UDP port on the "
+    help="Where to receive: udp:HOST:PORT (port 0: any free one) or unix:PATH. Default: a "
+    "free UDP port on the "
     "address that reaches the target, or for a UNIX target a socket in a private folder.",
 )
 @click.option(

@@ -198,7 +198,8 @@ def _socket_option(
     value: str | UnixAddress | UdpAddress | None, parameter: str
 ) -> UnixAddress | UdpAddress | None:
     if isinstance(value, str):
-        return parse_event_socket(value, parameter=parameter)
+        # Port 0 only where the listener binds: the port the kernel chooses is advertised.
+        return parse_event_socket(value, parameter=parameter, any_port=parameter == "listen")
     return value
 
 

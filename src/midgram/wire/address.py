@@ -367,10 +367,22 @@ def _foreign_scheme(text: str) -> re.Match[str] | None:
 UNIX_EVENT_PREFIX: Final = "unix:"
 
 
-def parse_event_socket(text: str, *, parameter: str = "socket") -> UnixAddress | UdpAddress:
-    """A subscriber's socket, as ``event_subscribe`` takes it. ``AddressError`` says why not."""
+def parse_event_socket(
+    text: str, *, parameter: str = "socket", any_port: bool = False
+) -> UnixAddress | UdpAddress:
+    """A subscriber's socket, as ``event_subscribe`` takes it. ``AddressError`` says why not.
+
+    ``any_port`` takes UDP port 0 too: where a listener binds (any free port), never what a
+    server is told."""
     if text.startswith((UDP_PREFIX, UNIX_EVENT_PREFIX)):
-        return _parse(text, parameter, TARGET_PORT_RANGE, True, unix_prefix=UNIX_EVENT_PREFIX)
+        return _parse(
+            text,
+            parameter,
+            TARGET_PORT_RANGE,
+            True,
+            any_port=any_port,
+            unix_prefix=UNIX_EVENT_PREFIX,
+        )
     transport = text.partition(":")[0] if ":" in text else ""
     why = f"no transport {transport!r}" if transport else "no transport"
     raise AddressError(parameter, text, f"{why}: write udp:host:port or unix:path")
