@@ -261,3 +261,13 @@ def test_opensips_empty_names_are_read_as_the_array_they_mean() -> None:
 def test_what_is_not_a_notification_is_said_so(data: bytes) -> None:
     with pytest.raises(ValueError, match=r"not|request"):
         decode_notification(data)
+
+
+@pytest.mark.parametrize("depth", [500, 5000])
+def test_params_nested_past_a_reply_s_depth_are_refused_not_recursed(depth: int) -> None:
+    """Deeper than a reply may be, however the brackets nest: a ValueError, the answer for
+    every datagram that is not a notification, never a RecursionError."""
+    params = "[" * depth + "]" * depth
+    data = b'{"jsonrpc":"2.0","method":"E_X","params":' + params.encode() + b"}"
+    with pytest.raises(ValueError, match="nested deeper than"):
+        decode_notification(data)

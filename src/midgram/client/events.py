@@ -41,7 +41,7 @@ from midgram.client.listen import EventSocket, Received
 from midgram.errors import BadReply, ClientError, ConnectError, RemoteError, ReplyTimeout
 from midgram.wire.address import UdpAddress, UnixAddress, parse_event_socket
 from midgram.wire.events import decode_notification
-from midgram.wire.jsonrpc import MAX_DEPTH, Params, nesting_depth
+from midgram.wire.jsonrpc import Params
 
 if TYPE_CHECKING:
     from midgram.client.calls import AsyncClient, Client
@@ -71,9 +71,6 @@ MIN_EXPIRE: Final = 2
 CHECK_EVERY: Final = 5.0
 #: The name that stands for every event the server lists (``events_list``).
 ALL_EVENTS: Final = "all"
-
-# Params nested MAX_DEPTH levels, in their envelope object.
-_DEEPEST: Final = MAX_DEPTH + 1
 
 UpkeepReason = Literal["expiry", "restart", "check", "close"]
 
@@ -302,16 +299,8 @@ class _Stream:
 
     def _take(self, received: Received) -> Event | None:
         """The event a datagram carries, if it is a notification of one subscribed to."""
-        data = received.data
-        # As deep as a reply may be (codec): deeper params are not parsed (the parse, and
-        # whatever walks them after it, would recurse past Python's limit).
-        if data.count(b"[") + data.count(b"{") > _DEEPEST and nesting_depth(data) > _DEEPEST:
-            log.info(
-                "%s: ignored a datagram from %s: nested too deep", self.socket, received.sender
-            )
-            return None
         try:
-            notice = decode_notification(data)
+            notice = decode_notification(received.data)
         except ValueError as exc:
             log.info("%s: ignored a datagram from %s: %s", self.socket, received.sender, exc)
             return None

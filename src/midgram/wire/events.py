@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from midgram.errors import MIError
-from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN, encode_value
+from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN, MAX_DEPTH, encode_value, nesting_depth
 
 __all__ = [
     "DEFAULT_EXPIRE",
@@ -162,6 +162,10 @@ class Notice(NamedTuple):
     params: Any
 
 
+# Params nested MAX_DEPTH levels, in their envelope object.
+_DEEPEST: Final = MAX_DEPTH + 1
+
+
 def decode_notification(data: bytes) -> Notice:
     """``ValueError`` for a datagram that is not an event notification.
 
@@ -169,6 +173,10 @@ def decode_notification(data: bytes) -> Notice:
     so, docs/compatibility.md, difference 25) is read as the array it was meant to be; any
     other repeated name keeps its last value.
     """
+    # As deep as a reply may be: deeper params are not parsed (the parse, and the walk after
+    # it, would recurse past Python's limit). Counting brackets first keeps it cheap.
+    if data.count(b"[") + data.count(b"{") > _DEEPEST and nesting_depth(data) > _DEEPEST:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     try:
         body = json.loads(data.decode("utf-8", "replace"), object_pairs_hook=Members)
     except (ValueError, RecursionError) as exc:
