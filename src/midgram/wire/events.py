@@ -176,7 +176,7 @@ def decode_notification(data: bytes) -> Notice:
     # As deep as a reply may be: deeper params are not parsed (the parse, and the walk after
     # it, would recurse past Python's limit). Counting brackets first keeps it cheap.
     if data.count(b"[") + data.count(b"{") > _DEEPEST and nesting_depth(data) > _DEEPEST:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        raise ValueError(f"not parsed: nested deeper than {MAX_DEPTH} levels")
     try:
         body = json.loads(data.decode("utf-8", "replace"), object_pairs_hook=Members)
     except (ValueError, RecursionError) as exc:
