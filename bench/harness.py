@@ -351,6 +351,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("pretty", "uptime, pretty printing on", pretty=True),
     Scenario("inflight-1", "uptime, 1 in flight", inflight=1),
     Scenario("inflight-64", "uptime, 64 in flight", inflight=64),
+    Scenario("children-2-64", "uptime, children_count 2, 64 in flight", children=2, inflight=64),
     Scenario(
         "tracing",
         "uptime, HEP tracing of every command to a local UDP sink",
