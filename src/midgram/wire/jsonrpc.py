@@ -288,6 +288,10 @@ def _encode_unusual(value: Any) -> bytes:
 def encode_result(result: Any, req_id: JsonId, *, pretty: bool = False) -> bytes:
     """``{"jsonrpc":"2.0","result":...,"id":...}``. TypeError if result is not JSON."""
     if pretty:
+        # The envelope is an object too: laid out with the result in one go when it can be.
+        whole = _pretty_objects({"jsonrpc": "2.0", "result": result, "id": req_id}, 0)
+        if whole is not None:
+            return whole
         return _pretty_envelope("result", encode_value(result, pretty=True, depth=1), req_id)
     try:
         # One orjson call for the whole envelope: it keeps the member order, and it is the
@@ -393,10 +397,11 @@ def _pretty_objects(value: Any, depth: int) -> bytes | None:
     # item a line), an empty object (cJSON opens a line in it), and an escaped quote before
     # ": " (in a string, where it is not layout; or a key ending in a backslash). Looked for
     # in the text: a string holding one only sends the value to _pretty, slower, not different.
-    if b"[\n" in text or b"{}" in text or b'\\": ' in text:
+    # (A one-byte search is memchr, several times faster than a longer one: it goes first.)
+    if (b"[" in text and b"[\n" in text) or b"{}" in text or (b"\\" in text and b'\\": ' in text):
         return None
     text = text.replace(b'": ', b'":\t')
-    deepest = 0
+    deepest = 1
     while b"\n" + b"  " * (deepest + 1) in text:
         deepest += 1
     for level in range(deepest, 0, -1):
