@@ -85,26 +85,27 @@ def _without_ids(*texts: str) -> list[str]:
 
 def quick_forms(target: str, silent: str) -> list[list[str]]:
     """Command lines the quick path takes: every option it reads, each spelling, and the
-    errors a call can end with (an error reply, no reply, no server)."""
+    errors a call can end with (an error reply, no reply, no server). Each one's output is
+    the same on two calls (``version``, not ``uptime``, whose seconds tick)."""
     return [
-        ["call", "-t", target, "uptime"],
-        ["call", "uptime", "--target", target],
+        ["call", "-t", target, "version"],
+        ["call", "version", "--target", target],
         ["call", f"--target={target}", "which", "log_level"],
         ["call", "-t", target, "slow", "seconds:=0"],
         ["call", "-t", target, "which", ':="uptime"'],
         ["call", "-t", target, "-j", '{"command": "uptime"}', "which"],
-        ["call", "-t", target, '--json=["uptime"]', "which"],
-        ["call", "-t", target, "-f", "pretty", "uptime"],
+        ["call", "-t", target, '--json=["version"]', "which"],
+        ["call", "-t", target, "-f", "pretty", "version"],
         ["call", "-t", target, "--format", "lines", "which"],
         ["call", "-t", target, "--format=table", "ps"],
         ["call", "-t", target, "-f", "raw", "which"],
-        ["call", "-t", target, "--dialect", "opensips", "--timeout", "2.5s", "uptime"],
+        ["call", "-t", target, "--dialect", "opensips", "--timeout", "2.5s", "version"],
         ["call", "-t", target, "--timeout=3", "--dry-run", "get_statistics", "statistics=a:"],
         ["call", "-t", target, "no_such_command"],
         ["call", "-t", target, "log_level", "level=loud"],
         ["call", "-t", target, "fail"],
-        ["call", "-t", silent, "--timeout", "100ms", "uptime"],
-        ["call", "-t", silent + ".none", "uptime"],
+        ["call", "-t", silent, "--timeout", "100ms", "version"],
+        ["call", "-t", silent + ".none", "version"],
     ]
 
 
