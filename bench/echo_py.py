@@ -5,7 +5,12 @@ serves (UNIX datagram or UDP), with nothing else per request. With ``-n N``, N f
 processes share the socket. Logs ``listening on TARGET`` to stderr once bound (with the port
 the kernel chose for port 0); SIGTERM stops it.
 
-    python bench/echo_py.py [-n PROCESSES] [-b BUFSIZE] TARGET
+With ``--reply-size N`` each reply is N bytes of JSON more than the request, which it ends
+with (``{"pad":"xx...","echo":REQUEST}``: the load generator reads the last ``"id"``), built
+for each request: the cost of sending a big reply from a bare Python loop (the reference of
+the ``reply-60k`` scenario).
+
+    python bench/echo_py.py [-n PROCESSES] [-b BUFSIZE] [--reply-size N] TARGET
 """
 
 from __future__ import annotations
@@ -68,6 +73,24 @@ def serve(sock: socket.socket, bufsize: int) -> None:
                 pass
 
 
+def padded(size: int) -> Callable[[socket.socket, int], None]:
+    """``serve``, each reply ``size`` bytes longer than the request and ending with it."""
+    head = b'{"pad":"' + b"x" * max(0, size - 18) + b'","echo":'
+
+    def serve_padded(sock: socket.socket, bufsize: int) -> None:
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        while True:
+            data, peer = recvfrom(bufsize)
+            if peer:
+                try:  # noqa: SIM105 (as in serve)
+                    sendto(head + data + b"}", peer)
+                except OSError:
+                    pass
+
+    return serve_padded
+
+
 def run_reference(
     name: str,
     serve_one: Callable[[socket.socket, int], None],
@@ -80,8 +103,12 @@ def run_reference(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-n", "--processes", type=int, default=1)
     parser.add_argument("-b", "--bufsize", type=int, default=default_bufsize)
+    if serve_one is serve:
+        parser.add_argument("--reply-size", type=int, default=0, help="see the docstring")
     parser.add_argument("target")
     args = parser.parse_args(argv)
+    if getattr(args, "reply_size", 0) > 0:
+        serve_one = padded(args.reply_size)
     sock, path = open_socket(args.target)
     n = max(1, args.processes)
     shown = bound_target(sock, args.target)

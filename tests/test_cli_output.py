@@ -8,7 +8,7 @@ import click
 import pytest
 import yaml
 
-from midgram.cli.durations import Duration
+from midgram.cli.clicktypes import Duration
 from midgram.cli.failures import EXIT_STATUS_HELP, describe, exit_status
 from midgram.cli.output import auto_format, render, use_colour
 from midgram.cli.params import ParamsError, parse_json_params, parse_words

@@ -243,7 +243,6 @@ def check(
     if should_be_fast(fast_dispatcher, slow, data):
         assert isinstance(fast, bytes), (data, fast)
     if isinstance(fast, bytes):
-        assert fast_dispatcher.pretty is False, data
         assert slow.status is Status.OK, (data, slow)
         assert fast == slow.reply, data
         assert len(fast) <= fast_dispatcher.buf_size - ALWAYS_FITS_MARGIN, data
@@ -270,16 +269,19 @@ def beyond_64_bits(value: Any) -> bool:
 
 
 def should_be_fast(dispatcher: Dispatcher, slow: Outcome, data: bytes) -> bool:
-    """Whether the contract promises bytes: a compact OK reply far below the limit, to a
-    request with an id plain orjson can write (not an integer beyond 64 bits; the request
-    ends at a NUL byte, if it has one) and a result plain orjson can write."""
-    if dispatcher.pretty or slow.status is not Status.OK or slow.reply is None:
-        return False
-    if slow.method in NOT_PLAIN_JSON:
+    """Whether the contract promises bytes: an OK reply far below the limit, to a request
+    (not a notification); compact, it also needs an id plain orjson can write (not an
+    integer beyond 64 bits; the request ends at a NUL byte, if it has one) and a result plain
+    orjson can write. The pretty encoder writes any of those (issue 16)."""
+    if slow.status is not Status.OK or slow.reply is None:
         return False
     if len(slow.reply) > dispatcher.buf_size - ALWAYS_FITS_MARGIN:
         return False
     call = decode_request(data)
+    if dispatcher.pretty:
+        return isinstance(call, Request)
+    if slow.method in NOT_PLAIN_JSON:
+        return False
     return (
         isinstance(call, Request)
         and not beyond_64_bits(call.id)

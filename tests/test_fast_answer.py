@@ -248,9 +248,20 @@ def test_a_command_added_later_is_answered_too(native: ModuleType) -> None:
     assert fast(data) == b'{"jsonrpc":"2.0","result":"here","id":1}'
 
 
-def test_it_serves_only_where_answer_has_its_fast_path(native: ModuleType) -> None:
+def test_it_serves_pretty_replies_as_answer_does(native: ModuleType) -> None:
+    """With pretty_printing, ``_compact`` writes cJSON's layout: the native path serves it
+    too (issue 16), the same bytes as ``answer`` and ``handle``."""
     pretty = Dispatcher(build_registry(), pretty=True)
-    assert pretty.answer_function(native.FastAnswer) == pretty.answer
+    fast = pretty.answer_function(native.FastAnswer)
+    assert fast != pretty.answer
+    for data in (
+        b'{"jsonrpc":"2.0","method":"ping","id":1}',
+        b'{"id":"x","jsonrpc":"2.0","method":"nothing"}',
+    ):
+        reply = fast(data)
+        assert reply == pretty.answer(data) == pretty.handle(data).reply
+        assert isinstance(reply, bytes)
+        assert reply.startswith(b'{\n\t"jsonrpc":\t"2.0"')
     plain = Dispatcher(build_registry())
     assert plain.answer_function(None) == plain.answer
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import json_values
 
@@ -15,6 +15,9 @@ from midgram.wire.jsonrpc import (
     DEFAULT_BUF_SIZE,
     Notification,
     Request,
+    _normalise,
+    _pretty,
+    _pretty_objects,
     decode_request,
     encode_error,
     encode_result,
@@ -210,6 +213,43 @@ def test_any_json_value_round_trips_pretty(value: Any) -> None:
     assert json.loads(encode_value(value, pretty=True)) == value
     reply = encode_result(value, 1, pretty=True)
     assert json.loads(reply) == {"jsonrpc": "2.0", "result": value, "id": 1}
+
+
+#: Keys and strings that look like the layout: quotes, backslashes, colons, newlines, braces.
+_LAYOUT_TEXT = st.text(alphabet=st.sampled_from('ab"\\: \n\t{}[],'), max_size=6)
+objects_mostly = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | _LAYOUT_TEXT,
+    lambda children: (
+        st.dictionaries(st.text(max_size=8) | _LAYOUT_TEXT | st.integers(), children, max_size=4)
+        | st.lists(children, max_size=2)
+    ),
+    max_leaves=20,
+)
+
+
+@given(objects_mostly, st.integers(min_value=0, max_value=3))
+@example({"a": 'x": y', "b": {"c\\": 'd\\"'}}, 1)
+@example({"k": {}, "l": [], "m": "\n  "}, 2)
+def test_the_pretty_fast_path_is_the_reference_layout(value: Any, depth: int) -> None:
+    """``_pretty_objects`` (orjson's indented text re-laid) gives ``_pretty``'s bytes exactly,
+    or declines (issue 16)."""
+    laid_out = _pretty_objects(value, depth)
+    if laid_out is not None:
+        assert laid_out == _pretty(_normalise(value), depth).encode()
+
+
+def test_the_pretty_fast_path_takes_the_common_replies() -> None:
+    uptime = {"Now": "Thu Dec  3 18:11:28 2026", "Up since": "x", "Up time": "1 [sec]"}
+    nested = {"a": {"b": {"c": 1.5, "d": None, "e": True}}, 7: "seven"}
+    for value in (uptime, nested, "OK", 42, {"a": [], "b": "[1]"}):
+        assert _pretty_objects(value, 1) == _pretty(_normalise(value), 1).encode()
+    for declined in ([1, 2], {"a": [1]}, {"a": {}}, {"a\\": 1}, {"a": 'x": y'}, 2**64):
+        assert _pretty_objects(declined, 1) is None
 
 
 @given(st.binary(max_size=300))

@@ -763,6 +763,32 @@ def test_retries_back_off_and_the_last_one_falls_on_the_deadline(
     assert drops == ["timeout"]
 
 
+def test_a_wake_up_retries_at_once_and_a_failed_one_keeps_the_back_off(
+    server: tuple[socket.socket, str], client: tuple[socket.socket, str]
+) -> None:
+    """A datagram coming in (``woken``) retries every waiting reply without waiting for its
+    back-off (issue 16: a deep queue's replies waited up to 50 ms); while the client's queue
+    stays full, such tries leave the back-off as it was."""
+    clock = FakeClock()
+    sender = ReplySender(server[0], 2000, clock=clock)
+    first_queued = fill(sender, client[1])
+    for _ in range(6):  # the back-off grows while the client reads nothing
+        wait = sender.next_retry_in()
+        assert wait is not None
+        clock.advance(wait + 1e-9)
+        sender.retry_due()
+    backed_off = sender.next_retry_in()
+    assert backed_off == pytest.approx(0.0032)
+    sender.retry_due(woken=True)  # still full: nothing sent, the back-off unchanged
+    assert (sender.pending(), sender.next_retry_in()) == (1, backed_off)
+    got = drain(client[0])
+    sender.retry_due()  # not due: the reply waits on
+    assert sender.pending() == 1
+    sender.retry_due(woken=True)  # the same instant, woken: it goes
+    assert sender.pending() == 0
+    assert got + drain(client[0]) == numbered(first_queued + 1)
+
+
 def test_last_try_at_the_deadline_still_delivers(
     server: tuple[socket.socket, str], client: tuple[socket.socket, str]
 ) -> None:

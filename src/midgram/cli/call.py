@@ -1,42 +1,38 @@
 """``midgram call | which | help | shell | completion``: the client side of the CLI.
 
 Client errors become one line on stderr (what happened, then a hint) and an exit status,
-both decided in ``failures.py``.
+both decided in ``failures.py``. ``call`` reads its command line here and hands it to
+``calling.run_call``, which ``quickcall`` shares.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import click
 from click.shell_completion import get_completion_class
 
+from midgram.cli.calling import CallOptions, CallUsageError, canonical_targets, fail, run_call
+from midgram.cli.clicktypes import Duration
 from midgram.cli.complete import complete_method, complete_param
-from midgram.cli.durations import Duration
 from midgram.cli.failures import (
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_STATUS_HELP,
-    STATUS_NAMES,
     describe,
     exit_status,
 )
-from midgram.cli.output import FORMATS, auto_format, raw_text, render, use_colour, yaml_missing
+from midgram.cli.output import FORMATS, render, yaml_missing
 from midgram.cli.params import ParamsError, parse_json_params, parse_words
 from midgram.cli.profiles import profile_option, profile_targets
 from midgram.cli.shells import register as register_shells
-from midgram.client.calls import DEFAULT_TIMEOUT, AsyncClient, Client
+from midgram.client.calls import DEFAULT_TIMEOUT, Client
 from midgram.client.codec import DIALECTS
-from midgram.client.exchange import Exchange
-from midgram.errors import AddressError, ClientError, RemoteError
+from midgram.errors import AddressError, ClientError
 from midgram.local import default_target
 from midgram.logs import printable
-from midgram.wire.address import parse_target
 from midgram.wire.jsonrpc import Params
 
 __all__ = ["call", "completion", "help_", "one_target_options", "shell", "target_options", "which"]
@@ -44,9 +40,7 @@ __all__ = ["call", "completion", "help_", "one_target_options", "shell", "target
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str) -> None:
-    # A server's words (an error message, its data) may carry escape sequences.
-    click.echo(f"midgram: {printable(message)}", err=True)
+_fail = fail  # for the other sub-commands (bench)
 
 
 # --- shared options --------------------------------------------------------------------------
@@ -108,9 +102,8 @@ def _with_target_options(func: F, *, several: bool) -> F:
 
 def _targets(targets: Sequence[str]) -> list[str]:
     """The targets as canonical texts; a usage error (exit 2) for one that does not parse."""
-    texts = [*targets, *profile_targets()] or [default_target()]
     try:
-        return list(dict.fromkeys(str(parse_target(text)) for text in texts))
+        return canonical_targets([*targets, *profile_targets()])
     except AddressError as exc:
         raise click.BadParameter(str(exc), param_hint="--target") from None
 
@@ -132,95 +125,12 @@ def _check_format(fmt: str | None) -> None:
         raise click.UsageError(why)
 
 
+def _checked_format(fmt: str | None) -> str | None:
+    _check_format(fmt)
+    return fmt
+
+
 # --- call ------------------------------------------------------------------------------------
-
-
-@dataclass
-class TargetAnswer:
-    """What one target answered."""
-
-    target: str
-    result: Any = None
-    error: ClientError | None = None
-    exchange: Exchange | None = None
-
-    @property
-    def status(self) -> int:
-        return EXIT_OK if self.error is None else exit_status(self.error)
-
-
-def _verbose_hook(prefix: bool) -> Callable[[Exchange], None]:
-    def show(exchange: Exchange) -> None:
-        where = f" {exchange.target}" if prefix else ""
-        sent = printable(exchange.request.decode(errors="backslashreplace"), keep="\n\t")
-        click.echo(f">{where} {len(exchange.request)} bytes\n{sent}", err=True)
-        if exchange.reply is None:
-            click.echo(f"<{where} no reply after {exchange.elapsed * 1000:.2f} ms", err=True)
-            return
-        received = printable(exchange.reply.decode(errors="backslashreplace"), keep="\n\t")
-        click.echo(
-            f"<{where} {len(exchange.reply)} bytes in {exchange.elapsed * 1000:.2f} ms\n{received}",
-            err=True,
-        )
-
-    return show
-
-
-async def _call_one(client: AsyncClient, method: str, params: Params) -> TargetAnswer:
-    exchanges: list[Exchange] = []
-    hook = client.on_exchange
-
-    def keep(exchange: Exchange) -> None:
-        exchanges.append(exchange)
-        if hook is not None:
-            hook(exchange)
-
-    client.on_exchange = keep
-    answer = TargetAnswer(client.target)
-    try:
-        answer.result = await client.request(method, params)
-    except ClientError as exc:
-        answer.error = exc
-    answer.exchange = exchanges[-1] if exchanges else None
-    return answer
-
-
-async def _call_all(clients: list[AsyncClient], method: str, params: Params) -> list[TargetAnswer]:
-    return list(await asyncio.gather(*(_call_one(c, method, params) for c in clients)))
-
-
-def _error_doc(error: ClientError) -> Any:
-    if isinstance(error, RemoteError):
-        doc: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.data is not None:
-            doc["data"] = error.data
-        return doc
-    return str(error)
-
-
-def _show_one(answer: TargetAnswer, fmt: str, colour: bool) -> None:
-    if fmt == "raw":
-        if answer.exchange is not None and answer.exchange.reply is not None:
-            click.echo(raw_text(answer.exchange.reply, tty=sys.stdout.isatty()))
-    elif answer.error is None:
-        click.echo(render(answer.result, fmt, colour=colour), color=colour)
-
-
-def _show_many(answers: list[TargetAnswer], fmt: str, colour: bool) -> None:
-    if fmt in ("json", "pretty", "yaml"):
-        doc: dict[str, Any] = {}
-        for answer in answers:
-            entry: dict[str, Any] = {"status": STATUS_NAMES.get(answer.status, "error")}
-            if answer.error is None:
-                entry["result"] = answer.result
-            else:
-                entry["error"] = _error_doc(answer.error)
-            doc[answer.target] = entry
-        click.echo(render(doc, fmt, colour=colour), color=colour)
-        return
-    for answer in answers:
-        click.echo(f"== {answer.target}: {STATUS_NAMES.get(answer.status, 'error')}")
-        _show_one(answer, fmt, colour)
 
 
 def _call_params(words: Sequence[str], json_params: str | None) -> Params:
@@ -233,11 +143,6 @@ def _call_params(words: Sequence[str], json_params: str | None) -> Params:
         return parse_words(words)
     except ParamsError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-def _clients(targets: list[str], timeout: float, dialect: str, verbose: bool) -> list[AsyncClient]:
-    hook = _verbose_hook(len(targets) > 1) if verbose else None
-    return [AsyncClient(t, timeout=timeout, dialect=dialect, on_exchange=hook) for t in targets]
 
 
 @click.command(
@@ -299,41 +204,20 @@ def call(
     dry_run: bool,
     verbose: bool,
 ) -> None:
-    params = _call_params(args, json_params)
-    _check_format(fmt)
-    texts = _targets(targets)
-    clients = _clients(texts, timeout, dialect, verbose)
-    if dry_run:
-        try:
-            click.echo(clients[0].encode(method, params).decode())
-        except TypeError as exc:
-            raise click.UsageError(str(exc)) from None
-        return
-    tty = sys.stdout.isatty()
-    fmt, colour = auto_format(fmt, tty=tty), use_colour(tty)
+    options = CallOptions(
+        method,
+        _call_params(args, json_params),
+        _targets(targets),
+        timeout,
+        dialect,
+        _checked_format(fmt),
+        dry_run,
+        verbose,
+    )
     try:
-        answers = asyncio.run(_call_all(clients, method, params))
-    except TypeError as exc:  # e.g. named params in the kamailio dialect
+        ctx.exit(run_call(options))
+    except CallUsageError as exc:
         raise click.UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        ctx.exit(EXIT_INTERRUPTED)
-    if len(answers) == 1:
-        _show_one(answers[0], fmt, colour)
-    else:
-        _show_many(answers, fmt, colour)
-    for answer in answers:
-        if answer.error is not None:
-            _fail(
-                describe(
-                    answer.error,
-                    target=answer.target,
-                    method=method,
-                    dialect=dialect,
-                    params=params,
-                )
-            )
-    ctx.exit(max(answer.status for answer in answers))
 
 
 # --- which, help -----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from midgram.cli.call import _one_target, one_target_options
+from midgram.cli.clicktypes import Duration
 from midgram.cli.complete import complete_method, complete_param
-from midgram.cli.durations import Duration
 from midgram.cli.params import ParamsError, parse_words
 from midgram.client.calls import AsyncClient
 from midgram.monitoring.check import Check, Status, Verdict, run_check

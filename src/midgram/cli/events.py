@@ -22,8 +22,8 @@ from typing import Any, Final
 import click
 
 from midgram.cli.call import _check_format, _fail, _one_target, one_target_options
+from midgram.cli.clicktypes import Duration
 from midgram.cli.complete import complete_event
-from midgram.cli.durations import Duration
 from midgram.cli.failures import (
     EXIT_INTERRUPTED,
     EXIT_OK,

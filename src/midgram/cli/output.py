@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-import click
 import orjson
 
 from midgram.logs import printable
@@ -106,6 +105,14 @@ _STYLES: Final[Mapping[type, dict[str, Any]]] = MappingProxyType(
 )
 
 
+def _style(text: str, **styles: Any) -> str:
+    """``click.style``: click is imported by the first coloured output only (a terminal), not
+    by a ``midgram call`` in a pipe (``quickcall``)."""
+    import click  # noqa: PLC0415
+
+    return click.style(text, **styles)
+
+
 def _pretty(value: Any, colour: bool) -> str:
     if not colour:
         return _json_text(json.dumps(value, indent=2, ensure_ascii=False))
@@ -118,7 +125,7 @@ def _coloured(value: Any, depth: int) -> Iterator[str]:
         yield "{\n"
         for index, (key, item) in enumerate(value.items()):
             key_text = _json_text(json.dumps(key, ensure_ascii=False))
-            yield inner + click.style(key_text, fg="blue", bold=True)
+            yield inner + _style(key_text, fg="blue", bold=True)
             yield ": "
             yield from _coloured(item, depth + 1)
             yield ",\n" if index < len(value) - 1 else "\n"
@@ -133,7 +140,7 @@ def _coloured(value: Any, depth: int) -> Iterator[str]:
     else:
         text = _json_text(json.dumps(value, ensure_ascii=False))
         style = _STYLES.get(type(value))
-        yield click.style(text, **style) if style else text
+        yield _style(text, **style) if style else text
 
 
 # --- yaml -----------------------------------------------------------------------------------
@@ -206,7 +213,7 @@ def _table(value: Any, colour: bool) -> str:
     rule = "  ".join("-" * width for width in widths)
     header = "  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))
     if colour:
-        header = click.style(header, bold=True)
+        header = _style(header, bold=True)
     body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in [header, rule, *body])
 

@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
-from midgram.cli.durations import Duration
+from midgram.cli.clicktypes import Duration
 from midgram.cli.failures import exit_status
 from midgram.config import ALIASES, PARAMETERS, Kind, Parameter, load_settings, read_config
 from midgram.engine.registry import Registry

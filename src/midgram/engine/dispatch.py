@@ -145,7 +145,6 @@ class Dispatcher:
         self.pretty = pretty
         self.buf_size = buf_size
         self.json_errors = json_errors
-        self._fast = not pretty
         self._lookup = registry.lookup_function()
         self._bare = registry.bare_handlers().get
         # Up to this size a reply fits whatever its id (jsonrpc.ALWAYS_FITS_MARGIN).
@@ -178,10 +177,11 @@ class Dispatcher:
     def answer(self, data: bytes) -> bytes | Outcome | Pending:
         """``handle`` for servers: the common datagram answered in one flat pass.
 
-        A valid request whose compact reply is far below the size limit gives that reply's
-        bytes: status OK, nothing to count or log. Anything else gives what ``handle``
-        gives. Either way the handler runs at most once, and the reply is ``handle``'s byte
-        for byte (tests/test_dispatch_fast.py checks both on any datagram). It parses and
+        A valid request whose reply (compact, or pretty with pretty_printing) is far below
+        the size limit gives that reply's bytes: status OK, nothing to count or log.
+        Anything else gives what ``handle`` gives. Either way the handler runs at most once,
+        and the reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both
+        on any datagram). It parses and
         checks the request as ``handle`` does (``parse_request``) and builds no Request or
         Outcome object. A result plain orjson cannot encode (non-string keys, integers
         beyond 64 bits) takes the general path after its handler ran: the same bytes, as an
@@ -189,8 +189,6 @@ class Dispatcher:
         raises).
         """
         try:
-            if not self._fast:
-                return self.handle(data)
             try:
                 method, params, req_id = parse_request(data)
             except ProtocolError as exc:
@@ -214,7 +212,7 @@ class Dispatcher:
         recognises a bare call (no params) in the datagram's bytes, runs its handler and
         hands the result to ``_compact`` and ``_after_bare`` as ``answer`` would, and calls
         ``answer`` itself for anything else."""
-        if native is None or not self._fast:
+        if native is None:
             return self.answer
         return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
 
@@ -243,15 +241,19 @@ class Dispatcher:
         return self._complete(_call(method, None, req_id), command, result, error)
 
     def _compact(self, result: Any, req_id: Any) -> bytes | None:
-        """The common reply: compact, OK, far below the size limit (one orjson call for
-        the whole envelope). None when it is not that: _complete decides."""
-        if not self._fast or req_id is NO_ID:
+        """The common reply: OK, far below the size limit, in one encode (one orjson call
+        for the whole envelope; with pretty_printing, ``encode_result``'s cJSON layout).
+        None when it is not that: _complete decides."""
+        if req_id is NO_ID:
             return None
         try:
-            reply = _dumps(
-                {"jsonrpc": "2.0", "result": _OK if result is None else result, "id": req_id}
-            )
-        except TypeError:
+            if self.pretty:
+                reply = encode_result(_OK if result is None else result, req_id, pretty=True)
+            else:
+                reply = _dumps(
+                    {"jsonrpc": "2.0", "result": _OK if result is None else result, "id": req_id}
+                )
+        except TypeError:  # not JSON to orjson, or TooDeep: _complete says which
             return None
         return reply if len(reply) <= self._fast_limit else None
 

@@ -128,6 +128,7 @@ class AsyncServer:
         """The socket is readable: serve what it holds (up to ``READS`` batches)."""
         assert self._served is not None
         worker = self._served.worker
+        worker.sender.retry_due(woken=True)  # replies waiting may go now (ReplySender)
         for _ in range(self.READS):
             try:
                 if not worker.serve_ready(block=False):

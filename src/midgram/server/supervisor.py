@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import mmap
 import os
@@ -263,6 +264,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = self._install_signals(write_fd)
         try:
+            gc.collect()  # once, before the first fork: no garbage in what _spawn freezes
             for slot in range(self.workers):
                 self._spawn(slot)
             self.on_started()
@@ -325,6 +327,12 @@ class Supervisor:
         if self.states is not None:
             self.states.reset(slot)
         supervisor, prctl = os.getpid(), libc_prctl()  # looked up once, not in each child
+        # A full collection in a worker writes to the header of every object the collector
+        # tracks, copying each page of the supervisor's objects into the worker (7.8 MB of
+        # private memory after one gc.collect() in a worker, 1.3 MB with them frozen). Frozen
+        # objects are never examined again; freezing is a list splice, so a restart does not
+        # wait on it (run() collects once, before the first fork, to keep garbage out).
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             _end_with(supervisor, prctl)

@@ -302,19 +302,31 @@ class ReplySender:
         due = min(queue.next_try for queue in self._queues.values())
         return max(0.0, due - self._clock())
 
-    def retry_due(self) -> None:
-        """Resend the replies whose retry time has come; drop those past their deadline."""
+    def retry_due(self, *, woken: bool = False) -> None:
+        """Resend the replies whose retry time has come; drop those past their deadline.
+
+        ``woken``: a datagram has just come in, so try every waiting reply now, due or not.
+        The kernel cannot say when a client's queue has room (an unconnected datagram socket
+        has no POLLOUT per peer), and a client sending requests is most likely reading its
+        replies too: under a deep queue (64 in flight) this is when room appears, where the
+        back-off alone left replies waiting up to 50 ms. A try that fails this way does not
+        lengthen the back-off, so a client that is not reading costs one send per wake-up.
+        """
         if not self._queues:
             return
         now = self._clock()
         for addr, queue in list(self._queues.items()):
-            if queue.next_try <= now:
-                self._flush(addr, queue, now)
+            due = queue.next_try <= now
+            if due or woken:
+                self._flush(addr, queue, now, due)
                 if not queue.replies:
                     del self._queues[addr]
 
-    def _flush(self, addr: str | bytes | tuple[Any, ...], queue: _PeerQueue, now: float) -> None:
-        """Send the queued replies of one client in order, until one must wait again."""
+    def _flush(
+        self, addr: str | bytes | tuple[Any, ...], queue: _PeerQueue, now: float, due: bool
+    ) -> None:
+        """Send the queued replies of one client in order, until one must wait again (then
+        back off, when it was ``due``)."""
         replies = queue.replies
         while replies:
             reply = replies[0]
@@ -329,7 +341,8 @@ class ReplySender:
                     self._pop(replies)
                     self._drop_expired(addr, status)
                     continue
-                self._back_off(queue, now)
+                if due:
+                    self._back_off(queue, now)
                 return
             self._pop(replies)
             if status is SendStatus.SENT:

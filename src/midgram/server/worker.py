@@ -267,7 +267,7 @@ class Worker:
             # retries for a client whose queue was full (tens of microseconds) are not rounded
             # up to a millisecond, which is what a busy client's latency would pay.
             readable = bool(select.select(self._readable, (), (), wait)[0])
-        self.sender.retry_due()
+        self.sender.retry_due(woken=readable)
         return readable
 
     def _flush_queued(self) -> None:
