@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
+from midgram.engine.access import parse_rule
 from midgram.engine.tracing import parse_bwlist
 from midgram.errors import ConfigError
 from midgram.logs import LOG_LEVEL_CHOICES, find_log_level
@@ -30,6 +31,7 @@ __all__ = [
     "UNSET_ID",
     "ZERO_MODE_REPLACEMENT",
     "Coercer",
+    "acl_rules",
     "boolean",
     "bwlist",
     "cidrs",
@@ -284,6 +286,22 @@ def _network_hint(item: str) -> str:
         return f"; did you mean {ipaddress.ip_network(item, strict=False)}?"
     except ValueError:
         return ""
+
+
+def acl_rules(name: str, value: object, _notes: list[str]) -> tuple[str, ...]:
+    """A rule or a list of rules, ``"PATTERNS: PRINCIPALS"`` each (``engine.access``),
+    parsed; which commands, users and groups exist is checked at start."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(
+            name, value, 'must be a rule or a list of rules such as "kill, log_level: root"'
+        )
+    for item in items:
+        try:
+            parse_rule(item)
+        except ValueError as exc:
+            raise ConfigError(name, item, str(exc)) from None
+    return tuple(item.strip() for item in items)
 
 
 def _level_key(name: str, value: object) -> str | int | None:

@@ -366,6 +366,16 @@ class Settings:
         coercion.boolean,
         kind=Kind.SWITCH,
     )
+    acl: tuple[str, ...] = parameter(
+        (),
+        'who may call which commands: "COMMANDS: WHO", e.g. "kill, log_level: root, @opensips"; '
+        "commands no rule names stay open (docs/security.md)",
+        Origin.MIDGRAM,
+        coercion.acl_rules,
+        kind=Kind.REPEATED,
+        metavar="RULE",
+        shown_default="none (all open)",
+    )
     log_level: str = parameter(
         DEFAULT_LOG_LEVEL.name,
         f"what midgram logs: {LOG_LEVEL_CHOICES}",
