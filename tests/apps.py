@@ -132,3 +132,19 @@ def opensips_like() -> Registry:
         else:
             registry.stats.gauge(name).set(number)
     return registry
+
+
+def guarded() -> Registry:
+    """Commands with access rules of their own (``--app apps:guarded``): ``restart`` for
+    root only unless the operator says otherwise; ``status`` in the set ``@readonly``."""
+    registry = Registry(module="guarded")
+
+    @registry.command(acl="root", help="root's only, by default")
+    def restart() -> str:
+        return "restarting"
+
+    @registry.command(sets={"readonly"}, help="a read-only command of the program's")
+    def status() -> str:
+        return "fine"
+
+    return registry

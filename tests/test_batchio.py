@@ -234,9 +234,9 @@ def test_recv_gives_the_peer_the_socket_module_gives(
     data, expected = server.recvfrom(1024)
     assert data == b"via the socket module"
     client.sendto(b"via recvmmsg", address)
-    [(data, peer, truncated)] = batch.recv(True)
+    [(data, peer, truncated, credentials)] = batch.recv(True)
 
-    assert (data, truncated) == (b"via recvmmsg", False)
+    assert (data, truncated, credentials) == (b"via recvmmsg", False, None)
     assert peer == expected
     assert type(peer) is type(expected)
     if kind == "unbound":
@@ -291,7 +291,7 @@ def test_one_client_after_another_each_gets_its_own_peer(
         clients[index].sendto(b"%d" % number, server.getsockname())
         seen += batch.recv(True)
     names = [sock.getsockname() or None for sock in clients]
-    assert seen == [(b"%d" % n, names[i], False) for n, i in enumerate(order)]
+    assert seen == [(b"%d" % n, names[i], False, None) for n, i in enumerate(order)]
 
 
 @needs_native
@@ -309,10 +309,10 @@ def test_a_datagram_over_bufsize_comes_cut_and_flagged(
         got += batch.recv(True)
     peer = client.getsockname()
     assert got == [
-        (b"x" * 16, peer, False),  # exactly bufsize: whole
-        (b"y" * 16, peer, True),
-        (bytes(range(16)), peer, True),
-        (b"", peer, False),
+        (b"x" * 16, peer, False, None),  # exactly bufsize: whole
+        (b"y" * 16, peer, True, None),
+        (bytes(range(16)), peer, True, None),
+        (b"", peer, False, None),
     ]
 
 
@@ -329,7 +329,7 @@ def test_queued_datagrams_come_in_one_call_in_order_up_to_slots(
         client = clients[number % 3]
         data = b"n%d" % number + (b"-too-long" if number == 5 else b"")
         client.sendto(data, server.getsockname())
-        sent.append((data[:8], client.getsockname() or None, len(data) > 8))
+        sent.append((data[:8], client.getsockname() or None, len(data) > 8, None))
 
     first = batch.recv(True)
     second = batch.recv(False)
@@ -349,7 +349,7 @@ def test_a_blocking_recv_returns_with_the_first_datagram(
     batch = native.BatchSocket(server.fileno(), server.family, 16, 64)
     client.sendto(b"alone", server.getsockname())
     started = time.monotonic()
-    assert batch.recv(True) == [(b"alone", client.getsockname(), False)]
+    assert batch.recv(True) == [(b"alone", client.getsockname(), False, None)]
     assert time.monotonic() - started < DEADLINE / 2
 
 
@@ -488,7 +488,7 @@ except (ValueError, OverflowError, MemoryError) as exc:
     print("refused", type(exc).__name__)
     sys.exit(0)
 b.send(b"x" * 60000)
-print("accepted, read", [len(data) for data, _, _ in batch.recv(True)], flush=True)
+print("accepted, read", [len(data) for data, _, _, _ in batch.recv(True)], flush=True)
 del batch
 """
 
@@ -563,7 +563,7 @@ def test_send_stops_at_an_unbound_peer_just_received(native: ModuleType, sockets
     batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
     a.sendto(b"from a", server.getsockname())
     unbound.sendto(b"from nobody", server.getsockname())
-    (_, a_peer, _), (_, none_peer, _) = batch.recv(True)
+    (_, a_peer, _, _), (_, none_peer, _, _) = batch.recv(True)
     assert none_peer is None
     assert batch.send([(b"to a", a_peer), (b"to nobody", none_peer), (b"again", a_peer)], 0) == 1
     assert batch.send([(b"to nobody", none_peer)], 0) == 0
@@ -714,7 +714,7 @@ def _read_by_socket_module(server: socket.socket, count: int, bufsize: int) -> l
     for _ in range(count):
         wait_readable(server)
         data, peer = server.recvfrom(bufsize + 1)
-        got.append((data[:bufsize], peer, len(data) > bufsize))
+        got.append((data[:bufsize], peer, len(data) > bufsize, None))
     return got
 
 
