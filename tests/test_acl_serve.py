@@ -8,7 +8,9 @@ source address on UDP. docs/security.md is the design.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -23,8 +25,19 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import ROOT, ServerProcess, free_udp_port, midgram_server, server_command
+from servers import (
+    ROOT,
+    ServerProcess,
+    free_udp_port,
+    midgram_server,
+    server_command,
+    short_tmpdir,
+)
 from toolchain import needs_native
+
+from midgram.config.settings import Settings
+from midgram.engine.registry import Registry
+from midgram.server.asyncserver import AsyncServer
 
 AS_USER = str(Path(__file__).with_name("as_user.py"))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="calling as other users needs root")
@@ -92,6 +105,45 @@ def test_nobody_is_refused_what_root_is_named_for_and_served_the_rest(env: dict[
         assert server.log().count("refused MI command log_level") == 1
         assert call_as("root", server.target, "kill") == {"result": "OK"}
         assert server.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("env", PATHS)
+def test_a_caller_cannot_claim_another_users_credentials(env: dict[str, str]) -> None:
+    """nobody sends SCM_CREDENTIALS naming root: the kernel refuses the datagram (EPERM), so
+    the server never sees it; nobody's own credentials get it its 403."""
+    with open_socket_server("kill: root", env=env) as server:
+        done = subprocess.run(
+            [sys.executable, AS_USER, "claim", "nobody", server.target, "kill"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        claimed, honest = map(json.loads, done.stdout.splitlines())
+        assert claimed == {"claimed": "refused", "errno": errno.EPERM}
+        assert honest == {
+            "honest": {"jsonrpc": "2.0", "error": {"code": 403, "message": "Forbidden"}, "id": 1}
+        }
+        assert server.proc.poll() is None
+        assert denied(server) == 1
+
+
+@pytest.mark.parametrize("env", PATHS)
+def test_with_a_hook_plugged_in_the_reference_path_checks_alike(env: dict[str, str]) -> None:
+    """Debug logging observes every datagram: the worker serves on its reference path
+    (``Worker.serve_batch``, ``Dispatcher.handle``), the credentials read with each batch."""
+    flags = ["--mode", "0666", "--acl", "kill, log_level: root", "--log-level", "debug"]
+    with midgram_server(*flags, env=env) as server:
+        assert call_as("nobody", server.target, "kill") == FORBIDDEN
+        assert call_as("nobody", server.target, "log_level", [4]) == FORBIDDEN
+        assert "result" in call_as("nobody", server.target, "uptime")
+        assert (
+            call_as("root", server.target, "log_level")["result"]
+            == server.call("log_level")["result"]
+        )
+        server.wait_for_log(": forbidden")  # the refusals were observed
+        assert denied(server) == 2
+        assert server.proc.poll() is None
 
 
 @pytest.mark.parametrize("env", PATHS)
@@ -240,3 +292,33 @@ def test_a_user_on_udp_is_refused_at_start() -> None:
     )
     assert done.returncode != 0
     assert "a UDP socket cannot tell users or groups" in done.stderr
+
+
+def test_a_library_commands_default_rule_in_an_asyncio_server() -> None:
+    """A program's own command declares who may call it (``@mi.command(acl=...)``); served
+    by ``AsyncServer`` inside the program's loop, on the credentials the kernel gives."""
+    mi = Registry(module="app")
+
+    @mi.command(acl="root")
+    async def restart() -> str:
+        return "restarting"
+
+    @mi.command()
+    def status() -> str:
+        return "fine"
+
+    folder = short_tmpdir()
+    settings = Settings(socket_name=f"{folder}/app.sock", unix_socket_mode=0o666)
+
+    async def main() -> list[Any]:
+        async with AsyncServer(settings, mi) as server:
+            calls = [("nobody", "restart"), ("nobody", "status"), ("root", "restart")]
+            return [
+                await asyncio.to_thread(call_as, user, server.address, method)
+                for user, method in calls
+            ]
+
+    try:
+        assert asyncio.run(main()) == [FORBIDDEN, {"result": "fine"}, {"result": "restarting"}]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pwd
 import select
 import signal
 import socket
@@ -38,7 +39,7 @@ from midgram.engine.runtime import LocalRuntime
 from midgram.errors import TransportError
 from midgram.server import batchio
 from midgram.server.batchio import BatchIO, NativeIO, SocketIO, batch_io
-from midgram.server.binding import set_recv_timeout
+from midgram.server.binding import pass_credentials, set_recv_timeout
 from midgram.server.transport import ReplySender, SendStatus
 from midgram.server.worker import ServerStats, Worker
 
@@ -757,6 +758,103 @@ def test_native_and_socket_io_read_the_same(
     assert native_io.recv(False) == socket_io.recv(False) == []
     set_recv_timeout(server, 0.05)
     assert native_io.recv(True) == socket_io.recv(True) == []
+
+
+# --- the senders' credentials (SO_PASSCRED), read for the acl rules -----------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sending as another user needs root")
+
+
+def _credentials_server(sockets: Sockets) -> socket.socket:
+    """A server socket that passes its senders' credentials, with an abstract name (no file
+    permission keeps another user from sending to it)."""
+    server = sockets.abstract()
+    set_recv_timeout(server, DEADLINE)
+    pass_credentials(server)
+    return server
+
+
+def _send_as(user: str, sock: socket.socket, data: bytes, address: Any) -> int:
+    """``sock.sendto(data, address)`` from a child process running as ``user`` (the socket,
+    and so the peer address, is this process's); the child's pid."""
+    entry = pwd.getpwnam(user)
+    pid = os.fork()
+    if pid == 0:  # the child: it only sends, then leaves without running pytest's exit
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            sock.sendto(data, address)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return pid
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "native_on",
+    [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="socket")],
+)
+def test_each_datagram_comes_with_its_senders_credentials(
+    monkeypatch: pytest.MonkeyPatch, sockets: Sockets, native_on: bool
+) -> None:
+    """What the kernel says of each sender, never the one before: the same client socket
+    sends as this process, then as nobody, then as this process again."""
+    server = _credentials_server(sockets)
+    io = io_for(monkeypatch, native=native_on)(server, 64, credentials=True)
+    assert io.native is native_on
+    client = sockets.unix("client")
+    address, peer = server.getsockname(), client.getsockname()
+    mine = (os.getpid(), os.getuid(), os.getgid())
+    client.sendto(b"mine", address)
+    child = _send_as("nobody", client, b"nobody's", address)
+    client.sendto(b"mine again", address)
+    nobody = pwd.getpwnam("nobody")
+    assert _read_all(io, 3) == [
+        (b"mine", peer, False, mine),
+        (b"nobody's", peer, False, (child, nobody.pw_uid, nobody.pw_gid)),
+        (b"mine again", peer, False, mine),
+    ]
+
+
+@needs_root
+@needs_native
+def test_serve_gives_settle_each_datagrams_sender(native: ModuleType, sockets: Sockets) -> None:
+    server = _credentials_server(sockets)
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64, credentials=True)
+    client = sockets.unix("client")
+    address, peer = server.getsockname(), client.getsockname()
+    child = _send_as("nobody", client, b"guarded", address)
+    client.sendto(b"open", address)
+    client.sendto(b"guarded", address)
+    settled: list[tuple[bytes, Any, Any]] = []
+
+    def settle(data: bytes, handled: Any, peer: Any, credentials: Any) -> bytes:
+        settled.append((data, peer, credentials))
+        return b"settled"
+
+    def answer(data: bytes) -> Any:
+        return b"open" if data == b"open" else object()
+
+    assert batch.serve(answer, True, 2, settle) == (3, 3, None)
+    nobody = pwd.getpwnam("nobody")
+    mine = (os.getpid(), os.getuid(), os.getgid())
+    assert settled == [
+        (b"guarded", peer, (child, nobody.pw_uid, nobody.pw_gid)),
+        (b"guarded", peer, mine),
+    ]
+    assert receive(client, 3) == [b"settled", b"open", b"settled"]
+
+
+@needs_native
+def test_credentials_are_read_from_unix_sockets_only(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server("udp4")
+    with pytest.raises(ValueError, match="credentials come with UNIX datagrams only"):
+        native.BatchSocket(server.fileno(), server.family, 8, 64, credentials=True)
 
 
 # --- the worker's batches, in process, with either I/O --------------------------------------
