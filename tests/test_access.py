@@ -148,7 +148,8 @@ def test_anyone_needs_no_credentials() -> None:
 @pytest.mark.parametrize(
     ("rule", "named"),
     [
-        ("kil: root", "no MI command is named 'kil'"),
+        ("kil: root", "no MI command is named 'kil' (did you mean 'kill'?)"),
+        ("dr_reload: root", "no MI command is named 'dr_reload' (see `midgram call which`)"),
         ("dr_*: root", "no MI command is named 'dr_*'"),
         ("@readonyl: root", "no command is in a set named @readonyl (the sets: @readonly)"),
         ("kill: no-such-user", "no user named 'no-such-user'"),

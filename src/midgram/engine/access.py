@@ -19,6 +19,7 @@ the policy is built, at start: nothing here looks anything up, and a check is a 
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
 import re
@@ -323,7 +324,9 @@ def _no_command(pattern: str, served: list[Command]) -> str:
         sets = sorted({name for command in served for name in command.sets})
         known = ", ".join(f"@{name}" for name in sets) or "none"
         return f"no command is in a set named {pattern} (the sets: {known})"
-    return f"no MI command is named {pattern!r} (see `midgram call which`)"
+    close = difflib.get_close_matches(pattern, [command.name for command in served], n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see `midgram call which`"
+    return f"no MI command is named {pattern!r} ({hint})"
 
 
 def _resolve(
