@@ -52,17 +52,19 @@ FORBIDDEN = {"error": "RemoteError", "errno": None, "code": 403}
 NOBODY = pwd.getpwnam("nobody")
 
 
+def as_user(*args: str) -> list[Any]:
+    """``tests/as_user.py ARGS...``: the JSON lines it printed."""
+    done = subprocess.run(
+        [sys.executable, AS_USER, *args], capture_output=True, text=True, timeout=30, check=True
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
 def call_as(user: str, target: str, method: str, params: Any = None) -> Any:
     """One call by a process running as ``user`` (``user:group`` for that group id):
     ``{"result": ...}`` or the error it got."""
-    done = subprocess.run(
-        [sys.executable, AS_USER, "call", user, target, method, json.dumps(params)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return json.loads(done.stdout)
+    [reply] = as_user("call", user, target, method, json.dumps(params))
+    return reply
 
 
 def denied(server: ServerProcess) -> int:
@@ -112,14 +114,7 @@ def test_a_caller_cannot_claim_another_users_credentials(env: dict[str, str]) ->
     """nobody sends SCM_CREDENTIALS naming root: the kernel refuses the datagram (EPERM), so
     the server never sees it; nobody's own credentials get it its 403."""
     with open_socket_server("kill: root", env=env) as server:
-        done = subprocess.run(
-            [sys.executable, AS_USER, "claim", "nobody", server.target, "kill"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        claimed, honest = map(json.loads, done.stdout.splitlines())
+        claimed, honest = as_user("claim", "nobody", server.target, "kill")
         assert claimed == {"claimed": "refused", "errno": errno.EPERM}
         assert honest == {
             "honest": {"jsonrpc": "2.0", "error": {"code": 403, "message": "Forbidden"}, "id": 1}

@@ -9,7 +9,6 @@ built from a config file's text. Each parameter names its coercer where it is de
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -22,6 +21,7 @@ from midgram.logs import LOG_LEVEL_CHOICES, find_log_level
 from midgram.wire.address import (
     UdpAddress,
     parse_hep_id,
+    parse_network,
     parse_socket_name,
     parse_trace_destination,
 )
@@ -273,19 +273,9 @@ def _cidr_items(name: str, value: object) -> list[str]:
 
 def _cidr(name: str, item: str) -> str:
     try:
-        return str(ipaddress.ip_network(item, strict=True))
+        return str(parse_network(item))
     except ValueError as exc:
-        # Host bits set ("10.1.2.3/8") is refused rather than widened silently: this is an
-        # access list, and the operator may have meant a narrower network.
-        hint = _network_hint(item)
-        raise ConfigError(name, item, f"not a network: {exc}{hint}") from exc
-
-
-def _network_hint(item: str) -> str:
-    try:
-        return f"; did you mean {ipaddress.ip_network(item, strict=False)}?"
-    except ValueError:
-        return ""
+        raise ConfigError(name, item, str(exc)) from exc
 
 
 def acl_rules(name: str, value: object, _notes: list[str]) -> tuple[str, ...]:

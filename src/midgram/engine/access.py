@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeAlias, TypeVar
 
 from midgram.errors import ConfigError
+from midgram.wire.address import parse_network
 
 if TYPE_CHECKING:
     from midgram.engine.registry import Command
@@ -117,11 +118,9 @@ def _principal(item: str) -> Principal:
     if _NUMBER.fullmatch(item) or _NAME.fullmatch(item):
         return Principal(Kind.USER, _id_or_name(item, "user", item), item)
     try:
-        network = ipaddress.ip_network(item, strict=True)
+        network = parse_network(item)
     except ValueError as exc:
-        raise ValueError(
-            f"{item!r} is not a user, @group, network or *: {_network_hint(item, exc)}"
-        ) from None
+        raise ValueError(f"{item!r} is not a user, @group, network or *: {exc}") from None
     return Principal(Kind.NETWORK, network, item)
 
 
@@ -134,13 +133,6 @@ def _id_or_name(text: str, what: str, item: str) -> str | int:
     if not _NAME.fullmatch(text):
         raise ValueError(f"{item!r} is not a {what} name or id")
     return text
-
-
-def _network_hint(item: str, error: ValueError) -> str:
-    try:
-        return f"did you mean {ipaddress.ip_network(item, strict=False)}?"
-    except ValueError:
-        return str(error)
 
 
 def parse_rule(text: str) -> Rule:
