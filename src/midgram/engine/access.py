@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeAlias, TypeVar
 
 from midgram.errors import ConfigError
+from midgram.logs import peer_label
 from midgram.wire.address import parse_network
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "READONLY",
     "AccessPolicy",
     "Credentials",
+    "Kind",
     "Network",
     "Principal",
     "Principals",
@@ -213,10 +215,7 @@ def caller_label(peer: Any, credentials: Credentials | None) -> str:
     if credentials is not None:
         pid, uid, gid = credentials
         return f"uid {uid} (gid {gid}, pid {pid})"
-    if isinstance(peer, tuple):
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return "a caller the kernel did not name"
+    return peer_label(peer)
 
 
 @dataclass(frozen=True)
