@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
+from opensips.mi import OpenSIPSMI, OpenSIPSMIException
 from servers import (
     ROOT,
     ServerProcess,
@@ -40,6 +41,7 @@ from midgram.engine.registry import Registry
 from midgram.server.asyncserver import AsyncServer
 
 AS_USER = str(Path(__file__).with_name("as_user.py"))
+OPENSIPS_MI = str(Path(sys.executable).parent / "opensips-mi")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="calling as other users needs root")
 pytestmark = needs_root
 
@@ -317,3 +319,33 @@ def test_a_library_commands_default_rule_in_an_asyncio_server() -> None:
         assert asyncio.run(main()) == [FORBIDDEN, {"result": "fine"}, {"result": "restarting"}]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport", ["unix", "udp"])
+def test_the_clients_people_use_see_a_refusal_as_an_mi_error(transport: str) -> None:
+    """python-opensips and its opensips-mi command, unchanged, against a rule that leaves
+    out the caller (root here: a rule naming nobody, or another address)."""
+    if transport == "unix":
+        server_cm = midgram_server("--acl", "kill, log_level: nobody")
+    else:
+        port = free_udp_port()
+        server_cm = midgram_server(
+            "--acl", "kill, log_level: 127.0.0.2", socket=f"udp:127.0.0.1:{port}"
+        )
+    with server_cm as server:
+        if transport == "unix":
+            where: dict[str, Any] = {"datagram_unix_socket": server.target}
+            cli = [OPENSIPS_MI, "-t", "datagram", "-ds", server.target, "-dt", "5"]
+        else:
+            where = {"datagram_ip": "127.0.0.1", "datagram_port": port}
+            cli = [OPENSIPS_MI, "-t", "datagram", "-i", "127.0.0.1", "-p", str(port), "-dt", "5"]
+        mi = OpenSIPSMI("datagram", datagram_timeout=5.0, **where)
+        with pytest.raises(OpenSIPSMIException) as info:
+            mi.execute("kill")
+        assert getattr(info.value.__cause__, "code", None) == 403
+        assert "Up since" in mi.execute("uptime")
+        done = subprocess.run([*cli, "log_level"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert "403: Forbidden" in done.stdout + done.stderr
+        assert server.proc.poll() is None
+        assert denied(server) == 2
