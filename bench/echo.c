@@ -3,8 +3,9 @@
  *
  * Blocking recvfrom, then sendto of the same bytes back to the sender: what any datagram
  * server does per request, minus the work. With -n N, N forked processes share the socket
- * (as midgram's workers do). Logs "listening on TARGET" to stderr once the socket is bound;
- * SIGTERM or SIGINT stops it and removes a UNIX socket file.
+ * (as midgram's workers do). Logs "listening on TARGET" to stderr once the socket is bound,
+ * with the port the kernel chose for port 0; SIGTERM or SIGINT stops it and removes a UNIX
+ * socket file.
  *
  * usage: echo [-n PROCESSES] [-b BUFSIZE] TARGET
  *   TARGET: /path | unix:/path | unix:@abstract | udp:HOST:PORT | udp:[V6]:PORT
@@ -104,6 +105,21 @@ static int open_socket(const char *t)
 	return fd;
 }
 
+/* Where fd listens, as a target: a UDP socket's address with the port it took (port 0 lets
+ * the kernel choose it); TARGET itself for a UNIX one. */
+static const char *bound_target(int fd, const char *target, char *out, size_t size)
+{
+	struct sockaddr_storage addr;
+	socklen_t len = sizeof addr;
+	char host[NI_MAXHOST], port[NI_MAXSERV];
+	if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0 || addr.ss_family == AF_UNIX ||
+	    getnameinfo((struct sockaddr *)&addr, len, host, sizeof host, port, sizeof port,
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return target;
+	snprintf(out, size, addr.ss_family == AF_INET6 ? "udp:[%s]:%s" : "udp:%s:%s", host, port);
+	return out;
+}
+
 static void serve(int fd, size_t bufsize)
 {
 	char *buf = malloc(bufsize);
@@ -148,8 +164,9 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	int fd = open_socket(argv[optind]);
-	fprintf(stderr, "echo: listening on %s (%d process%s)\n", argv[optind], nproc,
-		nproc == 1 ? "" : "es");
+	char shown[NI_MAXHOST + NI_MAXSERV + 8];
+	fprintf(stderr, "echo: listening on %s (%d process%s)\n",
+		bound_target(fd, argv[optind], shown, sizeof shown), nproc, nproc == 1 ? "" : "es");
 	if (nproc == 1) {
 		serve(fd, bufsize);
 	} else {

@@ -2,7 +2,8 @@
 
 Blocking ``recvfrom`` then ``sendto`` of the same bytes, on the same kind of socket midgram
 serves (UNIX datagram or UDP), with nothing else per request. With ``-n N``, N forked
-processes share the socket. Logs ``listening on TARGET`` to stderr once bound; SIGTERM stops it.
+processes share the socket. Logs ``listening on TARGET`` to stderr once bound (with the port
+the kernel chose for port 0); SIGTERM stops it.
 
     python bench/echo_py.py [-n PROCESSES] [-b BUFSIZE] TARGET
 """
@@ -43,6 +44,18 @@ def open_socket(target: str) -> tuple[socket.socket, str | None]:
     return sock, path
 
 
+def bound_target(sock: socket.socket, target: str) -> str:
+    """Where ``sock`` listens, as a target: a UDP socket's address with the port it took
+    (port 0 lets the kernel choose it); ``target`` itself for a UNIX one."""
+    if sock.family == socket.AF_INET6:
+        host, port = sock.getsockname()[:2]
+        return f"udp:[{host}]:{port}"
+    if sock.family == socket.AF_INET:
+        host, port = sock.getsockname()
+        return f"udp:{host}:{port}"
+    return target
+
+
 def serve(sock: socket.socket, bufsize: int) -> None:
     recvfrom = sock.recvfrom
     sendto = sock.sendto
@@ -71,7 +84,8 @@ def run_reference(
     args = parser.parse_args(argv)
     sock, path = open_socket(args.target)
     n = max(1, args.processes)
-    print(f"{name}: listening on {args.target} ({n} process(es))", file=sys.stderr, flush=True)
+    shown = bound_target(sock, args.target)
+    print(f"{name}: listening on {shown} ({n} process(es))", file=sys.stderr, flush=True)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)

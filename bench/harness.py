@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -112,7 +113,16 @@ def check_loadgen() -> None:
 # --- addresses and the readiness probe ------------------------------------------------------
 
 
-def free_udp_port() -> int:
+#: A UDP target on the port the kernel chooses: midgram and the echo servers bind it and say
+#: which port they took (``listening on udp:HOST:PORT``), which ``Server`` reads.
+ANY_UDP = "udp:127.0.0.1:0"
+_LISTENING_ON = re.compile(r"listening on (udp:\S+)")
+
+
+def kamailio_port() -> int:
+    """A UDP port free now, for Kamailio, which cannot bind port 0 (its listen takes 0 for
+    5060, jsonrpcs refuses it). Another program may take it before Kamailio binds it: then
+    Kamailio exits, and its runs are skipped with the reason (its last lines)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -191,6 +201,8 @@ class Server:
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
+        #: Where it listens: the spec's target, with the port it took for port 0.
+        self.target = spec.target
         self.proc: subprocess.Popen[bytes] | None = None
         self.output: deque[str] = deque(maxlen=60)
         self._new_output = threading.Event()
@@ -237,12 +249,23 @@ class Server:
         """Probe until a reply comes; between failed sends, wait for the server's next output."""
         while True:
             self._check_alive()
-            if probe(self.spec.target, self.spec.request, timeout=0.05) is not None:
+            if self._port_known() and probe(self.target, self.spec.request, 0.05) is not None:
                 return
             if time.perf_counter() > deadline:
-                raise BenchError(f"{self.spec.key} did not answer on {self.spec.target}")
+                raise BenchError(f"{self.spec.key} did not answer on {self.target}")
             self._new_output.wait(0.02)
             self._new_output.clear()
+
+    def _port_known(self) -> bool:
+        """A server started on port 0 can be called once it has said which port it took."""
+        if not self.target.endswith(":0"):
+            return True
+        for line in list(self.output):
+            said = _LISTENING_ON.search(line)
+            if said:
+                self.target = said[1]
+                return True
+        return False
 
     def _wait_processes(self, deadline: float) -> None:
         assert self.proc is not None
@@ -255,7 +278,7 @@ class Server:
             if time.perf_counter() > deadline:
                 raise BenchError(f"{self.spec.key}: {len(self.pids)} processes, not {want}")
             # each probe is answered by a worker, so it paces the wait on real work
-            probe(self.spec.target, self.spec.request, timeout=0.02)
+            probe(self.target, self.spec.request, timeout=0.02)
 
     def memory(self) -> list[dict[str, Any]]:
         out = []
@@ -404,7 +427,7 @@ def _env_with_bench_path() -> dict[str, str]:
 
 def _target(scenario: Scenario, workdir: Path, key: str) -> str:
     if scenario.transport == "udp":
-        return f"udp:127.0.0.1:{free_udp_port()}"
+        return f"udp:127.0.0.1:{kamailio_port()}" if key == "kamailio" else ANY_UDP
     return str(workdir / f"{key}.sock")
 
 
@@ -474,7 +497,7 @@ def server_specs(
         rundir = workdir / "kamailio"
         rundir.mkdir(exist_ok=True)
         cfg = rundir / "kamailio.cfg"
-        text = kamailio_config(rundir, target, free_udp_port(), workers=n, pretty=scenario.pretty)
+        text = kamailio_config(rundir, target, kamailio_port(), workers=n, pretty=scenario.pretty)
         specs.append(
             ServerSpec(
                 "kamailio",
@@ -597,7 +620,7 @@ def run_scenario(scenario: Scenario, opts: Options, workdir: Path) -> dict[str, 
         for rep in range(opts.runs):
             for server in started:  # interleaved: A B C A B C ...
                 result = run_load(
-                    server.spec.target,
+                    server.target,
                     server.spec.request,
                     inflight=scenario.inflight,
                     duration=opts.duration,
@@ -615,7 +638,7 @@ def run_scenario(scenario: Scenario, opts: Options, workdir: Path) -> dict[str, 
         for server in started:
             infos[server.spec.key] = {
                 "argv": server.spec.argv,
-                "target": server.spec.target,
+                "target": server.target,
                 "startup_s": server.startup_s,
                 "processes": len(server.pids),
                 "memory": server.memory(),
@@ -764,7 +787,7 @@ def profile_worker(opts: Options, workdir: Path) -> dict[str, Any]:
 
 def _profile_load(server: Server, seconds: float) -> dict[str, Any]:
     return run_load(
-        server.spec.target,
+        server.target,
         server.spec.request,
         inflight=8,
         duration=seconds,

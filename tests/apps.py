@@ -148,3 +148,35 @@ def guarded() -> Registry:
         return "fine"
 
     return registry
+
+
+def opensips_events() -> Registry:
+    """The events of OpenSIPS 3.6.8's core, in its order (so with its ids): what the event
+    captures (tests/golden/opensips-3.6/events) were made against."""
+    from golden_events import CORE_EVENTS
+
+    core = Registry(module="core")
+    for name in CORE_EVENTS:
+        core.event(name)
+    return core
+
+
+#: A program that publishes an event and raises it from everywhere a program can.
+events_mi = Registry(module="tests")
+calls_high = events_mi.event("E_CALLS_HIGH")
+
+
+@events_mi.command(help="raises E_CALLS_HIGH from this handler, with {calls: n}")
+def set_calls(calls: int) -> str:
+    calls_high.raise_event({"calls": calls})
+    return "OK"
+
+
+@events_mi.command(help="raises E_CALLS_HIGH from another thread, with [n]; answers once sent")
+def set_calls_in_thread(calls: int) -> str:
+    import threading
+
+    thread = threading.Thread(target=calls_high.raise_event, args=([str(calls)],))
+    thread.start()
+    thread.join()
+    return "OK"

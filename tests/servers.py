@@ -3,6 +3,10 @@
 ``midgram_server(...)`` starts ``python -m midgram serve`` with the given flags, waits (with
 a deadline, never a sleep) until it has announced that it listens, and stops it afterwards.
 ``RawClient`` sends bytes and returns the reply bytes exactly, so the tests see the wire.
+
+A UDP server starts on port 0 (``ANY_UDP``, ``ANY_UDP6``): the kernel picks a free port when
+the server binds, and the server names it where it says it listens; ``ServerProcess.target``
+is then that address. No port is picked beforehand, which another program could take first.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 20.0
-_JOURNAL_LISTENING = re.compile(r"<6>\[\d+\] INFO midgram.server.wiring: listening on ")
+#: A server's socket_name on any free port (docs/parameters.md, "socket_name").
+ANY_UDP = "udp:127.0.0.1:0"
+ANY_UDP6 = "udp:[::1]:0"
+# Where a server says it listens: the banner (at a terminal), or its first log line on the
+# journal, which gets no banner.
+_BANNER = re.compile(r"midgram listening on (.+)")
+_JOURNAL_LISTENING = re.compile(
+    r"<6>\[\d+\] INFO midgram.server.wiring: listening on (.+) \((?:\d+ worker\(s\)|in-process)\)"
+)
 
 
 def short_tmpdir() -> str:
@@ -37,14 +49,6 @@ def short_tmpdir() -> str:
     path = tempfile.mkdtemp(prefix="mg", dir="/tmp")
     os.chmod(path, 0o755)  # noqa: S103 - a server running as `nobody` must reach it
     return path
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -114,6 +118,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     folder: str
     lines: list[str] = field(default_factory=list)
+    #: Where the server said it listens (its banner, or its log line on the journal).
+    listening_on: str | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def client(self, **kwargs: Any) -> RawClient:
@@ -158,10 +164,24 @@ class ServerProcess:
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            # the banner; on the journal, which gets no banner, the log line
-            if "midgram listening on" in line or _JOURNAL_LISTENING.match(line):
+            said = _BANNER.fullmatch(line.rstrip("\n")) or _JOURNAL_LISTENING.fullmatch(
+                line.rstrip("\n")
+            )
+            if said and not self._ready.is_set():
+                self.listening_on = said.group(1)
                 self._ready.set()
         self._ready.set()  # the process ended: stop waiting either way
+
+    @property
+    def port(self) -> int:
+        """The UDP port the server listens on."""
+        assert self.target.startswith("udp:"), self.target
+        return int(self.target.rpartition(":")[2])
+
+
+def command_line(pid: int) -> str:
+    """What `ps -o args` shows: a process title."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode()
 
 
 def server_command(*flags: str) -> list[str]:
@@ -222,6 +242,8 @@ def started_server(
     try:
         if not server._ready.wait(READY_TIMEOUT) or proc.poll() is not None:
             raise AssertionError(f"midgram serve did not start:\n{server.log()}")
+        if _any_port(target):
+            server.target = _bound(target, server.listening_on)
         yield server
     finally:
         if proc.poll() is None:
@@ -229,3 +251,17 @@ def started_server(
         pump.join(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def _any_port(target: str) -> bool:
+    return target.startswith("udp:") and target.rpartition(":")[2] == "0"
+
+
+def _bound(asked: str, said: str | None) -> str:
+    """The address a server asked to bind port 0 said it listens on: the same host, the
+    port the kernel chose."""
+    assert said is not None, f"{asked}: the server did not say where it listens"
+    host, _, port = said.rpartition(":")
+    assert host == asked.rpartition(":")[0], (asked, said)
+    assert int(port) > 0, said
+    return said

@@ -136,6 +136,8 @@ def test_globs_and_named_sets() -> None:
         "which",
         "ps",
         "help",
+        "events_list",
+        "subscribers_list",
     } == READONLY_BUILTINS
 
 

@@ -27,9 +27,9 @@ import orjson
 import pytest
 from opensips.mi import OpenSIPSMI, OpenSIPSMIException
 from servers import (
+    ANY_UDP,
     ROOT,
     ServerProcess,
-    free_udp_port,
     midgram_server,
     server_command,
     short_tmpdir,
@@ -195,11 +195,8 @@ def udp_call(target: Any, source: str, method: str, params: Any = None) -> Any:
 
 @pytest.mark.parametrize("env", PATHS)
 def test_udp_rules_go_by_source_address(env: dict[str, str]) -> None:
-    port = free_udp_port()
-    address = ("127.0.0.1", port)
-    with midgram_server(
-        "--acl", "kill, log_level: 127.0.0.2", socket=f"udp:127.0.0.1:{port}", env=env
-    ) as server:
+    with midgram_server("--acl", "kill, log_level: 127.0.0.2", socket=ANY_UDP, env=env) as server:
+        address = ("127.0.0.1", server.port)
         refused = udp_call(address, "127.0.0.1", "log_level", [1])
         assert refused == {
             "jsonrpc": "2.0",
@@ -281,7 +278,7 @@ def test_bad_rules_stop_the_server_at_start_naming_them(flags: list[str], named:
 
 def test_a_user_on_udp_is_refused_at_start() -> None:
     done = subprocess.run(
-        server_command("--socket", f"udp:127.0.0.1:{free_udp_port()}", "--acl", "kill: root"),
+        server_command("--socket", ANY_UDP, "--acl", "kill: root"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -328,15 +325,13 @@ def test_the_clients_people_use_see_a_refusal_as_an_mi_error(transport: str) -> 
     if transport == "unix":
         server_cm = midgram_server("--acl", "kill, log_level: nobody")
     else:
-        port = free_udp_port()
-        server_cm = midgram_server(
-            "--acl", "kill, log_level: 127.0.0.2", socket=f"udp:127.0.0.1:{port}"
-        )
+        server_cm = midgram_server("--acl", "kill, log_level: 127.0.0.2", socket=ANY_UDP)
     with server_cm as server:
         if transport == "unix":
             where: dict[str, Any] = {"datagram_unix_socket": server.target}
             cli = [OPENSIPS_MI, "-t", "datagram", "-ds", server.target, "-dt", "5"]
         else:
+            port = server.port
             where = {"datagram_ip": "127.0.0.1", "datagram_port": port}
             cli = [OPENSIPS_MI, "-t", "datagram", "-i", "127.0.0.1", "-p", str(port), "-dt", "5"]
         mi = OpenSIPSMI("datagram", datagram_timeout=5.0, **where)

@@ -23,6 +23,9 @@ from midgram.wire.address import (
     parse_trace_destination,
 )
 
+#: OpenSIPS's text for a server port out of its range.
+OUT_OF_RANGE = "invalid port number; must be in [1024,65535]"
+
 # --- UDP: what parses ------------------------------------------------------------------------
 
 
@@ -46,6 +49,10 @@ from midgram.wire.address import (
         # IPv6 literals are kept in their canonical spelling.
         ("udp:[0:0:0:0:0:0:0:1]:8080", "::1", 8080, HostKind.IPV6),
         ("udp:[2001:DB8::1]:8080", "2001:db8::1", 8080, HostKind.IPV6),
+        # Port 0: any free port, chosen at bind (docs/compatibility.md, difference 29).
+        ("udp:127.0.0.1:0", "127.0.0.1", 0, HostKind.IPV4),
+        ("udp:[::1]:00", "::1", 0, HostKind.IPV6),
+        ("udp:localhost:0", "localhost", 0, HostKind.NAME),
     ],
 )
 def test_udp_parses(text: str, host: str, port: int, kind: HostKind) -> None:
@@ -97,12 +104,13 @@ def test_udp_sockaddr() -> None:
         ("udp:127.0.0.1:８０８０", "there is not a valid number port"),
         # Brackets without a port: the last ':' is inside them.
         ("udp:[::1]", "there is not a valid number port"),
-        ("udp:127.0.0.1:80", "invalid port number; must be in [1024,65535]"),
-        ("udp:127.0.0.1:1023", "invalid port number; must be in [1024,65535]"),
-        ("udp:127.0.0.1:0", "invalid port number; must be in [1024,65535]"),
-        ("udp:127.0.0.1:65536", "invalid port number; must be in [1024,65535]"),
+        # OpenSIPS's text, then midgram's port 0 (docs/compatibility.md, difference 29).
+        ("udp:127.0.0.1:80", f"{OUT_OF_RANGE}, or 0 for any free port"),
+        ("udp:127.0.0.1:1", f"{OUT_OF_RANGE}, or 0 for any free port"),
+        ("udp:127.0.0.1:1023", f"{OUT_OF_RANGE}, or 0 for any free port"),
+        ("udp:127.0.0.1:65536", f"{OUT_OF_RANGE}, or 0 for any free port"),
         # OpenSIPS's str2int wraps this into range; we do not.
-        ("udp:127.0.0.1:4294968320", "invalid port number; must be in [1024,65535]"),
+        ("udp:127.0.0.1:4294968320", f"{OUT_OF_RANGE}, or 0 for any free port"),
     ],
 )
 def test_udp_errors(text: str, reason: str) -> None:

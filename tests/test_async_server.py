@@ -8,13 +8,11 @@ with the loop's timers and tasks, and the program's loop is never blocked meanwh
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
-from servers import short_tmpdir
 
 from midgram.config.settings import Settings
 from midgram.engine.registry import Registry
@@ -30,13 +28,6 @@ def call(method: str, req_id: int, params: object = None) -> bytes:
     if params is not None:
         body["params"] = params
     return orjson.dumps(body)
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def client(path: str) -> socket.socket:
@@ -63,7 +54,7 @@ def fill_queue(sock: socket.socket, filler: socket.socket) -> int:
     pytest.fail("the client's receive queue never filled up")
 
 
-def test_a_full_clients_replies_are_retried_on_the_loops_timer(folder: str) -> None:
+def test_a_full_clients_replies_are_retried_on_the_loops_timer(folder: Path) -> None:
     # The client's queue is full: its replies wait in the ReplySender, and the loop's timer
     # (not a blocking wait) retries them once it reads again, in order; another client is
     # answered meanwhile.
@@ -102,7 +93,7 @@ def test_a_full_clients_replies_are_retried_on_the_loops_timer(folder: str) -> N
 
 
 def test_an_async_call_past_worker_timeout_is_cancelled_and_others_answered(
-    folder: str,
+    folder: Path,
 ) -> None:
     server_path = f"{folder}/mi.sock"
     settings = Settings(socket_name=server_path, worker_timeout=0.2)
@@ -137,3 +128,26 @@ def test_an_async_call_past_worker_timeout_is_cancelled_and_others_answered(
         return uptime["id"], stats["id"], stats["result"]["mi_datagram:stuck_requests"]
 
     assert asyncio.run(scenario()) == (2, 3, 1)
+
+
+def test_port_0_is_named_once_started() -> None:
+    """docs/compatibility.md, difference 29: ``address`` names the port the kernel chose."""
+
+    async def scenario() -> tuple[str, str, bytes]:
+        server = AsyncServer(Settings(socket_name="udp:127.0.0.1:0"), Registry())
+        asked = server.address
+        async with server:
+            host, _, port = server.address.removeprefix("udp:").rpartition(":")
+            loop = asyncio.get_running_loop()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                await loop.sock_sendto(sock, call("uptime", 1), (host, int(port)))
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 65536), DEADLINE)
+            return asked, server.address, reply
+
+    asked, address, reply = asyncio.run(scenario())
+    assert asked == "udp:127.0.0.1:0"
+    assert address.startswith("udp:127.0.0.1:")
+    assert int(address.rpartition(":")[2]) > 0
+    answer = orjson.loads(reply)
+    assert (answer["id"], "Up time" in answer["result"]) == (1, True)

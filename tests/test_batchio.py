@@ -11,25 +11,33 @@ returns, and anything else is awaited with select() and a deadline.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pwd
-import select
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
+from datagrams import (
+    DEADLINE,
+    Sockets,
+    drain,
+    drain_junk,
+    fill_queue,
+    receive,
+    reply_ids,
+    request,
+    wait_readable,
+)
 from golden_cases import assert_matches, load_cases
-from servers import ServerProcess, midgram_server, short_tmpdir
+from interrupts import check_signals_interrupt
+from servers import ServerProcess, midgram_server
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.builtins import with_builtins
@@ -43,133 +51,11 @@ from midgram.server.binding import pass_credentials, set_recv_timeout
 from midgram.server.transport import ReplySender, SendStatus
 from midgram.server.worker import ServerStats, Worker
 
-#: How long a test waits for something that should happen at once.
-DEADLINE = 5.0
-
-
 # --- helpers ----------------------------------------------------------------------------
-
-
-class Sockets:
-    """Every socket a test opens, closed at teardown (an unclosed one is a warning = error)."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._open: list[socket.socket] = []
-
-    def keep(self, sock: socket.socket) -> socket.socket:
-        self._open.append(sock)
-        return sock
-
-    def unix(self, name: str | bytes | None = None) -> socket.socket:
-        """A UNIX datagram socket: bound at ``name`` (a str is a file in the test's folder,
-        bytes are bound as they are), or unbound."""
-        sock = self.keep(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
-        if isinstance(name, str):
-            sock.bind(os.path.join(self.folder, name))
-        elif name is not None:
-            sock.bind(name)
-        return sock
-
-    def abstract(self) -> socket.socket:
-        return self.unix(b"\0mgtest-" + uuid.uuid4().hex.encode())
-
-    def udp(self, host: str = "127.0.0.1") -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self.keep(socket.socket(family, socket.SOCK_DGRAM))
-        sock.bind((host, 0))
-        return sock
-
-    def server(self, kind: str = "unix", name: str = "srv") -> socket.socket:
-        """A server socket (``unix``, ``udp4``, ``udp6`` or ``dual``: IPv6 and IPv4 on
-        ``::``) whose blocking receives give up after DEADLINE, so a receive that should not
-        block fails instead of hanging."""
-        if kind == "unix":
-            sock = self.unix(name)
-        elif kind == "dual":  # IPv4 clients come v4-mapped
-            sock = self.keep(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0))
-        else:
-            sock = self.udp("127.0.0.1" if kind == "udp4" else "::1")
-        set_recv_timeout(sock, DEADLINE)
-        return sock
-
-    def close(self) -> None:
-        for sock in self._open:
-            sock.close()
-
-
-def open_sockets() -> Iterator[Sockets]:
-    """The body of a ``sockets`` fixture: a short folder for socket files, and a Sockets
-    that closes everything it opened, then removes the folder."""
-    folder = short_tmpdir()  # pytest's tmp_path is too long for the 108-byte sun_path
-    opened = Sockets(folder)
-    yield opened
-    opened.close()
-    for name in os.listdir(folder):
-        os.unlink(os.path.join(folder, name))
-    os.rmdir(folder)
-
-
-@pytest.fixture
-def sockets() -> Iterator[Sockets]:
-    yield from open_sockets()
-
-
-@pytest.fixture(scope="module")
-def native() -> ModuleType:
-    """The compiled module itself (tests using it are marked needs_native)."""
-    return importlib.import_module("midgram.server._batchio")
-
-
-def wait_readable(sock: socket.socket, timeout: float = DEADLINE) -> None:
-    ready, _, _ = select.select([sock], [], [], timeout)
-    if not ready:
-        pytest.fail(f"nothing arrived within {timeout} s")
-
-
-def receive(sock: socket.socket, count: int) -> list[bytes]:
-    """The next ``count`` datagrams on ``sock``, each awaited with a deadline."""
-    got = []
-    for _ in range(count):
-        wait_readable(sock)
-        got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
-    return got
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    """Everything queued on ``sock`` right now."""
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(1 << 17, socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return got
-
-
-def fill_queue(sockets: Sockets, address: Any) -> int:
-    """Fill the receive queue of the UNIX client at ``address`` with junk until it refuses
-    one; how many went in. The filler stays open (its datagrams stay queued)."""
-    filler = sockets.unix()
-    for count in range(100_000):
-        try:
-            filler.sendto(b"junk", socket.MSG_DONTWAIT, address)
-        except BlockingIOError:
-            return count
-    pytest.fail("the client's receive queue never filled up")
 
 
 def numbered(prefix: str, count: int) -> list[bytes]:
     return [f"{prefix}{number}".encode() for number in range(count)]
-
-
-def request(number: int, method: str = "version") -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "method": method, "id": number})
-
-
-def reply_ids(replies: list[bytes]) -> list[Any]:
-    return [orjson.loads(reply)["id"] for reply in replies]
 
 
 def io_for(monkeypatch: pytest.MonkeyPatch, *, native: bool) -> Callable[..., BatchIO]:
@@ -390,68 +276,11 @@ def test_batch_socket_checks_its_arguments(native: ModuleType, sockets: Sockets)
             batch.send([], start)
 
 
-def check_signals_interrupt(call: Callable[[], Any], nothing: Any) -> None:
-    """PEP 475 for a blocking native call: a signal handler that returns lets ``call()``
-    give ``nothing`` at once (the worker then looks at its flags); one that raises makes
-    ``call()`` raise it."""
-
-    class Stop(Exception):
-        pass
-
-    caught: list[int] = []
-
-    def note(signum: int, frame: Any) -> None:
-        caught.append(signum)
-
-    def stop(signum: int, frame: Any) -> None:
-        caught.append(signum)
-        if len(caught) == 1:  # the next ones, if any, land after the call has raised
-            raise Stop
-
-    previous = signal.signal(signal.SIGUSR1, note)
-    try:
-        with Signalling(signal.SIGUSR1):
-            started = time.monotonic()
-            assert call() == nothing
-            assert time.monotonic() - started < DEADLINE / 2
-        assert caught
-        signal.signal(signal.SIGUSR1, stop)
-        caught.clear()
-        with pytest.raises(Stop), Signalling(signal.SIGUSR1):
-            call()
-        assert caught
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
 @needs_native
 def test_a_signal_interrupts_a_blocking_recv(native: ModuleType, sockets: Sockets) -> None:
     server = sockets.server()  # SO_RCVTIMEO of DEADLINE
     batch = native.BatchSocket(server.fileno(), server.family, 4, 64)
     check_signals_interrupt(lambda: batch.recv(True), [])
-
-
-class Signalling:
-    """Send ``signum`` to the main thread every 50 ms until the block is left: it lands
-    in a blocking call there whenever that call starts."""
-
-    def __init__(self, signum: int) -> None:
-        self._signum = signum
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        main = threading.main_thread().ident
-        assert main is not None
-        while not self._done.wait(0.05):
-            signal.pthread_kill(main, self._signum)
-
-    def __enter__(self) -> None:
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(DEADLINE)
 
 
 @pytest.mark.parametrize(
@@ -907,12 +736,6 @@ def _serve(io_factory: Callable[..., BatchIO], sockets: Sockets, tag: str = "") 
     observed["replied_after"] = stats.replied.value
     observed["first_batch"] = len(first)
     return observed
-
-
-def drain_junk(sock: socket.socket, junk: int) -> list[bytes]:
-    got = [sock.recv(64, socket.MSG_DONTWAIT) for _ in range(junk)]
-    assert got == [b"junk"] * junk
-    return got
 
 
 @pytest.mark.parametrize(

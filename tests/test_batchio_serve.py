@@ -17,31 +17,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import importlib
 import logging
 import os
 import socket
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
-from test_batchio import (
-    DEADLINE,
-    Sockets,
-    check_signals_interrupt,
-    drain,
-    drain_junk,
-    fill_queue,
-    open_sockets,
-    receive,
-    reply_ids,
-    request,
-)
+from datagrams import DEADLINE, Sockets, drain, drain_junk, fill_queue, receive, reply_ids, request
+from interrupts import check_signals_interrupt
 from toolchain import needs_ipv6, needs_native
 
 from midgram.engine.builtins import with_builtins
@@ -55,17 +44,6 @@ from midgram.server.hooks import Admission, allow_from
 from midgram.server.worker import ServerStats, Worker
 
 Served = tuple[int, int, list[Leftover] | None]
-
-
-@pytest.fixture
-def sockets() -> Iterator[Sockets]:
-    yield from open_sockets()
-
-
-@pytest.fixture(scope="module")
-def native() -> ModuleType:
-    """The compiled module itself (tests using it are marked needs_native)."""
-    return importlib.import_module("midgram.server._batchio")
 
 
 def echo(data: bytes) -> bytes:

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import importlib
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.append(str(BENCH))
-
-import harness  # noqa: E402
-from cbuild import BuildError, compiler  # noqa: E402
-from toolchain import needs_loadgen  # noqa: E402
+from cbuild import BuildError, compiler
+from toolchain import needs_ipv6, needs_loadgen
 
 
 def _no_compiler() -> str | None:
@@ -107,7 +102,7 @@ def test_a_broken_source_is_a_bench_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 @needs_cc
 def test_loadgen_against_c_echo_unix(c_echo: harness.Server) -> None:
     result = harness.run_load(
-        c_echo.spec.target,
+        c_echo.target,
         harness.REQUESTS["uptime"],
         inflight=8,
         pids=c_echo.pids,
@@ -124,21 +119,17 @@ def test_loadgen_against_c_echo_unix(c_echo: harness.Server) -> None:
 
 
 @needs_cc
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("[::1]", marks=needs_ipv6)])
 def test_loadgen_against_c_echo_udp(host: str) -> None:
-    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((host.strip("[]"), 0))
-            port = s.getsockname()[1]
-    except OSError as exc:
-        pytest.skip(f"no {host} here: {exc}")
-    target = f"udp:{host}:{port}"
+    """On port 0: the echo says which port it took, and Server.target is that address."""
+    asked = f"udp:{host}:0"
     spec = harness.ServerSpec(
-        "echo_c", [str(harness.build("echo")), target], target, harness.REQUESTS["uptime"]
+        "echo_c", [str(harness.build("echo")), asked], asked, harness.REQUESTS["uptime"]
     )
-    with harness.Server(spec):
-        result = harness.run_load(target, harness.REQUESTS["uptime"], inflight=4, **SHORT)
+    with harness.Server(spec) as server:
+        host_said, _, port = server.target.rpartition(":")
+        assert (host_said, int(port) > 0) == (f"udp:{host}", True)
+        result = harness.run_load(server.target, harness.REQUESTS["uptime"], inflight=4, **SHORT)
     check_shape(result)
     assert result["ok"] == result["received"] > 0
     assert result["server_cpu_us_per_req"] is None  # no pids given
@@ -147,12 +138,12 @@ def test_loadgen_against_c_echo_udp(host: str) -> None:
 @needs_cc
 def test_loadgen_counts_error_and_bad_replies(c_echo: harness.Server) -> None:
     error = '{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":%ID%}'
-    result = harness.run_load(c_echo.spec.target, error, inflight=2, **SHORT)
+    result = harness.run_load(c_echo.target, error, inflight=2, **SHORT)
     assert result["error_replies"] == result["received"] > 0
     assert result["ok"] == 0
     plain = "400 Parse_error %ID%"  # OpenSIPS's plain-text error: no JSON, no id
     result = harness.run_load(
-        c_echo.spec.target, plain, inflight=2, timeout_ms=20, duration=0.1, warmup=0.0
+        c_echo.target, plain, inflight=2, timeout_ms=20, duration=0.1, warmup=0.0
     )
     assert result["received"] == 0
     assert result["bad_replies"] > 0
@@ -188,6 +179,26 @@ def test_a_scenario_end_to_end_against_the_echoes(workdir: Path) -> None:
     for info in report["servers"].values():
         assert info["memory"]
         assert all(p["rss_mb"] >= p["uss_mb"] > 0 for p in info["memory"])
+    _check_markdown(report)
+
+
+@needs_cc
+def test_the_udp_scenario_serves_each_on_the_port_it_took(workdir: Path) -> None:
+    """midgram and the echoes bind port 0 and say which port they took; each is measured
+    there (the report's target)."""
+    scenario = next(s for s in harness.SCENARIOS if s.transport == "udp")
+    servers = ("midgram", "echo_py", "echo_c")
+    opts = harness.Options(runs=1, duration=0.1, warmup=0.02, servers=servers)
+    report = harness.run_scenario(scenario, opts, workdir)
+    assert set(report["summary"]) == set(servers)
+    for key in servers:
+        assert report["summary"][key]["failures"]["timeouts"] == 0
+        host, _, port = report["servers"][key]["target"].rpartition(":")
+        assert (host, int(port) > 0) == ("udp:127.0.0.1", True), key
+    assert len({report["servers"][key]["target"] for key in servers}) == len(servers)
+
+
+def _check_markdown(report: dict[str, Any]) -> None:
     results = {
         "started": "now",
         "command": "test",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
@@ -13,12 +13,6 @@ from servers import ROOT, ServerProcess, midgram_server, short_tmpdir
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _LINE_RE = re.compile(r"MIDGRAM (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| [^\n]+)?")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with midgram_server("--children", "2", "--app", "apps:mi") as running:
-        yield running
 
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,61 +30,61 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _count_calls(server: ServerProcess, times: int) -> None:
+def _count_calls(midgram: ServerProcess, times: int) -> None:
     for _ in range(times):
-        assert server.call("big", {"size": 1})["result"] == "x"
+        assert midgram.call("big", {"size": 1})["result"] == "x"
 
 
-def test_ok_by_default_uptime_within_the_timeout(server: ServerProcess) -> None:
-    done = check("-t", server.target)
+def test_ok_by_default_uptime_within_the_timeout(midgram: ServerProcess) -> None:
+    done = check("-t", midgram.target)
     assert done.returncode == OK
     assert re.fullmatch(
         r"MIDGRAM OK - uptime answered in [0-9.]+ ms \| rtt=[0-9.]+ms;;;0;\n", done.stdout
     )
 
 
-def test_a_method_and_its_params(server: ServerProcess) -> None:
-    done = check("-t", server.target, "big", "size:=3")
+def test_a_method_and_its_params(midgram: ServerProcess) -> None:
+    done = check("-t", midgram.target, "big", "size:=3")
     assert done.returncode == OK
     assert done.stdout.startswith("MIDGRAM OK - big answered in")
 
 
-def test_round_trip_thresholds(server: ServerProcess) -> None:
+def test_round_trip_thresholds(midgram: ServerProcess) -> None:
     # "@0:" alerts for any value from 0 up: every round trip.
-    warned = check("-t", server.target, "--warn", "@0:")
+    warned = check("-t", midgram.target, "--warn", "@0:")
     assert warned.returncode == WARNING
     assert "(warning: inside 0..inf)" in warned.stdout
     assert "rtt=" in warned.stdout
     assert ";@0:;" in warned.stdout  # the threshold in the performance data
-    critical = check("-t", server.target, "--warn", "@0:", "--crit", "@0:")
+    critical = check("-t", midgram.target, "--warn", "@0:", "--crit", "@0:")
     assert critical.returncode == CRITICAL
-    assert check("-t", server.target, "--warn", "10000", "--crit", "20000").returncode == OK
+    assert check("-t", midgram.target, "--warn", "10000", "--crit", "20000").returncode == OK
 
 
-def test_statistic_thresholds(server: ServerProcess) -> None:
-    _count_calls(server, 2)
-    calls = int(server.call("get_statistics", [["calls"]])["result"]["tests:calls"])
+def test_statistic_thresholds(midgram: ServerProcess) -> None:
+    _count_calls(midgram, 2)
+    calls = int(midgram.call("get_statistics", [["calls"]])["result"]["tests:calls"])
     assert calls >= 2
-    ok = check("-t", server.target, "--stat", "tests:calls", "--warn", f"{calls + 100}")
+    ok = check("-t", midgram.target, "--stat", "tests:calls", "--warn", f"{calls + 100}")
     assert ok.returncode == OK
     assert ok.stdout.startswith(f"MIDGRAM OK - tests:calls is {calls} |")
     assert f"'tests:calls'={calls};{calls + 100};;;" in ok.stdout
-    warned = check("-t", server.target, "--stat", "tests:calls", "--warn", "~:1")
+    warned = check("-t", midgram.target, "--stat", "tests:calls", "--warn", "~:1")
     assert warned.returncode == WARNING
     assert "(warning: above 1)" in warned.stdout
-    critical = check("-t", server.target, "--stat", "calls", "-w", "~:1", "-c", "~:1")
+    critical = check("-t", midgram.target, "--stat", "calls", "-w", "~:1", "-c", "~:1")
     assert critical.returncode == CRITICAL
     assert "(critical: above 1)" in critical.stdout
 
 
-def test_unreachable_and_silent_servers_are_critical(server: ServerProcess) -> None:
+def test_unreachable_and_silent_servers_are_critical(midgram: ServerProcess) -> None:
     dead = f"{short_tmpdir()}/nobody.sock"
     done = check("-t", dead)
     assert done.returncode == CRITICAL
     assert done.stdout == (f"MIDGRAM CRITICAL - cannot reach {dead}: No such file or directory\n")
-    slow = check("-t", server.target, "--timeout", "200ms", "slow", "seconds:=2")
+    slow = check("-t", midgram.target, "--timeout", "200ms", "slow", "seconds:=2")
     assert slow.returncode == CRITICAL
-    assert f"no reply from {server.target} within 0.2 s" in slow.stdout
+    assert f"no reply from {midgram.target} within 0.2 s" in slow.stdout
 
 
 @pytest.mark.parametrize(
@@ -106,16 +100,15 @@ def test_unreachable_and_silent_servers_are_critical(server: ServerProcess) -> N
     ],
 )
 def test_a_check_that_cannot_be_made_is_unknown(
-    server: ServerProcess, args: list[str], why: str
+    midgram: ServerProcess, args: list[str], why: str
 ) -> None:
-    done = check("-t", server.target, *args) if "-t" not in args else check(*args)
+    done = check("-t", midgram.target, *args) if "-t" not in args else check(*args)
     assert done.returncode == UNKNOWN, done.stdout + done.stderr
     assert done.stdout.startswith("MIDGRAM UNKNOWN - ")
     assert why in done.stdout
 
 
-def test_wait_makes_it_a_readiness_check_for_a_server_that_is_starting() -> None:
-    folder = short_tmpdir()
+def test_wait_makes_it_a_readiness_check_for_a_server_that_is_starting(folder: Path) -> None:
     socket_path = f"{folder}/late.sock"
     waiting = subprocess.Popen(
         [sys.executable, "-m", "midgram", "check", "-t", socket_path, "--wait", "30s"],
@@ -142,7 +135,8 @@ def test_without_wait_a_missing_server_fails_at_once() -> None:
 
 @pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
 def test_kamailio() -> None:
-    with kamailio_server(modules=("kex",)) as target:
+    with kamailio_server(modules=("kex",)) as kamailio:
+        target = kamailio.target
         ok = check("--dialect", "kamailio", "-t", target)
         stat = check("--dialect", "kamailio", "-t", target, "--stat", "shmem:total_size")
         missing = check("--dialect", "kamailio", "-t", target, "--stat", "core:nosuch")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from servers import ROOT, ServerProcess, midgram_server, short_tmpdir
+from servers import ROOT, ServerProcess
 from toolchain import needs_loadgen
 
 from midgram.cli import cli
@@ -31,24 +30,11 @@ SHORT = ("--duration", "0.15", "--warmup", "0.02", "--runs", "2")
 COLUMNS = ["run", "req/s", "p50 us", "p99 us", "p99.9 us", "errors", "timeouts"]
 
 
-@pytest.fixture(scope="module")
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def env(folder: Path) -> dict[str, str | None]:
     """No target, timeout or profile from the caller's environment; a private cache folder."""
     clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MIDGRAM_")}
     return {**clean, "XDG_CACHE_HOME": str(folder / "cache")}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with midgram_server("--children", "2") as running:
-        yield running
 
 
 def invoke(env: dict[str, str | None], *args: str) -> Result:
@@ -68,12 +54,12 @@ def table_rows(output: str) -> tuple[str, list[str], list[list[str]]]:
 
 
 @needs_loadgen
-def test_table_with_the_server_cpu(server: ServerProcess, env: dict[str, str | None]) -> None:
-    result = invoke(env, "-t", server.target, "--pid", str(server.proc.pid), *SHORT)
+def test_table_with_the_server_cpu(midgram: ServerProcess, env: dict[str, str | None]) -> None:
+    result = invoke(env, "-t", midgram.target, "--pid", str(midgram.proc.pid), *SHORT)
     assert (result.exit_code, result.stderr) == (0, "")
     title, columns, rows = table_rows(result.stdout)
-    assert title.startswith(f"uptime on {server.target}: 8 in flight, 2 runs of 0.15 s")
-    assert f"CPU of pids {server.proc.pid}, " in title  # the supervisor and its workers
+    assert title.startswith(f"uptime on {midgram.target}: 8 in flight, 2 runs of 0.15 s")
+    assert f"CPU of pids {midgram.proc.pid}, " in title  # the supervisor and its workers
     assert columns == [*COLUMNS, "CPU us/req"]
     assert [row[0] for row in rows] == ["1", "2", "median"]
     for row in rows:
@@ -85,9 +71,9 @@ def test_table_with_the_server_cpu(server: ServerProcess, env: dict[str, str | N
 
 
 @needs_loadgen
-def test_json_with_params(server: ServerProcess, env: dict[str, str | None]) -> None:
+def test_json_with_params(midgram: ServerProcess, env: dict[str, str | None]) -> None:
     args = ("get_statistics", 'statistics:=["core:"]', "--inflight", "2", "-f", "json")
-    result = invoke(env, "-t", server.target, *args, *SHORT)
+    result = invoke(env, "-t", midgram.target, *args, *SHORT)
     assert (result.exit_code, result.stderr) == (0, "")
     doc = json.loads(result.stdout)
     assert doc["request"] == (
@@ -127,9 +113,9 @@ def test_an_unreachable_target_exits_4_with_one_line(folder: Path) -> None:
 
 @needs_loadgen
 def test_a_method_the_server_refuses_exits_1(
-    server: ServerProcess, env: dict[str, str | None]
+    midgram: ServerProcess, env: dict[str, str | None]
 ) -> None:
-    result = invoke(env, "-t", server.target, "no_such_command", *SHORT)
+    result = invoke(env, "-t", midgram.target, "no_such_command", *SHORT)
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr.startswith("midgram: no_such_command: error -32601: Method not found")
 

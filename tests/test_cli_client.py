@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
+from datagrams import Sockets
+from servers import ROOT, ServerProcess, midgram_server, short_tmpdir
 
 from midgram.cli import cli
 
@@ -40,19 +41,6 @@ INTERRUPTIBLE = (
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "runpy.run_module('midgram', run_name='__main__', alter_sys=True)",
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with midgram_server(*APP) as running:
-        yield running
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -99,8 +87,8 @@ def silent_peer(folder: Path) -> Iterator[tuple[str, socket.socket]]:
 # --- call: output formats -------------------------------------------------------------------
 
 
-def test_default_output_in_a_pipe_is_compact_json(server: ServerProcess) -> None:
-    result = invoke("call", "-t", server.target, "which", "log_level")
+def test_default_output_in_a_pipe_is_compact_json(midgram: ServerProcess) -> None:
+    result = invoke("call", "-t", midgram.target, "which", "log_level")
     assert (result.exit_code, result.stdout, result.stderr) == (
         0,
         '[[],["level"],["level","pid"]]\n',
@@ -108,40 +96,40 @@ def test_default_output_in_a_pipe_is_compact_json(server: ServerProcess) -> None
     )
 
 
-def test_format_json_pretty_yaml(server: ServerProcess) -> None:
-    ps = json.loads(invoke("call", "-t", server.target, "ps", "-f", "json").stdout)
+def test_format_json_pretty_yaml(midgram: ServerProcess) -> None:
+    ps = json.loads(invoke("call", "-t", midgram.target, "ps", "-f", "json").stdout)
     assert {p["Type"] for p in ps["Processes"]} >= {"MI Datagram"}
-    pretty = invoke("call", "-t", server.target, "ps", "-f", "pretty").stdout
+    pretty = invoke("call", "-t", midgram.target, "ps", "-f", "pretty").stdout
     assert pretty.startswith('{\n  "Processes": [\n    {\n')
     assert "\x1b[" not in pretty  # no colour when not on a terminal
     assert json.loads(pretty)["Processes"][0].keys() == ps["Processes"][0].keys()
-    text = invoke("call", "-t", server.target, "ps", "-f", "yaml").stdout
+    text = invoke("call", "-t", midgram.target, "ps", "-f", "yaml").stdout
     assert "!!" not in text
     assert yaml.safe_load(text)["Processes"][0].keys() == ps["Processes"][0].keys()
 
 
-def test_format_lines_and_table(server: ServerProcess) -> None:
-    lines = invoke("call", "-t", server.target, "ps", "-f", "lines").stdout.splitlines()
+def test_format_lines_and_table(midgram: ServerProcess) -> None:
+    lines = invoke("call", "-t", midgram.target, "ps", "-f", "lines").stdout.splitlines()
     assert lines[0].startswith("Processes[0].ID: ")
     assert any(re.fullmatch(r"Processes\[\d+\]\.Type: MI Datagram", line) for line in lines)
-    table = invoke("call", "-t", server.target, "ps", "-f", "table").stdout.splitlines()
+    table = invoke("call", "-t", midgram.target, "ps", "-f", "table").stdout.splitlines()
     assert table[0].split() == ["ID", "PID", "Type"]
     assert set(table[1]) == {"-", " "}
     assert any(line.endswith("MI Datagram") for line in table[2:])
-    names = invoke("call", "-t", server.target, "which", "-f", "lines").stdout.splitlines()
+    names = invoke("call", "-t", midgram.target, "which", "-f", "lines").stdout.splitlines()
     assert "uptime" in names
 
 
-def test_format_raw_is_the_reply_datagram(server: ServerProcess) -> None:
-    result = invoke("call", "-t", server.target, "which", "uptime", "-f", "raw")
+def test_format_raw_is_the_reply_datagram(midgram: ServerProcess) -> None:
+    result = invoke("call", "-t", midgram.target, "which", "uptime", "-f", "raw")
     assert re.fullmatch(r'\{"jsonrpc":"2\.0","result":\[\[\]\],"id":\d+\}\n', result.stdout)
-    error = invoke("call", "-t", server.target, "no_such", "-f", "raw")
+    error = invoke("call", "-t", midgram.target, "no_such", "-f", "raw")
     assert error.exit_code == 1
     assert '"error":{"code":-32601,"message":"Method not found"}' in error.stdout
 
 
 def test_yaml_without_pyyaml_is_a_usage_error(
-    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    midgram: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib.util
 
@@ -149,7 +137,7 @@ def test_yaml_without_pyyaml_is_a_usage_error(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "yaml" else real(name, *a)
     )
-    result = invoke("call", "-t", server.target, "ps", "-f", "yaml")
+    result = invoke("call", "-t", midgram.target, "ps", "-f", "yaml")
     assert result.exit_code == 2
     assert "needs PyYAML" in result.stderr
 
@@ -157,34 +145,34 @@ def test_yaml_without_pyyaml_is_a_usage_error(
 # --- call: params ---------------------------------------------------------------------------
 
 
-def test_named_positional_and_typed_params(server: ServerProcess) -> None:
-    assert invoke("call", "-t", server.target, "big", "size=3").stdout == '"xxx"\n'
-    assert invoke("call", "-t", server.target, "big", "size:=4").stdout == '"xxxx"\n'
-    assert invoke("call", "-t", server.target, "big", ":=2").stdout == '"xx"\n'
-    assert invoke("call", "-t", server.target, "big", "5").stdout == '"xxxxx"\n'
-    stats = invoke("call", "-t", server.target, "get_statistics", 'statistics:=["core:"]')
+def test_named_positional_and_typed_params(midgram: ServerProcess) -> None:
+    assert invoke("call", "-t", midgram.target, "big", "size=3").stdout == '"xxx"\n'
+    assert invoke("call", "-t", midgram.target, "big", "size:=4").stdout == '"xxxx"\n'
+    assert invoke("call", "-t", midgram.target, "big", ":=2").stdout == '"xx"\n'
+    assert invoke("call", "-t", midgram.target, "big", "5").stdout == '"xxxxx"\n'
+    stats = invoke("call", "-t", midgram.target, "get_statistics", 'statistics:=["core:"]')
     assert stats.exit_code == 0
     assert all(name.startswith("core:") for name in json.loads(stats.stdout))
 
 
-def test_array_params_without_json(server: ServerProcess) -> None:
+def test_array_params_without_json(midgram: ServerProcess) -> None:
     """`which get_statistics` shows `statistics`; the forms a user tries next work (issue 10
     item 10)."""
     for words in (["statistics[]=all"], ["statistics=core:", "statistics=shmem:"]):
-        result = invoke("call", "-t", server.target, "get_statistics", *words)
+        result = invoke("call", "-t", midgram.target, "get_statistics", *words)
         assert result.exit_code == 0, result.stderr
         assert json.loads(result.stdout)
 
 
 def test_a_bad_type_hint_shows_the_form_that_works(
-    server: ServerProcess, env: dict[str, str]
+    midgram: ServerProcess, env: dict[str, str]
 ) -> None:
-    failed = invoke("call", "-t", server.target, "get_statistics", "statistics=all")
+    failed = invoke("call", "-t", midgram.target, "get_statistics", "statistics=all")
     assert failed.exit_code == 1
     assert "midgram which" not in failed.stderr  # not back to `which`: it shows no types
     suggested = re.search(r"write ('statistics\[\]=all')", failed.stderr)
     assert suggested is not None, failed.stderr
-    line = f"{sys.executable} -m midgram call -t {server.target} get_statistics {suggested[1]}"
+    line = f"{sys.executable} -m midgram call -t {midgram.target} get_statistics {suggested[1]}"
     for shell in ("bash", "zsh") if shutil.which("zsh") else ("bash",):
         done = subprocess.run(
             [shell, "-c", line],
@@ -195,16 +183,16 @@ def test_a_bad_type_hint_shows_the_form_that_works(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    number = invoke("call", "-t", server.target, "log_level", "level=x3")
+    number = invoke("call", "-t", midgram.target, "log_level", "level=x3")
     assert "level takes another type" not in number.stderr
     assert "if level takes an array, write 'level[]=x3'" in number.stderr
-    typed = invoke("call", "-t", server.target, "log_level", "level:=[3]")
+    typed = invoke("call", "-t", midgram.target, "log_level", "level:=[3]")
     assert "level takes another type: level=text sends a string" in typed.stderr
 
 
-def test_json_params(server: ServerProcess) -> None:
-    assert invoke("call", "-t", server.target, "-j", '{"size": 2}', "big").stdout == '"xx"\n'
-    from_stdin = invoke("call", "-t", server.target, "-j", "-", "big", stdin="[3]")
+def test_json_params(midgram: ServerProcess) -> None:
+    assert invoke("call", "-t", midgram.target, "-j", '{"size": 2}', "big").stdout == '"xx"\n'
+    from_stdin = invoke("call", "-t", midgram.target, "-j", "-", "big", stdin="[3]")
     assert from_stdin.stdout == '"xxx"\n'
 
 
@@ -217,8 +205,8 @@ def test_dry_run_sends_nothing(folder: Path) -> None:
     )
 
 
-def test_verbose_shows_bytes_and_timing(server: ServerProcess) -> None:
-    result = invoke("call", "-t", server.target, "-v", "which", "ps")
+def test_verbose_shows_bytes_and_timing(midgram: ServerProcess) -> None:
+    result = invoke("call", "-t", midgram.target, "-v", "which", "ps")
     assert result.exit_code == 0
     lines = result.stderr.splitlines()
     assert re.fullmatch(r"> \d+ bytes", lines[0])
@@ -230,14 +218,14 @@ def test_verbose_shows_bytes_and_timing(server: ServerProcess) -> None:
 # --- call: exit statuses and error lines ------------------------------------------------------
 
 
-def test_exit_1_error_reply(server: ServerProcess) -> None:
-    result = invoke("call", "-t", server.target, "ps", "x")
+def test_exit_1_error_reply(midgram: ServerProcess) -> None:
+    result = invoke("call", "-t", midgram.target, "ps", "x")
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == (
         "midgram: ps: error -32602: Invalid params (Too few or too many parameters): "
         "run `midgram which ps` for the parameters it takes\n"
     )
-    too_big = invoke("call", "-t", server.target, "big", "size:=70000")
+    too_big = invoke("call", "-t", midgram.target, "big", "size:=70000")
     assert too_big.exit_code == 1
     assert "replied '500 Internal error'" in too_big.stderr
 
@@ -262,11 +250,11 @@ def test_exit_2_usage(args: tuple[str, ...], message: str) -> None:
 
 @pytest.mark.parametrize("kind", ["udp", "unix"])
 def test_a_request_too_large_to_send_is_a_usage_error(
-    server: ServerProcess, kind: str, env: dict[str, str]
+    midgram: ServerProcess, kind: str, env: dict[str, str], sockets: Sockets
 ) -> None:
     """Refused by the client's own socket (EMSGSIZE): nothing reached the server, so not
     "the server answered with an error" (issue 10 item 15)."""
-    target = f"udp:127.0.0.1:{free_udp_port()}" if kind == "udp" else server.target
+    target = f"udp:127.0.0.1:{sockets.unanswered()}" if kind == "udp" else midgram.target
     size = 70_000 if kind == "udp" else 8 << 20  # past any UNIX send buffer
     result = run("call", "-t", target, "-j", "-", "which", env=env, stdin=json.dumps(["x" * size]))
     assert (result.returncode, result.stdout) == (2, "")
@@ -317,14 +305,13 @@ def test_call_timeout_takes_units(folder: Path, timeout: str) -> None:
     assert f"no reply from {target} within 0.3 s" in result.stderr
 
 
-def test_exit_4_cannot_reach(folder: Path, env: dict[str, str]) -> None:
+def test_exit_4_cannot_reach(folder: Path, env: dict[str, str], sockets: Sockets) -> None:
     result = run("call", "-t", str(folder / "none.sock"), "uptime", env=env)
     assert (result.returncode, result.stdout) == (4, "")
     assert result.stderr == (
         f"midgram: no socket at {folder}/none.sock: is the server running? is the path right?\n"
     )
-    port = free_udp_port()
-    refused = run("call", "-t", f"udp:127.0.0.1:{port}", "uptime", env=env)
+    refused = run("call", "-t", f"udp:127.0.0.1:{sockets.unanswered()}", "uptime", env=env)
     assert refused.returncode == 4
     assert "no server listens on" in refused.stderr
 
@@ -371,13 +358,13 @@ def test_exit_130_interrupted(folder: Path, env: dict[str, str]) -> None:
     assert (proc.returncode, out, err) == (130, "", "midgram: interrupted\n")
 
 
-def test_several_targets_worst_status_wins(server: ServerProcess, folder: Path) -> None:
+def test_several_targets_worst_status_wins(midgram: ServerProcess, folder: Path) -> None:
     missing = str(folder / "none.sock")
     with silent_peer(folder) as (silent, _):
         result = invoke(
             "call",
             "-t",
-            server.target,
+            midgram.target,
             "-t",
             missing,
             "-t",
@@ -391,7 +378,7 @@ def test_several_targets_worst_status_wins(server: ServerProcess, folder: Path) 
         )
     assert result.exit_code == 4
     assert json.loads(result.stdout) == {
-        server.target: {"status": "ok", "result": "xx"},
+        midgram.target: {"status": "ok", "result": "xx"},
         missing: {
             "status": "unreachable",
             "error": f"cannot reach {missing}: No such file or directory",
@@ -401,15 +388,15 @@ def test_several_targets_worst_status_wins(server: ServerProcess, folder: Path) 
     assert len(result.stderr.splitlines()) == 2
 
 
-def test_several_targets_as_text(server: ServerProcess, folder: Path) -> None:
+def test_several_targets_as_text(midgram: ServerProcess, folder: Path) -> None:
     missing = str(folder / "none.sock")
-    result = invoke("call", "-t", server.target, "-t", missing, "-f", "lines", "big", ":=1")
+    result = invoke("call", "-t", midgram.target, "-t", missing, "-f", "lines", "big", ":=1")
     assert result.exit_code == 4
-    assert result.stdout == f"== {server.target}: ok\nx\n== {missing}: unreachable\n"
+    assert result.stdout == f"== {midgram.target}: ok\nx\n== {missing}: unreachable\n"
 
 
-def test_target_from_the_environment(server: ServerProcess) -> None:
-    result = invoke("call", "big", ":=1", env={"MIDGRAM_TARGET": server.target})
+def test_target_from_the_environment(midgram: ServerProcess) -> None:
+    result = invoke("call", "big", ":=1", env={"MIDGRAM_TARGET": midgram.target})
     assert (result.exit_code, result.stdout) == (0, '"x"\n')
 
 
@@ -426,7 +413,7 @@ def test_default_target_is_the_servers_default_socket(env: dict[str, str]) -> No
 def test_udp_v4_and_v6_targets() -> None:
     for host in ("127.0.0.1", "::1"):
         shown = f"[{host}]" if ":" in host else host
-        with midgram_server(socket=f"udp:{shown}:{free_udp_port(host)}") as udp:
+        with midgram_server(socket=f"udp:{shown}:0") as udp:
             result = invoke("call", "-t", udp.target, "which", "uptime")
             assert (result.exit_code, result.stdout) == (0, "[[]]\n")
 
@@ -434,26 +421,26 @@ def test_udp_v4_and_v6_targets() -> None:
 # --- which, help ------------------------------------------------------------------------------
 
 
-def test_which(server: ServerProcess) -> None:
-    names = invoke("which", "-t", server.target)
+def test_which(midgram: ServerProcess) -> None:
+    names = invoke("which", "-t", midgram.target)
     assert names.exit_code == 0
     assert {"uptime", "which", "help", "big"} <= set(names.stdout.splitlines())
-    recipes = invoke("which", "-t", server.target, "log_level")
+    recipes = invoke("which", "-t", midgram.target, "log_level")
     assert recipes.stdout == "log_level\nlog_level level=…\nlog_level level=… pid=…\n"
-    as_json = invoke("which", "-t", server.target, "log_level", "-f", "json")
+    as_json = invoke("which", "-t", midgram.target, "log_level", "-f", "json")
     assert json.loads(as_json.stdout) == [[], ["level"], ["level", "pid"]]
-    unknown = invoke("which", "-t", server.target, "no_such")
+    unknown = invoke("which", "-t", midgram.target, "no_such")
     assert unknown.exit_code == 1
     assert "404: unknown MI command" in unknown.stderr
 
 
-def test_help(server: ServerProcess) -> None:
-    result = invoke("help", "-t", server.target, "big")
+def test_help(midgram: ServerProcess) -> None:
+    result = invoke("help", "-t", midgram.target, "big")
     assert result.exit_code == 0
     assert result.stdout == (
         "big: a reply of about `size` bytes\nexported by: tests\nusage:\n  big size=…\n"
     )
-    as_json = invoke("help", "-t", server.target, "uptime", "-f", "json")
+    as_json = invoke("help", "-t", midgram.target, "uptime", "-f", "json")
     assert json.loads(as_json.stdout)["Exported by"] == "core"
 
 
@@ -501,12 +488,12 @@ def complete(words: str, env: dict[str, str]) -> list[str]:
 
 
 def test_completion_of_command_and_parameter_names(
-    server: ServerProcess, env: dict[str, str], folder: Path
+    midgram: ServerProcess, env: dict[str, str], folder: Path
 ) -> None:
-    assert complete(f"midgram call -t {server.target} upt", env) == ["uptime"]
-    assert complete(f"midgram call -t {server.target} log_level ", env) == ["level=", "pid="]
-    assert complete(f"midgram call -t {server.target} log_level level=1 ", env) == ["pid="]
-    assert complete(f"midgram which -t {server.target} log_l", env) == ["log_level"]
+    assert complete(f"midgram call -t {midgram.target} upt", env) == ["uptime"]
+    assert complete(f"midgram call -t {midgram.target} log_level ", env) == ["level=", "pid="]
+    assert complete(f"midgram call -t {midgram.target} log_level level=1 ", env) == ["pid="]
+    assert complete(f"midgram which -t {midgram.target} log_l", env) == ["log_level"]
     assert list((folder / "cache" / "midgram").glob("catalog-*.json"))  # cached
     # Nothing to offer, and no error, when the server cannot be asked.
     assert complete(f"midgram call -t {folder}/none.sock upt", env) == []
@@ -521,24 +508,26 @@ def test_completion_scripts(env: dict[str, str]) -> None:
     assert run("completion", "tcsh", env=env).returncode == 2
 
 
-def test_completion_cache_is_shared_and_expires(server: ServerProcess, folder: Path) -> None:
+def test_completion_cache_is_shared_and_expires(midgram: ServerProcess, folder: Path) -> None:
     from midgram.cli.complete import Catalog
 
-    catalog = Catalog(server.target, directory=folder, ttl=60)
+    catalog = Catalog(midgram.target, directory=folder, ttl=60)
     assert "uptime" in catalog.methods()
     catalog.path.write_text(json.dumps({"methods": {"saved": time.time(), "value": ["cached"]}}))
-    assert Catalog(server.target, directory=folder, ttl=60).methods() == ["cached"]
-    assert "uptime" in Catalog(server.target, directory=folder, ttl=0).methods()
+    assert Catalog(midgram.target, directory=folder, ttl=60).methods() == ["cached"]
+    assert "uptime" in Catalog(midgram.target, directory=folder, ttl=0).methods()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
-def test_a_catalog_another_user_wrote_is_not_trusted(server: ServerProcess, tmp_path: Path) -> None:
+def test_a_catalog_another_user_wrote_is_not_trusted(
+    midgram: ServerProcess, tmp_path: Path
+) -> None:
     """Root completing with a user's XDG_CACHE_HOME (sudo -E) must not take that user's file
     for what the server said, nor write its own into the user's folder."""
     from midgram.cli.complete import Catalog
 
     nobody = 65534
-    catalog = Catalog(server.target, directory=tmp_path, ttl=60)
+    catalog = Catalog(midgram.target, directory=tmp_path, ttl=60)
     planted = {"methods": {"saved": time.time(), "value": ["planted"]}}
     catalog.path.write_text(json.dumps(planted))
     os.chown(catalog.path, nobody, nobody)
@@ -550,12 +539,12 @@ def test_a_catalog_another_user_wrote_is_not_trusted(server: ServerProcess, tmp_
     theirs.write_text(json.dumps(planted))
     catalog.path.unlink()
     catalog.path.symlink_to(theirs)
-    assert Catalog(server.target, directory=tmp_path, ttl=60).methods() != ["planted"]
+    assert Catalog(midgram.target, directory=tmp_path, ttl=60).methods() != ["planted"]
     # A folder of another owner is neither read nor written.
     folder = tmp_path / "users"
     folder.mkdir()
     os.chown(folder, nobody, nobody)
-    assert "uptime" in Catalog(server.target, directory=folder, ttl=60).methods()
+    assert "uptime" in Catalog(midgram.target, directory=folder, ttl=60).methods()
     assert list(folder.iterdir()) == []
 
 
@@ -569,11 +558,11 @@ def test_the_cache_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cache_dir() == tmp_path / "home" / ".cache" / "midgram"
 
 
-def test_the_cache_folder_is_private(server: ServerProcess, tmp_path: Path) -> None:
+def test_the_cache_folder_is_private(midgram: ServerProcess, tmp_path: Path) -> None:
     from midgram.cli.complete import Catalog
 
     folder = tmp_path / "cache" / "midgram"
-    assert "uptime" in Catalog(server.target, directory=folder).methods()
+    assert "uptime" in Catalog(midgram.target, directory=folder).methods()
     assert folder.stat().st_mode & 0o777 == 0o700
 
 
@@ -639,9 +628,9 @@ def midgram_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "midgram", *args]
 
 
-def test_shell_on_a_terminal(server: ServerProcess, env: dict[str, str], folder: Path) -> None:
-    prompt = f"{server.target}>"
-    with Terminal(midgram_command("shell", "-t", server.target), env) as term:
+def test_shell_on_a_terminal(midgram: ServerProcess, env: dict[str, str], folder: Path) -> None:
+    prompt = f"{midgram.target}>"
+    with Terminal(midgram_command("shell", "-t", midgram.target), env) as term:
         term.expect(prompt)
         term.type("upti\t")  # TAB completes the command name from the live server
         term.expect("uptime")
@@ -664,40 +653,40 @@ def test_shell_on_a_terminal(server: ServerProcess, env: dict[str, str], folder:
 
 
 def test_pretty_output_is_coloured_on_a_terminal(
-    server: ServerProcess, env: dict[str, str]
+    midgram: ServerProcess, env: dict[str, str]
 ) -> None:
-    with Terminal(midgram_command("call", "-t", server.target, "which"), env) as term:
+    with Terminal(midgram_command("call", "-t", midgram.target, "which"), env) as term:
         assert term.wait() == 0
     assert b"\x1b[32m" in term.raw  # the names, in green
     assert "uptime" in json.loads(term.seen)
     with Terminal(
-        midgram_command("call", "-t", server.target, "which"), {**env, "NO_COLOR": "1"}
+        midgram_command("call", "-t", midgram.target, "which"), {**env, "NO_COLOR": "1"}
     ) as term:
         assert term.wait() == 0
     assert b"\x1b[" not in term.raw
 
 
 def test_shell_raw_is_the_reply_datagram_both_ways(
-    server: ServerProcess, env: dict[str, str]
+    midgram: ServerProcess, env: dict[str, str]
 ) -> None:
     """`shell -f raw` printed JSON and `.format raw` was refused (issue 10 item 15): both
     print the reply datagram now, as `call -f raw` does."""
     raw = re.compile(
         r'\{"jsonrpc":"2\.0","result":\[\[\],\["level"\],\["level","pid"\]\],"id":\d+\}'
     )
-    flag = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="which log_level\n")
-    command = run("shell", "-t", server.target, env=env, stdin=".format raw\nwhich log_level\n")
+    flag = run("shell", "-t", midgram.target, "-f", "raw", env=env, stdin="which log_level\n")
+    command = run("shell", "-t", midgram.target, env=env, stdin=".format raw\nwhich log_level\n")
     for result in (flag, command):
         assert (result.returncode, result.stderr) == (0, "")
         assert raw.fullmatch(result.stdout.strip()), result.stdout
-    error = run("shell", "-t", server.target, "-f", "raw", env=env, stdin="nope\n")
+    error = run("shell", "-t", midgram.target, "-f", "raw", env=env, stdin="nope\n")
     assert '"error":{"code":-32601,"message":"Method not found"}' in error.stdout
     assert error.returncode == 1
 
 
-def test_shell_reads_lines_from_a_pipe(server: ServerProcess, env: dict[str, str]) -> None:
+def test_shell_reads_lines_from_a_pipe(midgram: ServerProcess, env: dict[str, str]) -> None:
     lines = "big :=2\n# a comment\n\n.format lines\nwhich log_level\nno_such\nbig 'a b'\n"
-    result = run("shell", "-t", server.target, env=env, stdin=lines)
+    result = run("shell", "-t", midgram.target, env=env, stdin=lines)
     assert result.returncode == 1  # the worst status of all the lines
     assert result.stdout == '"xx"\n[0]: []\n[1][0]: level\n[2][0]: level\n[2][1]: pid\n'
     assert result.stderr.splitlines() == [

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ServerProcess, free_udp_port, midgram_server, short_tmpdir
+from servers import ServerProcess, short_tmpdir
 
 BIN = Path(sys.executable).parent
 DEADLINE = 20.0
@@ -98,26 +98,20 @@ def terminal(shell: str) -> Iterator[Terminal]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def udp_server() -> Iterator[ServerProcess]:
-    with midgram_server(socket=f"udp:127.0.0.1:{free_udp_port()}") as running:
-        yield running
-
-
 @pytest.mark.parametrize("shell", [_shell("bash"), _shell("zsh")])
-def test_completion_after_a_udp_target(shell: str, udp_server: ServerProcess) -> None:
+def test_completion_after_a_udp_target(shell: str, midgram_udp: ServerProcess) -> None:
     with terminal(shell) as term:
-        since = term.type(f"midgram call -t {udp_server.target} upt\t")
+        since = term.type(f"midgram call -t {midgram_udp.target} upt\t")
         term.wait_for("uptime ", since)
         term.type("\x15")  # Ctrl-U: a fresh line
-        since = term.type(f"midgram which --target={udp_server.target} log_lev\t")
+        since = term.type(f"midgram which --target={midgram_udp.target} log_lev\t")
         term.wait_for("log_level ", since)
 
 
 @pytest.mark.parametrize("shell", [_shell("bash"), _shell("zsh")])
-def test_completion_of_parameter_names(shell: str, udp_server: ServerProcess) -> None:
+def test_completion_of_parameter_names(shell: str, midgram_udp: ServerProcess) -> None:
     with terminal(shell) as term:
-        since = term.type(f"midgram call -t {udp_server.target} log_level level:=3 pi\t")
+        since = term.type(f"midgram call -t {midgram_udp.target} log_level level:=3 pi\t")
         term.wait_for("pid=", since)
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from servers import free_udp_port, midgram_server
+from servers import ANY_UDP, midgram_server
 
 from midgram.cli import cli
 
@@ -18,10 +18,9 @@ def invoke(*args: str, profiles: Path) -> tuple[int, str, str]:
 
 
 def test_a_profile_names_a_fleet(tmp_path: Path) -> None:
-    port = free_udp_port()
     with (
         midgram_server() as unix_server,
-        midgram_server(socket=f"udp:127.0.0.1:{port}") as udp_server,
+        midgram_server(socket=ANY_UDP) as udp_server,
     ):
         profiles = tmp_path / "profiles.toml"
         profiles.write_text(

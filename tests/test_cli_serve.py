@@ -14,12 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ROOT, ServerProcess, free_udp_port, short_tmpdir, started_server
+from servers import ANY_UDP, ANY_UDP6, ROOT, ServerProcess, started_server
 
 from midgram.config.settings import Settings
 from midgram.engine.registry import Registry
@@ -30,13 +29,6 @@ BIN = Path(sys.executable).parent
 MIDGRAM = str(BIN / "midgram")
 README = (ROOT / "README.md").read_text()
 DEADLINE = 30.0
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -214,9 +206,9 @@ def _socket(kind: str, folder: Path) -> str:
     return {
         "path with a space": f"{folder}/my mi.sock",
         "abstract": f"@midgram-banner-{os.getpid()}",
-        "udp ipv4": f"udp:127.0.0.1:{free_udp_port()}",
-        "udp ipv6": f"udp:[::1]:{free_udp_port('::1')}",
-        "udp name": f"udp:localhost:{free_udp_port()}",
+        "udp ipv4": ANY_UDP,
+        "udp ipv6": ANY_UDP6,
+        "udp name": "udp:localhost:0",
     }[kind]
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ROOT, ServerProcess, free_udp_port, midgram_server, short_tmpdir
+from datagrams import Sockets
+from servers import ANY_UDP, ANY_UDP6, ROOT, ServerProcess, midgram_server, short_tmpdir
 
 from midgram.client.calls import AsyncClient, Client
 from midgram.client.exchange import Exchange
@@ -43,29 +44,16 @@ APP = ("--app", "apps:mi")
 SLACK = 2.0
 
 
-@pytest.fixture(scope="module")
-def unix_server() -> Iterator[ServerProcess]:
-    with midgram_server(*APP) as server:
-        yield server
-
-
 @pytest.fixture(scope="module", params=["unix", "abstract", "udp4", "udp6"])
 def any_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     sockets = {
         "unix": None,
         "abstract": f"@mgtest-{os.getpid()}-{time.monotonic_ns()}",
-        "udp4": f"udp:127.0.0.1:{free_udp_port()}",
-        "udp6": f"udp:[::1]:{free_udp_port('::1')}",
+        "udp4": ANY_UDP,
+        "udp6": ANY_UDP6,
     }
     with midgram_server(*APP, socket=sockets[request.param]) as server:
         yield server
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- calls --------------------------------------------------------------------------------
@@ -94,8 +82,8 @@ def test_async_call_every_transport(any_server: ServerProcess) -> None:
     assert asyncio.run(main()) == "x" * 10
 
 
-def test_error_replies(unix_server: ServerProcess) -> None:
-    client = Client(unix_server.target, timeout=5)
+def test_error_replies(midgram: ServerProcess) -> None:
+    client = Client(midgram.target, timeout=5)
     with pytest.raises(RemoteError) as missing:
         client.call("no_such_command")
     assert (missing.value.code, missing.value.message) == (-32601, "Method not found")
@@ -111,17 +99,17 @@ def test_a_60_kb_reply(any_server: ServerProcess) -> None:
     assert Client(any_server.target, timeout=5).call("big", 60_000) == "x" * 60_000
 
 
-def test_reply_too_big_for_the_server_is_a_plain_text_error(unix_server: ServerProcess) -> None:
+def test_reply_too_big_for_the_server_is_a_plain_text_error(midgram: ServerProcess) -> None:
     with pytest.raises(PlainTextError) as caught:
-        Client(unix_server.target, timeout=5).call("big", 70_000)
+        Client(midgram.target, timeout=5).call("big", 70_000)
     assert (caught.value.status, caught.value.text) == (500, "500 Internal error")
 
 
 def test_request_too_big_for_the_server_is_a_plain_text_error(
-    unix_server: ServerProcess,
+    midgram: ServerProcess,
 ) -> None:
     with pytest.raises(PlainTextError) as caught:
-        Client(unix_server.target, timeout=5).call("which", "x" * 70_000)
+        Client(midgram.target, timeout=5).call("which", "x" * 70_000)
     assert caught.value.text == "400 Parse_error"
 
 
@@ -132,40 +120,38 @@ def test_truncated_reply_is_detected_not_misparsed(any_server: ServerProcess) ->
     assert client.call("big", 100) == "x" * 100  # small replies still fit
 
 
-def test_fractional_timeout_and_per_call_timeout(unix_server: ServerProcess) -> None:
-    client = Client(unix_server.target, timeout=0.25)
+def test_fractional_timeout_and_per_call_timeout(midgram: ServerProcess) -> None:
+    client = Client(midgram.target, timeout=0.25)
     started = time.monotonic()
     with pytest.raises(ReplyTimeout) as caught:
         client.call("slow", 2)
     assert 0.25 <= time.monotonic() - started < 0.25 + SLACK
-    assert caught.value.target == unix_server.target
-    assert unix_server.target in str(caught.value)
+    assert caught.value.target == midgram.target
+    assert midgram.target in str(caught.value)
     assert client.request("slow", {"seconds": 0.05}, timeout=5) == {"slept": 0.05}
 
 
-def test_on_exchange_shows_bytes_and_timing(unix_server: ServerProcess) -> None:
+def test_on_exchange_shows_bytes_and_timing(midgram: ServerProcess) -> None:
     seen: list[Exchange] = []
-    Client(unix_server.target, timeout=5, on_exchange=seen.append).call("which", "ps")
+    Client(midgram.target, timeout=5, on_exchange=seen.append).call("which", "ps")
     (exchange,) = seen
-    assert exchange.target == unix_server.target
+    assert exchange.target == midgram.target
     assert exchange.request.startswith(b'{"jsonrpc":"2.0","method":"which","params":["ps"]')
     assert exchange.reply is not None
     assert exchange.reply.startswith(b'{"jsonrpc":"2.0","result":[[]],"id":')
     assert 0 < exchange.elapsed < 5
 
 
-def test_reply_dir_instead_of_the_abstract_namespace(
-    unix_server: ServerProcess, folder: Path
-) -> None:
-    client = Client(unix_server.target, timeout=5, reply_dir=str(folder))
+def test_reply_dir_instead_of_the_abstract_namespace(midgram: ServerProcess, folder: Path) -> None:
+    client = Client(midgram.target, timeout=5, reply_dir=str(folder))
     assert client.call("big", 3) == "xxx"
     assert list(folder.iterdir()) == []  # nothing left behind
 
 
 def test_notifications_get_no_reply_and_do_not_break_the_client(
-    unix_server: ServerProcess,
+    midgram: ServerProcess,
 ) -> None:
-    client = Client(unix_server.target, timeout=5)
+    client = Client(midgram.target, timeout=5)
     client.notify("uptime")
     assert client.call("big", 1) == "x"
 
@@ -182,7 +168,10 @@ def test_many_threads_share_one_client(any_server: ServerProcess) -> None:
 
 
 def test_many_tasks_share_one_async_client(any_server: ServerProcess) -> None:
-    sizes = [1 + n % 89 * 41 for n in range(400)]
+    # UDP has no flow control: 400 requests at once overflow a socket buffer on a loaded
+    # machine and are lost, as UDP may. 100 at once still share one client deeply.
+    count = 100 if any_server.target.startswith("udp:") else 400
+    sizes = [1 + n % 89 * 41 for n in range(count)]
 
     async def main() -> list[str]:
         client = AsyncClient(any_server.target, timeout=10)
@@ -191,9 +180,9 @@ def test_many_tasks_share_one_async_client(any_server: ServerProcess) -> None:
     assert [len(r) for r in asyncio.run(main())] == sizes
 
 
-def test_cancelling_a_task_closes_its_call(unix_server: ServerProcess) -> None:
+def test_cancelling_a_task_closes_its_call(midgram: ServerProcess) -> None:
     async def main() -> None:
-        client = AsyncClient(unix_server.target, timeout=10)
+        client = AsyncClient(midgram.target, timeout=10)
         slow = asyncio.create_task(client.call("slow", 1))
         fast = await client.call("big", 2)
         slow.cancel()
@@ -277,8 +266,8 @@ def test_stream_socket_is_not_a_datagram_server(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
-def test_udp_port_with_nobody_listening(host: str) -> None:
-    port = free_udp_port(host.strip("[]"))
+def test_udp_port_with_nobody_listening(host: str, sockets: Sockets) -> None:
+    port = sockets.unanswered(host.strip("[]"))
     started = time.monotonic()
     assert unreachable(f"udp:{host}:{port}").errno == errno.ECONNREFUSED
     assert time.monotonic() - started < 2  # told at once by ICMP, not a timeout

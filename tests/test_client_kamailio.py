@@ -10,7 +10,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import kamailio as kamailio_kit
 import pytest
+from datagrams import Sockets
 from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
 
 from midgram.client.calls import AsyncClient, Client
@@ -21,8 +23,8 @@ pytestmark = pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
 
 @pytest.fixture(scope="module", params=["unix", "udp"])
 def kamailio(request: pytest.FixtureRequest) -> Iterator[str]:
-    with kamailio_server(udp=request.param == "udp") as target:
-        yield target
+    with kamailio_server(udp=request.param == "udp") as running:
+        yield running.target
 
 
 def test_core_uptime(kamailio: str) -> None:
@@ -69,7 +71,8 @@ def test_async_tasks_share_one_client(kamailio: str) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_a_server_running_as_another_user_can_answer() -> None:
-    with kamailio_server(user="nobody") as target:
+    with kamailio_server(user="nobody") as running:
+        target = running.target
         # The default: an abstract reply address, which any user can send to.
         assert Client(target, dialect="kamailio", timeout=5).call("core.echo", 1) == ["1"]
         # reply_dir: a private directory, yet the server (as nobody) can reach the socket.
@@ -89,3 +92,17 @@ def test_a_server_running_as_another_user_can_answer() -> None:
             with pytest.raises(TimeoutError):
                 sock.recv(65536)
         shutil.rmtree(folder)
+
+
+def test_a_port_taken_before_kamailio_binds_it_is_replaced(
+    monkeypatch: pytest.MonkeyPatch, sockets: Sockets
+) -> None:
+    """Kamailio cannot bind port 0, so tests/kamailio.py chooses its ports beforehand: one
+    another program takes meanwhile makes Kamailio exit, and it starts again on others."""
+    taken = sockets.udp().getsockname()[1]  # the other program's
+    chosen = iter([taken])
+    real = kamailio_kit._candidate_port
+    monkeypatch.setattr(kamailio_kit, "_candidate_port", lambda: next(chosen, None) or real())
+    with kamailio_server(udp=True) as running:
+        assert running.target != f"udp:127.0.0.1:{taken}"
+        assert "uptime" in Client(running.target, dialect="kamailio", timeout=5).call("core.uptime")

@@ -230,7 +230,9 @@ def test_socket_name_errors_are_address_errors() -> None:
     with pytest.raises(AddressError) as info:
         Settings.from_mapping({"socket_name": "udp:127.0.0.1:80"})
     assert info.value.parameter == "socket_name"
-    assert info.value.reason == "invalid port number; must be in [1024,65535]"
+    assert (
+        info.value.reason == "invalid port number; must be in [1024,65535], or 0 for any free port"
+    )
 
 
 def test_address_property() -> None:

@@ -29,7 +29,7 @@ import pytest
 from golden_cases import GOLDEN, OPENSIPS_UNIX, REQUEST_SETS, Case, assert_matches, load_cases
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_protocol import json_values
+from strategies import json_values
 from toolchain import needs_native
 
 from midgram.engine import builtins as builtin_commands

@@ -4,11 +4,11 @@ Kamailio, more statistics than a datagram holds; checked by promtool and a real 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,11 @@ from exporters import (
     types,
     value,
 )
-from kamailio import KAMAILIO, KAMAILIO_MISSING, free_udp_port, kamailio_server
+from kamailio import KAMAILIO, KAMAILIO_MISSING, kamailio_server
 from servers import ROOT, ServerProcess, midgram_server, short_tmpdir, wait_until
 
 needs_kamailio = pytest.mark.skipif(KAMAILIO is None, reason=KAMAILIO_MISSING)
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=PROMTOOL_MISSING)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """midgram with three workers and the tests' app (its `tests:calls` counter)."""
-    with midgram_server("--children", "3", "--app", "apps:mi") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +40,9 @@ def dead() -> str:
     return f"{short_tmpdir()}/nobody.sock"
 
 
-def _big(server: ServerProcess) -> None:
+def _big(midgram: ServerProcess) -> None:
     """One real call of a command that counts in tests:calls."""
-    assert server.call("big", {"size": 1})["result"] == "x"
+    assert midgram.call("big", {"size": 1})["result"] == "x"
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
@@ -60,59 +53,59 @@ def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_metrics_reports_every_target_and_a_dead_one_as_down(
-    server: ServerProcess, dead: str
+    midgram: ServerProcess, dead: str
 ) -> None:
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
         status, text = exporter.get("/metrics")
     assert status == 200
     found = samples(text)
-    assert value(found, "opensips_up", target=server.target) == 1
+    assert value(found, "opensips_up", target=midgram.target) == 1
     assert value(found, "opensips_up", target=dead) == 0
     # The live one is reported in full, the dead one only by its up and duration.
-    assert value(found, "opensips_processes_listed", target=server.target) == 4  # 3 + supervisor
-    assert value(found, "opensips_uptime_seconds", target=server.target) >= 0
+    assert value(found, "opensips_processes_listed", target=midgram.target) == 3  # 2 + supervisor
+    assert value(found, "opensips_uptime_seconds", target=midgram.target) >= 0
     groups = {dict(labels).get("group") for (_name, labels) in found}
     assert {"core", "mi_datagram", "tests"} <= groups
-    assert all(dict(labels)["target"] in (server.target, dead) for (_name, labels) in found)
+    assert all(dict(labels)["target"] in (midgram.target, dead) for (_name, labels) in found)
     assert not any(
         dict(labels)["target"] == dead for (name, labels) in found if "group" in dict(labels)
     )
     assert ("opensips_scrape_duration_seconds", frozenset({("target", dead)})) in found
 
 
-def test_statistic_types_come_from_list_statistics(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_statistic_types_come_from_list_statistics(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         _status, text = exporter.get("/metrics")
     declared = types(text)
     assert declared["opensips_received"] == "counter"  # mi_datagram:received, incremental
     assert declared["opensips_timestamp"] == "gauge"  # core:timestamp, a function
     assert "# TYPE opensips_received_total counter" in text
     assert "# HELP opensips_received_total MI statistic mi_datagram:received" in text
-    listed = server.call("list_statistics")["result"]
+    listed = midgram.call("list_statistics")["result"]
     assert listed["mi_datagram:received"] == "incremental"
     assert listed["core:timestamp"] == "non-incremental"
 
 
-def test_counters_move_with_real_calls_between_two_scrapes(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_counters_move_with_real_calls_between_two_scrapes(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         before = samples(exporter.get("/metrics")[1])
         for _ in range(3):
-            _big(server)
+            _big(midgram)
         after = samples(exporter.get("/metrics")[1])
-    labels = {"group": "tests", "target": server.target}
+    labels = {"group": "tests", "target": midgram.target}
     assert value(after, "opensips_calls_total", **labels) == (
         value(before, "opensips_calls_total", **labels) + 3
     )
-    received = {"group": "mi_datagram", "target": server.target}
+    received = {"group": "mi_datagram", "target": midgram.target}
     assert value(after, "opensips_received_total", **received) > value(
         before, "opensips_received_total", **received
     )
 
 
 @needs_promtool
-def test_promtool_accepts_the_exposition(server: ServerProcess, dead: str) -> None:
-    _big(server)
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
+def test_promtool_accepts_the_exposition(midgram: ServerProcess, dead: str) -> None:
+    _big(midgram)
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
         text = exporter.get("/metrics")[1]
         openmetrics = exporter.get(
             "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -123,9 +116,9 @@ def test_promtool_accepts_the_exposition(server: ServerProcess, dead: str) -> No
 
 
 @needs_promtool
-def test_promtool_finds_the_exposition_of_once_fine(server: ServerProcess) -> None:
+def test_promtool_finds_the_exposition_of_once_fine(midgram: ServerProcess) -> None:
     once = subprocess.run(
-        exporter_command("-t", server.target, "--once"),
+        exporter_command("-t", midgram.target, "--once"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,9 +130,9 @@ def test_promtool_finds_the_exposition_of_once_fine(server: ServerProcess) -> No
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_once_fails_when_a_target_is_down(server: ServerProcess, dead: str) -> None:
+def test_once_fails_when_a_target_is_down(midgram: ServerProcess, dead: str) -> None:
     once = subprocess.run(
-        exporter_command("-t", server.target, "-t", dead, "--once"),
+        exporter_command("-t", midgram.target, "-t", dead, "--once"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,11 +144,11 @@ def test_once_fails_when_a_target_is_down(server: ServerProcess, dead: str) -> N
     assert f'opensips_up{{target="{dead}"}} 0.0' in once.stdout
 
 
-def test_probe_scrapes_one_configured_target_only(server: ServerProcess, dead: str) -> None:
-    with running_exporter("-t", server.target, "-t", dead) as exporter:
-        status, text = exporter.get(f"/probe?target={server.target}")
+def test_probe_scrapes_one_configured_target_only(midgram: ServerProcess, dead: str) -> None:
+    with running_exporter("-t", midgram.target, "-t", dead) as exporter:
+        status, text = exporter.get(f"/probe?target={midgram.target}")
         assert status == 200
-        assert {dict(labels)["target"] for (_name, labels) in samples(text)} == {server.target}
+        assert {dict(labels)["target"] for (_name, labels) in samples(text)} == {midgram.target}
         other = f"{short_tmpdir()}/other.sock"
         status, text = exporter.get(f"/probe?target={other}")
         assert status == 403
@@ -166,25 +159,25 @@ def test_probe_scrapes_one_configured_target_only(server: ServerProcess, dead: s
         assert exporter.get("/-/healthy") == (200, "OK\n")
 
 
-def test_probe_any_reaches_a_target_not_configured(server: ServerProcess) -> None:
+def test_probe_any_reaches_a_target_not_configured(midgram: ServerProcess) -> None:
     with running_exporter("--probe-any", "-t", "/nonexistent/mi.sock") as exporter:
-        status, text = exporter.get(f"/probe?target={server.target}")
+        status, text = exporter.get(f"/probe?target={midgram.target}")
     assert status == 200
-    assert value(samples(text), "opensips_up", target=server.target) == 1
+    assert value(samples(text), "opensips_up", target=midgram.target) == 1
 
 
-def test_collect_reads_only_the_groups_asked(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target) as exporter:
+def test_collect_reads_only_the_groups_asked(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target) as exporter:
         text = exporter.get("/metrics?collect[]=tests:&collect[]=core")[1]
     groups = {dict(labels).get("group") for (_name, labels) in samples(text)} - {None}
     assert groups == {"tests", "core"}
 
 
-def test_group_in_the_name_and_another_prefix(server: ServerProcess) -> None:
-    with running_exporter("-t", server.target, "--prefix", "app", "--group-mode", "name") as e:
+def test_group_in_the_name_and_another_prefix(midgram: ServerProcess) -> None:
+    with running_exporter("-t", midgram.target, "--prefix", "app", "--group-mode", "name") as e:
         found = samples(e.get("/metrics")[1])
-    assert value(found, "app_tests_calls_total", target=server.target) >= 0
-    assert value(found, "app_up", target=server.target) == 1
+    assert value(found, "app_tests_calls_total", target=midgram.target) >= 0
+    assert value(found, "app_up", target=midgram.target) == 1
 
 
 def test_a_usage_error_names_the_option() -> None:
@@ -254,9 +247,8 @@ def test_a_server_whose_statistics_overflow_a_datagram_is_exported_in_full() -> 
 
 @needs_kamailio
 def test_kamailio_statistics_are_exported_and_move_with_sip_traffic() -> None:
-    sip_port = free_udp_port()
-    modules = ("kex", "counters", "sl")
-    with kamailio_server(modules=modules, sip_port=sip_port) as target:
+    with kamailio_server(modules=("kex", "counters", "sl")) as kamailio:
+        target, sip_port = kamailio.target, kamailio.sip_port
         exporter_of = running_exporter("--dialect", "kamailio", "-t", target)
         with exporter_of as exporter:
             before = samples(exporter.get("/metrics")[1])
@@ -278,7 +270,8 @@ def test_kamailio_statistics_are_exported_and_move_with_sip_traffic() -> None:
 
 @needs_kamailio
 def test_a_kamailio_without_statistics_commands_is_up_with_no_statistics() -> None:
-    with kamailio_server() as target:  # jsonrpcs alone: no kex, no counters
+    with kamailio_server() as kamailio:  # jsonrpcs alone: no kex, no counters
+        target = kamailio.target
         exporter_of = running_exporter("--dialect", "kamailio", "-t", target)
         with exporter_of as exporter:
             found = samples(exporter.get("/metrics")[1])
@@ -312,10 +305,14 @@ def _send_sip_options(port: int, count: int) -> None:
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason=PROMETHEUS_MISSING)
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+#: Prometheus's line saying where it listens, with the port it took for port 0.
+_PROMETHEUS_LISTENING = re.compile(r'msg="Listening on" address=(\S+)')
+
+
+def _prometheus_address(log: Path) -> str | None:
+    """Where Prometheus said it listens, once it has."""
+    said = _PROMETHEUS_LISTENING.search(log.read_text(errors="replace"))
+    return said[1] if said else None
 
 
 def _prometheus_config(exporter_address: str, target: str) -> str:
@@ -348,29 +345,35 @@ def _get_json(url: str) -> Any:
 
 @needs_prometheus
 def test_a_real_prometheus_scrapes_the_exporter_and_answers_a_query(
-    server: ServerProcess, tmp_path: Path
+    midgram: ServerProcess, tmp_path: Path
 ) -> None:
     assert PROMETHEUS is not None
-    _big(server)
-    with running_exporter("-t", server.target) as exporter:
+    _big(midgram)
+    with running_exporter("-t", midgram.target) as exporter:
         address = exporter.url.removeprefix("http://")
         config = tmp_path / "prometheus.yml"
-        config.write_text(_prometheus_config(address, server.target))
-        port = _free_tcp_port()
-        log = (tmp_path / "prometheus.log").open("wb")
+        config.write_text(_prometheus_config(address, midgram.target))
+        said = tmp_path / "prometheus.log"
+        log = said.open("wb")
         prometheus = subprocess.Popen(
             [
                 PROMETHEUS,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",  # it logs the port it took
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        api = f"http://127.0.0.1:{port}"
         try:
+            where = wait_until(
+                lambda: _prometheus_address(said) or prometheus.poll() is not None,
+                30,
+                "prometheus saying where it listens",
+            )
+            assert prometheus.poll() is None, said.read_text()
+            api = f"http://{where}"
             wait_until(
                 lambda: _ready(api) or prometheus.poll() is not None, 30, "prometheus /-/ready"
             )
@@ -384,8 +387,8 @@ def test_a_real_prometheus_scrapes_the_exporter_and_answers_a_query(
             prometheus.wait(20)
             log.close()
     (series,) = result
-    assert series["metric"]["instance"] == server.target
-    assert series["metric"]["target"] == server.target
+    assert series["metric"]["instance"] == midgram.target
+    assert series["metric"]["target"] == midgram.target
     assert series["metric"]["job"] == "midgram"
     assert float(series["value"][1]) >= 1
 
@@ -408,18 +411,18 @@ def _query(url: str) -> list[Any] | None:
 # --- collectors -------------------------------------------------------------------------------
 
 
-def test_a_collector_adds_its_readings_and_collect_selects_it(server: ServerProcess) -> None:
-    flags = ("-t", server.target, "--collector", "collectors:Commands")
+def test_a_collector_adds_its_readings_and_collect_selects_it(midgram: ServerProcess) -> None:
+    flags = ("-t", midgram.target, "--collector", "collectors:Commands")
     with running_exporter(*flags, "--collector", "collectors:Broken") as exporter:
         everything = samples(exporter.get("/metrics")[1])
         only = samples(exporter.get("/metrics?collect[]=commands")[1])
-    core = value(everything, "opensips_commands", module="core", target=server.target)
+    core = value(everything, "opensips_commands", module="core", target=midgram.target)
     ours = len(tests_app)  # the tests app's commands, module "tests"
-    assert core == len(server.call("which")["result"]) - ours  # all but the tests app's
-    assert value(everything, "opensips_commands", module="tests", target=server.target) == ours
-    assert value(everything, "opensips_up", target=server.target) == 1
+    assert core == len(midgram.call("which")["result"]) - ours  # all but the tests app's
+    assert value(everything, "opensips_commands", module="tests", target=midgram.target) == ours
+    assert value(everything, "opensips_up", target=midgram.target) == 1
     assert not any(dict(labels).get("group") for (_name, labels) in only)
-    assert value(only, "opensips_commands", module="tests", target=server.target) == ours
+    assert value(only, "opensips_commands", module="tests", target=midgram.target) == ours
 
 
 def test_a_collector_that_is_not_one_is_a_usage_error() -> None:

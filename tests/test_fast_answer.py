@@ -10,18 +10,16 @@ refuses bad arguments, and leaks nothing.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import sys
 import time
 import tracemalloc
 import weakref
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
-from test_batchio import DEADLINE, Sockets, open_sockets
+from datagrams import DEADLINE, Sockets
 from toolchain import needs_native
 
 from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
@@ -85,11 +83,6 @@ class Spy:
     def __call__(self, data: bytes) -> bytes | Outcome | Pending:
         self.calls.append(data)
         return self.answer(data)
-
-
-@pytest.fixture(scope="module")
-def native() -> ModuleType:
-    return importlib.import_module("midgram.server._batchio")
 
 
 @pytest.fixture
@@ -343,11 +336,6 @@ def test_a_reference_cycle_through_it_is_collected(native: ModuleType) -> None:
     del spy, fast_twin, fast
     gc.collect()
     assert not gone.alive
-
-
-@pytest.fixture
-def sockets() -> Iterator[Sockets]:
-    yield from open_sockets()
 
 
 @pytest.mark.parametrize("native_io", [True, False])

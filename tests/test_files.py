@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from midgram.errors import ConfigError
 from midgram.server.files import LogFileHandler, PidFile
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import RawClient, ServerProcess, free_udp_port, midgram_server, wait_until
+from datagrams import Sockets
+from servers import ANY_UDP, RawClient, ServerProcess, midgram_server, wait_until
 from toolchain import needs_native
 
 from midgram.engine.builtins import with_builtins
@@ -230,10 +231,13 @@ def poison_run(running: ServerProcess, client: RawClient, rounds: int = 60) -> N
 
 
 @pytest.mark.parametrize("transport", ["unix", "udp", "unix, traced"])
-def test_sixty_poison_datagrams_leave_the_same_workers_serving(transport: str) -> None:
-    socket_name = f"udp:127.0.0.1:{free_udp_port()}" if transport == "udp" else None
+def test_sixty_poison_datagrams_leave_the_same_workers_serving(
+    transport: str, sockets: Sockets
+) -> None:
+    socket_name = ANY_UDP if transport == "udp" else None
     # traced: each datagram served on its own in Python, and traced as HEP (to nobody)
-    tracing = ("--trace-to", f"udp:127.0.0.1:{free_udp_port()}") if "traced" in transport else ()
+    nobody = f"udp:127.0.0.1:{sockets.unanswered()}"
+    tracing = ("--trace-to", nobody) if "traced" in transport else ()
     flags = ("--children", "2", "--app", "apps:mi", *tracing)
     with midgram_server(*flags, socket=socket_name) as running:
         pids = running.worker_pids()
@@ -321,10 +325,9 @@ def test_a_forged_method_name_stays_on_its_line_at_debug_level() -> None:
 def test_allow_from_refusals_are_rate_limited() -> None:
     """Item 8: 50,000 refused datagrams wrote 50,000 lines. One allowed client (127.0.0.2)
     reads the statistics; the refused ones come from 127.0.0.1."""
-    port = free_udp_port()
-    target = f"udp:127.0.0.1:{port}"
     flags = ("--allow-from", "127.0.0.2/32", "--children", "1")
-    with midgram_server(*flags, socket=target) as running:
+    with midgram_server(*flags, socket=ANY_UDP) as running:
+        target = running.target
         allowed = RawClient(target)
         allowed.sock.bind(("127.0.0.2", 0))
         with allowed, RawClient(target) as refused:

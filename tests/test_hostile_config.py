@@ -7,26 +7,17 @@ a tokenizer quadratic on escaped quotes). Real ``midgram serve`` processes read 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import server_command, short_tmpdir
+from servers import server_command
 
 from midgram.config import parse_opensips_cfg
 
 DIGITS = "1" * 5000
 DEADLINE = 20.0  # each of these used to take minutes, or fail at once with a traceback
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def refused(config: Path, folder: Path) -> str:

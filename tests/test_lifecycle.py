@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ROOT, midgram_server, server_command, short_tmpdir, wait_until
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+from servers import ROOT, midgram_server, server_command, wait_until
 
 
 def start_serve(*flags: str) -> subprocess.Popen[bytes]:
@@ -48,7 +39,7 @@ def end_session(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.parametrize(
     ("flag", "path"), [("--pid-file", "/nonexistent/x.pid"), ("--log-file", "/nonexistent/x.log")]
 )
-def test_a_failed_start_leaves_nothing_running(folder: str, flag: str, path: str) -> None:
+def test_a_failed_start_leaves_nothing_running(folder: Path, flag: str, path: str) -> None:
     """`midgram serve --pid-file /nonexistent/x.pid | tail` hung: a worker kept the pipe.
     communicate() returns only once no process holds stdout and stderr any more."""
     proc = start_serve("--socket", f"{folder}/mi.sock", "--children", "2", flag, path)
@@ -65,7 +56,7 @@ def test_a_failed_start_leaves_nothing_running(folder: str, flag: str, path: str
     assert os.listdir(folder) == []  # no socket left behind either
 
 
-def test_a_failed_start_leaves_the_running_servers_pid_file_alone(folder: str) -> None:
+def test_a_failed_start_leaves_the_running_servers_pid_file_alone(folder: Path) -> None:
     pid_file = Path(folder, "midgram.pid")
     with midgram_server("--pid-file", str(pid_file)) as running:
         second = start_serve("--socket", running.target, "--pid-file", str(pid_file))
@@ -82,7 +73,7 @@ def test_a_failed_start_leaves_the_running_servers_pid_file_alone(folder: str) -
 
 
 @pytest.mark.parametrize("flag", ["--pid-file", "--log-file"])
-def test_a_pid_or_log_file_that_is_a_symbolic_link_is_refused(folder: str, flag: str) -> None:
+def test_a_pid_or_log_file_that_is_a_symbolic_link_is_refused(folder: Path, flag: str) -> None:
     """Another user who can write the folder made the name a link to a root-only file: the
     server overwrote it (pid file) or appended to it (log file)."""
     secret = Path(folder, "secret")

@@ -243,8 +243,7 @@ def _finish(proc: subprocess.Popen[str]) -> None:
     proc.communicate()
 
 
-def test_example_embed_serve() -> None:
-    folder = short_tmpdir()
+def test_example_embed_serve(folder: Path) -> None:
     proc = run_python("embed-serve", "/run/calls/mi.sock", f"{folder}/mi.sock")
     try:
         wait_until(lambda: Path(folder, "mi.sock").exists(), what="the example to listen")
@@ -262,11 +261,9 @@ def test_example_embed_serve() -> None:
         assert proc.wait(15) == 0
     finally:
         _finish(proc)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_example_embed_async() -> None:
-    folder = short_tmpdir()
+def test_example_embed_async(folder: Path) -> None:
     proc = run_python("embed-async", "/run/calls/mi.sock", f"{folder}/mi.sock")
     try:
         wait_until(lambda: Path(folder, "mi.sock").exists(), what="the example to listen")
@@ -276,7 +273,6 @@ def test_example_embed_async() -> None:
         assert proc.wait(15) == 0
     finally:
         _finish(proc)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_example_client() -> None:

@@ -14,16 +14,18 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from golden_cases import Case, assert_matches, load_cases
 from servers import (
+    ANY_UDP,
+    ANY_UDP6,
     RawClient,
     ServerProcess,
-    free_udp_port,
+    command_line,
     midgram_server,
     server_command,
-    short_tmpdir,
     wait_until,
 )
 
@@ -90,9 +92,8 @@ def test_a_60k_reply_and_the_size_limit(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
 def test_udp(host: str) -> None:
-    port = free_udp_port(host.strip("[]"))
     with (
-        midgram_server("--children", "2", socket=f"udp:{host}:{port}") as running,
+        midgram_server("--children", "2", socket=f"udp:{host}:0") as running,
         running.client() as client,
     ):
         for case in CASES:
@@ -103,9 +104,8 @@ def test_udp(host: str) -> None:
 
 
 def test_udp_off_loopback_needs_allow_from() -> None:
-    port = free_udp_port()
     refused = subprocess.run(
-        server_command("--socket", f"udp:0.0.0.0:{port}"), capture_output=True, timeout=30
+        server_command("--socket", "udp:0.0.0.0:0"), capture_output=True, timeout=30
     )
     assert refused.returncode == 2
     assert b"socket_name" in refused.stderr
@@ -113,17 +113,33 @@ def test_udp_off_loopback_needs_allow_from() -> None:
 
 
 def test_allow_from_filters_senders() -> None:
-    port = free_udp_port()
     flags = ("--allow-from", "10.0.0.0/8", "--children", "0")
-    with midgram_server(*flags, socket=f"udp:0.0.0.0:{port}") as running:
-        with RawClient(f"udp:127.0.0.1:{port}") as client:
+    with midgram_server(*flags, socket="udp:0.0.0.0:0") as running:
+        with RawClient(f"udp:127.0.0.1:{running.port}") as client:
             assert client.exchange(UPTIME, timeout=0.5) is None
         running.wait_for_log("not in allow_from")
     with (
-        midgram_server("--allow-from", "127.0.0.0/8", socket=f"udp:0.0.0.0:{port}"),
-        RawClient(f"udp:127.0.0.1:{port}") as client,
+        midgram_server("--allow-from", "127.0.0.0/8", socket="udp:0.0.0.0:0") as running,
+        RawClient(f"udp:127.0.0.1:{running.port}") as client,
     ):
         assert client.call("uptime")["result"]
+
+
+@pytest.mark.parametrize("socket_name", [ANY_UDP, ANY_UDP6, "udp:localhost:0"])
+def test_port_0_listens_on_a_free_port_and_names_it(socket_name: str) -> None:
+    """docs/compatibility.md, difference 29. ``midgram_server`` took the port from the
+    banner (``servers._bound``: the host asked for, a port that is not 0)."""
+    with midgram_server("--children", "2", socket=socket_name) as running:
+        assert running.call("uptime")["result"]
+        assert f"INFO midgram.server.wiring: listening on {running.target} (2 worker(s))" in (
+            running.log()
+        )
+        titles = [command_line(pid) for pid in [running.proc.pid, *running.worker_pids()]]
+        assert titles == [
+            f"midgram: attendant {running.target}",
+            f"midgram: worker 1 {running.target}",
+            f"midgram: worker 2 {running.target}",
+        ]
 
 
 # --- the socket file -------------------------------------------------------------------------
@@ -154,8 +170,7 @@ def test_mode_user_and_group() -> None:
         running.wait_for_log("0600")
 
 
-def test_stale_socket_is_replaced_and_live_one_refused() -> None:
-    folder = short_tmpdir()
+def test_stale_socket_is_replaced_and_live_one_refused(folder: Path) -> None:
     path = f"{folder}/mi.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(path)
@@ -168,8 +183,7 @@ def test_stale_socket_is_replaced_and_live_one_refused() -> None:
         assert running.call("uptime")["result"]  # the first one still has its socket
 
 
-def test_regular_file_is_never_replaced() -> None:
-    folder = short_tmpdir()
+def test_regular_file_is_never_replaced(folder: Path) -> None:
     path = f"{folder}/mi.sock"
     with open(path, "w") as handle:
         handle.write("precious")
@@ -190,8 +204,7 @@ def test_regular_file_is_never_replaced() -> None:
         (["--user", "no-such-user-here"], "unix_socket_user"),
     ],
 )
-def test_bad_values_are_refused_at_start(flags: list[str], parameter: str) -> None:
-    folder = short_tmpdir()
+def test_bad_values_are_refused_at_start(flags: list[str], parameter: str, folder: Path) -> None:
     command = server_command("--socket", f"{folder}/mi.sock", *flags)
     refused = subprocess.run(command, capture_output=True, timeout=30)
     assert refused.returncode == 2, refused.stderr

@@ -69,9 +69,8 @@ def test_reply_dropped_after_socket_timeout() -> None:
 
 
 @pytest.mark.parametrize("children", ["1", "0"])
-def test_sighup_reopens_the_log_file(children: str) -> None:
+def test_sighup_reopens_the_log_file(children: str, folder: Path) -> None:
     # With children_count 0 the one process is the worker: its loop re-opens the file.
-    folder = short_tmpdir()
     log_file = Path(folder, "midgram.log")
     rotated = Path(folder, "midgram.log.1")
     with midgram_server("--log-file", str(log_file), "--children", children) as running:
@@ -92,8 +91,7 @@ def test_unix_socket_owned_by_another_user_still_answers_abstract_clients() -> N
         assert client.call("uptime")["result"]
 
 
-def test_async_server_in_the_programs_own_loop() -> None:
-    folder = short_tmpdir()
+def test_async_server_in_the_programs_own_loop(folder: Path) -> None:
     path = f"{folder}/mi.sock"
     registry = Registry(module="app")
 
@@ -128,8 +126,7 @@ def test_async_server_in_the_programs_own_loop() -> None:
     assert not os.path.exists(path)
 
 
-def test_parameters_from_an_opensips_cfg_and_a_toml_file() -> None:
-    folder = Path(short_tmpdir())
+def test_parameters_from_an_opensips_cfg_and_a_toml_file(folder: Path) -> None:
     cfg = folder / "opensips.cfg"
     cfg.write_text(
         'loadmodule "mi_datagram.so"\n'
@@ -150,8 +147,7 @@ def test_parameters_from_an_opensips_cfg_and_a_toml_file() -> None:
         assert len(running.worker_pids()) == 1
 
 
-def test_pid_file_is_written_while_serving_and_removed_after() -> None:
-    folder = short_tmpdir()
+def test_pid_file_is_written_while_serving_and_removed_after(folder: Path) -> None:
     pid_file = Path(folder, "midgram.pid")
     with midgram_server("--pid-file", str(pid_file)) as running:
         assert int(pid_file.read_text()) == running.proc.pid
@@ -231,8 +227,7 @@ def test_serve_leaves_the_programs_own_logging_alone() -> None:
     assert all(line.startswith("APP ") for line in lines), stderr  # its handler, its format
 
 
-def test_a_socket_in_a_missing_folder_is_one_line_naming_it() -> None:
-    folder = short_tmpdir()
+def test_a_socket_in_a_missing_folder_is_one_line_naming_it(folder: Path) -> None:
     path = f"{folder}/no/such/mi.sock"
     with pytest.raises(TransportError) as info:
         serve(Settings(socket_name=path))

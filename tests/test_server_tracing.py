@@ -18,7 +18,15 @@ import pytest
 from golden_cases import golden_files
 from golden_hep import HEP_GOLDEN, Exchange, all_exchanges
 from hepjs import Decoder, assert_hepjs_agrees, hepjs_decoder
-from servers import ROOT, RawClient, ServerProcess, free_udp_port, midgram_server, server_command
+from servers import (
+    ANY_UDP,
+    ANY_UDP6,
+    ROOT,
+    RawClient,
+    ServerProcess,
+    midgram_server,
+    server_command,
+)
 from toolchain import needs_ipv6
 
 from midgram.config.settings import Settings
@@ -91,8 +99,7 @@ CASES = _cases()
 @pytest.fixture(scope="module")
 def udp_v4() -> Iterator[tuple[ServerProcess, Collector]]:
     running = Collector()
-    port = free_udp_port()
-    with traced_server(running, "--children", "1", socket=f"udp:127.0.0.1:{port}") as server:
+    with traced_server(running, "--children", "1", socket=ANY_UDP) as server:
         yield server, running
     running.close()
 
@@ -123,7 +130,7 @@ def test_udp_v4_traces_are_opensips_packets(
     udp_v4: tuple[ServerProcess, Collector], case: Exchange
 ) -> None:
     server, collector = udp_v4
-    server_port = int(server.target.rpartition(":")[2])
+    server_port = server.port
     with server.client() as client:
         reply = exchange(client, case.mi_request, expect_reply=case.mi_reply is not None)
         client_port = client.sock.getsockname()[1]
@@ -218,9 +225,9 @@ def _ipv6_chunks(packet: bytes) -> tuple[str, str]:
 @pytest.mark.parametrize("collector_host", ["::1", "127.0.0.1"])
 def test_ipv6_clients_are_traced_with_their_address(collector_host: str) -> None:
     collector = Collector(collector_host)
-    port = free_udp_port("::1")
     try:
-        with traced_server(collector, "--children", "2", socket=f"udp:[::1]:{port}") as server:
+        with traced_server(collector, "--children", "2", socket=ANY_UDP6) as server:
+            port = server.port
             with server.client() as client:
                 reply = exchange(client, UPTIME)
                 client_port = client.sock.getsockname()[1]
@@ -304,11 +311,11 @@ def test_the_asyncio_server_traces_async_commands(collector: Collector) -> None:
         await asyncio.sleep(0)
         return text
 
-    port = free_udp_port()
-    settings = Settings(socket_name=f"udp:127.0.0.1:{port}", trace_destination=collector.target)
+    settings = Settings(socket_name=ANY_UDP, trace_destination=collector.target)
 
     async def scenario() -> bytes:
-        async with AsyncServer(settings, registry):
+        async with AsyncServer(settings, registry) as server:
+            port = int(server.address.rpartition(":")[2])
             loop = asyncio.get_running_loop()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
                 client.setblocking(False)
@@ -541,21 +548,18 @@ def _traced_by(collector: Collector, *flags: str, socket: str | None = None) -> 
 @pytest.mark.parametrize(
     ("collector_host", "flags", "socket_name"),
     [
-        pytest.param("127.0.0.1", (), "udp:127.0.0.1:{port}", id="udp-v4"),
-        pytest.param("127.0.0.1", ("--no-homer5",), "udp:127.0.0.1:{port}", id="json"),
+        pytest.param("127.0.0.1", (), ANY_UDP, id="udp-v4"),
+        pytest.param("127.0.0.1", ("--no-homer5",), ANY_UDP, id="json"),
         pytest.param("127.0.0.1", (), None, id="unix"),
-        pytest.param("::1", (), "udp:[::1]:{port}", id="udp-v6", marks=needs_ipv6),
+        pytest.param("::1", (), ANY_UDP6, id="udp-v6", marks=needs_ipv6),
     ],
 )
 def test_hepjs_reads_what_midgram_sends(
     hepjs: Decoder, collector_host: str, flags: tuple[str, ...], socket_name: str | None
 ) -> None:
     collector = Collector(collector_host)
-    where = None
-    if socket_name is not None:
-        where = socket_name.format(port=free_udp_port("::1" if "[" in socket_name else "127.0.0.1"))
     try:
-        packets = _traced_by(collector, *flags, socket=where)
+        packets = _traced_by(collector, *flags, socket=socket_name)
     finally:
         collector.close()
     decoded = hepjs(packets)

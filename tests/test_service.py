@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ROOT, ServerProcess, midgram_server, wait_until
+from servers import ANY_UDP, ROOT, ServerProcess, command_line, midgram_server, wait_until
 
 APP = ("--app", "apps:mi")
 
@@ -81,11 +81,6 @@ def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
 
 
-def command_line(pid: int) -> str:
-    """What `ps -o args` shows."""
-    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode()
-
-
 def ids(running: ServerProcess) -> dict[int, int]:
     """`ps`'s rows: ID to PID."""
     return {p["ID"]: p["PID"] for p in running.call("ps")["result"]["Processes"]}
@@ -109,7 +104,8 @@ def test_ps_and_top_tell_the_attendant_from_each_worker() -> None:
             return pids is not None and len(pids) == 2 and rows[2] not in pids
 
         wait_until(restarted, what="worker 2's restart")
-        assert comm(ids(running)[2]) == "midgram w2"
+        # Listed as soon as it is forked, the replacement names itself a moment later.
+        wait_until(lambda: comm(ids(running)[2]) == "midgram w2", what="the new worker 2's name")
 
 
 def test_without_setproctitle_top_still_tells_them_apart(tmp_path: Path) -> None:
@@ -190,6 +186,23 @@ def test_an_in_process_server_notifies_too(notify_socket: NotifySocket) -> None:
         assert running.call("kill")["result"] == "OK"
         assert notify_socket.next() == (["STOPPING=1", "STATUS=stopping"], running.proc.pid)
         assert running.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize(("children", "processes"), [("0", "in-process"), ("2", "2 worker(s)")])
+def test_on_the_journal_and_to_systemd_port_0_is_the_port_it_took(
+    notify_socket: NotifySocket, children: str, processes: str
+) -> None:
+    """docs/compatibility.md, difference 29: on the journal, where no banner is written,
+    the log line names the port (``midgram_server`` read it there); systemd's status too."""
+    pipe, stream = journal_pipe()
+    env = {"NOTIFY_SOCKET": notify_socket.env, "JOURNAL_STREAM": stream}
+    with midgram_server(
+        "--children", children, socket=ANY_UDP, stderr_pipe=pipe, env=env
+    ) as running:
+        assert "call it:" not in running.log()
+        assert running.call("uptime")["result"]
+        ready = ["READY=1", f"STATUS=listening on {running.target} ({processes})"]
+        assert notify_socket.next() == (ready, running.proc.pid)
 
 
 @pytest.mark.parametrize(

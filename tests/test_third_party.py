@@ -15,31 +15,17 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 from opensips.mi import OpenSIPSMI, OpenSIPSMIException
-from servers import ServerProcess, free_udp_port, midgram_server
+from servers import ServerProcess
 from toolchain import SOCAT, needs_socat
 
 BIN = Path(sys.executable).parent
 OPENSIPS_MI = str(BIN / "opensips-mi")
 OPENSIPS_CLI = str(BIN / "opensips-cli")
-
-
-@pytest.fixture(scope="module")
-def unix_server() -> Iterator[ServerProcess]:
-    with midgram_server("--children", "2") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def udp_server() -> Iterator[ServerProcess]:
-    port = free_udp_port()
-    with midgram_server("--children", "2", socket=f"udp:127.0.0.1:{port}") as running:
-        yield running
 
 
 def _transport(server: ServerProcess) -> dict[str, object]:
@@ -51,9 +37,9 @@ def _transport(server: ServerProcess) -> dict[str, object]:
 
 @pytest.fixture(params=["unix", "udp"])
 def any_server(
-    request: pytest.FixtureRequest, unix_server: ServerProcess, udp_server: ServerProcess
+    request: pytest.FixtureRequest, midgram: ServerProcess, midgram_udp: ServerProcess
 ) -> ServerProcess:
-    return unix_server if request.param == "unix" else udp_server
+    return midgram if request.param == "unix" else midgram_udp
 
 
 def test_python_opensips_library(any_server: ServerProcess) -> None:

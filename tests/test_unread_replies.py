@@ -13,11 +13,12 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from servers import ServerProcess, free_udp_port, midgram_server, wait_until
+from servers import ANY_UDP, ServerProcess, midgram_server, wait_until
 
 from midgram.server.binding import SO_SNDBUFFORCE, bind_unix, enlarge_send_buffer
 from midgram.server.budget import PEER_SHARE, RESERVE_SHARE, SMALL_REPLY, SendBudget, unread_bytes
@@ -95,7 +96,7 @@ def test_clients_that_never_read_big_replies_leave_the_others_answered(
 
 def test_over_udp_clients_that_never_read_change_nothing(hostile: list[socket.socket]) -> None:
     """A UDP reply is not charged to the server once delivered: no budget applies."""
-    with midgram_server("--children", "2", socket=f"udp:127.0.0.1:{free_udp_port()}") as server:
+    with midgram_server("--children", "2", socket=ANY_UDP) as server:
         hostile_requests(server.target, hostile)
         assert good_answers(server) >= 19
         assert statistic(server, "withheld_replies") == 0
@@ -104,20 +105,10 @@ def test_over_udp_clients_that_never_read_change_nothing(hostile: list[socket.so
 # --- the budget, on real sockets -------------------------------------------------------------
 
 
-@pytest.fixture
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = f"/tmp/mgb{uuid.uuid4().hex[:8]}"  # short: sun_path is 108 bytes
-    os.mkdir(path)
-    yield path
-    for name in os.listdir(path):
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
-
-
 class Bench:
     """A server socket with a small send buffer, its sender, and clients to reply to."""
 
-    def __init__(self, folder: str, timeout_ms: int = 2000) -> None:
+    def __init__(self, folder: Path, timeout_ms: int = 2000) -> None:
         self.folder = folder
         self.server = bind_unix(os.path.join(folder, "srv"))
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 60_000)
@@ -146,7 +137,7 @@ class Bench:
 
 
 @pytest.fixture
-def bench(folder: str) -> Iterator[Bench]:
+def bench(folder: Path) -> Iterator[Bench]:
     made = Bench(folder)
     yield made
     made.close()
@@ -210,7 +201,7 @@ def test_a_big_reply_to_a_client_whose_queue_is_full_is_dropped_at_once(bench: B
     assert bench.drops[-1] == DropReason.NOT_READING.value
 
 
-def test_without_socket_timeout_a_big_reply_with_no_room_is_dropped_at_once(folder: str) -> None:
+def test_without_socket_timeout_a_big_reply_with_no_room_is_dropped_at_once(folder: Path) -> None:
     bench = Bench(folder, timeout_ms=0)
     try:
         _, path = bench.client("idle")

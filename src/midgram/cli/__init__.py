@@ -25,6 +25,7 @@ COMMANDS: Final = {
     "call": "midgram.cli.call:call",
     "check": "midgram.cli.check:check",
     "completion": "midgram.cli.call:completion",
+    "events": "midgram.cli.events:events",
     "exporter": "midgram.cli.exporter:exporter",
     "help": "midgram.cli.call:help_",
     "serve": "midgram.cli.serve:serve",

@@ -1,4 +1,5 @@
-"""Command and parameter names from the live server, for shell completion and ``midgram shell``.
+"""Command, parameter and event names from the live server, for shell completion and
+``midgram shell``.
 
 A completion runs a fresh ``midgram`` process for every TAB, so what the server said is kept
 in a small file under ``$XDG_CACHE_HOME/midgram`` (or ``~/.cache/midgram``) for a few
@@ -19,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,7 +31,14 @@ from midgram.client.calls import Client
 from midgram.errors import MidgramError
 from midgram.local import default_target
 
-__all__ = ["CACHE_TTL", "Catalog", "cache_dir", "complete_method", "complete_param"]
+__all__ = [
+    "CACHE_TTL",
+    "Catalog",
+    "cache_dir",
+    "complete_event",
+    "complete_method",
+    "complete_param",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,16 @@ class Catalog:
         """The server's command names ([] when it cannot be asked)."""
         names = self._cached("methods", self.client.methods)
         return names if isinstance(names, list) else []
+
+    def events(self) -> list[str]:
+        """The names of the server's events (``events_list``; [] when it cannot be asked)."""
+        listed = self._cached("events", lambda: self.client.request("events_list"))
+        entries = listed.get("Events") if isinstance(listed, dict) else None
+        if not isinstance(entries, list):
+            return []
+        return [
+            e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+        ]
 
     def params(self, command: str) -> list[str]:
         """Every parameter name of ``command``'s recipes, in order ([] if unknown)."""
@@ -150,14 +169,35 @@ def _catalog(ctx: click.Context) -> Catalog | None:
         return None
 
 
+def _offer(
+    ctx: click.Context, incomplete: str, names: Callable[[Catalog], list[str]], given: Any = ()
+) -> list[CompletionItem]:
+    """The ``names`` the live server gives that start with ``incomplete``, but ``given``."""
+    catalog = _catalog(ctx)
+    if catalog is None:
+        return []
+    return [
+        CompletionItem(name)
+        for name in names(catalog)
+        if name.startswith(incomplete) and name not in given
+    ]
+
+
 def complete_method(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     """Command names the live server knows that start with ``incomplete``."""
-    catalog = _catalog(ctx)
-    if catalog is None:
-        return []
-    return [CompletionItem(name) for name in catalog.methods() if name.startswith(incomplete)]
+    return _offer(ctx, incomplete, Catalog.methods)
+
+
+def complete_event(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Event names the live server publishes (and ``all``) not given yet."""
+    given = set(ctx.params.get("names") or ())
+    # "all" is client.events.ALL_EVENTS, spelled here: `midgram call` (which imports this
+    # module) must not load the listener.
+    return _offer(ctx, incomplete, lambda catalog: ["all", *catalog.events()], given)
 
 
 def complete_param(

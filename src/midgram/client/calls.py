@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, Final, Self, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, Unpack
 
 from midgram.client.codec import (
     Dialect,
@@ -55,6 +55,9 @@ from midgram.errors import BadReply, ConnectError
 from midgram.local import default_target, squatted
 from midgram.wire.address import UdpAddress, UnixAddress, parse_target
 from midgram.wire.jsonrpc import MAX_BUF_SIZE, Params
+
+if TYPE_CHECKING:
+    from midgram.client.events import AsyncEventStream, EventStream, StreamOptions
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -199,7 +202,7 @@ class Client(_ClientBase):
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification (no id): nothing is waited for, no error can be seen."""
         data = encode_request(method, make_params(args, kwargs, self.dialect))
-        send_once(self.address, self._resolve(), data, self.reply_dir)
+        send_once(self.address, self.resolve(), data, self.reply_dir)
 
     def methods(self) -> list[str]:
         """The server's command names (``which``; Kamailio: ``system.listMethods``)."""
@@ -216,7 +219,8 @@ class Client(_ClientBase):
         """The server's help for ``command`` (``help``; Kamailio: ``system.methodHelp``)."""
         return self.request(self.dialect.help_method, _help_params(self.dialect, command))
 
-    def _resolve(self) -> tuple[int, Sockaddr]:
+    def resolve(self) -> tuple[int, Sockaddr]:
+        """The target's (family, sockaddr), as a call sends to it."""
         if isinstance(self.address, UnixAddress):
             return self._unix_resolution(self.address)
         host, port, flags = udp_resolution(self.address)
@@ -226,8 +230,24 @@ class Client(_ClientBase):
             raise resolve_error(self.target, exc) from exc
         return first_address(infos, self.target)
 
+    def events(self, events: Sequence[str] | str, **options: Unpack[StreamOptions]) -> EventStream:
+        """A stream of the server's notifications of ``events`` (``"all"``: every event it
+        lists) that stays subscribed until closed::
+
+            with client.events(["E_CORE_THRESHOLD"]) as stream:
+                for event in stream:
+                    print(event.name, event.params)
+
+        ``options`` (``StreamOptions``): ``expire``, ``check_every``, ``listen``,
+        ``advertise``, ``on_upkeep``; ``midgram.client.events`` says how renewal works.
+        """
+        # Imported here: `midgram call`'s cold start does not load the listener.
+        from midgram.client.events import EventStream  # noqa: PLC0415
+
+        return EventStream(self, events, **options)
+
     def _exchange(self, call: Call) -> Response:
-        resolved = self._resolve()
+        resolved = self.resolve()
         endpoint = self._open(call, resolved)
         try:
             self._send(endpoint.sock, call, resolved[1])
@@ -286,7 +306,7 @@ class AsyncClient(_ClientBase):
     async def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification (no id): nothing is waited for, no error can be seen."""
         data = encode_request(method, make_params(args, kwargs, self.dialect))
-        send_once(self.address, await self._resolve(), data, self.reply_dir)
+        send_once(self.address, await self.resolve(), data, self.reply_dir)
 
     async def methods(self) -> list[str]:
         """The server's command names (``which``; Kamailio: ``system.listMethods``)."""
@@ -303,7 +323,8 @@ class AsyncClient(_ClientBase):
         """The server's help for ``command`` (``help``; Kamailio: ``system.methodHelp``)."""
         return await self.request(self.dialect.help_method, _help_params(self.dialect, command))
 
-    async def _resolve(self) -> tuple[int, Sockaddr]:
+    async def resolve(self) -> tuple[int, Sockaddr]:
+        """The target's (family, sockaddr), as a call sends to it."""
         if isinstance(self.address, UnixAddress):
             return self._unix_resolution(self.address)
         host, port, flags = udp_resolution(self.address)
@@ -314,8 +335,21 @@ class AsyncClient(_ClientBase):
             raise resolve_error(self.target, exc) from exc
         return first_address(infos, self.target)
 
+    def events(
+        self, events: Sequence[str] | str, **options: Unpack[StreamOptions]
+    ) -> AsyncEventStream:
+        """``Client.events`` for asyncio::
+
+        async with client.events(["E_CORE_THRESHOLD"]) as stream:
+            async for event in stream:
+                print(event.name, event.params)
+        """
+        from midgram.client.events import AsyncEventStream  # noqa: PLC0415
+
+        return AsyncEventStream(self, events, **options)
+
     async def _exchange(self, call: Call) -> Response:
-        resolved = await self._resolve()
+        resolved = await self.resolve()
         endpoint = self._open(call, resolved)
         try:
             await self._send(endpoint.sock, call, resolved[1])

@@ -57,11 +57,14 @@ __all__ = [
     "Origin",
     "RequestIds",
     "Sockaddr",
+    "bind_private",
     "first_address",
     "origin_of",
+    "remove_private",
     "resolve_error",
     "send_error",
     "send_once",
+    "sender_credentials",
     "udp_resolution",
 ]
 
@@ -163,23 +166,33 @@ class Endpoint:
         if reply_dir is None and _ABSTRACT_REPLY:
             self.sock.bind(b"")  # autobind: the kernel picks a free abstract name
             return
-        self._dir = tempfile.mkdtemp(prefix="midgram-", dir=reply_dir)  # mode 0700
-        path = os.path.join(self._dir, _REPLY_SOCKET_NAME)
-        self.sock.bind(path)
-        # Race-free: the directory stays 0700 until the socket has its final mode.
-        os.chmod(path, _REPLY_SOCKET_MODE)
-        os.chmod(self._dir, _REPLY_DIR_MODE)
+        self._dir = bind_private(self.sock, reply_dir, _REPLY_SOCKET_NAME)
 
     def close(self) -> None:
         self.sock.close()
         if self._dir is not None:
-            for remove, path in (
-                (os.unlink, os.path.join(self._dir, _REPLY_SOCKET_NAME)),
-                (os.rmdir, self._dir),
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    remove(path)
+            remove_private(self._dir, _REPLY_SOCKET_NAME)
             self._dir = None
+
+
+def bind_private(sock: socket.socket, parent: str | None, name: str) -> str:
+    """Bind ``sock`` to ``name`` in a fresh private directory under ``parent`` (the temporary
+    directory when None) that a server running as another user can send to; returns the
+    directory, for ``remove_private``."""
+    directory = tempfile.mkdtemp(prefix="midgram-", dir=parent)  # mode 0700
+    path = os.path.join(directory, name)
+    sock.bind(path)
+    # Race-free: the directory stays 0700 until the socket has its final mode.
+    os.chmod(path, _REPLY_SOCKET_MODE)
+    os.chmod(directory, _REPLY_DIR_MODE)
+    return directory
+
+
+def remove_private(directory: str, name: str) -> None:
+    """Remove what ``bind_private`` made (whatever is already gone is fine)."""
+    for remove, path in ((os.unlink, os.path.join(directory, name)), (os.rmdir, directory)):
+        with contextlib.suppress(FileNotFoundError):
+            remove(path)
 
 
 def send_once(
@@ -236,10 +249,16 @@ class Origin:
 
 
 def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    credentials = sender_credentials(ancillary)
+    return None if credentials is None else credentials[1]
+
+
+def sender_credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
+    """The (pid, uid) of a UNIX datagram's sender as the kernel tells them (SO_PASSCRED)."""
     for level, kind, data in ancillary:
         if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
-            _pid, uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
-            return int(uid)
+            pid, uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            return int(pid), int(uid)
     return None
 
 

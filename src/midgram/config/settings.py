@@ -39,6 +39,7 @@ from midgram.engine.tracing import (
 from midgram.errors import ConfigError
 from midgram.logs import DEFAULT_LOG_LEVEL, LOG_LEVEL_CHOICES
 from midgram.wire.address import (
+    ANY_PORT,
     SERVER_PORT_RANGE,
     UDP_MAX_PAYLOAD,
     HepId,
@@ -209,6 +210,8 @@ _BUF_SIZES: Final = (1024, MAX_BUF_SIZE)
 _DEFAULT_MODE: Final = 0o660
 _MAX_CAPTURE_ID: Final = 2**32 - 1  # a u32 chunk
 _MAX_WORKER_TIMEOUT: Final = 86_400.0
+_DEFAULT_SUBSCRIBERS: Final = 256
+_MAX_SUBSCRIBERS: Final = 65_536
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ class Settings:
     socket_name: str | None = parameter(
         None,
         "UNIX socket path, @abstract-name, or udp:host:port "
-        f"(port {SERVER_PORT_RANGE[0]}-{SERVER_PORT_RANGE[1]}, [v6] allowed)",
+        f"(port {SERVER_PORT_RANGE[0]}-{SERVER_PORT_RANGE[1]}, or {ANY_PORT} for any free one; "
+        "[v6] allowed)",
         Origin.OPENSIPS,
         coercion.optional(coercion.socket_name),
         flag="--socket",
@@ -375,6 +379,15 @@ class Settings:
         kind=Kind.REPEATED,
         metavar="RULE",
         shown_default="none (all open)",
+    )
+    max_event_subscribers: int = parameter(
+        _DEFAULT_SUBSCRIBERS,
+        f"the most event subscriptions the server keeps (0-{_MAX_SUBSCRIBERS}; 0: "
+        "event_subscribe is refused); more are refused, and counted",
+        Origin.MIDGRAM,
+        coercion.int_range(0, _MAX_SUBSCRIBERS),
+        kind=Kind.INTEGER,
+        metavar="N",
     )
     log_level: str = parameter(
         DEFAULT_LOG_LEVEL.name,

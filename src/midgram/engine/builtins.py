@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from midgram._version import __version__
 from midgram.engine.access import READONLY
+from midgram.engine.event_commands import event_commands
 from midgram.engine.registry import Command, Registry, make_command
 from midgram.engine.runtime import Runtime
 from midgram.engine.stats import Stat, Statistics
@@ -34,9 +35,20 @@ NO_HELP: Final = "not available for this command"
 
 #: The built-ins in the set ``@readonly`` (docs/security.md): they change nothing, and tell
 #: nothing beyond what the server is and how it does. ``pwd`` and ``arg`` are left out (a
-#: command line may hold a secret), ``log_level`` too (with params it sets the level).
+#: command line may hold a secret), ``log_level`` too (with params it sets the level), and
+#: ``event_subscribe`` and ``raise_event`` (they make the server send datagrams).
 READONLY_BUILTINS: Final = frozenset(
-    {"get_statistics", "list_statistics", "uptime", "version", "which", "ps", "help"}
+    {
+        "get_statistics",
+        "list_statistics",
+        "uptime",
+        "version",
+        "which",
+        "ps",
+        "help",
+        "events_list",
+        "subscribers_list",
+    }
 )
 
 _UNKNOWN_COMMAND: Final = (404, "unknown MI command")
@@ -45,7 +57,7 @@ _NO_STATISTICS: Final = (404, "Statistics Not Found")
 
 def with_builtins(registry: Registry, runtime: Runtime) -> Registry:
     """A registry with the built-in commands followed by ``registry``'s commands."""
-    served = Registry(module=registry.module, stats=registry.stats)
+    served = Registry(module=registry.module, stats=registry.stats, events=registry.events)
     _declare_core_stats(registry.stats, runtime)
     for command in _core_commands(served, runtime):
         served.add(command)
@@ -82,6 +94,7 @@ def _core_commands(served: Registry, runtime: Runtime) -> list[Command]:
         (_ps(runtime), "lists all processes used by midgram"),
         (_kill(runtime), "terminates midgram"),
         (_log_level(runtime), "gets/sets the per process or global log level in midgram"),
+        *event_commands(served.events),
         (_help(served), "prints information about MI commands usage"),
     ]
     commands = []

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 from midgram.engine.access import Principal, parse_principals
 from midgram.engine.coercion import Coercer, coercer_for
+from midgram.engine.events import Event, Events
 from midgram.engine.stats import Statistics
 from midgram.errors import InvalidParams
 from midgram.wire.jsonrpc import Params
@@ -166,11 +167,14 @@ def make_command(
 
 
 class Registry:
-    """The MI commands (in registration order) and statistics one server exposes."""
+    """The MI commands (in registration order), statistics and events one server exposes."""
 
-    def __init__(self, module: str = "app", stats: Statistics | None = None) -> None:
+    def __init__(
+        self, module: str = "app", stats: Statistics | None = None, events: Events | None = None
+    ) -> None:
         self.module = module
         self.stats = stats if stats is not None else Statistics()
+        self.events = events if events is not None else Events(self.stats)
         self._commands: dict[str, Command] = {}
         # The handlers of the sync commands that take no params, by name: what a call
         # without params runs, found with one lookup (Dispatcher.answer).
@@ -207,6 +211,11 @@ class Registry:
             return handler
 
         return register
+
+    def event(self, name: str) -> Event:
+        """Publish the event ``name`` (``events_list`` lists it); raise it with
+        ``.raise_event(params)`` from anywhere (docs/events.md)."""
+        return self.events.declare(name)
 
     def add(self, command: Command) -> None:
         if command.name in self._commands:

@@ -23,6 +23,7 @@ from midgram.server.wiring import (
     InProcess,
     close_socket,
     in_process,
+    listening_address,
     local_runtime,
     open_socket,
     own_logging,
@@ -60,7 +61,10 @@ class AsyncServer:
 
     @property
     def address(self) -> str:
-        return str(server_address(self.settings))
+        """Where it listens; once started, with the port the kernel chose for port 0."""
+        if self._sock is None:
+            return str(server_address(self.settings))
+        return listening_address(self.settings, self._sock)
 
     async def start(self) -> None:
         refuse_during_app_import()

@@ -219,6 +219,9 @@ class _Slot:
     failures: int = 0
     respawn_at: float | None = None
     killed_stuck: bool = False
+    #: The pid of the worker that last died in this slot, and how it died.
+    last_pid: int = 0
+    last_exit: str = ""
 
 
 @dataclass
@@ -245,6 +248,9 @@ class Supervisor:
     #: many seconds is killed and replaced (0: never), and ``on_stuck(slot)`` called.
     worker_timeout: float = 0.0
     on_stuck: Callable[[int], None] = lambda slot: None
+    #: Called in the supervisor once a worker that died is replaced: the slot, the new pid,
+    #: the dead one's pid and how it died ("was killed by SIGKILL").
+    on_restart: Callable[[int, int, int, str], None] = lambda slot, pid, old, why: None
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
     _failed: str | None = None
@@ -345,6 +351,8 @@ class Supervisor:
             "restarted" if again else "started",
             pid,
         )
+        if again:
+            self.on_restart(slot, pid, state.last_pid, state.last_exit)
 
     def _reap(self) -> None:
         while True:
@@ -367,6 +375,10 @@ class Supervisor:
             return
         lived = self.clock() - state.started
         at_boot = self._died_at_boot(index, lived)
+        state.last_pid = pid
+        state.last_exit = _describe(status)
+        if state.killed_stuck:
+            state.last_exit += f" (stuck past worker_timeout, {self.worker_timeout:g} s)"
         log.warning(
             "%s (pid %d) %s after %.1f s%s",
             worker_name(index),

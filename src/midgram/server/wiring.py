@@ -31,6 +31,7 @@ from midgram.config.settings import Settings
 from midgram.engine.access import AccessPolicy, build_policy
 from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Dispatcher
+from midgram.engine.publisher import EventPublisher
 from midgram.engine.registry import Registry
 from midgram.engine.runtime import (
     LocalRuntime,
@@ -38,6 +39,7 @@ from midgram.engine.runtime import (
     Runtime,
     SharedRuntime,
 )
+from midgram.engine.subscriptions import SubscriptionTable
 from midgram.engine.tracing import CorrelationIds, PayloadFormat, TraceFilter, Tracer
 from midgram.errors import ConfigError, TransportError
 from midgram.local import default_target, squatted
@@ -54,13 +56,14 @@ from midgram.server.binding import (
     resolve_udp,
     set_recv_timeout,
 )
+from midgram.server.events import WORKER_RESTARTED, EventSender
 from midgram.server.hooks import Tracing, allow_from
 from midgram.server.process import name_attendant, name_worker
 from midgram.server.service import Notifier
 from midgram.server.supervisor import Supervisor, WorkerSignals, WorkerStates
 from midgram.server.transport import HepSender
 from midgram.server.worker import IDLE_WAKEUP, ServerStats, Worker
-from midgram.wire.address import HepId, UdpAddress, UnixAddress, parse_socket_name
+from midgram.wire.address import ANY_PORT, HepId, UdpAddress, UnixAddress, parse_socket_name
 
 __all__ = [
     "LOG_FORMAT",
@@ -69,6 +72,7 @@ __all__ = [
     "default_address",
     "importing_app",
     "in_process",
+    "listening_address",
     "local_runtime",
     "open_socket",
     "own_logging",
@@ -125,6 +129,17 @@ def _check_slots(settings: Settings, registry: Registry) -> None:
 
 def server_address(settings: Settings) -> UnixAddress | UdpAddress:
     return settings.address or parse_socket_name(default_address())
+
+
+def listening_address(settings: Settings, sock: socket.socket) -> str:
+    """Where the server bound ``sock`` listens, as its log, banner and process titles say
+    it: ``socket_name`` (or the default), with the port the kernel chose for port 0."""
+    address = settings.address
+    if address is None:
+        return default_address()
+    if isinstance(address, UdpAddress) and address.port == ANY_PORT:
+        return str(UdpAddress(address.host, sock.getsockname()[1]))
+    return str(address)
 
 
 def _opensips_level(settings: Settings) -> int:
@@ -295,9 +310,9 @@ def serve(
 def _serve(settings: Settings, registry: Registry, on_ready: Callable[[str], None] | None) -> int:
     for warning in settings.warnings():
         log.warning("%s", warning)
-    where = str(server_address(settings)) if settings.socket_name else default_address()
-    told = _Told(where, settings.children_count, on_ready, Notifier.from_environment())
+    notifier = Notifier.from_environment()
     sock = open_socket(settings)
+    told = _Told(listening_address(settings, sock), settings.children_count, on_ready, notifier)
     try:
         set_recv_timeout(sock, IDLE_WAKEUP)
         enlarge_send_buffer(sock)
@@ -389,6 +404,35 @@ def _install_inline_signals(worker_signals: WorkerSignals) -> Callable[[], None]
     return restore
 
 
+def _serve_events(settings: Settings, registry: Registry) -> Callable[[], None]:
+    """Serve ``registry``'s events: its subscribers' table (made before any fork, shared by
+    every process) and this process's sender. Returns what ends it."""
+    subscribers = SubscriptionTable(settings.max_event_subscribers)
+    sender = EventSender()
+    registry.events.publisher = EventPublisher(registry.events, subscribers, sender)
+
+    def end() -> None:
+        registry.events.publisher = None
+        sender.close()
+        subscribers.close()
+
+    return end
+
+
+def _raise_restarts(registry: Registry) -> Callable[[int, int, int, str], None]:
+    """``E_MIDGRAM_WORKER_RESTARTED``, raised by the supervisor for each worker replaced."""
+    restarted = registry.event(WORKER_RESTARTED)
+    count = 0
+
+    def raise_restart(slot: int, pid: int, old_pid: int, why: str) -> None:
+        nonlocal count
+        count += 1
+        params = {"id": slot + 1, "pid": pid, "old_pid": old_pid, "reason": why}
+        restarted.raise_event({**params, "restarts": count})
+
+    return raise_restart
+
+
 def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, told: _Told) -> int:
     children, where = settings.children_count, told.where
     table = ProcessTable(children, level=_opensips_level(settings))
@@ -397,6 +441,8 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
     dispatcher = _dispatcher(settings, registry, runtime, sock)
     plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
+    on_restart = _raise_restarts(registry)
+    end_events = _serve_events(settings, registry)  # shared memory, before the fork
     registry.stats.allocate(children)  # shared memory, before the fork
     states = WorkerStates(children)  # shared too: readiness and the datagram in hand
 
@@ -433,12 +479,16 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
         on_stuck=lambda slot: server_stats.stuck_requests.inc(),
         on_spawn=spawned,
         on_exit=lambda slot: table.unregister(slot + 1),
+        on_restart=on_restart,
         on_started=told.ready,
         on_stop=told.stopping,
         heartbeat=told.notifier.heartbeat,
     )
     name_attendant(where)
-    status = supervisor.run()
+    try:
+        status = supervisor.run()
+    finally:
+        end_events()
     _report(server_stats)
     return status
 
@@ -476,8 +526,10 @@ class InProcess:
 
     worker: Worker
     tracing: Tracing | None
+    end_events: Callable[[], None]
 
     def close(self) -> None:
+        self.end_events()
         if self.tracing is not None:
             self.tracing.close()
 
@@ -504,7 +556,7 @@ def in_process(
         stop_requested=lambda: runtime.stop_requested,
         **options,
     )
-    return InProcess(worker, tracing)
+    return InProcess(worker, tracing, _serve_events(settings, registry))
 
 
 def _report(stats: ServerStats) -> None:

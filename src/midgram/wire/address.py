@@ -1,6 +1,6 @@
 """The address grammars, sans-IO: mi_datagram's ``socket_name`` (docs/parameters.md), client
-targets, and proto_hep's ``hep_id`` with the ``trace_destination`` that names one (see the
-end).
+targets, event_datagram's subscriber sockets (``event_subscribe``), and proto_hep's ``hep_id``
+with the ``trace_destination`` that names one (see the end).
 
 ::
 
@@ -37,6 +37,7 @@ from typing import Final
 from midgram.errors import AddressError
 
 __all__ = [
+    "ANY_PORT",
     "HEP_DEFAULT_PORT",
     "SERVER_PORT_RANGE",
     "SUN_PATH_MAX",
@@ -49,6 +50,8 @@ __all__ = [
     "UdpAddress",
     "UnixAddress",
     "default_socket_name",
+    "event_socket_text",
+    "parse_event_socket",
     "parse_hep_id",
     "parse_network",
     "parse_socket_name",
@@ -63,6 +66,9 @@ ABSTRACT_PREFIX: Final = "@"
 SUN_PATH_MAX: Final = 108
 #: OpenSIPS refuses privileged ports for the server socket.
 SERVER_PORT_RANGE: Final = (1024, 65535)
+#: A server's port 0 (midgram's own): any free port, chosen by the kernel at bind time. The
+#: server then says which one wherever it says where it listens.
+ANY_PORT: Final = 0
 #: A client may talk to any real port.
 TARGET_PORT_RANGE: Final = (1, 65535)
 #: 65535 - 8 (UDP header) - 20 (IPv4 header): the largest payload a UDP datagram can carry.
@@ -173,7 +179,7 @@ def _is_loopback_literal(text: str) -> bool:
 class UdpAddress:
     """A UDP address. ``host`` is an IPv4 or IPv6 literal (canonical, no brackets) or a name.
 
-    The constructor accepts ports 0-65535 (0 lets the kernel pick, which tests use); the
+    The constructor accepts ports 0-65535 (0 lets the kernel pick: ``ANY_PORT``); the
     parsers apply the narrower ranges OpenSIPS uses.
     """
 
@@ -251,30 +257,42 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _parse_port(text: str, port_range: tuple[int, int]) -> int:
+def _parse_port(text: str, port_range: tuple[int, int], any_port: bool = False) -> int:
     if not _PORT_RE.fullmatch(text):
         raise ValueError("there is not a valid number port")
     port = int(text)
+    if any_port and port == ANY_PORT:
+        return port
     low, high = port_range
     if not low <= port <= high:
-        raise ValueError(f"invalid port number; must be in [{low},{high}]")
+        # OpenSIPS's text, so a search finds either project's answer; then midgram's own.
+        reason = f"invalid port number; must be in [{low},{high}]"
+        raise ValueError(f"{reason}, or {ANY_PORT} for any free port" if any_port else reason)
     return port
 
 
-def _parse_udp(rest: str, port_range: tuple[int, int]) -> UdpAddress:
+def _parse_udp(rest: str, port_range: tuple[int, int], any_port: bool) -> UdpAddress:
     host, port_text = _split_udp(rest)
-    return UdpAddress(host, _parse_port(port_text, port_range))
+    return UdpAddress(host, _parse_port(port_text, port_range, any_port))
 
 
 def _parse(
-    text: str, parameter: str, port_range: tuple[int, int], allow_abstract: bool
+    text: str,
+    parameter: str,
+    port_range: tuple[int, int],
+    allow_abstract: bool,
+    *,
+    any_port: bool = False,
+    unix_prefix: str = "",
 ) -> UnixAddress | UdpAddress:
+    """``text`` as a UDP address, or else as a UNIX one (after ``unix_prefix``)."""
     try:
         if text.startswith(UDP_PREFIX):
-            return _parse_udp(text[len(UDP_PREFIX) :], port_range)
-        if allow_abstract and text.startswith(ABSTRACT_PREFIX):
-            return UnixAddress(text[len(ABSTRACT_PREFIX) :], abstract=True)
-        return UnixAddress(text)
+            return _parse_udp(text[len(UDP_PREFIX) :], port_range, any_port)
+        path = text[len(unix_prefix) :]
+        if allow_abstract and path.startswith(ABSTRACT_PREFIX):
+            return UnixAddress(path[len(ABSTRACT_PREFIX) :], abstract=True)
+        return UnixAddress(path)
     except AddressError as exc:
         # Re-raised under the caller's parameter name with the whole text as the value.
         raise AddressError(parameter, text, exc.reason) from None
@@ -285,12 +303,13 @@ def _parse(
 def parse_socket_name(
     text: str, *, parameter: str = "socket_name", allow_abstract: bool = True
 ) -> UnixAddress | UdpAddress:
-    """Parse a server ``socket_name`` exactly as OpenSIPS does (UDP ports 1024-65535).
+    """Parse a server ``socket_name`` as OpenSIPS does (UDP ports 1024-65535), and port 0:
+    any free port (``ANY_PORT``, midgram's own).
 
     ``allow_abstract=False`` reads ``@name`` as a relative path, which is what OpenSIPS does.
     Raises ``AddressError(parameter, text, reason)``.
     """
-    return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract)
+    return _parse(text, parameter, SERVER_PORT_RANGE, allow_abstract, any_port=True)
 
 
 # Schemes a target may be written with by habit (other tools' URLs), and what to write
@@ -332,6 +351,50 @@ def parse_target(text: str, *, parameter: str = "target") -> UnixAddress | UdpAd
 def _foreign_scheme(text: str) -> re.Match[str] | None:
     match = _SCHEME_RE.fullmatch(text)
     return match if match is not None and match.group(1).lower() in _FOREIGN_SCHEMES else None
+
+
+# --- event subscribers (event_datagram's sockets) ------------------------------------------
+#
+#     event_socket := "udp:" host ":" port      (as a target's; any port 1-65535)
+#                   | "unix:" path              (relative paths allowed)
+#                   | "unix:@" name             (a Linux abstract name: a midgram extension)
+#
+# The transport is everything before the first ":", matched exactly (``UDP:`` and a bare path
+# are refused), as OpenSIPS's evi_transport.c does. Unlike OpenSIPS: an IPv6 host in brackets
+# works, a port beyond 65535 is refused instead of wrapping, and a path too long for
+# ``sun_path`` is refused instead of being accepted and never reached (docs/compatibility.md,
+# difference 23).
+
+UNIX_EVENT_PREFIX: Final = "unix:"
+
+
+def parse_event_socket(
+    text: str, *, parameter: str = "socket", any_port: bool = False
+) -> UnixAddress | UdpAddress:
+    """A subscriber's socket, as ``event_subscribe`` takes it. ``AddressError`` says why not.
+
+    ``any_port`` takes UDP port 0 too: where a listener binds (any free port), never what a
+    server is told."""
+    if text.startswith((UDP_PREFIX, UNIX_EVENT_PREFIX)):
+        return _parse(
+            text,
+            parameter,
+            TARGET_PORT_RANGE,
+            True,
+            any_port=any_port,
+            unix_prefix=UNIX_EVENT_PREFIX,
+        )
+    transport = text.partition(":")[0] if ":" in text else ""
+    why = f"no transport {transport!r}" if transport else "no transport"
+    raise AddressError(parameter, text, f"{why}: write udp:host:port or unix:path")
+
+
+def event_socket_text(address: UnixAddress | UdpAddress) -> str:
+    """How ``subscribers_list`` shows a subscriber's socket (``parse_event_socket`` reads it)."""
+    if isinstance(address, UdpAddress):
+        return str(address)
+    name = ABSTRACT_PREFIX + address.path if address.abstract else address.path
+    return UNIX_EVENT_PREFIX + name
 
 
 # --- proto_hep's hep_id, and trace_destination ------------------------------------------
