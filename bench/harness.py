@@ -364,6 +364,7 @@ class Scenario:
     app: bool = False
     kamailio: bool = True
     trace: bool = False  # midgram traces every command to a local UDP sink (HEP3)
+    acl: tuple[str, ...] = ()  # midgram's acl rules (docs/security.md)
     available: bool = True
     note: str = ""
 
@@ -385,6 +386,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         trace=True,
         kamailio=False,
     ),
+    Scenario(
+        "acl",
+        "uptime, with an acl rule guarding kill and log_level (uptime stays open)",
+        acl=("kill, log_level: root",),
+        kamailio=False,
+    ),
 )
 
 
@@ -395,6 +402,7 @@ def midgram_serve_argv(
     pretty: bool = False,
     app: bool = False,
     trace_to: str | None = None,
+    acl: Sequence[str] = (),
 ) -> list[str]:
     argv = [PYTHON, "-m", "midgram", "serve", "--socket", target, "--children", str(children)]
     argv += ["--log-level", "warning"]
@@ -404,6 +412,8 @@ def midgram_serve_argv(
         argv += ["--app", "app:mi"]
     if trace_to is not None:
         argv += ["--trace-to", trace_to]
+    for rule in acl:
+        argv += ["--acl", rule]
     return argv
 
 
@@ -441,7 +451,12 @@ def server_specs(
             ServerSpec(
                 "midgram",
                 midgram_serve_argv(
-                    target, n, pretty=scenario.pretty, app=scenario.app, trace_to=trace_to
+                    target,
+                    n,
+                    pretty=scenario.pretty,
+                    app=scenario.app,
+                    trace_to=trace_to,
+                    acl=scenario.acl,
                 ),
                 target,
                 request,

@@ -54,7 +54,8 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 def serve_all(module: object, checks: targets.Targets, datagrams: list[bytes]) -> int:
     """Send the datagrams in batches to a BatchSocket from a bound client; each batch is read
-    with recvmmsg, answered by FastAnswer and replied to with sendmmsg."""
+    with recvmmsg (with the sender's credentials), answered by FastAnswer and replied to with
+    sendmmsg."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(f"\0midgram-sanitize-{os.getpid()}")
@@ -63,12 +64,19 @@ def serve_all(module: object, checks: targets.Targets, datagrams: list[bytes]) -
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     client.setblocking(False)
+    # The senders' credentials are read too (SCM_CREDENTIALS, as with an acl rule).
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     in_hand = memoryview(bytearray(128))
-    io = module.BatchSocket(server.fileno(), socket.AF_UNIX, 16, run.MAX_LEN, in_hand)  # type: ignore[attr-defined]
+    io = module.BatchSocket(  # type: ignore[attr-defined]
+        server.fileno(), socket.AF_UNIX, 16, run.MAX_LEN, in_hand, credentials=True
+    )
     assert checks.fast is not None
     served = replies = 0
+    mine = (os.getpid(), os.getuid(), os.getgid())
 
-    def settle(data: bytes, handled: object) -> bytes | None:
+    def settle(data: bytes, handled: object, peer: object, credentials: object) -> bytes | None:
+        assert peer == client.getsockname(), peer
+        assert credentials == mine, credentials
         return targets._reply(handled, checks.plain) if handled is not None else None  # type: ignore[arg-type]
 
     pending = [d for d in datagrams if d]

@@ -134,6 +134,22 @@ def opensips_like() -> Registry:
     return registry
 
 
+def guarded() -> Registry:
+    """Commands with access rules of their own (``--app apps:guarded``): ``restart`` for
+    root only unless the operator says otherwise; ``status`` in the set ``@readonly``."""
+    registry = Registry(module="guarded")
+
+    @registry.command(acl="root", help="root's only, by default")
+    def restart() -> str:
+        return "restarting"
+
+    @registry.command(sets={"readonly"}, help="a read-only command of the program's")
+    def status() -> str:
+        return "fine"
+
+    return registry
+
+
 def opensips_events() -> Registry:
     """The events of OpenSIPS 3.6.8's core, in its order (so with its ids): what the event
     captures (tests/golden/opensips-3.6/events) were made against."""

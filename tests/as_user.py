@@ -3,8 +3,10 @@
 - ``python tests/as_user.py serve USER SOCKET_NAME [MODE]``: ``midgram.server.wiring.serve`` with
   the ``apps:mi`` commands, in-process (``children_count = 0``), as USER, its socket file
   with MODE (octal, default 0660); prints ``ready`` once it listens.
-- ``python tests/as_user.py call USER TARGET METHOD``: one ``Client`` call as USER; prints
-  ``{"result": ...}`` or ``{"error": CLASS, "errno": N}``.
+- ``python tests/as_user.py call USER[:GROUP] TARGET METHOD [PARAMS]``: one ``Client`` call
+  as USER (with GROUP as its group id, else USER's own), PARAMS a JSON array or object;
+  prints ``{"result": ...}`` or ``{"error": CLASS, "errno": N}`` (and the ``code`` of an
+  error reply).
 - ``python tests/as_user.py cli USER ARGS...``: the ``midgram`` command itself (``serve``,
   ``call``...) as USER.
 - ``python tests/as_user.py forge USER ADDRESS``: as USER, send ADDRESS (a client's reply
@@ -17,10 +19,12 @@ may live where USER cannot read (a pyenv under /root), so nothing may be importe
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import socket
+import struct
 import sys
 
 from apps import mi
@@ -30,7 +34,7 @@ import midgram.cli.serve  # noqa: F401
 from midgram.cli import cli
 from midgram.client.calls import Client
 from midgram.config.settings import Settings
-from midgram.errors import ClientError
+from midgram.errors import ClientError, RemoteError
 from midgram.server.batchio import native_status
 from midgram.server.wiring import serve
 from midgram.wire.address import UdpAddress, parse_target
@@ -40,9 +44,11 @@ FORGED = (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"forged"},"id":nul
 
 
 def become(user: str) -> None:
-    entry = pwd.getpwnam(user)
+    """USER, or USER:GROUP for USER running with GROUP as its group id; no other group."""
+    name, _, group = user.partition(":")
+    entry = pwd.getpwnam(name)
     os.setgroups([])
-    os.setgid(entry.pw_gid)
+    os.setgid(grp.getgrnam(group).gr_gid if group else entry.pw_gid)
     os.setuid(entry.pw_uid)
 
 
@@ -52,11 +58,13 @@ def run_server(user: str, socket_name: str, mode: str = "0660") -> int:
     return serve(settings, mi, on_ready=lambda where: print("ready", where, flush=True))
 
 
-def run_call(user: str, target: str, method: str) -> int:
+def run_call(user: str, target: str, method: str, params: str = "null") -> int:
     client = Client(target, timeout=5)
     become(user)
     try:
-        print(json.dumps({"result": client.call(method)}))
+        print(json.dumps({"result": client.request(method, json.loads(params))}))
+    except RemoteError as exc:
+        print(json.dumps({"error": type(exc).__name__, "errno": None, "code": exc.code}))
     except ClientError as exc:
         print(json.dumps({"error": type(exc).__name__, "errno": getattr(exc, "errno", None)}))
     return 0
@@ -88,7 +96,40 @@ def run_forge(user: str, address: str) -> int:
     return 0
 
 
+def run_claim(user: str, target: str, method: str) -> int:
+    address = parse_target(target).sockaddr()
+    request = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1}).encode()
+    become(user)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"")  # an abstract name the kernel picks: the reply comes back here
+        sock.settimeout(5)
+        ucred = struct.Struct("=iII")
+        root = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, ucred.pack(os.getpid(), 0, 0))]
+        try:
+            sock.sendmsg([request], root, 0, address)
+        except OSError as exc:
+            print(json.dumps({"claimed": "refused", "errno": exc.errno}), flush=True)
+        else:
+            print(json.dumps({"claimed": "sent", "reply": json.loads(sock.recv(65536))}))
+        own = [
+            (
+                socket.SOL_SOCKET,
+                socket.SCM_CREDENTIALS,
+                ucred.pack(os.getpid(), os.getuid(), os.getgid()),
+            )
+        ]
+        sock.sendmsg([request], own, 0, address)
+        print(json.dumps({"honest": json.loads(sock.recv(65536))}), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    runners = {"serve": run_server, "call": run_call, "cli": run_cli, "forge": run_forge}
+    runners = {
+        "serve": run_server,
+        "call": run_call,
+        "cli": run_cli,
+        "forge": run_forge,
+        "claim": run_claim,
+    }
     sys.exit(runners[command](*args))

@@ -12,6 +12,7 @@ returns, and anything else is awaited with select() and a deadline.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from midgram.engine.runtime import LocalRuntime
 from midgram.errors import TransportError
 from midgram.server import batchio
 from midgram.server.batchio import BatchIO, NativeIO, SocketIO, batch_io
-from midgram.server.binding import set_recv_timeout
+from midgram.server.binding import pass_credentials, set_recv_timeout
 from midgram.server.transport import ReplySender, SendStatus
 from midgram.server.worker import ServerStats, Worker
 
@@ -120,9 +121,9 @@ def test_recv_gives_the_peer_the_socket_module_gives(
     data, expected = server.recvfrom(1024)
     assert data == b"via the socket module"
     client.sendto(b"via recvmmsg", address)
-    [(data, peer, truncated)] = batch.recv(True)
+    [(data, peer, truncated, credentials)] = batch.recv(True)
 
-    assert (data, truncated) == (b"via recvmmsg", False)
+    assert (data, truncated, credentials) == (b"via recvmmsg", False, None)
     assert peer == expected
     assert type(peer) is type(expected)
     if kind == "unbound":
@@ -177,7 +178,7 @@ def test_one_client_after_another_each_gets_its_own_peer(
         clients[index].sendto(b"%d" % number, server.getsockname())
         seen += batch.recv(True)
     names = [sock.getsockname() or None for sock in clients]
-    assert seen == [(b"%d" % n, names[i], False) for n, i in enumerate(order)]
+    assert seen == [(b"%d" % n, names[i], False, None) for n, i in enumerate(order)]
 
 
 @needs_native
@@ -195,10 +196,10 @@ def test_a_datagram_over_bufsize_comes_cut_and_flagged(
         got += batch.recv(True)
     peer = client.getsockname()
     assert got == [
-        (b"x" * 16, peer, False),  # exactly bufsize: whole
-        (b"y" * 16, peer, True),
-        (bytes(range(16)), peer, True),
-        (b"", peer, False),
+        (b"x" * 16, peer, False, None),  # exactly bufsize: whole
+        (b"y" * 16, peer, True, None),
+        (bytes(range(16)), peer, True, None),
+        (b"", peer, False, None),
     ]
 
 
@@ -215,7 +216,7 @@ def test_queued_datagrams_come_in_one_call_in_order_up_to_slots(
         client = clients[number % 3]
         data = b"n%d" % number + (b"-too-long" if number == 5 else b"")
         client.sendto(data, server.getsockname())
-        sent.append((data[:8], client.getsockname() or None, len(data) > 8))
+        sent.append((data[:8], client.getsockname() or None, len(data) > 8, None))
 
     first = batch.recv(True)
     second = batch.recv(False)
@@ -235,7 +236,7 @@ def test_a_blocking_recv_returns_with_the_first_datagram(
     batch = native.BatchSocket(server.fileno(), server.family, 16, 64)
     client.sendto(b"alone", server.getsockname())
     started = time.monotonic()
-    assert batch.recv(True) == [(b"alone", client.getsockname(), False)]
+    assert batch.recv(True) == [(b"alone", client.getsockname(), False, None)]
     assert time.monotonic() - started < DEADLINE / 2
 
 
@@ -317,7 +318,7 @@ except (ValueError, OverflowError, MemoryError) as exc:
     print("refused", type(exc).__name__)
     sys.exit(0)
 b.send(b"x" * 60000)
-print("accepted, read", [len(data) for data, _, _ in batch.recv(True)], flush=True)
+print("accepted, read", [len(data) for data, _, _, _ in batch.recv(True)], flush=True)
 del batch
 """
 
@@ -392,7 +393,7 @@ def test_send_stops_at_an_unbound_peer_just_received(native: ModuleType, sockets
     batch = native.BatchSocket(server.fileno(), server.family, 8, 64)
     a.sendto(b"from a", server.getsockname())
     unbound.sendto(b"from nobody", server.getsockname())
-    (_, a_peer, _), (_, none_peer, _) = batch.recv(True)
+    (_, a_peer, _, _), (_, none_peer, _, _) = batch.recv(True)
     assert none_peer is None
     assert batch.send([(b"to a", a_peer), (b"to nobody", none_peer), (b"again", a_peer)], 0) == 1
     assert batch.send([(b"to nobody", none_peer)], 0) == 0
@@ -543,7 +544,7 @@ def _read_by_socket_module(server: socket.socket, count: int, bufsize: int) -> l
     for _ in range(count):
         wait_readable(server)
         data, peer = server.recvfrom(bufsize + 1)
-        got.append((data[:bufsize], peer, len(data) > bufsize))
+        got.append((data[:bufsize], peer, len(data) > bufsize, None))
     return got
 
 
@@ -586,6 +587,103 @@ def test_native_and_socket_io_read_the_same(
     assert native_io.recv(False) == socket_io.recv(False) == []
     set_recv_timeout(server, 0.05)
     assert native_io.recv(True) == socket_io.recv(True) == []
+
+
+# --- the senders' credentials (SO_PASSCRED), read for the acl rules -----------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sending as another user needs root")
+
+
+def _credentials_server(sockets: Sockets) -> socket.socket:
+    """A server socket that passes its senders' credentials, with an abstract name (no file
+    permission keeps another user from sending to it)."""
+    server = sockets.abstract()
+    set_recv_timeout(server, DEADLINE)
+    pass_credentials(server)
+    return server
+
+
+def _send_as(user: str, sock: socket.socket, data: bytes, address: Any) -> int:
+    """``sock.sendto(data, address)`` from a child process running as ``user`` (the socket,
+    and so the peer address, is this process's); the child's pid."""
+    entry = pwd.getpwnam(user)
+    pid = os.fork()
+    if pid == 0:  # the child: it only sends, then leaves without running pytest's exit
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            sock.sendto(data, address)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return pid
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "native_on",
+    [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="socket")],
+)
+def test_each_datagram_comes_with_its_senders_credentials(
+    monkeypatch: pytest.MonkeyPatch, sockets: Sockets, native_on: bool
+) -> None:
+    """What the kernel says of each sender, never the one before: the same client socket
+    sends as this process, then as nobody, then as this process again."""
+    server = _credentials_server(sockets)
+    io = io_for(monkeypatch, native=native_on)(server, 64, credentials=True)
+    assert io.native is native_on
+    client = sockets.unix("client")
+    address, peer = server.getsockname(), client.getsockname()
+    mine = (os.getpid(), os.getuid(), os.getgid())
+    client.sendto(b"mine", address)
+    child = _send_as("nobody", client, b"nobody's", address)
+    client.sendto(b"mine again", address)
+    nobody = pwd.getpwnam("nobody")
+    assert _read_all(io, 3) == [
+        (b"mine", peer, False, mine),
+        (b"nobody's", peer, False, (child, nobody.pw_uid, nobody.pw_gid)),
+        (b"mine again", peer, False, mine),
+    ]
+
+
+@needs_root
+@needs_native
+def test_serve_gives_settle_each_datagrams_sender(native: ModuleType, sockets: Sockets) -> None:
+    server = _credentials_server(sockets)
+    batch = native.BatchSocket(server.fileno(), server.family, 8, 64, credentials=True)
+    client = sockets.unix("client")
+    address, peer = server.getsockname(), client.getsockname()
+    child = _send_as("nobody", client, b"guarded", address)
+    client.sendto(b"open", address)
+    client.sendto(b"guarded", address)
+    settled: list[tuple[bytes, Any, Any]] = []
+
+    def settle(data: bytes, handled: Any, peer: Any, credentials: Any) -> bytes:
+        settled.append((data, peer, credentials))
+        return b"settled"
+
+    def answer(data: bytes) -> Any:
+        return b"open" if data == b"open" else object()
+
+    assert batch.serve(answer, True, 2, settle) == (3, 3, None)
+    nobody = pwd.getpwnam("nobody")
+    mine = (os.getpid(), os.getuid(), os.getgid())
+    assert settled == [
+        (b"guarded", peer, (child, nobody.pw_uid, nobody.pw_gid)),
+        (b"guarded", peer, mine),
+    ]
+    assert receive(client, 3) == [b"settled", b"open", b"settled"]
+
+
+@needs_native
+def test_credentials_are_read_from_unix_sockets_only(native: ModuleType, sockets: Sockets) -> None:
+    server = sockets.server("udp4")
+    with pytest.raises(ValueError, match="credentials come with UNIX datagrams only"):
+        native.BatchSocket(server.fileno(), server.family, 8, 64, credentials=True)
 
 
 # --- the worker's batches, in process, with either I/O --------------------------------------

@@ -266,20 +266,25 @@ def test_settle_answers_what_is_not_bytes_in_order(
     for client, data in plan:
         client.sendto(data, server.getsockname())
     odd = Odd()
-    settled: list[tuple[bytes, Any]] = []
+    settled: list[tuple[bytes, Any, Any, Any]] = []
 
     def answer(data: bytes) -> Any:
         return odd if data in (b"odd", b"quiet") else b"re:" + data
 
-    def settle(data: bytes, handled: Any) -> bytes | None:
-        settled.append((data, handled))
+    def settle(data: bytes, handled: Any, peer: Any, credentials: Any) -> bytes | None:
+        settled.append((data, handled, peer, credentials))
         if data == b"quiet":
             return None  # no reply, like a notification
         return b"settled:" + data
 
     received, replied, leftovers = batch.serve(answer, True, flush, settle)
     assert (received, replied, leftovers) == (6, 5, None)
-    assert settled == [(b"odd", odd), (b"too lo", None), (b"quiet", odd)]
+    # Each with its sender (no credentials: the socket was not made to read them).
+    assert settled == [
+        (b"odd", odd, peer_of(b), None),
+        (b"too lo", None, peer_of(a), None),
+        (b"quiet", odd, peer_of(a), None),
+    ]
     assert drain(a) == [b"re:0", b"settled:too lo", b"re:5"]
     assert drain(b) == [b"settled:odd", b"re:3"]
 
@@ -571,7 +576,7 @@ def test_one_call_at_a_time(native: ModuleType, sockets: Sockets) -> None:
     assert len(refused) == 3
     assert receive(client, 1) == [b"re:x"]
     client.sendto(b"y", server.getsockname())
-    assert batch.recv(True) == [(b"y", client.getsockname(), False)]  # free again
+    assert batch.recv(True) == [(b"y", client.getsockname(), False, None)]  # free again
 
 
 @needs_native
@@ -680,6 +685,7 @@ EXPECTED_STATS = {
     "stuck_requests": 0,
     "refused": 0,
     "traced": 0,
+    "denied": 0,
 }
 
 

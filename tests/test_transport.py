@@ -633,6 +633,7 @@ def test_recv_returns_data_and_peer(server: tuple[socket.socket, str], folder: P
         b'{"jsonrpc":"2.0","method":"ps","id":1}',
         client_path,
         False,
+        None,
     )
 
 
@@ -647,8 +648,8 @@ def test_recv_detects_oversize_unix(
     sockets.unix().sendto(payload[:size], path)
     sockets.unix().sendto(b"next", path)
     receiver = Receiver(sock, 64)
-    assert receiver.recv(block=False) == (payload[: min(size, 64)], None, truncated)
-    assert receiver.recv(block=False) == (b"next", None, False)  # no remainder left over
+    assert receiver.recv(block=False) == (payload[: min(size, 64)], None, truncated, None)
+    assert receiver.recv(block=False) == (b"next", None, False, None)  # no remainder left
 
 
 def test_recv_detects_70000_bytes_with_the_default_buffer(
@@ -656,7 +657,7 @@ def test_recv_detects_70000_bytes_with_the_default_buffer(
 ) -> None:
     sock, path = server
     sockets.unix().sendto(b"x" * 70_000, path)
-    data, _, truncated = Receiver(sock, 65457).recv(block=False) or (b"", None, False)
+    data, _, truncated, _ = Receiver(sock, 65457).recv(block=False) or (b"", None, False, None)
     assert truncated
     assert len(data) == 65457
 
@@ -671,6 +672,7 @@ def test_recv_detects_oversize_udp(sockets: Sockets, size: int, truncated: bool)
         b"y" * min(size, 64),
         ("127.0.0.1", client.getsockname()[1]),
         truncated,
+        None,
     )
 
 
@@ -900,7 +902,7 @@ def test_connected_client_gets_its_reply(
     client_sock.connect(path)  # from now on it accepts datagrams from the server socket only
     client_sock.send(b"request")
     item = Receiver(sock, 64).recv(block=False)
-    assert item == (b"request", client_path, False)
+    assert item == (b"request", client_path, False, None)
     assert ReplySender(sock, 2000).send(b"reply", item[1]) is SendStatus.SENT
     assert receive(client_sock) == b"reply"
     # What OpenSIPS does, replying from a second socket, fails with EPERM:

@@ -9,18 +9,19 @@ built from a config file's text. Each parameter names its coercer where it is de
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
+from midgram.engine.access import parse_rule
 from midgram.engine.tracing import parse_bwlist
 from midgram.errors import ConfigError
 from midgram.logs import LOG_LEVEL_CHOICES, find_log_level
 from midgram.wire.address import (
     UdpAddress,
     parse_hep_id,
+    parse_network,
     parse_socket_name,
     parse_trace_destination,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "UNSET_ID",
     "ZERO_MODE_REPLACEMENT",
     "Coercer",
+    "acl_rules",
     "boolean",
     "bwlist",
     "cidrs",
@@ -271,19 +273,25 @@ def _cidr_items(name: str, value: object) -> list[str]:
 
 def _cidr(name: str, item: str) -> str:
     try:
-        return str(ipaddress.ip_network(item, strict=True))
+        return str(parse_network(item))
     except ValueError as exc:
-        # Host bits set ("10.1.2.3/8") is refused rather than widened silently: this is an
-        # access list, and the operator may have meant a narrower network.
-        hint = _network_hint(item)
-        raise ConfigError(name, item, f"not a network: {exc}{hint}") from exc
+        raise ConfigError(name, item, str(exc)) from exc
 
 
-def _network_hint(item: str) -> str:
-    try:
-        return f"; did you mean {ipaddress.ip_network(item, strict=False)}?"
-    except ValueError:
-        return ""
+def acl_rules(name: str, value: object, _notes: list[str]) -> tuple[str, ...]:
+    """A rule or a list of rules, ``"PATTERNS: PRINCIPALS"`` each (``engine.access``),
+    parsed; which commands, users and groups exist is checked at start."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(
+            name, value, 'must be a rule or a list of rules such as "kill, log_level: root"'
+        )
+    for item in items:
+        try:
+            parse_rule(item)
+        except ValueError as exc:
+            raise ConfigError(name, item, str(exc)) from None
+    return tuple(item.strip() for item in items)
 
 
 def _level_key(name: str, value: object) -> str | int | None:

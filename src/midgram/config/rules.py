@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from midgram.engine.access import check_rule
 from midgram.errors import ConfigError
 from midgram.wire.address import (
     UDP_MAX_PAYLOAD,
@@ -131,5 +132,18 @@ def _check_hep_id(destination: str, hep_id: HepId) -> None:
         )
 
 
+def _acl_rules(settings: Settings) -> list[str]:
+    """Each ``acl`` rule names what its socket can tell: users and groups on a UNIX socket
+    (the default), networks on UDP."""
+    udp = isinstance(settings.address, UdpAddress)
+    for rule in settings.acl:
+        check_rule(rule, udp=udp)
+    return []
+
+
 #: Every rule, in the order they run.
-RULES: Final[tuple[Callable[[Settings], list[str]], ...]] = (_address_rules, _tracing_rules)
+RULES: Final[tuple[Callable[[Settings], list[str]], ...]] = (
+    _address_rules,
+    _tracing_rules,
+    _acl_rules,
+)

@@ -370,6 +370,16 @@ class Settings:
         coercion.boolean,
         kind=Kind.SWITCH,
     )
+    acl: tuple[str, ...] = parameter(
+        (),
+        'who may call which commands: "COMMANDS: WHO", e.g. "kill, log_level: root, @opensips"; '
+        "commands no rule names stay open (docs/security.md)",
+        Origin.MIDGRAM,
+        coercion.acl_rules,
+        kind=Kind.REPEATED,
+        metavar="RULE",
+        shown_default="none (all open)",
+    )
     max_event_subscribers: int = parameter(
         _DEFAULT_SUBSCRIBERS,
         f"the most event subscriptions the server keeps (0-{_MAX_SUBSCRIBERS}; 0: "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from midgram._version import __version__
+from midgram.engine.access import READONLY
 from midgram.engine.event_commands import event_commands
 from midgram.engine.registry import Command, Registry, make_command
 from midgram.engine.runtime import Runtime
@@ -23,7 +24,7 @@ from midgram.engine.stats import Stat, Statistics
 from midgram.errors import InvalidParams, MIError
 from midgram.wire.jsonrpc import C_INT_MAX, C_INT_MIN
 
-__all__ = ["SERVER_NAME", "with_builtins"]
+__all__ = ["READONLY_BUILTINS", "SERVER_NAME", "with_builtins"]
 
 SERVER_NAME: Final = (
     f"midgram {__version__} (python {platform.python_version()} "
@@ -31,6 +32,24 @@ SERVER_NAME: Final = (
 )
 HELP_USAGE: Final = "Usage: help mi_cmd - returns information about 'mi_cmd'"
 NO_HELP: Final = "not available for this command"
+
+#: The built-ins in the set ``@readonly`` (docs/security.md): they change nothing, and tell
+#: nothing beyond what the server is and how it does. ``pwd`` and ``arg`` are left out (a
+#: command line may hold a secret), ``log_level`` too (with params it sets the level), and
+#: ``event_subscribe`` and ``raise_event`` (they make the server send datagrams).
+READONLY_BUILTINS: Final = frozenset(
+    {
+        "get_statistics",
+        "list_statistics",
+        "uptime",
+        "version",
+        "which",
+        "ps",
+        "help",
+        "events_list",
+        "subscribers_list",
+    }
+)
 
 _UNKNOWN_COMMAND: Final = (404, "unknown MI command")
 _NO_STATISTICS: Final = (404, "Statistics Not Found")
@@ -78,10 +97,12 @@ def _core_commands(served: Registry, runtime: Runtime) -> list[Command]:
         *event_commands(served.events),
         (_help(served), "prints information about MI commands usage"),
     ]
-    return [
-        make_command(handler, name=handler.__name__.lstrip("_"), help=text, module="core")
-        for handler, text in table
-    ]
+    commands = []
+    for handler, text in table:
+        name = handler.__name__.lstrip("_")
+        sets = (READONLY,) if name in READONLY_BUILTINS else ()
+        commands.append(make_command(handler, name=name, help=text, module="core", sets=sets))
+    return commands
 
 
 # --- statistics ---------------------------------------------------------------------------

@@ -10,6 +10,12 @@ sockets, no clock. What its callers need, and nothing else:
 - ``answer_function(FastAnswer)``: ``answer``, or its native twin when the C module is there;
 - ``handle_oversize(size)``: the answer to a datagram too large to have been read whole.
 
+With an access policy (``midgram.engine.access``), a call of a command that not everyone may
+call is not run at once: both paths give a ``Guarded`` instead, which the caller, who knows
+who sent the datagram, runs with ``Guarded.run(peer, credentials)``: the command, or
+``403 Forbidden``. Such commands are left out of the bare-call table (``answer``'s shortcut,
+and ``FastAnswer``'s), so every other call is served as fast as without a policy.
+
 Both paths parse and check a request with ``wire.jsonrpc.parse_request``. For an
 ``async def`` handler they give a ``Pending`` instead, which the caller settles in its event
 loop, so the same engine serves a blocking worker and an asyncio server.
@@ -25,7 +31,8 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 import orjson
 
-from midgram.engine.registry import Command, Registry, bind_arguments
+from midgram.engine.access import AccessPolicy, Credentials, caller_label
+from midgram.engine.registry import Command, Handler, Registry, bind_arguments
 from midgram.errors import (
     InvalidParams,
     InvalidRequest,
@@ -53,6 +60,7 @@ from midgram.wire.jsonrpc import (
 __all__ = [
     "Answer",
     "Dispatcher",
+    "Guarded",
     "Outcome",
     "Pending",
     "Status",
@@ -74,6 +82,7 @@ class Status(enum.Enum):
     COMMAND_ERROR = "command_error"  # the handler raised MIError
     SERVER_ERROR = "server_error"  # the handler failed unexpectedly
     REPLY_TOO_BIG = "reply_too_big"
+    FORBIDDEN = "forbidden"  # an acl rule does not let this caller run the command
 
 
 class Outcome(NamedTuple):
@@ -90,6 +99,8 @@ class Outcome(NamedTuple):
 
 _IGNORED: Final = Outcome(None, Status.EMPTY)
 _METHOD_NOT_FOUND: Final = MIError(-32601, "Method not found")
+#: A caller an acl rule does not name: the error object OpenSIPS's MI errors take.
+_FORBIDDEN: Final = MIError(403, "Forbidden")
 _NO_ARGUMENTS: Final[dict[str, Any]] = {}
 _OK: Final = "OK"  # what a handler returning None answers
 _dumps: Final = orjson.dumps
@@ -126,8 +137,28 @@ class Pending:
         return self.finish(result)
 
 
+@dataclass(slots=True)
+class Guarded:
+    """A call of a command that not everyone may call, not run yet: ``run`` it once the
+    caller is known."""
+
+    _dispatcher: Dispatcher
+    method: str
+    params: Params
+    req_id: Any
+    command: Command
+    #: Whether an Outcome is wanted, never bare bytes (it came from ``handle``).
+    whole: bool = False
+
+    def run(self, peer: Any, credentials: Credentials | None) -> bytes | Outcome | Pending:
+        """The call, if the acl lets this caller make it (``peer``: its address;
+        ``credentials``: what the kernel says of it on a UNIX socket), else ``403
+        Forbidden``; what ``answer`` (or ``handle``) would have given."""
+        return self._dispatcher._guarded(self, peer, credentials)
+
+
 #: What serves one datagram: ``Dispatcher.answer``, or its native twin.
-Answer: TypeAlias = Callable[[bytes], "bytes | Outcome | Pending"]
+Answer: TypeAlias = Callable[[bytes], "bytes | Outcome | Pending | Guarded"]
 
 
 class Dispatcher:
@@ -140,13 +171,27 @@ class Dispatcher:
         pretty: bool = False,
         buf_size: int = DEFAULT_BUF_SIZE,
         json_errors: bool = False,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.pretty = pretty
         self.buf_size = buf_size
         self.json_errors = json_errors
+        self.access = access
+        bare = registry.bare_handlers()
         self._lookup = registry.lookup_function()
-        self._bare = registry.bare_handlers().get
+        #: What may run at once: every command, or those no acl guards.
+        self._open = self._lookup
+        self._guards = access.guards if access is not None else {}
+        if self._guards:
+            # The commands as they are now, which the policy was checked against: one added
+            # later is unknown, never unguarded.
+            commands = {command.name: command for command in registry}
+            bare = {name: run for name, run in bare.items() if name not in self._guards}
+            self._lookup = commands.get
+            self._open = {n: c for n, c in commands.items() if n not in self._guards}.get
+        self._bare_handlers: dict[str, Handler] = bare
+        self._bare = bare.get
         # Up to this size a reply fits whatever its id (jsonrpc.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
         self._log = RateLimitedLog(log)
@@ -157,7 +202,7 @@ class Dispatcher:
             return encode_error(-32700, "Parse error", why, None, pretty=self.pretty)
         return PARSE_ERROR_REPLY
 
-    def handle(self, data: bytes) -> Outcome | Pending:
+    def handle(self, data: bytes) -> Outcome | Pending | Guarded:
         """One datagram in, its outcome (or a Pending for an async command) out: the
         reference path, with the whole record (for tracing, debug logging, statistics).
         Never raises: whatever escapes the steps below is ``_failed`` (a bug, answered and
@@ -170,23 +215,25 @@ class Dispatcher:
             handled = self._run(method, params, req_id)
             if type(handled) is bytes:
                 return Outcome(handled, Status.OK, method, params, self._lookup(method))
+            if type(handled) is Guarded:
+                handled.whole = True
             return handled  # type: ignore[return-value]
         except Exception as exc:
             return self._failed(data, exc)
 
-    def answer(self, data: bytes) -> bytes | Outcome | Pending:
+    def answer(self, data: bytes) -> bytes | Outcome | Pending | Guarded:
         """``handle`` for servers: the common datagram answered in one flat pass.
 
         A valid request whose reply (compact, or pretty with pretty_printing) is far below
         the size limit gives that reply's bytes: status OK, nothing to count or log.
         Anything else gives what ``handle`` gives. Either way the handler runs at most once,
         and the reply is ``handle``'s byte for byte (tests/test_dispatch_fast.py checks both
-        on any datagram). It parses and
-        checks the request as ``handle`` does (``parse_request``) and builds no Request or
-        Outcome object. A result plain orjson cannot encode (non-string keys, integers
-        beyond 64 bits) takes the general path after its handler ran: the same bytes, as an
-        Outcome. Like ``handle`` it never raises (a ``try`` costs nothing until something
-        raises).
+        on any datagram). It parses and checks the request as ``handle`` does
+        (``parse_request``) and builds no Request or Outcome object. A result plain orjson
+        cannot encode (non-string keys, integers beyond 64 bits) takes the general path after
+        its handler ran: the same bytes, as an Outcome. A command an acl guards gives a
+        ``Guarded``, which the server runs for its sender. Like ``handle`` it never raises (a
+        ``try`` costs nothing until something raises).
         """
         try:
             try:
@@ -214,7 +261,7 @@ class Dispatcher:
         ``answer`` itself for anything else."""
         if native is None:
             return self.answer
-        return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
+        return native(self._bare_handlers, self._compact, self._after_bare, self.answer)
 
     def handle_oversize(self, size: int) -> Outcome:
         """A datagram larger than the buffer (difference 5): answered as unparsable."""
@@ -257,15 +304,24 @@ class Dispatcher:
             return None
         return reply if len(reply) <= self._fast_limit else None
 
-    def _run(self, method: str, params: Params, req_id: Any) -> bytes | Outcome | Pending:
+    def _run(self, method: str, params: Params, req_id: Any) -> bytes | Outcome | Pending | Guarded:
         """Find the command, bind the params, run the handler. The common case (a compact
         OK reply to a request, far below the size limit) gives the reply's bytes, encoded
         here with one orjson call; anything else goes the general way, with the call as a
-        Request or Notification."""
-        command = self._lookup(method)
+        Request or Notification. A command an acl guards is not run: a ``Guarded``."""
+        command = self._open(method)
         if command is None:
+            command = self._lookup(method)
+            if command is not None:
+                return Guarded(self, method, params, req_id, command)
             call = _call(method, params, req_id)
             return self._error(call, None, Status.UNKNOWN_METHOD, _METHOD_NOT_FOUND)
+        return self._execute(command, method, params, req_id)
+
+    def _execute(
+        self, command: Command, method: str, params: Params, req_id: Any
+    ) -> bytes | Outcome | Pending:
+        """``_run`` once the command is found (and allowed)."""
         if params is None and command.takes_nothing:
             kwargs = _NO_ARGUMENTS
         else:
@@ -284,6 +340,30 @@ class Dispatcher:
         if reply is not None:
             return reply
         return self._complete(_call(method, params, req_id), command, result, None)
+
+    def _guarded(
+        self, call: Guarded, peer: Any, credentials: Credentials | None
+    ) -> bytes | Outcome | Pending:
+        """``Guarded.run``: the command's principals decide, before its params are even
+        looked at (a refused caller learns nothing of them)."""
+        command, method, params = call.command, call.method, call.params
+        principals = self._guards[command.name]
+        if not principals.admits(peer, credentials):
+            # Any local user can repeat this: one line per command per interval.
+            self._log.log(
+                ("denied", command.name),
+                logging.WARNING,
+                "refused MI command %s to %s: not allowed by %s",
+                command.name,
+                caller_label(peer, credentials),
+                principals.source,
+            )
+            denied = _call(method, params, call.req_id)
+            return self._error(denied, command, Status.FORBIDDEN, _FORBIDDEN)
+        handled = self._execute(command, method, params, call.req_id)
+        if call.whole and type(handled) is bytes:
+            return Outcome(handled, Status.OK, method, params, command)
+        return handled
 
     def _start_async(
         self, call: Request | Notification, command: Command, kwargs: dict[str, Any]

@@ -10,11 +10,13 @@ texts included (docs/compatibility.md, "Recipe matching").
 from __future__ import annotations
 
 import inspect
+import re
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypeVar
 
+from midgram.engine.access import Principal, parse_principals
 from midgram.engine.coercion import Coercer, coercer_for
 from midgram.engine.events import Event, Events
 from midgram.engine.stats import Statistics
@@ -40,6 +42,9 @@ AMBIGUOUS: Final = "Ambiguous call, use named parameters instead"
 WRONG_COUNT: Final = "Too few or too many parameters"
 NAMES_MISMATCH: Final = "Named parameters do not match"
 
+# What a set of commands may be called (``@name`` in an acl rule).
+_SET_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
+
 
 @dataclass(frozen=True)
 class Command:
@@ -53,6 +58,10 @@ class Command:
     named_only: bool = False
     coercers: Mapping[str, Coercer] = field(default_factory=dict)
     is_async: bool = False
+    #: Who may call it unless the operator's ``acl`` rules say otherwise (empty: anyone).
+    acl: tuple[Principal, ...] = ()
+    #: The named sets of commands it is in (``@readonly`` in an ``acl`` rule).
+    sets: frozenset[str] = frozenset()
 
     #: Whether a call without params is valid (it has the empty recipe): the common case
     #: that dispatch serves without looking at recipes at all.
@@ -67,6 +76,9 @@ class Command:
             raise ValueError(f"bad MI command name {self.name!r}")
         if not self.recipes:
             raise ValueError(f"command {self.name!r} has no recipe")
+        for named in self.sets:
+            if not _SET_NAME.fullmatch(named):
+                raise ValueError(f"command {self.name!r}: bad set name {named!r}")
         object.__setattr__(self, "takes_nothing", () in self.recipes)
         by_count: dict[int, tuple[tuple[str, ...], ...]] = {}
         by_names: dict[frozenset[str], tuple[str, ...]] = {}
@@ -120,8 +132,11 @@ def make_command(
     module: str = "core",
     recipes: Sequence[Sequence[str]] | None = None,
     named_only: bool = False,
+    acl: str | None = None,
+    sets: Iterable[str] = (),
 ) -> Command:
-    """Build a ``Command`` from a function, its recipes from the signature unless given."""
+    """Build a ``Command`` from a function, its recipes from the signature unless given;
+    ``acl``: who may call it by default (principals as an ``acl`` rule writes them)."""
     all_recipes = (
         recipes_from_signature(handler)
         if recipes is None
@@ -133,6 +148,10 @@ def make_command(
     used = {n for recipe in all_recipes for n in recipe}
     if unknown := used - accepted:
         raise TypeError(f"recipe names {sorted(unknown)} are not parameters of {name}")
+    try:
+        principals = () if acl is None else parse_principals(acl)
+    except ValueError as exc:
+        raise ValueError(f"acl of MI command {name or handler.__name__}: {exc}") from None
     return Command(
         name=name or handler.__name__,
         handler=handler,
@@ -142,6 +161,8 @@ def make_command(
         named_only=named_only,
         coercers=_coercers(handler, used),
         is_async=inspect.iscoroutinefunction(handler),
+        acl=principals,
+        sets=frozenset(sets),
     )
 
 
@@ -167,8 +188,12 @@ class Registry:
         recipes: Sequence[Sequence[str]] | None = None,
         named_only: bool = False,
         module: str | None = None,
+        acl: str | None = None,
+        sets: Iterable[str] = (),
     ) -> Callable[[F], F]:
-        """Decorator registering a function as an MI command (``@mi.command()``)."""
+        """Decorator registering a function as an MI command (``@mi.command()``). ``acl``:
+        who may call it unless the operator's rules say otherwise, e.g. ``"root, @ops"``
+        (docs/security.md); ``sets``: the named sets it is in, e.g. ``{"readonly"}``."""
 
         def register(handler: F) -> F:
             self.add(
@@ -179,6 +204,8 @@ class Registry:
                     module=module or self.module,
                     recipes=recipes,
                     named_only=named_only,
+                    acl=acl,
+                    sets=sets,
                 )
             )
             return handler

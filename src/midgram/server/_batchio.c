@@ -6,13 +6,15 @@
  * module reads every datagram waiting on the socket with one recvmmsg() and sends all the
  * replies of that batch with one sendmmsg(), so both costs are paid once per batch.
  *
- *     io = BatchSocket(fd, family, slots, bufsize[, in_hand])
- *     io.recv(block) -> [(data: bytes, peer, truncated: bool), ...]   ([] when none came)
+ *     io = BatchSocket(fd, family, slots, bufsize[, in_hand, big, credentials])
+ *     io.recv(block) -> [(data: bytes, peer, truncated: bool, credentials), ...]   ([]: none)
  *     io.send(replies, start) -> index of the first reply not sent
  *
  * Peers are the objects the socket module gives and takes (a path str, an abstract name as
  * bytes, None for an unbound UNIX client, (host, port) or (host, port, flow, scope)), so the
- * rest of midgram (ReplySender, allow_from, tracing) works on them unchanged.
+ * rest of midgram (ReplySender, allow_from, tracing) works on them unchanged. With
+ * credentials (a UNIX socket with SO_PASSCRED), each datagram comes with what the kernel says
+ * of its sender, (pid, uid, gid) from SCM_CREDENTIALS, for the access rules; else None.
  *
  * send() never raises for a send error and never blocks (MSG_DONTWAIT): it stops at the first
  * reply that failed or whose peer it cannot convert, and the caller hands that one (and the
@@ -37,6 +39,8 @@
 #define MAX_SLOTS 1024
 /* The in_hand record: a length and a start time (two long longs), then the bytes. */
 #define IN_HAND_HEAD (2 * sizeof(long long))
+/* The control buffer of one slot: room for an SCM_CREDENTIALS message. */
+#define CREDENTIALS_SPACE CMSG_SPACE(sizeof(struct ucred))
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -58,6 +62,9 @@ typedef struct {
     struct iovec *siov;
     struct sockaddr_storage *saddrs;
     PeerCache last; /* the last peer seen: a client sending many requests costs one decode */
+    char *controls; /* slots * CREDENTIALS_SPACE bytes when credentials are read, else NULL */
+    struct ucred last_credentials; /* the last ones seen, and their Python form (or NULL) */
+    PyObject *last_credentials_obj;
     int busy;       /* a call is using the buffers (they are shared): one at a time */
     Py_buffer in_hand; /* where serve() notes the datagram in hand (buf NULL: nowhere) */
     Py_ssize_t big; /* a longer reply is the caller's to send (its send-buffer budget) */
@@ -225,19 +232,22 @@ static void BatchSocket_dealloc(BatchSocket *self) {
     PyMem_Free(self->smsgs);
     PyMem_Free(self->siov);
     PyMem_Free(self->saddrs);
+    PyMem_Free(self->controls);
     Py_XDECREF(self->last.obj);
+    Py_XDECREF(self->last_credentials_obj);
     if (self->in_hand.buf)
         PyBuffer_Release(&self->in_hand);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "family", "slots", "bufsize", "in_hand", "big", NULL};
-    int fd, family;
+    static char *keywords[] = {"fd",  "family", "slots", "bufsize", "in_hand",
+                               "big", "credentials", NULL};
+    int fd, family, credentials = 0;
     Py_ssize_t slots, bufsize, big = PY_SSIZE_T_MAX;
     PyObject *in_hand = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|On", keywords, &fd, &family, &slots,
-                                     &bufsize, &in_hand, &big))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iinn|Onp", keywords, &fd, &family, &slots,
+                                     &bufsize, &in_hand, &big, &credentials))
         return -1;
     if (big < 0) {
         PyErr_SetString(PyExc_ValueError, "big must be >= 0");
@@ -252,6 +262,10 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     }
     if (family != AF_UNIX && family != AF_INET && family != AF_INET6) {
         PyErr_Format(PyExc_ValueError, "unsupported address family %d", family);
+        return -1;
+    }
+    if (credentials && family != AF_UNIX) {
+        PyErr_SetString(PyExc_ValueError, "credentials come with UNIX datagrams only");
         return -1;
     }
     if (self->buffers) {
@@ -280,8 +294,10 @@ static int BatchSocket_init(BatchSocket *self, PyObject *args, PyObject *kwargs)
     self->smsgs = PyMem_Calloc((size_t)slots, sizeof *self->smsgs);
     self->siov = PyMem_Calloc((size_t)slots, sizeof *self->siov);
     self->saddrs = PyMem_Calloc((size_t)slots, sizeof *self->saddrs);
+    if (credentials)
+        self->controls = PyMem_Calloc((size_t)slots, CREDENTIALS_SPACE);
     if (!self->buffers || !self->rmsgs || !self->riov || !self->raddrs || !self->smsgs ||
-        !self->siov || !self->saddrs) {
+        !self->siov || !self->saddrs || (credentials && !self->controls)) {
         PyErr_NoMemory();
         return -1;
     }
@@ -314,6 +330,10 @@ static int receive(BatchSocket *self, int block) {
     for (unsigned int i = 0; i < self->slots; i++) {
         self->rmsgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
         self->rmsgs[i].msg_hdr.msg_flags = 0;
+        if (self->controls) { /* the kernel sets the length it wrote: room again each time */
+            self->rmsgs[i].msg_hdr.msg_control = self->controls + i * CREDENTIALS_SPACE;
+            self->rmsgs[i].msg_hdr.msg_controllen = CREDENTIALS_SPACE;
+        }
     }
     /* MSG_WAITFORONE: block (up to SO_RCVTIMEO) for the first datagram only, then take
      * whatever else is already queued. */
@@ -334,6 +354,34 @@ static int receive(BatchSocket *self, int block) {
     return -1;
 }
 
+/* What the kernel says of the sender of slot i, (pid, uid, gid), or None when credentials
+ * are not read (or, which SO_PASSCRED rules out, none came). A new reference. The kernel
+ * fills them in: a sender can give only its own, unless privileged (CAP_SETUID...). */
+static PyObject *slot_credentials(BatchSocket *self, unsigned int i) {
+    if (!self->controls)
+        Py_RETURN_NONE;
+    struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(hdr); c; c = CMSG_NXTHDR(hdr, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS ||
+            c->cmsg_len < CMSG_LEN(sizeof(struct ucred)))
+            continue;
+        struct ucred found;
+        memcpy(&found, CMSG_DATA(c), sizeof found);
+        struct ucred *last = &self->last_credentials;
+        if (self->last_credentials_obj && last->pid == found.pid && last->uid == found.uid &&
+            last->gid == found.gid)
+            return Py_NewRef(self->last_credentials_obj);
+        PyObject *credentials = Py_BuildValue("(iII)", (int)found.pid, (unsigned int)found.uid,
+                                              (unsigned int)found.gid);
+        if (credentials) {
+            Py_XSETREF(self->last_credentials_obj, Py_NewRef(credentials));
+            *last = found;
+        }
+        return credentials;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *recv_batch(BatchSocket *self, PyObject *arg) {
     int block = PyObject_IsTrue(arg);
     if (block < 0)
@@ -349,19 +397,22 @@ static PyObject *recv_batch(BatchSocket *self, PyObject *arg) {
         PyObject *data = PyBytes_FromStringAndSize(self->riov[i].iov_base,
                                                    (Py_ssize_t)self->rmsgs[i].msg_len);
         PyObject *peer = data ? cached_peer(self, &self->raddrs[i], hdr->msg_namelen) : NULL;
+        PyObject *credentials = peer ? slot_credentials(self, (unsigned int)i) : NULL;
         PyObject *item = NULL;
-        if (peer) {
-            item = PyTuple_New(3);
+        if (credentials) {
+            item = PyTuple_New(4);
             if (item) {
                 PyTuple_SET_ITEM(item, 0, data);
                 PyTuple_SET_ITEM(item, 1, peer);
                 PyTuple_SET_ITEM(item, 2, Py_NewRef((hdr->msg_flags & MSG_TRUNC) ? Py_True
                                                                                  : Py_False));
+                PyTuple_SET_ITEM(item, 3, credentials);
             }
         }
         if (!item) {
             Py_XDECREF(data);
             Py_XDECREF(peer);
+            Py_XDECREF(credentials);
             Py_DECREF(batch);
             return NULL;
         }
@@ -491,12 +542,23 @@ static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t 
     return rc;
 }
 
-/* settle(data, handled) for a datagram whose answer is not bytes (handled None: truncated):
- * its reply (bytes), None (no reply), or anything else: a leftover for the caller to finish
- * later (an async call in flight), which holds no later reply back. A new reference; NULL
- * with an exception set. */
-static PyObject *settled(PyObject *settle, PyObject *data, PyObject *handled) {
-    return PyObject_CallFunctionObjArgs(settle, data, handled, NULL);
+/* settle(data, handled, peer, credentials) for the datagram of slot i whose answer is not
+ * bytes (handled None: truncated): its reply (bytes), None (no reply), or anything else: a
+ * leftover for the caller to finish later (an async call in flight), which holds no later
+ * reply back. The sender is settle's to know (a command the access rules guard is run, or
+ * refused, there). A new reference; NULL with an exception set. */
+static PyObject *settled(BatchSocket *self, PyObject *settle, PyObject *data, PyObject *handled,
+                         unsigned int i) {
+    PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+    if (!peer)
+        return NULL;
+    PyObject *credentials = slot_credentials(self, i);
+    PyObject *reply = credentials ? PyObject_CallFunctionObjArgs(settle, data, handled, peer,
+                                                                 credentials, NULL)
+                                  : NULL;
+    Py_DECREF(peer);
+    Py_XDECREF(credentials);
+    return reply;
 }
 
 /* The datagram about to be answered, noted where a supervisor can read it: to name it if
@@ -541,7 +603,7 @@ static PyObject *serve_batch(BatchSocket *self, PyObject *answer, PyObject *sett
         int deferred = 0; /* settle's own leftover: its reply comes later, out of order */
         if (handled && settle && !PyBytes_CheckExact(handled)) {
             /* settled now, so that its reply goes out in order with the others */
-            Py_SETREF(handled, settled(settle, data, handled));
+            Py_SETREF(handled, settled(self, settle, data, handled, (unsigned int)i));
             if (handled == Py_None) { /* nothing to send */
                 Py_DECREF(handled);
                 Py_DECREF(data);
@@ -674,13 +736,15 @@ static PyObject *BatchSocket_get_bufsize(BatchSocket *self, void *closure) {
 
 static PyMethodDef BatchSocket_methods[] = {
     {"recv", (PyCFunction)BatchSocket_recv, METH_O,
-     "recv(block) -> list of (data, peer, truncated): every datagram waiting, up to `slots`; "
-     "with block, wait (up to SO_RCVTIMEO) for the first one."},
+     "recv(block) -> list of (data, peer, truncated, credentials): every datagram waiting, up "
+     "to `slots`; with block, wait (up to SO_RCVTIMEO) for the first one. credentials: "
+     "(pid, uid, gid) of the sender, or None when not read."},
     {"serve", (PyCFunction)(void (*)(void))BatchSocket_serve, METH_FASTCALL,
      "serve(answer, block, flush[, settle]) -> (received, replied, leftovers): receive a "
      "batch, call answer(data) on each datagram and send the bytes it returns back to the "
      "datagram's sender, flush at a time. An answer that is not bytes, or a truncated "
-     "datagram (answer not called, handled None), goes to settle(data, handled), whose "
+     "datagram (answer not called, handled None), goes to "
+     "settle(data, handled, peer, credentials), whose "
      "bytes are sent in turn (None: no reply; anything else is a leftover that holds no "
      "later reply back). leftovers (None if none) lists, in order, "
      "(data, peer, truncated, handled) for what the caller must finish: a reply the kernel "
@@ -705,13 +769,15 @@ static PyTypeObject BatchSocketType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram.server._batchio.BatchSocket",
     .tp_basicsize = sizeof(BatchSocket),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize): "
+    .tp_doc = "BatchSocket(fd, family, slots, bufsize, in_hand=None, big=sys.maxsize, "
+              "credentials=False): "
               "recvmmsg()/sendmmsg() over a datagram socket's file descriptor (not owned). "
               "in_hand, a writable buffer, is where serve() notes each datagram before "
               "answering it (a native long long length, a long long CLOCK_MONOTONIC_COARSE "
               "time in ns, then its first bytes; the length is 0 once the batch is served), "
               "for a supervisor to read if the process dies or is stuck answering it. A reply longer than big is left to the caller (who weighs it "
-              "against the send buffer).",
+              "against the send buffer). credentials (a UNIX socket with SO_PASSCRED): read "
+              "each sender's SCM_CREDENTIALS.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)BatchSocket_init,
     .tp_dealloc = (destructor)BatchSocket_dealloc,

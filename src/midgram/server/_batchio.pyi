@@ -4,7 +4,8 @@ every call into it against. The docstrings are in the C source."""
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from midgram.engine.dispatch import Outcome, Pending
+from midgram.engine.access import Credentials
+from midgram.engine.dispatch import Guarded, Outcome, Pending
 from midgram.server.transport import PeerAddress
 
 MAX_SLOTS: Final[int]
@@ -19,19 +20,20 @@ class BatchSocket:
         bufsize: int,
         in_hand: memoryview | None = None,
         big: int = ...,
+        credentials: bool = False,
     ) -> None: ...
     @property
     def slots(self) -> int: ...
     @property
     def bufsize(self) -> int: ...
-    def recv(self, block: bool, /) -> list[tuple[bytes, PeerAddress, bool]]: ...
+    def recv(self, block: bool, /) -> list[tuple[bytes, PeerAddress, bool, Credentials | None]]: ...
     def send(self, replies: list[tuple[bytes, PeerAddress]], start: int, /) -> int: ...
     def serve(
         self,
         answer: Callable[[bytes], Any],
         block: bool,
         flush: int,
-        settle: Callable[[bytes, Any], Any] | None = None,
+        settle: Callable[[bytes, Any, PeerAddress, Credentials | None], Any] | None = None,
         /,
     ) -> tuple[int, int, list[tuple[bytes, PeerAddress, bool, Any]] | None]: ...
 
@@ -42,6 +44,6 @@ class FastAnswer:
         bare: dict[str, Callable[..., Any]],
         compact: Callable[[Any, Any], bytes | None],
         after_bare: Callable[[str, Any, Any, BaseException | None], Outcome],
-        answer: Callable[[bytes], bytes | Outcome | Pending],
+        answer: Callable[[bytes], bytes | Outcome | Pending | Guarded],
     ) -> None: ...
-    def __call__(self, data: bytes, /) -> bytes | Outcome | Pending: ...
+    def __call__(self, data: bytes, /) -> bytes | Outcome | Pending | Guarded: ...

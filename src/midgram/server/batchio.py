@@ -31,8 +31,9 @@ from typing import Any, Final, Protocol
 
 from midgram._version import __version__
 from midgram.compiled import why_not_loaded
+from midgram.engine.access import Credentials
 from midgram.engine.dispatch import Answer
-from midgram.server.transport import PeerAddress, Receiver, receive_error
+from midgram.server.transport import PeerAddress, Received, Receiver, receive_error
 
 try:
     from midgram.server import _batchio
@@ -61,13 +62,16 @@ SLOTS: Final = 16
 #: ``MIDGRAM_NATIVE=0``: serve with the socket module only.
 ENV: Final = "MIDGRAM_NATIVE"
 
-Datagram = tuple[bytes, PeerAddress, bool]
+#: ``(data, peer, truncated, credentials)``: credentials (pid, uid, gid) when the socket
+#: passes them, else None.
+Datagram = Received
 Reply = tuple[bytes, PeerAddress]
 #: What ``NativeIO.serve`` leaves to Python: ``(data, peer, truncated, handled)``.
 Leftover = tuple[bytes, PeerAddress, bool, Any]
-#: ``settle(data, handled)``: the reply (None: none) to a datagram whose answer is not bytes,
-#: or anything else: a leftover whose reply comes later (an async call in flight).
-Settle = Callable[[bytes, Any], Any]
+#: ``settle(data, handled, peer, credentials)``: the reply (None: none) to a datagram whose
+#: answer is not bytes, or anything else: a leftover whose reply comes later (an async call
+#: in flight).
+Settle = Callable[[bytes, Any, PeerAddress, Credentials | None], Any]
 
 
 class BatchIO(Protocol):
@@ -82,8 +86,8 @@ class BatchIO(Protocol):
         one: see ``Dispatcher.answer_function``."""
 
     def recv(self, block: bool) -> list[Datagram]:
-        """``(data, peer, truncated)`` for each datagram read ([] when none came): with
-        ``block``, waiting up to the socket's SO_RCVTIMEO for the first one."""
+        """``(data, peer, truncated, credentials)`` for each datagram read ([] when none
+        came): with ``block``, waiting up to the socket's SO_RCVTIMEO for the first one."""
 
     def send(self, replies: list[Reply], start: int) -> int:
         """Send ``replies[start:]`` without blocking; the index of the first one not sent,
@@ -96,8 +100,8 @@ class SocketIO:
     native = False
     fast_answer: None = None
 
-    def __init__(self, sock: socket.socket, bufsize: int) -> None:
-        self._recv = Receiver(sock, bufsize).recv
+    def __init__(self, sock: socket.socket, bufsize: int, *, credentials: bool = False) -> None:
+        self._recv = Receiver(sock, bufsize, credentials=credentials).recv
 
     def recv(self, block: bool) -> list[Datagram]:
         item = self._recv(block)
@@ -120,12 +124,21 @@ class NativeIO:
         slots: int = SLOTS,
         in_hand: memoryview | None = None,
         big: int | None = None,
+        *,
+        credentials: bool = False,
     ) -> None:
         self._sock = sock  # keeps the descriptor open as long as this object lives
         # in_hand: where serve() notes each datagram before answering it (WorkerStates);
-        # big: a longer reply is left to ReplySender (its send-buffer budget).
+        # big: a longer reply is left to ReplySender (its send-buffer budget); credentials:
+        # the senders' SCM_CREDENTIALS are read with each datagram.
         batch = _batchio.BatchSocket(
-            sock.fileno(), sock.family, slots, bufsize, in_hand, sys.maxsize if big is None else big
+            sock.fileno(),
+            sock.family,
+            slots,
+            bufsize,
+            in_hand,
+            sys.maxsize if big is None else big,
+            credentials,
         )
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
@@ -145,7 +158,8 @@ class NativeIO:
         """Read a batch and serve its common case without a Python loop: ``answer(data)``
         for each datagram, the bytes it returns sent ``flush`` at a time back to the
         datagram's sender. What is not bytes (and a truncated datagram, with ``handled``
-        None) goes to ``settle(data, handled)``, whose reply (None: none) goes out in turn.
+        None) goes to ``settle(data, handled, peer, credentials)``, whose reply (None: none)
+        goes out in turn.
 
         Returns ``(received, replied, leftovers)``: ``leftovers`` (None when there are none)
         are, in order, the replies the caller must send (``(data, peer, truncated, reply)``):
@@ -206,8 +220,10 @@ def batch_io(
     slots: int = SLOTS,
     in_hand: memoryview | None = None,
     big: int | None = None,
+    credentials: bool = False,
 ) -> BatchIO:
-    """The best I/O this process has for ``sock`` (``in_hand``, ``big``: see ``NativeIO``)."""
+    """The best I/O this process has for ``sock`` (``in_hand``, ``big``, ``credentials``:
+    see ``NativeIO``)."""
     if native_status().on:
-        return NativeIO(sock, bufsize, slots, in_hand, big)
-    return SocketIO(sock, bufsize)
+        return NativeIO(sock, bufsize, slots, in_hand, big, credentials=credentials)
+    return SocketIO(sock, bufsize, credentials=credentials)

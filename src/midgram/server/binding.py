@@ -7,8 +7,9 @@ Security-sensitive: a server often runs as root and binds where other users can 
   it has the asked owner and mode, and a live server's socket is never replaced; a stale
   one is, and anything that is not a socket is refused and left alone.
 - :func:`remove_unix` removes on the way out only the file this process created.
-- :func:`set_recv_timeout` and :func:`enlarge_send_buffer` set the options every worker
-  shares, once, before the fork.
+- :func:`set_recv_timeout`, :func:`enlarge_send_buffer` and :func:`pass_credentials` set
+  the options every worker shares, once, before the fork.
+- :class:`UserDatabase` resolves the users and groups of the ``acl`` rules, at start.
 
 Process model: the socket is shared by forked workers, so its file status flags
 (``O_NONBLOCK``) and options (``SO_RCVTIMEO``) are shared too. It therefore stays blocking, so
@@ -40,9 +41,11 @@ from midgram.wire.address import SUN_PATH_MAX
 __all__ = [
     "SEND_BUFFER",
     "SO_SNDBUFFORCE",
+    "UserDatabase",
     "bind_udp",
     "bind_unix",
     "enlarge_send_buffer",
+    "pass_credentials",
     "remove_unix",
     "resolve_group",
     "resolve_owner",
@@ -435,3 +438,42 @@ def set_recv_timeout(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(
         socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", *divmod(micros, 1_000_000))
     )
+
+
+def pass_credentials(sock: socket.socket) -> None:
+    """Have the kernel give, with each datagram of the UNIX socket ``sock``, its sender's
+    pid, uid and gid (``SO_PASSCRED``; read as ``SCM_CREDENTIALS``). It costs a little on
+    every datagram, so it is set only when an ``acl`` rule needs it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+class UserDatabase:
+    """The users and groups an ``acl`` rule names, as the system's database (``pwd`` and
+    ``grp``, through NSS) has them at start (``engine.access.Resolver``)."""
+
+    def user(self, name: str) -> int:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise KeyError(f"no user named {name!r}") from None
+
+    def group(self, spec: str | int) -> tuple[int, frozenset[int]]:
+        """Its gid, and the uids of the members its entry lists. A gid with no entry is a
+        group all the same (a container's, say), with no member listed."""
+        try:
+            entry = grp.getgrnam(spec) if isinstance(spec, str) else grp.getgrgid(spec)
+        except KeyError:
+            if isinstance(spec, int):
+                return spec, frozenset()
+            raise KeyError(f"no group named {spec!r}") from None
+        return entry.gr_gid, frozenset(self._uids(entry.gr_mem))
+
+    @staticmethod
+    def _uids(names: list[str]) -> list[int]:
+        uids = []
+        for name in names:
+            try:
+                uids.append(pwd.getpwnam(name).pw_uid)
+            except KeyError:
+                continue  # listed but not a user: no process runs as it
+        return uids

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from midgram.engine.access import in_networks
 from midgram.engine.dispatch import Outcome
 from midgram.engine.tracing import Trace, Tracer
 from midgram.logs import peer_label, shown
@@ -50,18 +51,8 @@ def allow_from(networks: Sequence[str]) -> Admission | None:
     None: everyone."""
     if not networks:
         return None
-    parsed = [ipaddress.ip_network(net) for net in networks]
-
-    def allowed(peer: Any) -> bool:
-        try:
-            address = ipaddress.ip_address(peer[0])
-        except (ValueError, TypeError, IndexError):
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in net for net in parsed)
-
-    return Admission(allowed, "not in allow_from")
+    parsed = tuple(ipaddress.ip_network(net) for net in networks)
+    return Admission(lambda peer: in_networks(parsed, peer), "not in allow_from")
 
 
 class Observer(Protocol):

@@ -19,6 +19,7 @@ import enum
 import errno
 import logging
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from midgram.engine.access import Credentials
 from midgram.errors import TransportError
 from midgram.logs import LOG_INTERVAL as DROP_LOG_INTERVAL
 from midgram.logs import RateLimitedLog, peer_label
@@ -37,10 +39,13 @@ __all__ = [
     "HepSender",
     "PeerAddress",
     "RateLimitedLog",
+    "Received",
     "Receiver",
     "ReplySender",
     "SendStatus",
+    "passes_credentials",
     "receive_error",
+    "sender_credentials",
     "sock_label",
 ]
 
@@ -52,6 +57,14 @@ log = logging.getLogger(__name__)
 PeerAddress: TypeAlias = str | bytes | tuple[Any, ...] | None
 
 _DONTWAIT: Final = socket.MSG_DONTWAIT
+#: struct ucred: pid_t, uid_t, gid_t.
+_UCRED: Final = struct.Struct("=iII")
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
+_SCM_CREDENTIALS: Final = (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+
+#: What one receive gives: the datagram, its sender, whether it was cut to the buffer, and
+#: what the kernel says of the sender (``SCM_CREDENTIALS``), when asked.
+Received: TypeAlias = tuple[bytes, PeerAddress, bool, Credentials | None]
 
 
 def _why(exc: OSError) -> str:
@@ -66,12 +79,13 @@ class Receiver:
     """Reads one whole datagram per call from a (shared, blocking) socket.
 
     A datagram larger than ``bufsize`` is reported as truncated, with its first ``bufsize``
-    bytes, so that it is never executed in part.
+    bytes, so that it is never executed in part. With ``credentials`` (a UNIX socket that
+    passes them: ``SO_PASSCRED``), what the kernel says of each sender comes with it.
     """
 
-    __slots__ = ("_bufsize", "_limit", "_recvfrom", "_sock")
+    __slots__ = ("_bufsize", "_limit", "_recvfrom", "_recvmsg", "_sock")
 
-    def __init__(self, sock: socket.socket, bufsize: int) -> None:
+    def __init__(self, sock: socket.socket, bufsize: int, *, credentials: bool = False) -> None:
         if bufsize < 1:
             raise ValueError(f"a receive buffer needs at least one byte, not {bufsize}")
         self._sock = sock
@@ -81,12 +95,21 @@ class Receiver:
         # the bytes object is allocated at full size and shrunk in place.
         self._limit = bufsize + 1
         self._recvfrom = sock.recvfrom
+        self._recvmsg = sock.recvmsg if credentials else None
 
-    def recv(self, block: bool = True) -> tuple[bytes, PeerAddress, bool] | None:
-        """``(data, peer_address, truncated)``, or None when there is nothing to read: the
-        ``SO_RCVTIMEO`` timeout expired, or ``block`` is false and the queue is empty."""
+    def recv(self, block: bool = True) -> Received | None:
+        """``(data, peer_address, truncated, credentials)``, or None when there is nothing
+        to read: the ``SO_RCVTIMEO`` timeout expired, or ``block`` is false and the queue is
+        empty. ``credentials``: ``(pid, uid, gid)``, or None when not asked for."""
+        credentials = None
         try:
-            data, peer = self._recvfrom(self._limit, 0 if block else _DONTWAIT)
+            if self._recvmsg is None:
+                data, peer = self._recvfrom(self._limit, 0 if block else _DONTWAIT)
+            else:
+                data, ancillary, _, peer = self._recvmsg(
+                    self._limit, _CREDENTIALS_SPACE, 0 if block else _DONTWAIT
+                )
+                credentials = sender_credentials(ancillary)
         except (BlockingIOError, InterruptedError, TimeoutError):
             return None
         except (ConnectionRefusedError, ConnectionResetError):
@@ -96,8 +119,26 @@ class Receiver:
         except OSError as exc:
             raise receive_error(exc, self._sock) from exc
         if len(data) > self._bufsize:
-            return data[: self._bufsize], peer, True
-        return data, peer, False
+            return data[: self._bufsize], peer, True, credentials
+        return data, peer, False, credentials
+
+
+def sender_credentials(ancillary: list[tuple[int, int, bytes]]) -> Credentials | None:
+    """The ``SCM_CREDENTIALS`` of a datagram's ancillary data, ``(pid, uid, gid)``, which the
+    kernel fills in and checks (a process can send only its own, unless privileged)."""
+    for level, kind, data in ancillary:
+        if (level, kind) == _SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            pid, uid, gid = _UCRED.unpack_from(data)
+            return pid, uid, gid
+    return None
+
+
+def passes_credentials(sock: socket.socket) -> bool:
+    """Whether each datagram of ``sock`` comes with its sender's credentials (a UNIX socket
+    with ``SO_PASSCRED``, which ``binding.pass_credentials`` sets)."""
+    if sock.family != socket.AF_UNIX:
+        return False
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED))
 
 
 def sock_label(sock: socket.socket) -> str:

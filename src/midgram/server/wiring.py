@@ -8,7 +8,9 @@ Either way the UNIX socket file is removed on the way out.
 
 Tracing (``trace_destination``) is checked before any fork: the bw-list against the commands
 served, the collector's name resolved. Each worker then makes its own HEP socket and
-correlation ids after the fork.
+correlation ids after the fork. So are the ``acl`` rules: their commands against those served,
+their users and groups against the system's database; the socket passes its senders'
+credentials if a rule needs them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from midgram.config.settings import Settings
+from midgram.engine.access import AccessPolicy, build_policy
 from midgram.engine.builtins import with_builtins
 from midgram.engine.dispatch import Dispatcher
 from midgram.engine.publisher import EventPublisher
@@ -43,9 +46,11 @@ from midgram.local import default_target, squatted
 from midgram.logs import LOG_FORMAT, formatter_for, logging_level, opensips_level
 from midgram.server.batchio import native_status, version_line
 from midgram.server.binding import (
+    UserDatabase,
     bind_udp,
     bind_unix,
     enlarge_send_buffer,
+    pass_credentials,
     remove_unix,
     resolve_owner,
     resolve_udp,
@@ -207,13 +212,38 @@ def close_socket(sock: socket.socket, settings: Settings) -> None:
         remove_unix(address.path)
 
 
-def _dispatcher(settings: Settings, registry: Registry, runtime: Runtime) -> Dispatcher:
+def _dispatcher(
+    settings: Settings, registry: Registry, runtime: Runtime, sock: socket.socket
+) -> Dispatcher:
+    served = with_builtins(registry, runtime)
     return Dispatcher(
-        with_builtins(registry, runtime),
+        served,
         pretty=settings.pretty_printing,
         buf_size=settings.socket_buf_size,
         json_errors=settings.json_errors,
+        access=_access_policy(settings, served, sock),
     )
+
+
+def _access_policy(
+    settings: Settings, served: Registry, sock: socket.socket
+) -> AccessPolicy | None:
+    """The ``acl`` rules and the commands' own defaults, checked against the commands
+    served and the user and group database (an unknown one stops the server here, named);
+    the socket then passes its senders' credentials if a rule needs them. None: no rule."""
+    if not settings.acl and not any(command.acl for command in served):
+        return None
+    udp = isinstance(server_address(settings), UdpAddress)
+    policy = build_policy(settings.acl, served, UserDatabase(), udp=udp)
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    if policy.needs_credentials:
+        pass_credentials(sock)
+    log.info(
+        "acl: %s guarded, every other command open to anyone who can reach the socket",
+        ", ".join(policy.guards) or "no command",
+    )
+    return policy
 
 
 @dataclass(frozen=True)
@@ -408,7 +438,7 @@ def _serve_forked(sock: socket.socket, settings: Settings, registry: Registry, t
     table = ProcessTable(children, level=_opensips_level(settings))
     table.register(0, os.getpid())
     runtime = SharedRuntime(table, 0, time.time(), os.getpid())
-    dispatcher = _dispatcher(settings, registry, runtime)
+    dispatcher = _dispatcher(settings, registry, runtime, sock)
     plan = _trace_plan(settings, sock, dispatcher)
     server_stats = ServerStats.declare(registry.stats)
     on_restart = _raise_restarts(registry)
@@ -513,7 +543,7 @@ def in_process(
 ) -> InProcess:
     """The worker of a server that is this one process, serving ``sock``; ``options`` go to
     ``Worker``."""
-    dispatcher = _dispatcher(settings, registry, runtime)
+    dispatcher = _dispatcher(settings, registry, runtime, sock)
     plan = _trace_plan(settings, sock, dispatcher)
     stats = ServerStats.declare(registry.stats)
     tracing = plan.start(stats.traced.inc) if plan is not None else None

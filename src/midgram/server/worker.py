@@ -36,7 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from midgram.engine.dispatch import Answer, Dispatcher, Outcome, Pending, Status
+from midgram.engine.access import Credentials
+from midgram.engine.dispatch import Answer, Dispatcher, Guarded, Outcome, Pending, Status
 from midgram.engine.runtime import apply_log_level
 from midgram.engine.stats import Counter, Statistics
 from midgram.errors import TransportError
@@ -46,7 +47,13 @@ from midgram.server.budget import SendBudget
 from midgram.server.hooks import Admission, DebugLog, Observer, observing
 from midgram.server.inflight import AsyncCalls
 from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
-from midgram.server.transport import WITHHELD, PeerAddress, ReplySender, SendStatus
+from midgram.server.transport import (
+    WITHHELD,
+    PeerAddress,
+    ReplySender,
+    SendStatus,
+    passes_credentials,
+)
 from midgram.wire.jsonrpc import INTERNAL_ERROR_REPLY
 
 __all__ = ["IDLE_WAKEUP", "ServerStats", "Worker"]
@@ -86,6 +93,7 @@ class ServerStats:
     stuck_requests: Counter
     refused: Counter
     traced: Counter
+    denied: Counter
 
     @classmethod
     def declare(cls, stats: Statistics) -> ServerStats:
@@ -103,6 +111,7 @@ class ServerStats:
             Status.COMMAND_ERROR: self.command_errors.inc,
             Status.SERVER_ERROR: self.command_errors.inc,
             Status.REPLY_TOO_BIG: self.oversize_replies.inc,
+            Status.FORBIDDEN: self.denied.inc,
         }
 
 
@@ -111,8 +120,9 @@ class _Dispatching(NamedTuple):
 
     #: A datagram's answer: the reply's bytes in the common case (OK, nothing to count).
     answer: Answer
-    #: The same, always an Outcome (or a Pending): for the observers, who need one each.
-    handle: Callable[[bytes], Outcome | Pending]
+    #: The same, always an Outcome (or a Pending, or a Guarded to run): for the observers,
+    #: who need one each.
+    handle: Callable[[bytes], Outcome | Pending | Guarded]
     #: What a datagram larger than the buffer gets.
     oversize: Callable[[int], Outcome]
 
@@ -160,8 +170,18 @@ class Worker:
         # Unread UNIX replies stay charged to the socket: big ones meet its budget.
         budget = SendBudget(sock) if sock.family == socket.AF_UNIX else None
         big = budget.small if budget is not None else None
+        # The senders' credentials are read when the socket passes them: when an acl rule
+        # names users or groups (wiring).
         self.io = (
-            io if io is not None else batch_io(sock, dispatcher.buf_size, in_hand=in_hand, big=big)
+            io
+            if io is not None
+            else batch_io(
+                sock,
+                dispatcher.buf_size,
+                in_hand=in_hand,
+                big=big,
+                credentials=passes_credentials(sock),
+            )
         )
         self._log = RateLimitedLog(log)
         self.sender = ReplySender(
@@ -329,8 +349,8 @@ class Worker:
         in_hand = self._in_hand
         flush = self._flush
         replies: list[Reply] = []
-        handled: bytes | Outcome | Pending
-        for data, peer, truncated in batch:
+        handled: bytes | Outcome | Pending | Guarded
+        for data, peer, truncated, credentials in batch:
             if in_hand is not None:
                 hold(in_hand, data)
             try:
@@ -338,7 +358,11 @@ class Worker:
                     continue
                 # bytes in the common case: an OK reply, nothing to count
                 handled = self._dispatching.oversize(len(data)) if truncated else answer(data)
-                reply = handled if isinstance(handled, bytes) else self._settle(handled, peer, data)
+                reply = (
+                    handled
+                    if isinstance(handled, bytes)
+                    else self._settle(handled, peer, data, credentials)
+                )
             except Exception as exc:
                 reply = self._failed(exc, data)
             if reply is None:
@@ -352,9 +376,21 @@ class Worker:
         if in_hand is not None:
             let_go(in_hand)
 
-    def _settle(self, handled: Outcome | Pending, peer: PeerAddress, data: bytes) -> bytes | None:
-        """The reply to send with the batch, if any: an async call is started (replied to
-        when it completes), an observed outcome is finished on its own."""
+    def _settle(
+        self,
+        handled: Outcome | Pending | Guarded,
+        peer: PeerAddress,
+        data: bytes,
+        credentials: Credentials | None,
+    ) -> bytes | None:
+        """The reply to send with the batch, if any: a guarded call is run (or refused) for
+        its sender, an async call is started (replied to when it completes), an observed
+        outcome is finished on its own."""
+        if type(handled) is Guarded:
+            ran = handled.run(peer, credentials)
+            if type(ran) is bytes:
+                return ran
+            handled = ran  # type: ignore[assignment]
         if type(handled) is Pending:
             self._calls.start(handled, peer, data)
             return None
@@ -392,14 +428,24 @@ class Worker:
         return received
 
     def _settle_native(
-        self, data: bytes, handled: Outcome | Pending | None
+        self,
+        data: bytes,
+        handled: Outcome | Pending | Guarded | None,
+        peer: PeerAddress,
+        credentials: Credentials | None,
     ) -> bytes | Pending | None:
         """For the fast path, in the batch's order: the reply to a datagram whose answer is
-        an Outcome, or that was truncated (``handled`` None); a Pending comes back as it is,
-        a leftover that ``_send_leftovers`` starts (C knows its peer, this does not)."""
+        an Outcome, or that was truncated (``handled`` None); a guarded call is run (or
+        refused) for its sender first; a Pending comes back as it is, a leftover that
+        ``_send_leftovers`` starts."""
         try:
             if handled is None:
                 handled = self._dispatching.oversize(len(data))
+            elif type(handled) is Guarded:
+                ran = handled.run(peer, credentials)
+                if type(ran) is bytes:
+                    return ran
+                handled = ran  # type: ignore[assignment]
             if type(handled) is Pending:
                 return handled
             return self._count(handled)  # type: ignore[arg-type]

@@ -53,6 +53,7 @@ __all__ = [
     "event_socket_text",
     "parse_event_socket",
     "parse_hep_id",
+    "parse_network",
     "parse_socket_name",
     "parse_target",
     "parse_trace_destination",
@@ -536,3 +537,17 @@ def default_socket_name(runtime_dir: str | None, uid: int) -> str:
     if runtime_dir:
         return f"{runtime_dir.rstrip('/')}/midgram.sock"
     return f"/tmp/midgram-{uid}.sock"
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network (``10.0.0.0/8``) or one address, as an access list names it. Host bits set
+    (``10.1.2.3/8``) are refused rather than widened silently: the operator may have meant a
+    narrower network. ValueError: ``not a network: ...``, with the network probably meant."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"not a network: {exc}{hint}") from None
