@@ -1,5 +1,6 @@
-"""docs/architecture.md against the code: the layer picture is the import-linter contract,
-and the module table names the modules that exist, every one of them."""
+"""docs/ against the code: the layer picture is the import-linter contract, the module
+table names the modules that exist, every one of them, and the deliberate differences have
+one numbering (docs/compatibility.md and the README's list)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,23 @@ def test_the_module_table_names_every_module() -> None:
         if path.name not in {"__init__.py", "__main__.py"} and "__pycache__" not in path.parts
     }
     assert present - listed == set(), "modules docs/architecture.md does not list"
+
+
+# --- one numbering of the deliberate differences -----------------------------------------
+
+_NUMBERED = re.compile(r"^(\d+)\. ", re.MULTILINE)
+
+
+def _numbers(text: str, start: str, end: str) -> list[int]:
+    section = text.split(start, 1)[1].split(end, 1)[0]
+    return [int(number) for number in _NUMBERED.findall(section)]
+
+
+def test_the_readme_lists_every_difference_by_its_number() -> None:
+    """The README's list and docs/compatibility.md's numbered differences are one numbering:
+    1 to N in order, none skipped or doubled (two branches once both took 22)."""
+    compatibility = (ROOT / "docs" / "compatibility.md").read_text()
+    explained = _numbers(compatibility, "## The contract", "## Request validation")
+    assert explained == list(range(1, len(explained) + 1))
+    readme = (ROOT / "README.md").read_text()
+    assert _numbers(readme, "## Compatibility", "\n## ") == explained
