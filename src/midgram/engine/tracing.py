@@ -407,6 +407,16 @@ class Tracer:
             if not self._traced(command):
                 return None
             params = params_text(outcome.params)
+        return self._trace(command, params, peer, now_ns)
+
+    def bare(self, method: str, peer: Any, now_ns: int) -> Trace | None:
+        """``request`` for a call without params that was answered OK, read from its method
+        alone (the native loop has no Outcome for it): the same trace, or None."""
+        if not self._traced(method):
+            return None
+        return self._trace(method, b"", peer, now_ns)
+
+    def _trace(self, command: str, params: bytes, peer: Any, now_ns: int) -> Trace:
         client = self._client(peer)
         to_server, to_client = self._routes_of(client)
         correlation = self._ids()

@@ -27,6 +27,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <string.h>
@@ -672,6 +673,9 @@ static PyObject *BatchSocket_get_bufsize(BatchSocket *self, void *closure) {
     return PyLong_FromSize_t(self->bufsize);
 }
 
+static PyObject *BatchSocket_serve_traced(BatchSocket *self, PyObject *const *args,
+                                          Py_ssize_t nargs); /* with FastAnswer's reader, below */
+
 static PyMethodDef BatchSocket_methods[] = {
     {"recv", (PyCFunction)BatchSocket_recv, METH_O,
      "recv(block) -> list of (data, peer, truncated): every datagram waiting, up to `slots`; "
@@ -688,6 +692,16 @@ static PyMethodDef BatchSocket_methods[] = {
      "settle, what settle would have had; after a refused reply or one the caller "
      "finishes, every later reply of the batch is a leftover too, so that each client's "
      "replies keep their order."},
+    {"serve_traced", (PyCFunction)(void (*)(void))BatchSocket_serve_traced, METH_FASTCALL,
+     "serve_traced(answer, block, flush, hooks) -> (received, replied, traced): serve() for a "
+     "worker that traces to a HEP collector. hooks is (fd, request, reply, finish, refused, "
+     "lost): the collector's connected socket, request(method, peer) -> Trace | None (its "
+     "packet first) for a call without params answered OK, reply(trace, reply) -> the packet "
+     "of a reply that went out, finish(data, peer, truncated, handled) -> bool for any other "
+     "datagram (the caller answers, sends and traces it; handled None: not answered yet), "
+     "refused(trace, reply, peer) -> bool for a reply this could not send (both say whether "
+     "replies may still go out directly), lost(packet) for a packet the collector's socket "
+     "refused. traced counts the packets sent here."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
      "blocking, up to the first one longer than big; the index of the first one not sent "
@@ -872,16 +886,20 @@ static int recognise(const char *text, Py_ssize_t len, BareCall *call) {
     return c.p == c.end && (seen & required) == required;
 }
 
-/* The method's name as a str, the last one's when it is the same. New reference. */
-static PyObject *method_name(FastAnswer *self, const Span *span) {
-    PyObject *last = self->method;
-    if (last && PyUnicode_GET_LENGTH(last) == span->len &&
-        memcmp(PyUnicode_1BYTE_DATA(last), span->start, (size_t)span->len) == 0)
-        return Py_NewRef(last);
+/* A name as a str, the last one's (*last) when it is the same. New reference. */
+static PyObject *cached_name(PyObject **last, const Span *span) {
+    if (*last && PyUnicode_GET_LENGTH(*last) == span->len &&
+        memcmp(PyUnicode_1BYTE_DATA(*last), span->start, (size_t)span->len) == 0)
+        return Py_NewRef(*last);
     PyObject *name = PyUnicode_DecodeASCII(span->start, span->len, NULL);
     if (name)
-        Py_XSETREF(self->method, Py_NewRef(name));
+        Py_XSETREF(*last, Py_NewRef(name));
     return name;
+}
+
+/* The method's name as a str, the last one's when it is the same. New reference. */
+static PyObject *method_name(FastAnswer *self, const Span *span) {
+    return cached_name(&self->method, span);
 }
 
 /* The exception being raised, taken (new reference), with its traceback attached. */
@@ -1021,6 +1039,300 @@ static PyTypeObject FastAnswerType = {
     .tp_vectorcall_offset = offsetof(FastAnswer, vectorcall),
     .tp_call = PyVectorcall_Call,
 };
+
+/* --- serve_traced(): serve() with HEP tracing on ---------------------------------------- */
+
+/* A traced request costs two more datagrams (its packet and its reply's), each built by the
+ * Tracer in Python (one encoder) and sent, in the reference path, with a sendto() of its own
+ * while the loop serves one datagram at a time. serve_traced() keeps the common case here:
+ * a call without params (recognise(), as FastAnswer reads it) answered OK. It asks Python
+ * for the request's packet, sends the replies `flush` at a time, then asks for the packets of
+ * the replies that went out and sends them all, requests' first, with one sendmmsg() on the
+ * collector's connected socket. Any other datagram is finished by Python (the reference
+ * path, its reply and packets included) once everything held here went out, so each
+ * client's replies and the packets keep their order; so is every datagram after a reply
+ * that is left waiting for its client. */
+
+#define HEP_BATCH 16
+
+typedef struct {
+    int fd;            /* the collector's connected UDP socket */
+    PyObject *request; /* request(method, peer) -> Trace (its packet first) | None */
+    PyObject *reply;   /* reply(trace, reply) -> the packet of a reply that went out */
+    PyObject *finish;  /* finish(data, peer, truncated, handled) -> bool: direct sends go on */
+    PyObject *refused; /* refused(trace, reply, peer) -> bool: a reply not sent here */
+    PyObject *lost;    /* lost(packet): a packet the collector's socket refused */
+} TraceHooks;
+
+typedef struct {
+    PyObject *packet[HEP_BATCH];
+    unsigned int count;
+} HepBox;
+
+typedef struct {
+    PyObject *reply[MAX_SLOTS];
+    PyObject *trace[MAX_SLOTS]; /* None: not traced */
+    unsigned int source[MAX_SLOTS];
+    unsigned int count;
+} TracedBox;
+
+/* Send the packets held, in order; what the socket refused goes to lost(), which says why. */
+static int hep_flush(const TraceHooks *hooks, HepBox *box, Py_ssize_t *traced) {
+    struct mmsghdr msgs[HEP_BATCH];
+    struct iovec iov[HEP_BATCH];
+    int sent = 0;
+    if (box->count) {
+        memset(msgs, 0, sizeof msgs[0] * box->count);
+        for (unsigned int j = 0; j < box->count; j++) {
+            iov[j].iov_base = PyBytes_AS_STRING(box->packet[j]);
+            iov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->packet[j]);
+            msgs[j].msg_hdr.msg_iov = &iov[j];
+            msgs[j].msg_hdr.msg_iovlen = 1;
+        }
+        sent = sendmmsg(hooks->fd, msgs, box->count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        *traced += sent;
+    }
+    int rc = 0;
+    for (unsigned int j = 0; j < box->count; j++) {
+        if ((int)j >= sent && rc == 0) {
+            PyObject *done = PyObject_CallOneArg(hooks->lost, box->packet[j]);
+            rc = done ? 0 : -1;
+            Py_XDECREF(done);
+        }
+        Py_DECREF(box->packet[j]);
+    }
+    box->count = 0;
+    return rc;
+}
+
+static int hep_add(const TraceHooks *hooks, HepBox *box, PyObject *packet, Py_ssize_t *traced) {
+    if (!PyBytes_CheckExact(packet)) {
+        PyErr_SetString(PyExc_TypeError, "serve_traced: a HEP packet must be bytes");
+        return -1;
+    }
+    if (box->count == HEP_BATCH && hep_flush(hooks, box, traced) < 0)
+        return -1;
+    box->packet[box->count++] = Py_NewRef(packet);
+    return 0;
+}
+
+/* A bool from a hook's result (a new reference, or NULL), which is released. */
+static int truth(PyObject *result) {
+    int yes = result ? PyObject_IsTrue(result) : -1;
+    Py_XDECREF(result);
+    return yes;
+}
+
+/* Send the replies held, then the packets of the requests and of the replies that went out;
+ * replies the kernel refused go to refused(), in order, after those packets. */
+static int traced_flush(BatchSocket *self, const TraceHooks *hooks, TracedBox *box, HepBox *hep,
+                        int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
+    int sent = 0;
+    if (box->count) {
+        for (unsigned int j = 0; j < box->count; j++) {
+            struct msghdr *src = &self->rmsgs[box->source[j]].msg_hdr;
+            struct msghdr *hdr = &self->smsgs[j].msg_hdr;
+            hdr->msg_name = src->msg_name;
+            hdr->msg_namelen = src->msg_namelen;
+            self->siov[j].iov_base = PyBytes_AS_STRING(box->reply[j]);
+            self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->reply[j]);
+        }
+        sent = sendmmsg(self->fd, self->smsgs, box->count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        *replied += sent;
+    }
+    int rc = 0;
+    for (int j = 0; j < sent && rc == 0; j++) {
+        if (box->trace[j] == Py_None)
+            continue;
+        PyObject *packet =
+            PyObject_CallFunctionObjArgs(hooks->reply, box->trace[j], box->reply[j], NULL);
+        rc = packet ? hep_add(hooks, hep, packet, traced) : -1;
+        Py_XDECREF(packet);
+    }
+    if (rc == 0)
+        rc = hep_flush(hooks, hep, traced);
+    for (unsigned int j = (unsigned int)sent; j < box->count && rc == 0; j++) {
+        unsigned int i = box->source[j];
+        PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+        int go_on = peer ? truth(PyObject_CallFunctionObjArgs(hooks->refused, box->trace[j],
+                                                               box->reply[j], peer, NULL))
+                         : -1;
+        Py_XDECREF(peer);
+        if (go_on < 0)
+            rc = -1;
+        else
+            *direct = *direct && go_on;
+    }
+    for (unsigned int j = 0; j < box->count; j++) {
+        Py_DECREF(box->reply[j]);
+        Py_DECREF(box->trace[j]);
+    }
+    box->count = 0;
+    return rc;
+}
+
+/* A bare call answered OK: its request packet now, its reply held (or, when this cannot send
+ * it, given to refused() after what is held). Steals handled. */
+static int traced_reply(BatchSocket *self, const TraceHooks *hooks, TracedBox *box, HepBox *hep,
+                        unsigned int i, PyObject *method, PyObject *handled, unsigned int flush,
+                        int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
+    PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+    PyObject *trace =
+        peer ? PyObject_CallFunctionObjArgs(hooks->request, method, peer, NULL) : NULL;
+    int rc = trace ? 0 : -1;
+    if (rc == 0 && trace != Py_None) {
+        if (PyTuple_Check(trace) && PyTuple_GET_SIZE(trace) > 0)
+            rc = hep_add(hooks, hep, PyTuple_GET_ITEM(trace, 0), traced);
+        else {
+            PyErr_SetString(PyExc_TypeError, "serve_traced: request() must give a Trace or None");
+            rc = -1;
+        }
+    }
+    if (rc == 0 && PyBytes_GET_SIZE(handled) <= self->big && !unbound(self, i)) {
+        box->reply[box->count] = handled; /* the box owns both now */
+        box->trace[box->count] = trace;
+        box->source[box->count++] = i;
+        Py_DECREF(peer);
+        if (box->count >= flush)
+            return traced_flush(self, hooks, box, hep, direct, replied, traced);
+        return 0;
+    }
+    if (rc == 0) /* too long for this loop, or an unbound client: the caller's to send */
+        rc = traced_flush(self, hooks, box, hep, direct, replied, traced);
+    if (rc == 0) {
+        int go_on = truth(PyObject_CallFunctionObjArgs(hooks->refused, trace, handled, peer, NULL));
+        rc = go_on < 0 ? -1 : 0;
+        *direct = *direct && go_on > 0;
+    }
+    Py_XDECREF(trace);
+    Py_XDECREF(peer);
+    Py_DECREF(handled);
+    return rc;
+}
+
+static int trace_hooks(PyObject *arg, TraceHooks *hooks) {
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "serve_traced: hooks is (fd, request, reply, finish, refused, lost)");
+        return -1;
+    }
+    long fd = PyLong_AsLong(PyTuple_GET_ITEM(arg, 0));
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "serve_traced: the collector's fd is out of range");
+        return -1;
+    }
+    hooks->fd = (int)fd;
+    hooks->request = PyTuple_GET_ITEM(arg, 1);
+    hooks->reply = PyTuple_GET_ITEM(arg, 2);
+    hooks->finish = PyTuple_GET_ITEM(arg, 3);
+    hooks->refused = PyTuple_GET_ITEM(arg, 4);
+    hooks->lost = PyTuple_GET_ITEM(arg, 5);
+    return 0;
+}
+
+static PyObject *serve_traced_batch(BatchSocket *self, PyObject *answer, const TraceHooks *hooks,
+                                    int count, unsigned int flush) {
+    TracedBox box = {.count = 0};
+    HepBox hep = {.count = 0};
+    Py_ssize_t replied = 0, traced = 0;
+    int direct = 1; /* replies go out from here: no reply of this batch waits for its client */
+    PyObject *method = NULL;
+    for (int i = 0; i < count; i++) {
+        struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
+        int truncated = (hdr->msg_flags & MSG_TRUNC) != 0;
+        const char *text = self->riov[i].iov_base;
+        Py_ssize_t len = (Py_ssize_t)self->rmsgs[i].msg_len;
+        PyObject *data = PyBytes_FromStringAndSize(text, len);
+        if (!data)
+            goto error;
+        if (self->in_hand.buf)
+            hold(self, i);
+        BareCall call;
+        PyObject *handled = NULL;
+        if (direct && !truncated && recognise(text, len, &call)) {
+            handled = PyObject_CallOneArg(answer, data);
+            if (!handled) {
+                Py_DECREF(data);
+                goto error;
+            }
+            if (PyBytes_CheckExact(handled)) {
+                PyObject *name = cached_name(&method, &call.method);
+                int rc = name ? traced_reply(self, hooks, &box, &hep, (unsigned int)i, name,
+                                             handled, flush, &direct, &replied, &traced)
+                              : (Py_DECREF(handled), -1);
+                Py_XDECREF(name);
+                Py_DECREF(data);
+                if (rc < 0)
+                    goto error;
+                continue;
+            }
+        }
+        /* anything else: the reference path, once what is held went out */
+        int go_on = -1;
+        if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) == 0) {
+            PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
+            if (peer)
+                go_on = truth(PyObject_CallFunctionObjArgs(hooks->finish, data, peer,
+                                                           truncated ? Py_True : Py_False,
+                                                           handled ? handled : Py_None, NULL));
+            Py_XDECREF(peer);
+        }
+        Py_XDECREF(handled);
+        Py_DECREF(data);
+        if (go_on < 0)
+            goto error;
+        direct = direct && go_on;
+    }
+    if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) < 0)
+        goto error;
+    let_go(self);
+    Py_XDECREF(method);
+    return Py_BuildValue("(inn)", count, replied, traced);
+error:
+    /* what was answered still goes out (and is traced); the exception goes up */
+    {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(method);
+    return NULL;
+}
+
+static PyObject *BatchSocket_serve_traced(BatchSocket *self, PyObject *const *args,
+                                          Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "serve_traced(answer, block: bool, flush: int, hooks)");
+        return NULL;
+    }
+    TraceHooks hooks;
+    int block = PyObject_IsTrue(args[1]);
+    long flush = PyLong_AsLong(args[2]);
+    if (block < 0 || (flush == -1 && PyErr_Occurred()) || trace_hooks(args[3], &hooks) < 0)
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (flush < 1 || flush > (long)self->slots)
+        PyErr_Format(PyExc_ValueError, "serve_traced: flush must be 1..%u", self->slots);
+    else {
+        int count = receive(self, block);
+        if (count == 0)
+            result = Py_BuildValue("(iii)", 0, 0, 0);
+        else if (count > 0)
+            result = serve_traced_batch(self, args[0], &hooks, count, (unsigned int)flush);
+    }
+    self->busy = 0;
+    return result;
+}
 
 static struct PyModuleDef batchio_module = {
     PyModuleDef_HEAD_INIT, "_batchio", "Batched datagram I/O (recvmmsg/sendmmsg).", -1,

@@ -34,6 +34,21 @@ class BatchSocket:
         settle: Callable[[bytes, Any], Any] | None = None,
         /,
     ) -> tuple[int, int, list[tuple[bytes, PeerAddress, bool, Any]] | None]: ...
+    def serve_traced(
+        self,
+        answer: Callable[[bytes], Any],
+        block: bool,
+        flush: int,
+        hooks: tuple[
+            int,
+            Callable[[str, PeerAddress], Any],
+            Callable[[Any, bytes], bytes],
+            Callable[[bytes, PeerAddress, bool, Any], bool],
+            Callable[[Any, bytes, PeerAddress], bool],
+            Callable[[bytes], None],
+        ],
+        /,
+    ) -> tuple[int, int, int]: ...
 
 @final
 class FastAnswer:
