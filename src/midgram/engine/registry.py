@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypeVar
 
-from midgram.engine.coercion import Coercer, coercer_for
+from midgram.engine.coercion import UNCHANGED, Coercer, coercer_for
 from midgram.engine.events import Event, Events
 from midgram.engine.stats import Statistics
 from midgram.errors import InvalidParams
@@ -41,6 +41,11 @@ WRONG_COUNT: Final = "Too few or too many parameters"
 NAMES_MISMATCH: Final = "Named parameters do not match"
 
 
+#: A parameter as a binder takes it: its name, the type its getter hands on unchanged (None:
+#: none), the getter.
+_Binding: TypeAlias = tuple[str, type | None, Coercer]
+
+
 @dataclass(frozen=True)
 class Command:
     """One MI command. ``recipes`` lists the parameter names it accepts, in OpenSIPS order."""
@@ -61,6 +66,9 @@ class Command:
     #: by parameter count for positional calls, by name set for named ones.
     by_count: Mapping[int, tuple[tuple[str, ...], ...]] = field(init=False, repr=False)
     by_names: Mapping[frozenset[str], tuple[str, ...]] = field(init=False, repr=False)
+    #: For each recipe of ``by_names``: its names in order, each with the type its getter
+    #: hands on as it is (``coercion.UNCHANGED``; None: always called) and the getter.
+    named_binders: Mapping[frozenset[str], tuple[_Binding, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -76,6 +84,13 @@ class Command:
                 by_names.setdefault(frozenset(recipe), recipe)  # the first one wins
         object.__setattr__(self, "by_count", by_count)
         object.__setattr__(self, "by_names", by_names)
+        coercers = self.coercers
+        binders = {
+            names: tuple((name, UNCHANGED.get(coercers[name]), coercers[name]) for name in recipe)
+            for names, recipe in by_names.items()
+            if all(name in coercers for name in recipe)
+        }
+        object.__setattr__(self, "named_binders", binders)
 
 
 def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
@@ -251,6 +266,16 @@ def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
 
 def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
     """The handler's keyword arguments for these params, coerced by OpenSIPS's getters."""
+    if type(params) is dict:
+        # Named params, the common way to pass them: the recipe select_recipe would pick,
+        # found by the names alone, and each getter called only for a value it would change.
+        binder = command.named_binders.get(frozenset(params))
+        if binder is not None:
+            named: dict[str, Any] = {}
+            for name, unchanged, coerce in binder:
+                value = params[name]
+                named[name] = value if type(value) is unchanged else coerce(value, name)
+            return named
     recipe = select_recipe(command, params)
     if params is None:
         return {}
