@@ -28,11 +28,11 @@ No clock here: times come in as nanoseconds since the epoch, randomness from a s
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import random
 import re
 import struct
+from binascii import b2a_base64
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -269,7 +269,7 @@ def correlation_id(pid: int, startup: int, ticks: int, rand: int) -> bytes:
     """``MICORR`` + base64 of pid, startup time, ticks and a random number (20 bytes, little
     endian as OpenSIPS writes them on x86): always 34 ASCII bytes."""
     raw = _GUID.pack(pid & _U32, startup & _U32, ticks & _U64, rand & _U32)
-    return CORRELATION_PREFIX + base64.b64encode(raw)
+    return CORRELATION_PREFIX + b2a_base64(raw, newline=False)  # base64.b64encode's own call
 
 
 class CorrelationIds:

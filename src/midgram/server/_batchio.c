@@ -695,9 +695,9 @@ static PyMethodDef BatchSocket_methods[] = {
     {"serve_traced", (PyCFunction)(void (*)(void))BatchSocket_serve_traced, METH_FASTCALL,
      "serve_traced(answer, block, flush, hooks) -> (received, replied, traced): serve() for a "
      "worker that traces to a HEP collector. hooks is (fd, request, reply, finish, refused, "
-     "lost): the collector's connected socket, request(method, peer) -> Trace | None (its "
-     "packet first) for a call without params answered OK, reply(trace, reply) -> the packet "
-     "of a reply that went out, finish(data, peer, truncated, handled) -> bool for any other "
+     "lost): the collector's connected socket, request(method, peer, now_ns) -> Trace | None "
+     "(its packet first) for a call without params answered OK, reply(trace, reply, now_ns) "
+     "-> the packet of a reply that went out (now_ns: time.time_ns() as C reads it), finish(data, peer, truncated, handled) -> bool for any other "
      "datagram (the caller answers, sends and traces it; handled None: not answered yet), "
      "refused(trace, reply, peer) -> bool for a reply this could not send (both say whether "
      "replies may still go out directly), lost(packet) for a packet the collector's socket "
@@ -1057,8 +1057,8 @@ static PyTypeObject FastAnswerType = {
 
 typedef struct {
     int fd;            /* the collector's connected UDP socket */
-    PyObject *request; /* request(method, peer) -> Trace (its packet first) | None */
-    PyObject *reply;   /* reply(trace, reply) -> the packet of a reply that went out */
+    PyObject *request; /* request(method, peer, now) -> Trace (its packet first) | None */
+    PyObject *reply;   /* reply(trace, reply, now) -> the packet of a reply that went out */
     PyObject *finish;  /* finish(data, peer, truncated, handled) -> bool: direct sends go on */
     PyObject *refused; /* refused(trace, reply, peer) -> bool: a reply not sent here */
     PyObject *lost;    /* lost(packet): a packet the collector's socket refused */
@@ -1118,6 +1118,13 @@ static int hep_add(const TraceHooks *hooks, HepBox *box, PyObject *packet, Py_ss
     return 0;
 }
 
+/* The time a packet is stamped with, as time.time_ns() gives it. New reference. */
+static PyObject *now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return PyLong_FromLongLong((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+}
+
 /* A bool from a hook's result (a new reference, or NULL), which is released. */
 static int truth(PyObject *result) {
     int yes = result ? PyObject_IsTrue(result) : -1;
@@ -1148,8 +1155,11 @@ static int traced_flush(BatchSocket *self, const TraceHooks *hooks, TracedBox *b
     for (int j = 0; j < sent && rc == 0; j++) {
         if (box->trace[j] == Py_None)
             continue;
-        PyObject *packet =
-            PyObject_CallFunctionObjArgs(hooks->reply, box->trace[j], box->reply[j], NULL);
+        PyObject *now = now_ns();
+        PyObject *packet = now ? PyObject_CallFunctionObjArgs(hooks->reply, box->trace[j],
+                                                              box->reply[j], now, NULL)
+                               : NULL;
+        Py_XDECREF(now);
         rc = packet ? hep_add(hooks, hep, packet, traced) : -1;
         Py_XDECREF(packet);
     }
@@ -1181,8 +1191,10 @@ static int traced_reply(BatchSocket *self, const TraceHooks *hooks, TracedBox *b
                         unsigned int i, PyObject *method, PyObject *handled, unsigned int flush,
                         int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
     PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+    PyObject *now = peer ? now_ns() : NULL;
     PyObject *trace =
-        peer ? PyObject_CallFunctionObjArgs(hooks->request, method, peer, NULL) : NULL;
+        now ? PyObject_CallFunctionObjArgs(hooks->request, method, peer, now, NULL) : NULL;
+    Py_XDECREF(now);
     int rc = trace ? 0 : -1;
     if (rc == 0 && trace != Py_None) {
         if (PyTuple_Check(trace) && PyTuple_GET_SIZE(trace) > 0)

@@ -41,8 +41,8 @@ class BatchSocket:
         flush: int,
         hooks: tuple[
             int,
-            Callable[[str, PeerAddress], Any],
-            Callable[[Any, bytes], bytes],
+            Callable[[str, PeerAddress, int], Any],
+            Callable[[Any, bytes, int], bytes],
             Callable[[bytes, PeerAddress, bool, Any], bool],
             Callable[[Any, bytes, PeerAddress], bool],
             Callable[[bytes], None],

@@ -76,10 +76,11 @@ class TraceHooks(NamedTuple):
 
     #: The collector's connected UDP socket, which the packets go out on.
     fd: int
-    #: ``request(method, peer)``: the Trace of a call without params answered OK, or None.
-    request: Callable[[str, PeerAddress], Any]
-    #: ``reply(trace, reply)``: the packet of a reply that went out.
-    reply: Callable[[Any, bytes], bytes]
+    #: ``request(method, peer, now_ns)``: the Trace of a call without params answered OK, or
+    #: None (``Tracer.bare``); ``now_ns`` is ``time.time_ns()``, read in C.
+    request: Callable[[str, PeerAddress, int], Any]
+    #: ``reply(trace, reply, now_ns)``: the packet of a reply that went out (``Tracer.reply``).
+    reply: Callable[[Any, bytes, int], bytes]
     #: ``finish(data, peer, truncated, handled)``: any other datagram, answered (``handled``
     #: None: not yet), sent and traced by the caller; whether replies may still go out here.
     finish: Callable[[bytes, PeerAddress, bool, Any], bool]

@@ -136,17 +136,6 @@ class Tracing:
             traced = reply if sent else INTERNAL_ERROR_REPLY
             self.send(self.tracer.reply(seen, traced, time.time_ns()))
 
-    # --- for the native loop (``BatchSocket.serve_traced``), which sends the packets itself --
-
-    def bare(self, method: str, peer: PeerAddress) -> Trace | None:
-        """``seen`` for a call without params answered OK, known by its method alone; the
-        packet is not sent here."""
-        return self.tracer.bare(method, peer, time.time_ns())
-
-    def reply_packet(self, seen: Trace, reply: bytes) -> bytes:
-        """The packet ``replied`` would send for a reply that went out."""
-        return self.tracer.reply(seen, reply, time.time_ns())
-
     def close(self) -> None:
         self.sender.close()
 

@@ -235,8 +235,8 @@ class Worker:
             return None
         hooks = TraceHooks(
             observer.sender.fileno(),
-            observer.bare,
-            observer.reply_packet,
+            observer.tracer.bare,
+            observer.tracer.reply,
             self._finish_traced,
             self._refused_traced,
             observer.send,
