@@ -281,13 +281,14 @@ def test_a_batch_of_every_kind_is_traced_in_order(collector: Collector) -> None:
         (UPTIME, b"uptime:datagram"),
         (b'{"jsonrpc":"2.0","method":"which","params":[],"id":2}', b"which:datagram"),
         (b'{"jsonrpc":"2.0","method":"help","params":["uptime"],"id":3}', b"help:datagram:uptime"),
+        (b'{"jsonrpc":"2.0","method":"help","params":{"mi_cmd":"ps"},"id":4}', b"help:datagram:ps"),
         (b"not json", b"unknown:datagram"),
         (b'{"jsonrpc":"2.0","method":"uptime"}', b"uptime:datagram"),  # no reply, no trace
         (UPTIME, b"uptime:datagram"),  # from an unbound client: traced as not sent
         (b'{"jsonrpc":"2.0","method":"nope","id":5}', b"nope:datagram"),
         (b'{"jsonrpc":"2.0","method":"uptime","id":8}', b"uptime:datagram"),
     ]
-    unbound_at, notification_at = 5, 4
+    unbound_at, notification_at = 6, 5
     with traced_server(collector, "--children", "1") as server:
         (worker,) = server.worker_pids()
         collector.packets(2)  # ps's

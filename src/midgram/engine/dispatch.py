@@ -209,12 +209,19 @@ class Dispatcher:
     def answer_function(self, native: Callable[..., Answer] | None) -> Answer:
         """What a server calls for each datagram: ``answer``, or the same in C when
         ``native`` (``_batchio.FastAnswer``) is given and can serve this dispatcher: it
-        recognises a bare call (no params) in the datagram's bytes, runs its handler and
-        hands the result to ``_compact`` and ``_after_bare`` as ``answer`` would, and calls
-        ``answer`` itself for anything else."""
+        recognises a bare call (no params), or one with flat named params (strings, small
+        integers, booleans, bound by ``Command.named_binders``), in the datagram's bytes,
+        runs its handler and hands the result to ``_compact`` and ``_after_bare`` as
+        ``answer`` would, and calls ``answer`` itself for anything else."""
         if native is None:
             return self.answer
-        return native(self.registry.bare_handlers(), self._compact, self._after_bare, self.answer)
+        return native(
+            self.registry.bare_handlers(),
+            self._compact,
+            self._after_bare,
+            self.answer,
+            self.registry.named_handlers(),
+        )
 
     def handle_oversize(self, size: int) -> Outcome:
         """A datagram larger than the buffer (difference 5): answered as unparsable."""
@@ -233,12 +240,18 @@ class Dispatcher:
         return Outcome(self._parse_error(str(error)), Status.PARSE_ERROR)
 
     def _after_bare(
-        self, method: str, req_id: Any, result: Any, error: BaseException | None
+        self,
+        method: str,
+        req_id: Any,
+        result: Any,
+        error: BaseException | None,
+        params: Params = None,
     ) -> Outcome:
-        """The general path for what a bare handler gave (an error, an unusual result)."""
+        """The general path for what a handler called on a fast path gave (an error, an
+        unusual result): without params, or with the named ``params`` it was bound to."""
         command = self._lookup(method)
-        assert command is not None  # it had a bare handler
-        return self._complete(_call(method, None, req_id), command, result, error)
+        assert command is not None  # it had a bare handler or a binder
+        return self._complete(_call(method, params, req_id), command, result, error)
 
     def _compact(self, result: Any, req_id: Any) -> bytes | None:
         """The common reply: OK, far below the size limit, in one encode (one orjson call

@@ -173,6 +173,9 @@ class Registry:
         # The handlers of the sync commands that take no params, by name: what a call
         # without params runs, found with one lookup (Dispatcher.answer).
         self._bare: dict[str, Handler] = {}
+        # The sync commands' handlers with their named binders (Command.named_binders), by
+        # name: what a call with named params runs (the native Dispatcher.answer).
+        self._named: dict[str, tuple[Handler, Mapping[frozenset[str], tuple[_Binding, ...]]]] = {}
 
     def command(
         self,
@@ -211,6 +214,8 @@ class Registry:
         self._commands[command.name] = command
         if command.takes_nothing and not command.is_async:
             self._bare[command.name] = command.handler
+        if command.named_binders and not command.is_async:
+            self._named[command.name] = (command.handler, command.named_binders)
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
@@ -225,6 +230,14 @@ class Registry:
         that is all there is to it (a sync command with the empty recipe). The live table,
         for the dispatcher's fast paths: read it, never change it."""
         return self._bare
+
+    def named_handlers(
+        self,
+    ) -> dict[str, tuple[Handler, Mapping[frozenset[str], tuple[_Binding, ...]]]]:
+        """By name, a sync command's handler and its binders for named params
+        (``Command.named_binders``). The live table, for the dispatcher's fast paths: read
+        it, never change it."""
+        return self._named
 
     def names(self) -> list[str]:
         return list(self._commands)

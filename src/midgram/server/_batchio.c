@@ -742,6 +742,11 @@ static PyTypeObject BatchSocketType = {
  * and the same Python functions after it, so the reply is the same. It recognises only text
  * whose meaning is beyond doubt (see recognise()); anything else, however valid, is handed
  * to Dispatcher.answer unread, so it can only be faster than answer, never different.
+ * A call with flat named params ({"user":"alice","count":3}: plain strings, integers of at
+ * most 18 digits, true, false) is the next busiest: it is bound here by the command's
+ * binder for those names (Command.named_binders, the recipe select_recipe picks), calling a
+ * getter only for a value it would change; a getter that refuses a value sends the datagram
+ * to answer (the handler has not run), which says why.
  * tests/test_dispatch_fast.py checks it against Dispatcher.handle on any datagram. */
 
 typedef struct {
@@ -751,6 +756,7 @@ typedef struct {
     PyObject *compact;    /* Dispatcher._compact(result, id) -> bytes | None */
     PyObject *after_bare; /* Dispatcher._after_bare(method, id, result, error) -> Outcome */
     PyObject *answer;     /* Dispatcher.answer: everything else */
+    PyObject *named;      /* Registry's live table: method -> (handler, named binders) */
     PyObject *method;     /* the last method name seen: a poller sends the same one */
 } FastAnswer;
 
@@ -826,12 +832,83 @@ static int empty_container(Cursor *c) {
 
 enum { SEEN_JSONRPC = 1, SEEN_METHOD = 2, SEEN_ID = 4, SEEN_PARAMS = 8 };
 
+/* Named params read here: at most this many, each a plain string, an integer of at most 18
+ * digits, true or false (what monitors send); anything else is answer's. */
+#define MAX_NAMED 8
+
+typedef enum { VALUE_TEXT, VALUE_NUMBER, VALUE_TRUE, VALUE_FALSE } ValueKind;
+
+typedef struct {
+    Span key;
+    ValueKind kind;
+    Span text;
+    long long number;
+} NamedParam;
+
 typedef struct {
     Span method;
     Span id_text; /* when the id is a string */
     long long id_number;
     int id_is_text;
+    int named_count; /* 0: no params, or empty ones */
+    NamedParam named[MAX_NAMED];
 } BareCall;
+
+static int literal(Cursor *c, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
+        return 0;
+    c->p += n;
+    return 1;
+}
+
+static int named_value(Cursor *c, NamedParam *param) {
+    if (c->p < c->end && *c->p == '"') {
+        param->kind = VALUE_TEXT;
+        return plain_string(c, &param->text);
+    }
+    if (literal(c, "true")) {
+        param->kind = VALUE_TRUE;
+        return 1;
+    }
+    if (literal(c, "false")) {
+        param->kind = VALUE_FALSE;
+        return 1;
+    }
+    param->kind = VALUE_NUMBER;
+    return small_integer(c, &param->number);
+}
+
+/* params: [] or {}, or a flat object of named params (each name once). */
+static int params_member(Cursor *c, BareCall *call) {
+    const char *start = c->p;
+    if (empty_container(c))
+        return 1;
+    c->p = start;
+    if (!take(c, '{'))
+        return 0;
+    do {
+        skip_space(c);
+        if (call->named_count == MAX_NAMED)
+            return 0;
+        NamedParam *param = &call->named[call->named_count];
+        if (!plain_string(c, &param->key))
+            return 0;
+        for (int i = 0; i < call->named_count; i++)
+            if (call->named[i].key.len == param->key.len &&
+                memcmp(call->named[i].key.start, param->key.start, (size_t)param->key.len) == 0)
+                return 0; /* a name given twice: answer's */
+        skip_space(c);
+        if (!take(c, ':'))
+            return 0;
+        skip_space(c);
+        if (!named_value(c, param))
+            return 0;
+        call->named_count++;
+        skip_space(c);
+    } while (take(c, ','));
+    return take(c, '}');
+}
 
 /* One member of the request object; 0 if it is not one recognise() accepts. */
 static int member(Cursor *c, int *seen, BareCall *call) {
@@ -860,7 +937,7 @@ static int member(Cursor *c, int *seen, BareCall *call) {
         return call->id_is_text ? plain_string(c, &call->id_text)
                                 : small_integer(c, &call->id_number);
     default:
-        return empty_container(c);
+        return params_member(c, call);
     }
 }
 
@@ -870,6 +947,7 @@ static int member(Cursor *c, int *seen, BareCall *call) {
 static int recognise(const char *text, Py_ssize_t len, BareCall *call) {
     Cursor c = {text, text + len};
     int seen = 0;
+    call->named_count = 0;
     skip_space(&c);
     if (!take(&c, '{'))
         return 0;
@@ -941,11 +1019,164 @@ static PyObject *run_bare(FastAnswer *self, PyObject *handler, PyObject *method,
     return reply;
 }
 
+/* The request's id as a Python object. New reference. */
+static PyObject *call_id(const BareCall *call) {
+    return call->id_is_text ? PyUnicode_DecodeASCII(call->id_text.start, call->id_text.len, NULL)
+                            : PyLong_FromLongLong(call->id_number);
+}
+
+static PyObject *named_value_object(const NamedParam *param) {
+    switch (param->kind) {
+    case VALUE_TEXT:
+        return PyUnicode_DecodeASCII(param->text.start, param->text.len, NULL);
+    case VALUE_TRUE:
+        return Py_NewRef(Py_True);
+    case VALUE_FALSE:
+        return Py_NewRef(Py_False);
+    default:
+        return PyLong_FromLongLong(param->number);
+    }
+}
+
+/* The params as orjson reads them (a dict in the datagram's order), for the general path
+ * after the handler ran. New reference. */
+static PyObject *params_dict(PyObject *const *keys, PyObject *const *values, int n) {
+    PyObject *params = PyDict_New();
+    for (int i = 0; params && i < n; i++)
+        if (PyDict_SetItem(params, keys[i], values[i]) < 0)
+            Py_CLEAR(params);
+    return params;
+}
+
+/* The argument bound to one parameter: the value itself when its getter would hand it on
+ * unchanged, else what the getter makes of it. New reference; NULL with an exception set. */
+static PyObject *bound(PyObject *binding, PyObject *value) {
+    PyObject *name = PyTuple_GET_ITEM(binding, 0);
+    PyObject *unchanged = PyTuple_GET_ITEM(binding, 1);
+    if ((PyObject *)Py_TYPE(value) == unchanged)
+        return Py_NewRef(value);
+    return PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(binding, 2), value, name, NULL);
+}
+
+/* Call the handler with the params its binder found, then as run_bare: compact, or the
+ * general path with the params. keys and values are the call's, in its order. */
+static PyObject *run_named(FastAnswer *self, PyObject *handler, PyObject *binder,
+                           PyObject *const *keys, PyObject *const *values, int n,
+                           PyObject *method, PyObject *id, PyObject *data) {
+    PyObject *argv[MAX_NAMED];
+    Py_ssize_t count = PyTuple_GET_SIZE(binder);
+    if (count != n)
+        return PyObject_CallOneArg(self->answer, data); /* not a binder of these names */
+    PyObject *kwnames = PyTuple_New(count);
+    if (!kwnames)
+        return NULL;
+    Py_ssize_t made = 0;
+    for (; made < count; made++) {
+        PyObject *binding = PyTuple_GET_ITEM(binder, made);
+        PyObject *name = PyTuple_GET_ITEM(binding, 0);
+        int at = -1;
+        for (int i = 0; i < n && at < 0; i++) {
+            int same = keys[i] == name ? 1 : PyUnicode_Compare(keys[i], name) == 0;
+            if (same)
+                at = i;
+        }
+        PyObject *arg = at >= 0 ? bound(binding, values[at]) : NULL;
+        if (!arg)
+            break;
+        argv[made] = arg;
+        PyTuple_SET_ITEM(kwnames, made, Py_NewRef(name));
+    }
+    PyObject *reply = NULL;
+    if (made == count) {
+        Py_INCREF(handler); /* the call may unregister it */
+        PyObject *result = PyObject_Vectorcall(handler, argv, 0, kwnames);
+        Py_DECREF(handler);
+        PyObject *error = NULL;
+        if (!result && PyErr_ExceptionMatches(PyExc_Exception))
+            error = raised(); /* as `except Exception as exc` sees it */
+        if (result)
+            reply = PyObject_CallFunctionObjArgs(self->compact, result, id, NULL);
+        if (error || reply == Py_None) {
+            Py_XSETREF(reply, NULL);
+            PyObject *params = params_dict(keys, values, n);
+            if (params)
+                reply = PyObject_CallFunctionObjArgs(self->after_bare, method, id,
+                                                     result ? result : Py_None,
+                                                     error ? error : Py_None, params, NULL);
+            Py_XDECREF(params);
+        }
+        Py_XDECREF(error);
+        Py_XDECREF(result);
+    } else if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* a getter refused a value (the handler has not run): answer says how */
+        PyErr_Clear();
+        reply = PyObject_CallOneArg(self->answer, data);
+    }
+    for (Py_ssize_t j = 0; j < made; j++)
+        Py_DECREF(argv[j]);
+    Py_DECREF(kwnames);
+    return reply;
+}
+
+/* A call with named params: its command's binder for these names (the recipe select_recipe
+ * picks), the handler called with what the binder makes of them. Anything else (a method
+ * with no binder of these names, an async command) is answer's. */
+static PyObject *fast_named(FastAnswer *self, const BareCall *call, PyObject *data) {
+    if (!self->named)
+        return PyObject_CallOneArg(self->answer, data);
+    PyObject *method = method_name(self, &call->method);
+    if (!method)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(self->named, method); /* borrowed */
+    if (!entry || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        Py_DECREF(method);
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->answer, data);
+    }
+    Py_INCREF(entry); /* the handler may unregister it */
+    int n = call->named_count;
+    PyObject *keys[MAX_NAMED], *values[MAX_NAMED];
+    PyObject *names = PyTuple_New(n);
+    int made = 0;
+    for (; names && made < n; made++) {
+        keys[made] = PyUnicode_DecodeASCII(call->named[made].key.start, call->named[made].key.len,
+                                           NULL);
+        values[made] = keys[made] ? named_value_object(&call->named[made]) : NULL;
+        if (!values[made]) {
+            Py_XDECREF(keys[made]);
+            break;
+        }
+        PyTuple_SET_ITEM(names, made, Py_NewRef(keys[made]));
+    }
+    PyObject *reply = NULL;
+    if (made == n) {
+        PyObject *key = PyFrozenSet_New(names);
+        PyObject *binder = key ? PyDict_GetItemWithError(PyTuple_GET_ITEM(entry, 1), key) : NULL;
+        Py_XDECREF(key);
+        PyObject *id = binder && PyTuple_CheckExact(binder) ? call_id(call) : NULL;
+        if (id)
+            reply = run_named(self, PyTuple_GET_ITEM(entry, 0), binder, keys, values, n, method,
+                              id, data);
+        else if (!PyErr_Occurred()) /* names no recipe has: answer says which error */
+            reply = PyObject_CallOneArg(self->answer, data);
+        Py_XDECREF(id);
+    }
+    for (int i = 0; i < made; i++) {
+        Py_DECREF(keys[i]);
+        Py_DECREF(values[i]);
+    }
+    Py_XDECREF(names);
+    Py_DECREF(entry);
+    Py_DECREF(method);
+    return reply;
+}
+
 static PyObject *fast_answer(FastAnswer *self, PyObject *data) {
     BareCall call;
     if (!PyBytes_CheckExact(data) ||
         !recognise(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &call))
         return PyObject_CallOneArg(self->answer, data);
+    if (call.named_count)
+        return fast_named(self, &call, data);
     PyObject *method = method_name(self, &call.method);
     if (!method)
         return NULL;
@@ -955,8 +1186,7 @@ static PyObject *fast_answer(FastAnswer *self, PyObject *data) {
         /* params to bind, an unknown method, async: the general path */
         return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->answer, data);
     }
-    PyObject *id = call.id_is_text ? PyUnicode_DecodeASCII(call.id_text.start, call.id_text.len, NULL)
-                                   : PyLong_FromLongLong(call.id_number);
+    PyObject *id = call_id(&call);
     PyObject *reply = id ? run_bare(self, handler, method, id) : NULL;
     Py_XDECREF(id);
     Py_DECREF(method);
@@ -977,10 +1207,10 @@ static PyObject *FastAnswer_vectorcall(PyObject *callable, PyObject *const *args
 }
 
 static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"bare", "compact", "after_bare", "answer", NULL};
-    PyObject *bare, *compact, *after_bare, *answer;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO:FastAnswer", keywords, &PyDict_Type,
-                                     &bare, &compact, &after_bare, &answer))
+    static char *keywords[] = {"bare", "compact", "after_bare", "answer", "named", NULL};
+    PyObject *bare, *compact, *after_bare, *answer, *named = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO|O!:FastAnswer", keywords, &PyDict_Type,
+                                     &bare, &compact, &after_bare, &answer, &PyDict_Type, &named))
         return -1;
     if (!PyCallable_Check(compact) || !PyCallable_Check(after_bare) || !PyCallable_Check(answer)) {
         PyErr_SetString(PyExc_TypeError, "FastAnswer: compact, after_bare and answer must be callable");
@@ -990,6 +1220,7 @@ static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(self->compact, Py_NewRef(compact));
     Py_XSETREF(self->after_bare, Py_NewRef(after_bare));
     Py_XSETREF(self->answer, Py_NewRef(answer));
+    Py_XSETREF(self->named, Py_XNewRef(named));
     return 0;
 }
 
@@ -1005,6 +1236,7 @@ static int FastAnswer_traverse(FastAnswer *self, visitproc visit, void *arg) {
     Py_VISIT(self->compact);
     Py_VISIT(self->after_bare);
     Py_VISIT(self->answer);
+    Py_VISIT(self->named);
     return 0;
 }
 
@@ -1013,6 +1245,7 @@ static int FastAnswer_clear(FastAnswer *self) {
     Py_CLEAR(self->compact);
     Py_CLEAR(self->after_bare);
     Py_CLEAR(self->answer);
+    Py_CLEAR(self->named);
     Py_CLEAR(self->method);
     return 0;
 }
@@ -1027,10 +1260,12 @@ static PyTypeObject FastAnswerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram.server._batchio.FastAnswer",
     .tp_basicsize = sizeof(FastAnswer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "FastAnswer(bare, compact, after_bare, answer): a callable equal to "
-              "Dispatcher.answer, which answers a bare call (no params) without parsing it in "
-              "Python: bare is the registry's table of handlers taking no arguments, compact "
-              "and after_bare the dispatcher's own steps after the handler, answer the rest.",
+    .tp_doc = "FastAnswer(bare, compact, after_bare, answer, named=None): a callable equal to "
+              "Dispatcher.answer, which answers a bare call (no params), and one with flat "
+              "named params, without parsing it in Python: bare is the registry's table of "
+              "handlers taking no arguments, named its table of (handler, named binders) by "
+              "command, compact and after_bare(method, id, result, error[, params]) the "
+              "dispatcher's own steps after the handler, answer the rest.",
     .tp_new = FastAnswer_new,
     .tp_init = (initproc)FastAnswer_init,
     .tp_dealloc = (destructor)FastAnswer_dealloc,
@@ -1267,7 +1502,7 @@ static PyObject *serve_traced_batch(BatchSocket *self, PyObject *answer, const T
             hold(self, i);
         BareCall call;
         PyObject *handled = NULL;
-        if (direct && !truncated && recognise(text, len, &call)) {
+        if (direct && !truncated && recognise(text, len, &call) && !call.named_count) {
             handled = PyObject_CallOneArg(answer, data);
             if (!handled) {
                 Py_DECREF(data);

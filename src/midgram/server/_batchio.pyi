@@ -56,7 +56,8 @@ class FastAnswer:
         self,
         bare: dict[str, Callable[..., Any]],
         compact: Callable[[Any, Any], bytes | None],
-        after_bare: Callable[[str, Any, Any, BaseException | None], Outcome],
+        after_bare: Callable[..., Outcome],
         answer: Callable[[bytes], bytes | Outcome | Pending],
+        named: dict[str, tuple[Callable[..., Any], Any]] | None = None,
     ) -> None: ...
     def __call__(self, data: bytes, /) -> bytes | Outcome | Pending: ...

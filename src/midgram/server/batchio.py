@@ -5,8 +5,9 @@ With the native module (``_batchio.c``, built at install time: ``midgram.compile
 ``sendmmsg()`` sends their replies a few at a time: the per-syscall cost, and the socket
 module's per-call cost, are paid per batch instead of twice per request. ``NativeIO.serve``
 also runs the loop over a batch in C, calling back into Python only to answer each
-datagram, and ``FastAnswer`` answers the busiest kind of datagram (a call without params)
-without parsing it in Python. OpenSIPS reads and answers one datagram at a time.
+datagram, and ``FastAnswer`` answers the busiest kinds of datagram (a call without params,
+or with flat named params) without parsing it in Python. OpenSIPS reads and answers one
+datagram at a time.
 
 Without it (an install that could not build it, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
