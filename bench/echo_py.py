@@ -10,7 +10,11 @@ with (``{"pad":"xx...","echo":REQUEST}``: the load generator reads the last ``"i
 for each request: the cost of sending a big reply from a bare Python loop (the reference of
 the ``reply-60k`` scenario).
 
-    python bench/echo_py.py [-n PROCESSES] [-b BUFSIZE] [--reply-size N] TARGET
+With ``--copies-to udp:HOST:PORT`` each request is also sent to that address twice, before
+and after its reply, from a UDP socket connected to it: what a bare Python loop pays for the
+two packets of HEP tracing (the reference of the ``tracing`` scenario, with its sink).
+
+    python bench/echo_py.py [-n PROCESSES] [-b BUFSIZE] [--reply-size N | --copies-to ADDR] TARGET
 """
 
 from __future__ import annotations
@@ -91,6 +95,47 @@ def padded(size: int) -> Callable[[socket.socket, int], None]:
     return serve_padded
 
 
+def copying(address: str) -> Callable[[socket.socket, int], None]:
+    """``serve``, each request also sent to ``address`` (udp:HOST:PORT) before and after its
+    reply."""
+    host, _, port = address.removeprefix("udp:").rpartition(":")
+
+    def serve_copying(sock: socket.socket, bufsize: int) -> None:
+        copies = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        copies.connect((host, int(port)))
+        copy = copies.send
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        while True:
+            data, peer = recvfrom(bufsize)
+            try:  # noqa: SIM105 (as in serve)
+                copy(data)
+            except OSError:
+                pass
+            if peer:
+                try:  # noqa: SIM105 (as in serve)
+                    sendto(data, peer)
+                except OSError:
+                    pass
+            try:  # noqa: SIM105 (as in serve)
+                copy(data)
+            except OSError:
+                pass
+
+    return serve_copying
+
+
+def _variant(
+    serve_one: Callable[[socket.socket, int], None], args: argparse.Namespace
+) -> Callable[[socket.socket, int], None]:
+    """``serve_one``, or the variant of the echo loop the options ask for."""
+    if getattr(args, "reply_size", 0) > 0:
+        return padded(args.reply_size)
+    if getattr(args, "copies_to", None):
+        return copying(args.copies_to)
+    return serve_one
+
+
 def run_reference(
     name: str,
     serve_one: Callable[[socket.socket, int], None],
@@ -105,10 +150,10 @@ def run_reference(
     parser.add_argument("-b", "--bufsize", type=int, default=default_bufsize)
     if serve_one is serve:
         parser.add_argument("--reply-size", type=int, default=0, help="see the docstring")
+        parser.add_argument("--copies-to", metavar="udp:HOST:PORT", help="see the docstring")
     parser.add_argument("target")
     args = parser.parse_args(argv)
-    if getattr(args, "reply_size", 0) > 0:
-        serve_one = padded(args.reply_size)
+    serve_one = _variant(serve_one, args)
     sock, path = open_socket(args.target)
     n = max(1, args.processes)
     shown = bound_target(sock, args.target)

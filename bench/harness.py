@@ -83,11 +83,12 @@ BAR = {"rps": (">=", 0.65), "cpu": ("<=", 1.6), "p99": ("<=", 2.0)}
 GENERATOR_HEADROOM = 1.5  # the C echo must run this much faster than midgram
 WORKER_USS_LIMIT_MB = 8.0
 
-SERVER_ORDER = ("midgram", "minimal_py", "echo_py", "echo_c", "kamailio")
+SERVER_ORDER = ("midgram", "minimal_py", "echo_py", "echo_py_hep", "echo_c", "kamailio")
 SERVER_TITLES = {
     "midgram": "midgram",
     "minimal_py": "minimal Python MI loop",
     "echo_py": "Python echo",
+    "echo_py_hep": "Python echo + 2 UDP copies",
     "echo_c": "C echo",
     "kamailio": "Kamailio jsonrpcs",
 }
@@ -487,6 +488,19 @@ def server_specs(
                 target,
                 request,
                 expected_processes=1 if n == 1 else n + 1,
+            )
+        )
+    if "echo_py" in wanted and trace_to is not None:
+        # What a bare loop pays for tracing: each request sent to the sink before and after
+        # its reply (issue 16: tracing's bar is against echo_py; this is its floor).
+        target = _target(scenario, workdir, "echo_py_hep")
+        specs.append(
+            ServerSpec(
+                "echo_py_hep",
+                [PYTHON, str(BENCH_DIR / "echo_py.py"), "--copies-to", trace_to, target],
+                target,
+                request,
+                expected_processes=1,
             )
         )
     if "echo_c" in wanted:

@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midgram.engine.coercion import coercer_for, get_bool, get_int, get_str
+from midgram.engine.coercion import UNCHANGED, coercer_for, get_bool, get_int, get_str
 from midgram.engine.dispatch import Dispatcher, Outcome, Pending, Status
-from midgram.engine.registry import Registry, make_command, recipes_from_signature, select_recipe
+from midgram.engine.registry import (
+    Registry,
+    bind_arguments,
+    make_command,
+    recipes_from_signature,
+    select_recipe,
+)
 from midgram.errors import InvalidParams, MIError
 
 
@@ -227,6 +233,65 @@ def test_str_and_bool_getters() -> None:
         get_str(None, "s")
     with pytest.raises(InvalidParams):
         get_bool("maybe", "b")
+
+
+JSON_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(value=JSON_VALUES)
+def test_each_getter_hands_its_unchanged_type_on_as_it_is(value: Any) -> None:
+    # What lets bind_arguments skip a getter: for a value of exactly that type it is the
+    # value itself.
+    for getter, kind in UNCHANGED.items():
+        if type(value) is kind:
+            assert getter(value, "x") is value
+
+
+def _bind_with_every_getter(command: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The reference binding: select_recipe's recipe, each value through its getter."""
+    recipe = select_recipe(command, params)
+    return {name: command.coercers[name](params[name], name) for name in recipe}
+
+
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["s", "i", "b", "f", "o", "a", "z"]), JSON_VALUES, max_size=7
+    )
+)
+def test_named_params_bind_as_their_getters_would(params: dict[str, Any]) -> None:
+    def handler(
+        *,
+        s: str,
+        i: int = 0,
+        b: bool = False,
+        f: float = 0.0,
+        o: dict[str, Any] | None = None,
+        a: Any = None,
+    ) -> None:
+        pass
+
+    command = make_command(handler)
+    try:
+        expected: dict[str, Any] | Exception = _bind_with_every_getter(command, params)
+    except InvalidParams as exc:
+        expected = exc
+    try:
+        bound: dict[str, Any] | Exception = bind_arguments(command, params)
+    except InvalidParams as exc:
+        bound = exc
+    if isinstance(expected, Exception):
+        assert isinstance(bound, InvalidParams)
+        assert str(bound) == str(expected)
+    else:
+        assert bound == expected
+        assert all(type(bound[k]) is type(v) for k, v in expected.items())
 
 
 def test_coercer_for_unknown_annotations_passes_values_through() -> None:

@@ -1,4 +1,5 @@
-"""``FastAnswer`` (``_batchio.c``): ``Dispatcher.answer``'s bare-call case, in C.
+"""``FastAnswer`` (``_batchio.c``): ``Dispatcher.answer``'s bare calls and flat named
+params, in C.
 
 tests/test_dispatch_fast.py already holds it to ``answer``'s contract on any datagram. These
 tests check what that cannot see: which datagrams it answers itself (``answer`` is never
@@ -53,6 +54,10 @@ def build_registry() -> Registry:
     @registry.command()
     def refuse() -> str:
         raise MIError(403, "Forbidden")
+
+    @registry.command()
+    def refuse_with(code: int, why: str = "Refused") -> str:
+        raise MIError(code, why)
 
     @registry.command()
     def boom() -> str:
@@ -124,6 +129,16 @@ RECOGNISED = [
     b'{"jsonrpc":"2.0","method":"odd_keys","id":3}',
 ]
 
+#: Calls with flat named params that FastAnswer binds and runs itself: strings, integers of
+#: up to 18 digits and booleans, in any order, each getter called only where it changes the
+#: value ("7" for an int), the handler's error on the general path with the params.
+NAMED = [
+    b'{"jsonrpc":"2.0","method":"add","params":{"a":1},"id":1}',
+    b'{"jsonrpc":"2.0","method":"add","params":{ "b" : 2 ,\n"a":-3 },"id":"x"}',
+    b'{"params":{"a":"7","b":123456789012345678},"jsonrpc":"2.0","method":"add","id":2}',
+    b'{"jsonrpc":"2.0","method":"refuse_with","params":{"code":404,"why":"gone"},"id":3}',
+]
+
 #: Everything else goes to ``answer`` as it came, valid or not.
 HANDED_ON = [
     b'{"jsonrpc":"2.0","method":"ping","id":1,"id":2}',  # a member twice
@@ -144,6 +159,15 @@ HANDED_ON = [
     b'{"jsonrpc":"2.0","method":"ping","id":1,"params":[1]}',
     b'{"jsonrpc":"2.0","method":"add","id":1,"params":[1,2]}',
     b'{"jsonrpc":"2.0","method":"add","id":1}',  # a command with params: its recipes
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":1,"a":2}}',  # a name twice
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":1.5}}',  # not an integer
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":null}}',
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":[1]}}',
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"\\u0061":1}}',  # an escape
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"c":1}}',  # names no recipe has
+    b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":true}}',  # refused by its getter
+    b'{"jsonrpc":"2.0","method":"ping","id":1,"params":{"a":1}}',  # none it takes
+    b'{"jsonrpc":"2.0","method":"nope","id":1,"params":{"a":1}}',  # unknown
     b'{"jsonrpc":"2.0","method":"later","id":1}',  # async
     b'{"jsonrpc":"2.0","method":"nope","id":1}',  # unknown
     b'{"jsonrpc":"1.0","method":"ping","id":1}',
@@ -173,6 +197,24 @@ def test_a_bare_call_is_answered_without_answer(
     assert reply_of(handled) == expected.reply
     if isinstance(handled, Outcome):  # an error, or a result only the general path writes
         assert (handled.status, handled.method) == (expected.status, expected.method)
+
+
+@pytest.mark.parametrize("data", NAMED)
+def test_flat_named_params_are_bound_without_answer(
+    served: tuple[Answer, Spy, Dispatcher], data: bytes
+) -> None:
+    fast, spy, twin = served
+    handled = fast(data)
+    assert spy.calls == []
+    expected = twin.handle(data)
+    assert isinstance(expected, Outcome)
+    assert reply_of(handled) == expected.reply
+    if isinstance(handled, Outcome):  # the handler's error: the general path, with the params
+        assert (handled.status, handled.method, handled.params) == (
+            expected.status,
+            expected.method,
+            expected.params,
+        )
 
 
 @pytest.mark.parametrize("data", HANDED_ON)
@@ -294,9 +336,17 @@ def test_it_leaks_neither_references_nor_memory(native: ModuleType) -> None:
     def same() -> dict[int, object]:
         return odd
 
+    @registry.command()
+    def same_named(tag: str, n: int = 0, on: bool = False) -> dict[int, object]:
+        return odd
+
     dispatcher = Dispatcher(registry)
     fast = dispatcher.answer_function(native.FastAnswer)
     requests = [
+        b'{"jsonrpc":"2.0","method":"same_named","id":1,"params":{"tag":"t","n":"2","on":true}}',
+        b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":1,"b":2}}',
+        b'{"jsonrpc":"2.0","method":"add","id":1,"params":{"a":true}}',
+        b'{"jsonrpc":"2.0","method":"refuse_with","id":1,"params":{"code":1}}',
         *(b'{"jsonrpc":"2.0","method":"ping","id":%d}' % n for n in range(3)),
         b'{"jsonrpc":"2.0","method":"ping","id":"x"}',
         b'{"jsonrpc":"2.0","method":"nothing","id":1}',

@@ -6,7 +6,9 @@ tests, which skip, saying why, where node and npm are missing)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -269,6 +271,50 @@ def test_a_reply_that_cannot_be_sent_is_traced_as_an_internal_error(collector: C
     assert request.payload == b"uptime:datagram"
     assert reply.payload == b"500 Internal error"
     assert request.correlation_id == reply.correlation_id
+
+
+def test_a_batch_of_every_kind_is_traced_in_order(collector: Collector) -> None:
+    # The worker is stopped while the datagrams queue up, so that it reads them as one
+    # batch: the native loop traces the calls without params itself and hands every other
+    # datagram, in turn, to the reference path.
+    burst: list[tuple[bytes, bytes | None]] = [  # (datagram, its request trace's payload)
+        (UPTIME, b"uptime:datagram"),
+        (b'{"jsonrpc":"2.0","method":"which","params":[],"id":2}', b"which:datagram"),
+        (b'{"jsonrpc":"2.0","method":"help","params":["uptime"],"id":3}', b"help:datagram:uptime"),
+        (b'{"jsonrpc":"2.0","method":"help","params":{"mi_cmd":"ps"},"id":4}', b"help:datagram:ps"),
+        (b"not json", b"unknown:datagram"),
+        (b'{"jsonrpc":"2.0","method":"uptime"}', b"uptime:datagram"),  # no reply, no trace
+        (UPTIME, b"uptime:datagram"),  # from an unbound client: traced as not sent
+        (b'{"jsonrpc":"2.0","method":"nope","id":5}', b"nope:datagram"),
+        (b'{"jsonrpc":"2.0","method":"uptime","id":8}', b"uptime:datagram"),
+    ]
+    unbound_at, notification_at = 6, 5
+    with traced_server(collector, "--children", "1") as server:
+        (worker,) = server.worker_pids()
+        collector.packets(2)  # ps's
+        with server.client() as client, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as lone:
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                for at, (datagram, _payload) in enumerate(burst):
+                    (lone if at == unbound_at else client.sock).sendto(datagram, server.target)
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            replies = [client.recv(5.0) for _ in range(len(burst) - 2)]
+        packets = collector.decoded(2 * len(burst) - 1)
+    by_id: dict[bytes | None, list[tuple[int, bytes | None]]] = {}
+    for index, packet in enumerate(packets):
+        by_id.setdefault(packet.correlation_id, []).append((index, packet.payload))
+    traces = list(by_id.values())  # in the order of their request traces
+    assert [trace[0][1] for trace in traces] == [payload for _datagram, payload in burst]
+    expected = iter(replies)
+    for at, trace in enumerate(traces):
+        if at == notification_at:
+            assert len(trace) == 1
+            continue
+        (request_at, _), (reply_at, traced_reply) = trace
+        assert request_at < reply_at
+        sent = b"500 Internal error" if at == unbound_at else next(expected)[:128]
+        assert traced_reply == sent
 
 
 def test_pretty_replies_are_traced_as_sent(collector: Collector) -> None:

@@ -13,11 +13,13 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
 from midgram.errors import InvalidParams
 
 __all__ = [
+    "UNCHANGED",
     "Coercer",
     "coercer_for",
     "get_any",
@@ -158,6 +160,14 @@ _GETTERS: Final[Mapping[Any, Coercer]] = {
     Any: get_any,
     object: get_any,
 }
+
+
+#: The type each getter hands on as it is: a value of exactly that type is the argument
+#: itself, so a binder need not call the getter for it (the common call: a string for a
+#: ``str`` parameter, a number for an ``int``). tests/test_commands.py holds each to it.
+UNCHANGED: Final[Mapping[Coercer, type]] = MappingProxyType(
+    {get_int: int, get_str: str, get_float: float, get_bool: bool, get_object: dict}
+)
 
 
 def coercer_for(annotation: Any) -> Coercer:

@@ -179,18 +179,23 @@ class Dispatcher:
         self.json_errors = json_errors
         self.access = access
         bare = registry.bare_handlers()
+        # What C may bind and run with named params (the live table, as ``bare``).
+        named = registry.named_handlers()
         self._lookup = registry.lookup_function()
         #: What may run at once: every command, or those no acl guards.
         self._open = self._lookup
         self._guards = access.guards if access is not None else {}
         if self._guards:
             # The commands as they are now, which the policy was checked against: one added
-            # later is unknown, never unguarded.
+            # later is unknown, never unguarded. Neither fast path may run a guarded command:
+            # it is run for its sender (a Guarded, through ``answer``).
             commands = {command.name: command for command in registry}
             bare = {name: run for name, run in bare.items() if name not in self._guards}
+            named = {name: run for name, run in named.items() if name not in self._guards}
             self._lookup = commands.get
             self._open = {n: c for n, c in commands.items() if n not in self._guards}.get
         self._bare_handlers: dict[str, Handler] = bare
+        self._named_handlers = named
         self._bare = bare.get
         # Up to this size a reply fits whatever its id (jsonrpc.ALWAYS_FITS_MARGIN).
         self._fast_limit = buf_size - ALWAYS_FITS_MARGIN
@@ -256,12 +261,15 @@ class Dispatcher:
     def answer_function(self, native: Callable[..., Answer] | None) -> Answer:
         """What a server calls for each datagram: ``answer``, or the same in C when
         ``native`` (``_batchio.FastAnswer``) is given and can serve this dispatcher: it
-        recognises a bare call (no params) in the datagram's bytes, runs its handler and
-        hands the result to ``_compact`` and ``_after_bare`` as ``answer`` would, and calls
-        ``answer`` itself for anything else."""
+        recognises a bare call (no params), or one with flat named params (strings, small
+        integers, booleans, bound by ``Command.named_binders``), in the datagram's bytes,
+        runs its handler and hands the result to ``_compact`` and ``_after_bare`` as
+        ``answer`` would, and calls ``answer`` itself for anything else."""
         if native is None:
             return self.answer
-        return native(self._bare_handlers, self._compact, self._after_bare, self.answer)
+        return native(
+            self._bare_handlers, self._compact, self._after_bare, self.answer, self._named_handlers
+        )
 
     def handle_oversize(self, size: int) -> Outcome:
         """A datagram larger than the buffer (difference 5): answered as unparsable."""
@@ -280,12 +288,18 @@ class Dispatcher:
         return Outcome(self._parse_error(str(error)), Status.PARSE_ERROR)
 
     def _after_bare(
-        self, method: str, req_id: Any, result: Any, error: BaseException | None
+        self,
+        method: str,
+        req_id: Any,
+        result: Any,
+        error: BaseException | None,
+        params: Params = None,
     ) -> Outcome:
-        """The general path for what a bare handler gave (an error, an unusual result)."""
+        """The general path for what a handler called on a fast path gave (an error, an
+        unusual result): without params, or with the named ``params`` it was bound to."""
         command = self._lookup(method)
-        assert command is not None  # it had a bare handler
-        return self._complete(_call(method, None, req_id), command, result, error)
+        assert command is not None  # it had a bare handler or a binder
+        return self._complete(_call(method, params, req_id), command, result, error)
 
     def _compact(self, result: Any, req_id: Any) -> bytes | None:
         """The common reply: OK, far below the size limit, in one encode (one orjson call

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypeVar
 
 from midgram.engine.access import Principal, parse_principals
-from midgram.engine.coercion import Coercer, coercer_for
+from midgram.engine.coercion import UNCHANGED, Coercer, coercer_for
 from midgram.engine.events import Event, Events
 from midgram.engine.stats import Statistics
 from midgram.errors import InvalidParams
@@ -46,6 +46,11 @@ NAMES_MISMATCH: Final = "Named parameters do not match"
 _SET_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+#: A parameter as a binder takes it: its name, the type its getter hands on unchanged (None:
+#: none), the getter.
+_Binding: TypeAlias = tuple[str, type | None, Coercer]
+
+
 @dataclass(frozen=True)
 class Command:
     """One MI command. ``recipes`` lists the parameter names it accepts, in OpenSIPS order."""
@@ -70,6 +75,9 @@ class Command:
     #: by parameter count for positional calls, by name set for named ones.
     by_count: Mapping[int, tuple[tuple[str, ...], ...]] = field(init=False, repr=False)
     by_names: Mapping[frozenset[str], tuple[str, ...]] = field(init=False, repr=False)
+    #: For each recipe of ``by_names``: its names in order, each with the type its getter
+    #: hands on as it is (``coercion.UNCHANGED``; None: always called) and the getter.
+    named_binders: Mapping[frozenset[str], tuple[_Binding, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -88,6 +96,13 @@ class Command:
                 by_names.setdefault(frozenset(recipe), recipe)  # the first one wins
         object.__setattr__(self, "by_count", by_count)
         object.__setattr__(self, "by_names", by_names)
+        coercers = self.coercers
+        binders = {
+            names: tuple((name, UNCHANGED.get(coercers[name]), coercers[name]) for name in recipe)
+            for names, recipe in by_names.items()
+            if all(name in coercers for name in recipe)
+        }
+        object.__setattr__(self, "named_binders", binders)
 
 
 def recipes_from_signature(handler: Handler) -> tuple[tuple[str, ...], ...]:
@@ -179,6 +194,9 @@ class Registry:
         # The handlers of the sync commands that take no params, by name: what a call
         # without params runs, found with one lookup (Dispatcher.answer).
         self._bare: dict[str, Handler] = {}
+        # The sync commands' handlers with their named binders (Command.named_binders), by
+        # name: what a call with named params runs (the native Dispatcher.answer).
+        self._named: dict[str, tuple[Handler, Mapping[frozenset[str], tuple[_Binding, ...]]]] = {}
 
     def command(
         self,
@@ -223,6 +241,8 @@ class Registry:
         self._commands[command.name] = command
         if command.takes_nothing and not command.is_async:
             self._bare[command.name] = command.handler
+        if command.named_binders and not command.is_async:
+            self._named[command.name] = (command.handler, command.named_binders)
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
@@ -237,6 +257,14 @@ class Registry:
         that is all there is to it (a sync command with the empty recipe). The live table,
         for the dispatcher's fast paths: read it, never change it."""
         return self._bare
+
+    def named_handlers(
+        self,
+    ) -> dict[str, tuple[Handler, Mapping[frozenset[str], tuple[_Binding, ...]]]]:
+        """By name, a sync command's handler and its binders for named params
+        (``Command.named_binders``). The live table, for the dispatcher's fast paths: read
+        it, never change it."""
+        return self._named
 
     def names(self) -> list[str]:
         return list(self._commands)
@@ -278,6 +306,16 @@ def select_recipe(command: Command, params: Params) -> tuple[str, ...]:
 
 def bind_arguments(command: Command, params: Params) -> dict[str, Any]:
     """The handler's keyword arguments for these params, coerced by OpenSIPS's getters."""
+    if type(params) is dict:
+        # Named params, the common way to pass them: the recipe select_recipe would pick,
+        # found by the names alone, and each getter called only for a value it would change.
+        binder = command.named_binders.get(frozenset(params))
+        if binder is not None:
+            named: dict[str, Any] = {}
+            for name, unchanged, coerce in binder:
+                value = params[name]
+                named[name] = value if type(value) is unchanged else coerce(value, name)
+            return named
     recipe = select_recipe(command, params)
     if params is None:
         return {}

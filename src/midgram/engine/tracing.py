@@ -28,11 +28,11 @@ No clock here: times come in as nanoseconds since the epoch, randomness from a s
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import random
 import re
 import struct
+from binascii import b2a_base64
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -269,7 +269,7 @@ def correlation_id(pid: int, startup: int, ticks: int, rand: int) -> bytes:
     """``MICORR`` + base64 of pid, startup time, ticks and a random number (20 bytes, little
     endian as OpenSIPS writes them on x86): always 34 ASCII bytes."""
     raw = _GUID.pack(pid & _U32, startup & _U32, ticks & _U64, rand & _U32)
-    return CORRELATION_PREFIX + base64.b64encode(raw)
+    return CORRELATION_PREFIX + b2a_base64(raw, newline=False)  # base64.b64encode's own call
 
 
 class CorrelationIds:
@@ -407,6 +407,16 @@ class Tracer:
             if not self._traced(command):
                 return None
             params = params_text(outcome.params)
+        return self._trace(command, params, peer, now_ns)
+
+    def bare(self, method: str, peer: Any, now_ns: int) -> Trace | None:
+        """``request`` for a call without params that was answered OK, read from its method
+        alone (the native loop has no Outcome for it): the same trace, or None."""
+        if not self._traced(method):
+            return None
+        return self._trace(method, b"", peer, now_ns)
+
+    def _trace(self, command: str, params: bytes, peer: Any, now_ns: int) -> Trace:
         client = self._client(peer)
         to_server, to_client = self._routes_of(client)
         correlation = self._ids()

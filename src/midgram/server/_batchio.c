@@ -29,6 +29,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <string.h>
@@ -734,6 +735,9 @@ static PyObject *BatchSocket_get_bufsize(BatchSocket *self, void *closure) {
     return PyLong_FromSize_t(self->bufsize);
 }
 
+static PyObject *BatchSocket_serve_traced(BatchSocket *self, PyObject *const *args,
+                                          Py_ssize_t nargs); /* with FastAnswer's reader, below */
+
 static PyMethodDef BatchSocket_methods[] = {
     {"recv", (PyCFunction)BatchSocket_recv, METH_O,
      "recv(block) -> list of (data, peer, truncated, credentials): every datagram waiting, up "
@@ -752,6 +756,16 @@ static PyMethodDef BatchSocket_methods[] = {
      "settle, what settle would have had; after a refused reply or one the caller "
      "finishes, every later reply of the batch is a leftover too, so that each client's "
      "replies keep their order."},
+    {"serve_traced", (PyCFunction)(void (*)(void))BatchSocket_serve_traced, METH_FASTCALL,
+     "serve_traced(answer, block, flush, hooks) -> (received, replied, traced): serve() for a "
+     "worker that traces to a HEP collector. hooks is (fd, request, reply, finish, refused, "
+     "lost): the collector's connected socket, request(method, peer, now_ns) -> Trace | None "
+     "(its packet first) for a call without params answered OK, reply(trace, reply, now_ns) "
+     "-> the packet of a reply that went out (now_ns: time.time_ns() as C reads it), finish(data, peer, truncated, handled) -> bool for any other "
+     "datagram (the caller answers, sends and traces it; handled None: not answered yet), "
+     "refused(trace, reply, peer) -> bool for a reply this could not send (both say whether "
+     "replies may still go out directly), lost(packet) for a packet the collector's socket "
+     "refused. traced counts the packets sent here."},
     {"send", (PyCFunction)(void (*)(void))BatchSocket_send, METH_FASTCALL,
      "send(replies, start) -> int: send replies[start:] as (data, peer) pairs without "
      "blocking, up to the first one longer than big; the index of the first one not sent "
@@ -794,6 +808,11 @@ static PyTypeObject BatchSocketType = {
  * and the same Python functions after it, so the reply is the same. It recognises only text
  * whose meaning is beyond doubt (see recognise()); anything else, however valid, is handed
  * to Dispatcher.answer unread, so it can only be faster than answer, never different.
+ * A call with flat named params ({"user":"alice","count":3}: plain strings, integers of at
+ * most 18 digits, true, false) is the next busiest: it is bound here by the command's
+ * binder for those names (Command.named_binders, the recipe select_recipe picks), calling a
+ * getter only for a value it would change; a getter that refuses a value sends the datagram
+ * to answer (the handler has not run), which says why.
  * tests/test_dispatch_fast.py checks it against Dispatcher.handle on any datagram. */
 
 typedef struct {
@@ -803,6 +822,7 @@ typedef struct {
     PyObject *compact;    /* Dispatcher._compact(result, id) -> bytes | None */
     PyObject *after_bare; /* Dispatcher._after_bare(method, id, result, error) -> Outcome */
     PyObject *answer;     /* Dispatcher.answer: everything else */
+    PyObject *named;      /* Registry's live table: method -> (handler, named binders) */
     PyObject *method;     /* the last method name seen: a poller sends the same one */
 } FastAnswer;
 
@@ -878,12 +898,83 @@ static int empty_container(Cursor *c) {
 
 enum { SEEN_JSONRPC = 1, SEEN_METHOD = 2, SEEN_ID = 4, SEEN_PARAMS = 8 };
 
+/* Named params read here: at most this many, each a plain string, an integer of at most 18
+ * digits, true or false (what monitors send); anything else is answer's. */
+#define MAX_NAMED 8
+
+typedef enum { VALUE_TEXT, VALUE_NUMBER, VALUE_TRUE, VALUE_FALSE } ValueKind;
+
+typedef struct {
+    Span key;
+    ValueKind kind;
+    Span text;
+    long long number;
+} NamedParam;
+
 typedef struct {
     Span method;
     Span id_text; /* when the id is a string */
     long long id_number;
     int id_is_text;
+    int named_count; /* 0: no params, or empty ones */
+    NamedParam named[MAX_NAMED];
 } BareCall;
+
+static int literal(Cursor *c, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
+        return 0;
+    c->p += n;
+    return 1;
+}
+
+static int named_value(Cursor *c, NamedParam *param) {
+    if (c->p < c->end && *c->p == '"') {
+        param->kind = VALUE_TEXT;
+        return plain_string(c, &param->text);
+    }
+    if (literal(c, "true")) {
+        param->kind = VALUE_TRUE;
+        return 1;
+    }
+    if (literal(c, "false")) {
+        param->kind = VALUE_FALSE;
+        return 1;
+    }
+    param->kind = VALUE_NUMBER;
+    return small_integer(c, &param->number);
+}
+
+/* params: [] or {}, or a flat object of named params (each name once). */
+static int params_member(Cursor *c, BareCall *call) {
+    const char *start = c->p;
+    if (empty_container(c))
+        return 1;
+    c->p = start;
+    if (!take(c, '{'))
+        return 0;
+    do {
+        skip_space(c);
+        if (call->named_count == MAX_NAMED)
+            return 0;
+        NamedParam *param = &call->named[call->named_count];
+        if (!plain_string(c, &param->key))
+            return 0;
+        for (int i = 0; i < call->named_count; i++)
+            if (call->named[i].key.len == param->key.len &&
+                memcmp(call->named[i].key.start, param->key.start, (size_t)param->key.len) == 0)
+                return 0; /* a name given twice: answer's */
+        skip_space(c);
+        if (!take(c, ':'))
+            return 0;
+        skip_space(c);
+        if (!named_value(c, param))
+            return 0;
+        call->named_count++;
+        skip_space(c);
+    } while (take(c, ','));
+    return take(c, '}');
+}
 
 /* One member of the request object; 0 if it is not one recognise() accepts. */
 static int member(Cursor *c, int *seen, BareCall *call) {
@@ -912,7 +1003,7 @@ static int member(Cursor *c, int *seen, BareCall *call) {
         return call->id_is_text ? plain_string(c, &call->id_text)
                                 : small_integer(c, &call->id_number);
     default:
-        return empty_container(c);
+        return params_member(c, call);
     }
 }
 
@@ -922,6 +1013,7 @@ static int member(Cursor *c, int *seen, BareCall *call) {
 static int recognise(const char *text, Py_ssize_t len, BareCall *call) {
     Cursor c = {text, text + len};
     int seen = 0;
+    call->named_count = 0;
     skip_space(&c);
     if (!take(&c, '{'))
         return 0;
@@ -938,16 +1030,20 @@ static int recognise(const char *text, Py_ssize_t len, BareCall *call) {
     return c.p == c.end && (seen & required) == required;
 }
 
-/* The method's name as a str, the last one's when it is the same. New reference. */
-static PyObject *method_name(FastAnswer *self, const Span *span) {
-    PyObject *last = self->method;
-    if (last && PyUnicode_GET_LENGTH(last) == span->len &&
-        memcmp(PyUnicode_1BYTE_DATA(last), span->start, (size_t)span->len) == 0)
-        return Py_NewRef(last);
+/* A name as a str, the last one's (*last) when it is the same. New reference. */
+static PyObject *cached_name(PyObject **last, const Span *span) {
+    if (*last && PyUnicode_GET_LENGTH(*last) == span->len &&
+        memcmp(PyUnicode_1BYTE_DATA(*last), span->start, (size_t)span->len) == 0)
+        return Py_NewRef(*last);
     PyObject *name = PyUnicode_DecodeASCII(span->start, span->len, NULL);
     if (name)
-        Py_XSETREF(self->method, Py_NewRef(name));
+        Py_XSETREF(*last, Py_NewRef(name));
     return name;
+}
+
+/* The method's name as a str, the last one's when it is the same. New reference. */
+static PyObject *method_name(FastAnswer *self, const Span *span) {
+    return cached_name(&self->method, span);
 }
 
 /* The exception being raised, taken (new reference), with its traceback attached. */
@@ -989,11 +1085,164 @@ static PyObject *run_bare(FastAnswer *self, PyObject *handler, PyObject *method,
     return reply;
 }
 
+/* The request's id as a Python object. New reference. */
+static PyObject *call_id(const BareCall *call) {
+    return call->id_is_text ? PyUnicode_DecodeASCII(call->id_text.start, call->id_text.len, NULL)
+                            : PyLong_FromLongLong(call->id_number);
+}
+
+static PyObject *named_value_object(const NamedParam *param) {
+    switch (param->kind) {
+    case VALUE_TEXT:
+        return PyUnicode_DecodeASCII(param->text.start, param->text.len, NULL);
+    case VALUE_TRUE:
+        return Py_NewRef(Py_True);
+    case VALUE_FALSE:
+        return Py_NewRef(Py_False);
+    default:
+        return PyLong_FromLongLong(param->number);
+    }
+}
+
+/* The params as orjson reads them (a dict in the datagram's order), for the general path
+ * after the handler ran. New reference. */
+static PyObject *params_dict(PyObject *const *keys, PyObject *const *values, int n) {
+    PyObject *params = PyDict_New();
+    for (int i = 0; params && i < n; i++)
+        if (PyDict_SetItem(params, keys[i], values[i]) < 0)
+            Py_CLEAR(params);
+    return params;
+}
+
+/* The argument bound to one parameter: the value itself when its getter would hand it on
+ * unchanged, else what the getter makes of it. New reference; NULL with an exception set. */
+static PyObject *bound(PyObject *binding, PyObject *value) {
+    PyObject *name = PyTuple_GET_ITEM(binding, 0);
+    PyObject *unchanged = PyTuple_GET_ITEM(binding, 1);
+    if ((PyObject *)Py_TYPE(value) == unchanged)
+        return Py_NewRef(value);
+    return PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(binding, 2), value, name, NULL);
+}
+
+/* Call the handler with the params its binder found, then as run_bare: compact, or the
+ * general path with the params. keys and values are the call's, in its order. */
+static PyObject *run_named(FastAnswer *self, PyObject *handler, PyObject *binder,
+                           PyObject *const *keys, PyObject *const *values, int n,
+                           PyObject *method, PyObject *id, PyObject *data) {
+    PyObject *argv[MAX_NAMED];
+    Py_ssize_t count = PyTuple_GET_SIZE(binder);
+    if (count != n)
+        return PyObject_CallOneArg(self->answer, data); /* not a binder of these names */
+    PyObject *kwnames = PyTuple_New(count);
+    if (!kwnames)
+        return NULL;
+    Py_ssize_t made = 0;
+    for (; made < count; made++) {
+        PyObject *binding = PyTuple_GET_ITEM(binder, made);
+        PyObject *name = PyTuple_GET_ITEM(binding, 0);
+        int at = -1;
+        for (int i = 0; i < n && at < 0; i++) {
+            int same = keys[i] == name ? 1 : PyUnicode_Compare(keys[i], name) == 0;
+            if (same)
+                at = i;
+        }
+        PyObject *arg = at >= 0 ? bound(binding, values[at]) : NULL;
+        if (!arg)
+            break;
+        argv[made] = arg;
+        PyTuple_SET_ITEM(kwnames, made, Py_NewRef(name));
+    }
+    PyObject *reply = NULL;
+    if (made == count) {
+        Py_INCREF(handler); /* the call may unregister it */
+        PyObject *result = PyObject_Vectorcall(handler, argv, 0, kwnames);
+        Py_DECREF(handler);
+        PyObject *error = NULL;
+        if (!result && PyErr_ExceptionMatches(PyExc_Exception))
+            error = raised(); /* as `except Exception as exc` sees it */
+        if (result)
+            reply = PyObject_CallFunctionObjArgs(self->compact, result, id, NULL);
+        if (error || reply == Py_None) {
+            Py_XSETREF(reply, NULL);
+            PyObject *params = params_dict(keys, values, n);
+            if (params)
+                reply = PyObject_CallFunctionObjArgs(self->after_bare, method, id,
+                                                     result ? result : Py_None,
+                                                     error ? error : Py_None, params, NULL);
+            Py_XDECREF(params);
+        }
+        Py_XDECREF(error);
+        Py_XDECREF(result);
+    } else if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* a getter refused a value (the handler has not run): answer says how */
+        PyErr_Clear();
+        reply = PyObject_CallOneArg(self->answer, data);
+    }
+    for (Py_ssize_t j = 0; j < made; j++)
+        Py_DECREF(argv[j]);
+    Py_DECREF(kwnames);
+    return reply;
+}
+
+/* A call with named params: its command's binder for these names (the recipe select_recipe
+ * picks), the handler called with what the binder makes of them. Anything else (a method
+ * with no binder of these names, an async command) is answer's. */
+static PyObject *fast_named(FastAnswer *self, const BareCall *call, PyObject *data) {
+    if (!self->named)
+        return PyObject_CallOneArg(self->answer, data);
+    PyObject *method = method_name(self, &call->method);
+    if (!method)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(self->named, method); /* borrowed */
+    if (!entry || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        Py_DECREF(method);
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->answer, data);
+    }
+    Py_INCREF(entry); /* the handler may unregister it */
+    int n = call->named_count;
+    PyObject *keys[MAX_NAMED], *values[MAX_NAMED];
+    PyObject *names = PyTuple_New(n);
+    int made = 0;
+    for (; names && made < n; made++) {
+        keys[made] = PyUnicode_DecodeASCII(call->named[made].key.start, call->named[made].key.len,
+                                           NULL);
+        values[made] = keys[made] ? named_value_object(&call->named[made]) : NULL;
+        if (!values[made]) {
+            Py_XDECREF(keys[made]);
+            break;
+        }
+        PyTuple_SET_ITEM(names, made, Py_NewRef(keys[made]));
+    }
+    PyObject *reply = NULL;
+    if (made == n) {
+        PyObject *key = PyFrozenSet_New(names);
+        PyObject *binder = key ? PyDict_GetItemWithError(PyTuple_GET_ITEM(entry, 1), key) : NULL;
+        Py_XDECREF(key);
+        PyObject *id = binder && PyTuple_CheckExact(binder) ? call_id(call) : NULL;
+        if (id)
+            reply = run_named(self, PyTuple_GET_ITEM(entry, 0), binder, keys, values, n, method,
+                              id, data);
+        else if (!PyErr_Occurred()) /* names no recipe has: answer says which error */
+            reply = PyObject_CallOneArg(self->answer, data);
+        Py_XDECREF(id);
+    }
+    for (int i = 0; i < made; i++) {
+        Py_DECREF(keys[i]);
+        Py_DECREF(values[i]);
+    }
+    Py_XDECREF(names);
+    Py_DECREF(entry);
+    Py_DECREF(method);
+    return reply;
+}
+
 static PyObject *fast_answer(FastAnswer *self, PyObject *data) {
     BareCall call;
     if (!PyBytes_CheckExact(data) ||
         !recognise(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &call))
         return PyObject_CallOneArg(self->answer, data);
+    if (call.named_count)
+        return fast_named(self, &call, data);
     PyObject *method = method_name(self, &call.method);
     if (!method)
         return NULL;
@@ -1003,8 +1252,7 @@ static PyObject *fast_answer(FastAnswer *self, PyObject *data) {
         /* params to bind, an unknown method, async: the general path */
         return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->answer, data);
     }
-    PyObject *id = call.id_is_text ? PyUnicode_DecodeASCII(call.id_text.start, call.id_text.len, NULL)
-                                   : PyLong_FromLongLong(call.id_number);
+    PyObject *id = call_id(&call);
     PyObject *reply = id ? run_bare(self, handler, method, id) : NULL;
     Py_XDECREF(id);
     Py_DECREF(method);
@@ -1025,10 +1273,10 @@ static PyObject *FastAnswer_vectorcall(PyObject *callable, PyObject *const *args
 }
 
 static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"bare", "compact", "after_bare", "answer", NULL};
-    PyObject *bare, *compact, *after_bare, *answer;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO:FastAnswer", keywords, &PyDict_Type,
-                                     &bare, &compact, &after_bare, &answer))
+    static char *keywords[] = {"bare", "compact", "after_bare", "answer", "named", NULL};
+    PyObject *bare, *compact, *after_bare, *answer, *named = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOO|O!:FastAnswer", keywords, &PyDict_Type,
+                                     &bare, &compact, &after_bare, &answer, &PyDict_Type, &named))
         return -1;
     if (!PyCallable_Check(compact) || !PyCallable_Check(after_bare) || !PyCallable_Check(answer)) {
         PyErr_SetString(PyExc_TypeError, "FastAnswer: compact, after_bare and answer must be callable");
@@ -1038,6 +1286,7 @@ static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(self->compact, Py_NewRef(compact));
     Py_XSETREF(self->after_bare, Py_NewRef(after_bare));
     Py_XSETREF(self->answer, Py_NewRef(answer));
+    Py_XSETREF(self->named, Py_XNewRef(named));
     return 0;
 }
 
@@ -1053,6 +1302,7 @@ static int FastAnswer_traverse(FastAnswer *self, visitproc visit, void *arg) {
     Py_VISIT(self->compact);
     Py_VISIT(self->after_bare);
     Py_VISIT(self->answer);
+    Py_VISIT(self->named);
     return 0;
 }
 
@@ -1061,6 +1311,7 @@ static int FastAnswer_clear(FastAnswer *self) {
     Py_CLEAR(self->compact);
     Py_CLEAR(self->after_bare);
     Py_CLEAR(self->answer);
+    Py_CLEAR(self->named);
     Py_CLEAR(self->method);
     return 0;
 }
@@ -1075,10 +1326,12 @@ static PyTypeObject FastAnswerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "midgram.server._batchio.FastAnswer",
     .tp_basicsize = sizeof(FastAnswer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "FastAnswer(bare, compact, after_bare, answer): a callable equal to "
-              "Dispatcher.answer, which answers a bare call (no params) without parsing it in "
-              "Python: bare is the registry's table of handlers taking no arguments, compact "
-              "and after_bare the dispatcher's own steps after the handler, answer the rest.",
+    .tp_doc = "FastAnswer(bare, compact, after_bare, answer, named=None): a callable equal to "
+              "Dispatcher.answer, which answers a bare call (no params), and one with flat "
+              "named params, without parsing it in Python: bare is the registry's table of "
+              "handlers taking no arguments, named its table of (handler, named binders) by "
+              "command, compact and after_bare(method, id, result, error[, params]) the "
+              "dispatcher's own steps after the handler, answer the rest.",
     .tp_new = FastAnswer_new,
     .tp_init = (initproc)FastAnswer_init,
     .tp_dealloc = (destructor)FastAnswer_dealloc,
@@ -1087,6 +1340,312 @@ static PyTypeObject FastAnswerType = {
     .tp_vectorcall_offset = offsetof(FastAnswer, vectorcall),
     .tp_call = PyVectorcall_Call,
 };
+
+/* --- serve_traced(): serve() with HEP tracing on ---------------------------------------- */
+
+/* A traced request costs two more datagrams (its packet and its reply's), each built by the
+ * Tracer in Python (one encoder) and sent, in the reference path, with a sendto() of its own
+ * while the loop serves one datagram at a time. serve_traced() keeps the common case here:
+ * a call without params (recognise(), as FastAnswer reads it) answered OK. It asks Python
+ * for the request's packet, sends the replies `flush` at a time, then asks for the packets of
+ * the replies that went out and sends them all, requests' first, with one sendmmsg() on the
+ * collector's connected socket. Any other datagram is finished by Python (the reference
+ * path, its reply and packets included) once everything held here went out, so each
+ * client's replies and the packets keep their order; so is every datagram after a reply
+ * that is left waiting for its client. */
+
+#define HEP_BATCH 16
+
+typedef struct {
+    int fd;            /* the collector's connected UDP socket */
+    PyObject *request; /* request(method, peer, now) -> Trace (its packet first) | None */
+    PyObject *reply;   /* reply(trace, reply, now) -> the packet of a reply that went out */
+    PyObject *finish;  /* finish(data, peer, truncated, handled) -> bool: direct sends go on */
+    PyObject *refused; /* refused(trace, reply, peer) -> bool: a reply not sent here */
+    PyObject *lost;    /* lost(packet): a packet the collector's socket refused */
+} TraceHooks;
+
+typedef struct {
+    PyObject *packet[HEP_BATCH];
+    unsigned int count;
+} HepBox;
+
+typedef struct {
+    PyObject *reply[MAX_SLOTS];
+    PyObject *trace[MAX_SLOTS]; /* None: not traced */
+    unsigned int source[MAX_SLOTS];
+    unsigned int count;
+} TracedBox;
+
+/* Send the packets held, in order; what the socket refused goes to lost(), which says why. */
+static int hep_flush(const TraceHooks *hooks, HepBox *box, Py_ssize_t *traced) {
+    struct mmsghdr msgs[HEP_BATCH];
+    struct iovec iov[HEP_BATCH];
+    int sent = 0;
+    if (box->count) {
+        memset(msgs, 0, sizeof msgs[0] * box->count);
+        for (unsigned int j = 0; j < box->count; j++) {
+            iov[j].iov_base = PyBytes_AS_STRING(box->packet[j]);
+            iov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->packet[j]);
+            msgs[j].msg_hdr.msg_iov = &iov[j];
+            msgs[j].msg_hdr.msg_iovlen = 1;
+        }
+        sent = sendmmsg(hooks->fd, msgs, box->count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        *traced += sent;
+    }
+    int rc = 0;
+    for (unsigned int j = 0; j < box->count; j++) {
+        if ((int)j >= sent && rc == 0) {
+            PyObject *done = PyObject_CallOneArg(hooks->lost, box->packet[j]);
+            rc = done ? 0 : -1;
+            Py_XDECREF(done);
+        }
+        Py_DECREF(box->packet[j]);
+    }
+    box->count = 0;
+    return rc;
+}
+
+static int hep_add(const TraceHooks *hooks, HepBox *box, PyObject *packet, Py_ssize_t *traced) {
+    if (!PyBytes_CheckExact(packet)) {
+        PyErr_SetString(PyExc_TypeError, "serve_traced: a HEP packet must be bytes");
+        return -1;
+    }
+    if (box->count == HEP_BATCH && hep_flush(hooks, box, traced) < 0)
+        return -1;
+    box->packet[box->count++] = Py_NewRef(packet);
+    return 0;
+}
+
+/* The time a packet is stamped with, as time.time_ns() gives it. New reference. */
+static PyObject *now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return PyLong_FromLongLong((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+}
+
+/* A bool from a hook's result (a new reference, or NULL), which is released. */
+static int truth(PyObject *result) {
+    int yes = result ? PyObject_IsTrue(result) : -1;
+    Py_XDECREF(result);
+    return yes;
+}
+
+/* Send the replies held, then the packets of the requests and of the replies that went out;
+ * replies the kernel refused go to refused(), in order, after those packets. */
+static int traced_flush(BatchSocket *self, const TraceHooks *hooks, TracedBox *box, HepBox *hep,
+                        int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
+    int sent = 0;
+    if (box->count) {
+        for (unsigned int j = 0; j < box->count; j++) {
+            struct msghdr *src = &self->rmsgs[box->source[j]].msg_hdr;
+            struct msghdr *hdr = &self->smsgs[j].msg_hdr;
+            hdr->msg_name = src->msg_name;
+            hdr->msg_namelen = src->msg_namelen;
+            self->siov[j].iov_base = PyBytes_AS_STRING(box->reply[j]);
+            self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->reply[j]);
+        }
+        sent = sendmmsg(self->fd, self->smsgs, box->count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        *replied += sent;
+    }
+    int rc = 0;
+    for (int j = 0; j < sent && rc == 0; j++) {
+        if (box->trace[j] == Py_None)
+            continue;
+        PyObject *now = now_ns();
+        PyObject *packet = now ? PyObject_CallFunctionObjArgs(hooks->reply, box->trace[j],
+                                                              box->reply[j], now, NULL)
+                               : NULL;
+        Py_XDECREF(now);
+        rc = packet ? hep_add(hooks, hep, packet, traced) : -1;
+        Py_XDECREF(packet);
+    }
+    if (rc == 0)
+        rc = hep_flush(hooks, hep, traced);
+    for (unsigned int j = (unsigned int)sent; j < box->count && rc == 0; j++) {
+        unsigned int i = box->source[j];
+        PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+        int go_on = peer ? truth(PyObject_CallFunctionObjArgs(hooks->refused, box->trace[j],
+                                                               box->reply[j], peer, NULL))
+                         : -1;
+        Py_XDECREF(peer);
+        if (go_on < 0)
+            rc = -1;
+        else
+            *direct = *direct && go_on;
+    }
+    for (unsigned int j = 0; j < box->count; j++) {
+        Py_DECREF(box->reply[j]);
+        Py_DECREF(box->trace[j]);
+    }
+    box->count = 0;
+    return rc;
+}
+
+/* A bare call answered OK: its request packet now, its reply held (or, when this cannot send
+ * it, given to refused() after what is held). Steals handled. */
+static int traced_reply(BatchSocket *self, const TraceHooks *hooks, TracedBox *box, HepBox *hep,
+                        unsigned int i, PyObject *method, PyObject *handled, unsigned int flush,
+                        int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
+    PyObject *peer = cached_peer(self, &self->raddrs[i], self->rmsgs[i].msg_hdr.msg_namelen);
+    PyObject *now = peer ? now_ns() : NULL;
+    PyObject *trace =
+        now ? PyObject_CallFunctionObjArgs(hooks->request, method, peer, now, NULL) : NULL;
+    Py_XDECREF(now);
+    int rc = trace ? 0 : -1;
+    if (rc == 0 && trace != Py_None) {
+        if (PyTuple_Check(trace) && PyTuple_GET_SIZE(trace) > 0)
+            rc = hep_add(hooks, hep, PyTuple_GET_ITEM(trace, 0), traced);
+        else {
+            PyErr_SetString(PyExc_TypeError, "serve_traced: request() must give a Trace or None");
+            rc = -1;
+        }
+    }
+    if (rc == 0 && PyBytes_GET_SIZE(handled) <= self->big && !unbound(self, i)) {
+        box->reply[box->count] = handled; /* the box owns both now */
+        box->trace[box->count] = trace;
+        box->source[box->count++] = i;
+        Py_DECREF(peer);
+        if (box->count >= flush)
+            return traced_flush(self, hooks, box, hep, direct, replied, traced);
+        return 0;
+    }
+    if (rc == 0) /* too long for this loop, or an unbound client: the caller's to send */
+        rc = traced_flush(self, hooks, box, hep, direct, replied, traced);
+    if (rc == 0) {
+        int go_on = truth(PyObject_CallFunctionObjArgs(hooks->refused, trace, handled, peer, NULL));
+        rc = go_on < 0 ? -1 : 0;
+        *direct = *direct && go_on > 0;
+    }
+    Py_XDECREF(trace);
+    Py_XDECREF(peer);
+    Py_DECREF(handled);
+    return rc;
+}
+
+static int trace_hooks(PyObject *arg, TraceHooks *hooks) {
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "serve_traced: hooks is (fd, request, reply, finish, refused, lost)");
+        return -1;
+    }
+    long fd = PyLong_AsLong(PyTuple_GET_ITEM(arg, 0));
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "serve_traced: the collector's fd is out of range");
+        return -1;
+    }
+    hooks->fd = (int)fd;
+    hooks->request = PyTuple_GET_ITEM(arg, 1);
+    hooks->reply = PyTuple_GET_ITEM(arg, 2);
+    hooks->finish = PyTuple_GET_ITEM(arg, 3);
+    hooks->refused = PyTuple_GET_ITEM(arg, 4);
+    hooks->lost = PyTuple_GET_ITEM(arg, 5);
+    return 0;
+}
+
+static PyObject *serve_traced_batch(BatchSocket *self, PyObject *answer, const TraceHooks *hooks,
+                                    int count, unsigned int flush) {
+    TracedBox box = {.count = 0};
+    HepBox hep = {.count = 0};
+    Py_ssize_t replied = 0, traced = 0;
+    int direct = 1; /* replies go out from here: no reply of this batch waits for its client */
+    PyObject *method = NULL;
+    for (int i = 0; i < count; i++) {
+        struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
+        int truncated = (hdr->msg_flags & MSG_TRUNC) != 0;
+        const char *text = self->riov[i].iov_base;
+        Py_ssize_t len = (Py_ssize_t)self->rmsgs[i].msg_len;
+        PyObject *data = PyBytes_FromStringAndSize(text, len);
+        if (!data)
+            goto error;
+        if (self->in_hand.buf)
+            hold(self, i);
+        BareCall call;
+        PyObject *handled = NULL;
+        if (direct && !truncated && recognise(text, len, &call) && !call.named_count) {
+            handled = PyObject_CallOneArg(answer, data);
+            if (!handled) {
+                Py_DECREF(data);
+                goto error;
+            }
+            if (PyBytes_CheckExact(handled)) {
+                PyObject *name = cached_name(&method, &call.method);
+                int rc = name ? traced_reply(self, hooks, &box, &hep, (unsigned int)i, name,
+                                             handled, flush, &direct, &replied, &traced)
+                              : (Py_DECREF(handled), -1);
+                Py_XDECREF(name);
+                Py_DECREF(data);
+                if (rc < 0)
+                    goto error;
+                continue;
+            }
+        }
+        /* anything else: the reference path, once what is held went out */
+        int go_on = -1;
+        if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) == 0) {
+            PyObject *peer = cached_peer(self, &self->raddrs[i], hdr->msg_namelen);
+            if (peer)
+                go_on = truth(PyObject_CallFunctionObjArgs(hooks->finish, data, peer,
+                                                           truncated ? Py_True : Py_False,
+                                                           handled ? handled : Py_None, NULL));
+            Py_XDECREF(peer);
+        }
+        Py_XDECREF(handled);
+        Py_DECREF(data);
+        if (go_on < 0)
+            goto error;
+        direct = direct && go_on;
+    }
+    if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) < 0)
+        goto error;
+    let_go(self);
+    Py_XDECREF(method);
+    return Py_BuildValue("(inn)", count, replied, traced);
+error:
+    /* what was answered still goes out (and is traced); the exception goes up */
+    {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (traced_flush(self, hooks, &box, &hep, &direct, &replied, &traced) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(method);
+    return NULL;
+}
+
+static PyObject *BatchSocket_serve_traced(BatchSocket *self, PyObject *const *args,
+                                          Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "serve_traced(answer, block: bool, flush: int, hooks)");
+        return NULL;
+    }
+    TraceHooks hooks;
+    int block = PyObject_IsTrue(args[1]);
+    long flush = PyLong_AsLong(args[2]);
+    if (block < 0 || (flush == -1 && PyErr_Occurred()) || trace_hooks(args[3], &hooks) < 0)
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (flush < 1 || flush > (long)self->slots)
+        PyErr_Format(PyExc_ValueError, "serve_traced: flush must be 1..%u", self->slots);
+    else {
+        int count = receive(self, block);
+        if (count == 0)
+            result = Py_BuildValue("(iii)", 0, 0, 0);
+        else if (count > 0)
+            result = serve_traced_batch(self, args[0], &hooks, count, (unsigned int)flush);
+    }
+    self->busy = 0;
+    return result;
+}
 
 static struct PyModuleDef batchio_module = {
     PyModuleDef_HEAD_INIT, "_batchio", "Batched datagram I/O (recvmmsg/sendmmsg).", -1,

@@ -36,6 +36,21 @@ class BatchSocket:
         settle: Callable[[bytes, Any, PeerAddress, Credentials | None], Any] | None = None,
         /,
     ) -> tuple[int, int, list[tuple[bytes, PeerAddress, bool, Any]] | None]: ...
+    def serve_traced(
+        self,
+        answer: Callable[[bytes], Any],
+        block: bool,
+        flush: int,
+        hooks: tuple[
+            int,
+            Callable[[str, PeerAddress, int], Any],
+            Callable[[Any, bytes, int], bytes],
+            Callable[[bytes, PeerAddress, bool, Any], bool],
+            Callable[[Any, bytes, PeerAddress], bool],
+            Callable[[bytes], None],
+        ],
+        /,
+    ) -> tuple[int, int, int]: ...
 
 @final
 class FastAnswer:
@@ -43,7 +58,8 @@ class FastAnswer:
         self,
         bare: dict[str, Callable[..., Any]],
         compact: Callable[[Any, Any], bytes | None],
-        after_bare: Callable[[str, Any, Any, BaseException | None], Outcome],
+        after_bare: Callable[..., Outcome],
         answer: Callable[[bytes], bytes | Outcome | Pending | Guarded],
+        named: dict[str, tuple[Callable[..., Any], Any]] | None = None,
     ) -> None: ...
     def __call__(self, data: bytes, /) -> bytes | Outcome | Pending | Guarded: ...

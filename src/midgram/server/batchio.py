@@ -5,8 +5,9 @@ With the native module (``_batchio.c``, built at install time: ``midgram.compile
 ``sendmmsg()`` sends their replies a few at a time: the per-syscall cost, and the socket
 module's per-call cost, are paid per batch instead of twice per request. ``NativeIO.serve``
 also runs the loop over a batch in C, calling back into Python only to answer each
-datagram, and ``FastAnswer`` answers the busiest kind of datagram (a call without params)
-without parsing it in Python. OpenSIPS reads and answers one datagram at a time.
+datagram, and ``FastAnswer`` answers the busiest kinds of datagram (a call without params,
+or with flat named params) without parsing it in Python. OpenSIPS reads and answers one
+datagram at a time.
 
 Without it (an install that could not build it, or ``MIDGRAM_NATIVE=0`` in the environment)
 the same interface reads one datagram per call with the socket module and leaves every
@@ -27,7 +28,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from midgram._version import __version__
 from midgram.compiled import why_not_loaded
@@ -50,6 +51,7 @@ __all__ = [
     "NativeIO",
     "NativeStatus",
     "SocketIO",
+    "TraceHooks",
     "batch_io",
     "native_status",
     "version_line",
@@ -72,6 +74,26 @@ Leftover = tuple[bytes, PeerAddress, bool, Any]
 #: answer is not bytes, or anything else: a leftover whose reply comes later (an async call
 #: in flight).
 Settle = Callable[[bytes, Any, PeerAddress, Credentials | None], Any]
+
+
+class TraceHooks(NamedTuple):
+    """What ``NativeIO.serve_traced`` calls back, with the collector's socket."""
+
+    #: The collector's connected UDP socket, which the packets go out on.
+    fd: int
+    #: ``request(method, peer, now_ns)``: the Trace of a call without params answered OK, or
+    #: None (``Tracer.bare``); ``now_ns`` is ``time.time_ns()``, read in C.
+    request: Callable[[str, PeerAddress, int], Any]
+    #: ``reply(trace, reply, now_ns)``: the packet of a reply that went out (``Tracer.reply``).
+    reply: Callable[[Any, bytes, int], bytes]
+    #: ``finish(data, peer, truncated, handled)``: any other datagram, answered (``handled``
+    #: None: not yet), sent and traced by the caller; whether replies may still go out here.
+    finish: Callable[[bytes, PeerAddress, bool, Any], bool]
+    #: ``refused(trace, reply, peer)``: a reply the loop could not send, the caller's to send
+    #: and trace; whether replies may still go out here.
+    refused: Callable[[Any, bytes, PeerAddress], bool]
+    #: ``lost(packet)``: a packet the collector's socket refused, the caller's to retry or log.
+    lost: Callable[[bytes], None]
 
 
 class BatchIO(Protocol):
@@ -143,6 +165,7 @@ class NativeIO:
         self._recv = batch.recv
         self.send = batch.send  # already the protocol's send: no wrapper on the hot path
         self._serve = batch.serve
+        self._serve_traced = batch.serve_traced
         self.fast_answer: Callable[..., Answer] = _batchio.FastAnswer
 
     def recv(self, block: bool) -> list[Datagram]:
@@ -170,6 +193,22 @@ class NativeIO:
             served: tuple[int, int, list[Leftover] | None] = self._serve(
                 answer, block, flush, settle
             )
+        except OSError as exc:
+            raise receive_error(exc, self._sock) from exc
+        return served
+
+    def serve_traced(
+        self, answer: Answer, block: bool, flush: int, hooks: TraceHooks
+    ) -> tuple[int, int, int]:
+        """``serve`` for a worker that traces every datagram to a HEP collector: returns
+        ``(received, replied, traced)``. A call without params (what ``FastAnswer`` reads)
+        answered OK is served and traced here: ``hooks.request`` gives its packet before its
+        reply goes out, ``hooks.reply`` its reply's after, and the packets go out in batches
+        on ``hooks.fd``. Every other datagram, a reply this could not send, and every
+        datagram after a reply left waiting for its client go to ``hooks.finish`` and
+        ``hooks.refused``, in order, once what is held here went out."""
+        try:
+            served: tuple[int, int, int] = self._serve_traced(answer, block, flush, hooks)
         except OSError as exc:
             raise receive_error(exc, self._sock) from exc
         return served

@@ -111,13 +111,13 @@ class Tracing:
 
     tracer: Tracer
     sender: HepSender
-    counted: Callable[[], None]
+    counted: Callable[[int], None]
 
     def seen(self, outcome: Outcome, peer: PeerAddress) -> Trace | None:
         """The request's trace, before its reply goes out (None: not traced)."""
         trace = self.tracer.request(outcome, peer, time.time_ns())
         if trace is not None:
-            self._send(trace.packet)
+            self.send(trace.packet)
         return trace
 
     def replied(self, seen: Trace | None, reply: bytes, sent: bool) -> None:
@@ -125,11 +125,12 @@ class Tracing:
         OpenSIPS traces a failed send."""
         if seen is not None:
             traced = reply if sent else INTERNAL_ERROR_REPLY
-            self._send(self.tracer.reply(seen, traced, time.time_ns()))
+            self.send(self.tracer.reply(seen, traced, time.time_ns()))
 
     def close(self) -> None:
         self.sender.close()
 
-    def _send(self, packet: bytes) -> None:
+    def send(self, packet: bytes) -> None:
+        """Send one packet to the collector, counted when it went."""
         if self.sender.send(packet):
-            self.counted()
+            self.counted(1)

@@ -488,14 +488,30 @@ class HepSender:
     ) -> None:
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self._sendto = self._sock.sendto
         self._sockaddr = sockaddr
         self._log = RateLimitedLog(log, log_interval, clock=clock)
+        # Connected where the kernel allows it (not to a broadcast address, say): it looks
+        # the route up once instead of for each packet, a good part of a packet's cost, and
+        # the native loop sends batches of packets on it. A collector that is not listening
+        # is then heard of (ICMP): the next send fails and says so.
+        try:
+            self._sock.connect(sockaddr)
+        except OSError:
+            self.connected = False
+            sendto = self._sock.sendto
+            self._send: Callable[[bytes], object] = lambda packet: sendto(packet, sockaddr)
+        else:
+            self.connected = True
+            self._send = self._sock.send
+
+    def fileno(self) -> int:
+        """The socket's descriptor (the native loop sends on it while ``connected``)."""
+        return self._sock.fileno()
 
     def send(self, packet: bytes) -> bool:
         """Send one packet; False (and a rate-limited log line) when it could not go."""
         try:
-            self._sendto(packet, self._sockaddr)
+            self._send(packet)
         except OSError as exc:
             self._log.log(
                 "hep",

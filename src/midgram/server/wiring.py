@@ -257,9 +257,9 @@ class _TracePlan:
     traced: TraceFilter
     startup: int
 
-    def start(self, counted: Callable[[], None]) -> Tracing:
+    def start(self, counted: Callable[[int], None]) -> Tracing:
         """This process's tracer and HEP socket (its own pid and random source); ``counted``
-        counts each trace sent."""
+        counts the traces sent."""
         settings = self.settings
         tracer = Tracer(
             self.server,

@@ -17,7 +17,9 @@ A batch is served one of two ways, counted and replied to by the same code:
   admitted, dispatched, observed (``midgram.server.hooks``: ``allow_from``, tracing, debug
   logging plug in there), its reply sent ``FLUSH`` at a time, or on its own when observed;
 - the fast path (``BatchSocket.serve``, in C): the same loop for a worker with no hook, while
-  no reply waits for a slow client; Python settles what is not an OK reply.
+  no reply waits for a slow client; Python settles what is not an OK reply. A worker whose
+  one hook is HEP tracing has it too (``BatchSocket.serve_traced``): C serves and traces a
+  call without params answered OK, and hands anything else to the reference path's steps.
 
 The socket's ``SO_RCVTIMEO`` wakes an idle worker every ``IDLE_WAKEUP`` to look at its stop
 flag and its log level. While a reply waits for a client whose queue is full
@@ -42,9 +44,17 @@ from midgram.engine.runtime import apply_log_level
 from midgram.engine.stats import Counter, Statistics
 from midgram.errors import TransportError
 from midgram.logs import RateLimitedLog, peer_label, shown
-from midgram.server.batchio import BatchIO, Datagram, Leftover, NativeIO, Reply, batch_io
+from midgram.server.batchio import (
+    BatchIO,
+    Datagram,
+    Leftover,
+    NativeIO,
+    Reply,
+    TraceHooks,
+    batch_io,
+)
 from midgram.server.budget import SendBudget
-from midgram.server.hooks import Admission, DebugLog, Observer, observing
+from midgram.server.hooks import Admission, DebugLog, Observer, Tracing, observing
 from midgram.server.inflight import AsyncCalls
 from midgram.server.supervisor import IN_HAND_MAX, held, hold, let_go
 from midgram.server.transport import (
@@ -115,6 +125,15 @@ class ServerStats:
         }
 
 
+class _NativeTracing(NamedTuple):
+    """The fast path of a worker that traces (``NativeIO.serve_traced``)."""
+
+    io: NativeIO
+    hooks: TraceHooks
+    #: Counts the packets the native loop sent (``mi_datagram:traced``).
+    counted: Callable[[int], None]
+
+
 class _Dispatching(NamedTuple):
     """What the loop asks of the ``Dispatcher``: its entry points are named here only."""
 
@@ -172,6 +191,7 @@ class Worker:
         big = budget.small if budget is not None else None
         # The senders' credentials are read when the socket passes them: when an acl rule
         # names users or groups (wiring).
+        self._credentials = passes_credentials(sock)
         self.io = (
             io
             if io is not None
@@ -180,7 +200,7 @@ class Worker:
                 dispatcher.buf_size,
                 in_hand=in_hand,
                 big=big,
-                credentials=passes_credentials(sock),
+                credentials=self._credentials,
             )
         )
         self._log = RateLimitedLog(log)
@@ -224,6 +244,29 @@ class Worker:
         self._flush = 1 if observed else FLUSH
         plain = not observed and not self._admission
         self._fast = self.io if plain and isinstance(self.io, NativeIO) else None
+        self._traced = None if self._admission else self._native_tracing(observer)
+
+    def _native_tracing(self, observer: Observer | None) -> _NativeTracing | None:
+        """The traced fast path, for a worker whose one hook is tracing, with the native
+        module and a collector its socket could connect to, on a socket that does not pass
+        its senders' credentials (the traced path does not read them: acl rules that name
+        users or groups are checked on the reference path)."""
+        io = self.io
+        if not isinstance(observer, Tracing) or not isinstance(io, NativeIO):
+            return None
+        if self._credentials:
+            return None
+        if not observer.sender.connected:
+            return None
+        hooks = TraceHooks(
+            observer.sender.fileno(),
+            observer.tracer.bare,
+            observer.tracer.reply,
+            self._finish_traced,
+            self._refused_traced,
+            observer.send,
+        )
+        return _NativeTracing(io, hooks, observer.counted)
 
     # --- driven by a blocking receive: forked workers, children_count = 0 -----------------
 
@@ -269,9 +312,12 @@ class Worker:
             if not self._wait():
                 return False
             received = self.serve_ready(block=False)
-        else:  # serve_ready(block=True) without asking again whether a reply waits
-            fast = self._fast
-            received = self._serve_fast(fast, True) if fast is not None else self._serve_read(True)
+        elif self._fast is not None:  # serve_ready(block=True) without asking again
+            received = self._serve_fast(self._fast, True)
+        elif self._traced is not None:
+            received = self._serve_traced(self._traced, True)
+        else:
+            received = self._serve_read(True)
         return received > 0 and not self._stop_requested()
 
     def _wait(self) -> bool:
@@ -328,9 +374,12 @@ class Worker:
         SO_RCVTIMEO) and serve it; how many datagrams it had (0: none came). The fast path
         serves it when it can: no hook, and no reply waiting for its client (the C loop
         sends directly, and a client's replies must keep their order)."""
-        fast = self._fast
-        if fast is not None and not self.sender.pending():
-            return self._serve_fast(fast, block)
+        if self.sender.pending():
+            return self._serve_read(block)
+        if self._fast is not None:
+            return self._serve_fast(self._fast, block)
+        if self._traced is not None:
+            return self._serve_traced(self._traced, block)
         return self._serve_read(block)
 
     def _serve_read(self, block: bool) -> int:
@@ -451,6 +500,54 @@ class Worker:
             return self._count(handled)  # type: ignore[arg-type]
         except Exception as exc:
             return self._failed(exc, data)
+
+    def _serve_traced(self, traced: _NativeTracing, block: bool) -> int:
+        """``serve_batch`` for a traced worker, its common case in C
+        (``NativeIO.serve_traced``), the rest through ``_finish_traced`` and
+        ``_refused_traced``."""
+        received, replied, sent = traced.io.serve_traced(
+            self._dispatching.answer, block, FLUSH, traced.hooks
+        )
+        if received:
+            self._received(received)
+            if replied:
+                self._replied(replied)
+            if sent:
+                traced.counted(sent)
+        return received
+
+    def _finish_traced(
+        self,
+        data: bytes,
+        peer: PeerAddress,
+        truncated: bool,
+        handled: Outcome | Pending | Guarded | None,
+    ) -> bool:
+        """For the traced fast path, in the batch's order: a datagram it does not serve,
+        served as ``serve_batch`` serves it (``handled`` None: not answered yet). Whether
+        replies may still go out directly (none waits for its client)."""
+        try:
+            if handled is None:
+                dispatching = self._dispatching
+                handled = dispatching.oversize(len(data)) if truncated else dispatching.handle(data)
+            # No credentials here: a socket that passes them is never served this way.
+            reply = self._settle(handled, peer, data, None)
+        except Exception as exc:
+            reply = self._failed(exc, data)
+        if reply is not None and self._send(reply, peer) is not _DROPPED:
+            self._replied()
+        return not self.sender.pending()
+
+    def _refused_traced(self, seen: object, reply: bytes, peer: PeerAddress) -> bool:
+        """For the traced fast path: a reply it could not send (refused by the kernel, too
+        long for it, to an unbound client), sent or queued by ``ReplySender`` and traced
+        as it went. Whether replies may still go out directly."""
+        sent = self._send(reply, peer) is not _DROPPED
+        if sent:
+            self._replied()
+        if self._observer is not None:
+            self._observer.replied(seen, reply, sent)
+        return not self.sender.pending()
 
     def _send_leftovers(self, leftovers: list[Leftover]) -> int:
         """What the fast path left (a reply it could not send: refused, to an unbound client,

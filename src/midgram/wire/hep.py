@@ -367,39 +367,63 @@ def route_encoder(
         fixed = encode(template)  # no payload, no correlation id: the fixed chunks only
     except HepError:
         return encode_each  # each packet raises it, as encode() would
-    before = fixed[_HEADER_SIZE:_TIMES_OFFSET]
+    before = fixed[:_TIMES_OFFSET]  # the header's length is written over (_Shape)
     after = fixed[_TIMES_OFFSET + _TIMES.size :]
-    head_pack = struct.Struct(f">4sH{len(before)}s").pack
-    times_pack = _TIMES.pack
-    fixed_size = len(fixed)
+    shapes: dict[tuple[int, int], _Shape] = {}
 
     def encode_route(
         ts_sec: int, ts_usec: int, payload: bytes | None, correlation_id: bytes | None
     ) -> bytes:
-        tail = _tail(payload, correlation_id)
-        total = fixed_size + len(tail)
-        if total > MAX_PACKET:
-            return encode_each(ts_sec, ts_usec, payload, correlation_id)  # it says why
+        if payload is None or correlation_id is None:  # never, from a tracer
+            return encode_each(ts_sec, ts_usec, payload, correlation_id)
+        sizes = (len(payload), len(correlation_id))
+        shape = shapes.get(sizes)
+        if shape is None:
+            if len(fixed) + 2 * _CHUNK_HEADER_SIZE + sum(sizes) > MAX_PACKET:
+                return encode_each(ts_sec, ts_usec, payload, correlation_id)  # it says why
+            if len(shapes) >= _SHAPES_KEPT:
+                shapes.clear()
+            shape = shapes[sizes] = _Shape.of(before, after, *sizes)
         try:
-            times = times_pack(
-                GENERIC, ChunkType.TS_SEC, 10, ts_sec, GENERIC, ChunkType.TS_USEC, 10, ts_usec
-            )
+            return shape.pack(shape.head, ts_sec, shape.middle, ts_usec, shape.tail, payload,
+                              shape.correlation, correlation_id)  # fmt: skip
         except struct.error:
             return encode_each(ts_sec, ts_usec, payload, correlation_id)  # it says why
-        return head_pack(MAGIC, total, before) + times + after + tail
 
     return encode_route
 
 
-def _tail(payload: bytes | None, correlation_id: bytes | None) -> bytes:
-    """The payload and correlation id chunks. A value too long for its chunk's u16 length
-    makes the whole packet too long too, which ``route_encoder`` checks before it uses the
-    tail: so such a length is only masked here, never sent."""
-    tail = b""
-    if payload is not None:
-        size = (_CHUNK_HEADER_SIZE + len(payload)) & 0xFFFF
-        tail = _CHUNK_HEADER.pack(GENERIC, ChunkType.PAYLOAD, size) + payload
-    if correlation_id is not None:
-        size = (_CHUNK_HEADER_SIZE + len(correlation_id)) & 0xFFFF
-        tail += _CHUNK_HEADER.pack(GENERIC, ChunkType.CORRELATION_ID, size) + correlation_id
-    return tail
+#: Packet layouts (payload and correlation id sizes) a route encoder keeps: a tracer's
+#: request payloads come in a few sizes, its replies' in up to MAX_TRACE_FIELD.
+_SHAPES_KEPT: Final = 256
+
+
+class _Shape(NamedTuple):
+    """A route's packets with a payload and a correlation id of given sizes: all but the two
+    times and those two values is known, so a packet is one ``pack``."""
+
+    pack: Callable[..., bytes]
+    #: The header, the chunks before the times, the first time chunk's header.
+    head: bytes
+    #: The second time chunk's header.
+    middle: bytes
+    #: The chunks after the times, the payload chunk's header.
+    tail: bytes
+    #: The correlation id chunk's header.
+    correlation: bytes
+
+    @classmethod
+    def of(cls, before: bytes, after: bytes, payload_size: int, correlation_size: int) -> _Shape:
+        total = len(before) + _TIMES.size + len(after) + 2 * _CHUNK_HEADER_SIZE
+        total += payload_size + correlation_size
+        times = _TIMES.pack(GENERIC, ChunkType.TS_SEC, 10, 0, GENERIC, ChunkType.TS_USEC, 10, 0)
+        head = _HEADER.pack(MAGIC, total) + before[_HEADER_SIZE:] + times[:_CHUNK_HEADER_SIZE]
+        middle = times[_CHUNK_HEADER_SIZE + 4 : 2 * _CHUNK_HEADER_SIZE + 4]
+        chunk = _CHUNK_HEADER.pack
+        tail = after + chunk(GENERIC, ChunkType.PAYLOAD, _CHUNK_HEADER_SIZE + payload_size)
+        correlation = chunk(
+            GENERIC, ChunkType.CORRELATION_ID, _CHUNK_HEADER_SIZE + correlation_size
+        )
+        layout = f">{len(head)}sI{len(middle)}sI{len(tail)}s{payload_size}s"
+        layout += f"{len(correlation)}s{correlation_size}s"
+        return cls(struct.Struct(layout).pack, head, middle, tail, correlation)
