@@ -88,6 +88,8 @@ def test_nobody_is_refused_what_root_is_named_for_and_served_the_rest(env: dict[
         assert call_as("nobody", server.target, "kill") == FORBIDDEN
         assert call_as("nobody", server.target, "log_level") == FORBIDDEN
         assert call_as("nobody", server.target, "log_level", [4]) == FORBIDDEN
+        # Named params are bound in C too (FastAnswer), but never for a guarded command.
+        assert call_as("nobody", server.target, "log_level", {"level": 4}) == FORBIDDEN
         # A command no rule names: served, by FastAnswer on the native path.
         assert set(call_as("nobody", server.target, "uptime")["result"]) == {
             "Now",
@@ -100,7 +102,7 @@ def test_nobody_is_refused_what_root_is_named_for_and_served_the_rest(env: dict[
         assert call_as("root", server.target, "log_level", [1])["result"] == {
             "New global log level": 1
         }
-        assert denied(server) == 3
+        assert denied(server) == 4
         server.wait_for_log(
             f"refused MI command kill to uid {NOBODY.pw_uid} (gid {NOBODY.pw_gid}, pid "
         )
@@ -133,6 +135,8 @@ def test_with_a_hook_plugged_in_the_reference_path_checks_alike(env: dict[str, s
     with midgram_server(*flags, env=env) as server:
         assert call_as("nobody", server.target, "kill") == FORBIDDEN
         assert call_as("nobody", server.target, "log_level", [4]) == FORBIDDEN
+        # Named params are bound in C too (FastAnswer), but never for a guarded command.
+        assert call_as("nobody", server.target, "log_level", {"level": 4}) == FORBIDDEN
         assert "result" in call_as("nobody", server.target, "uptime")
         assert (
             call_as("root", server.target, "log_level")["result"]
@@ -193,9 +197,18 @@ def udp_call(target: Any, source: str, method: str, params: Any = None) -> Any:
         return orjson.loads(sock.recv(65536))
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
 @pytest.mark.parametrize("env", PATHS)
-def test_udp_rules_go_by_source_address(env: dict[str, str]) -> None:
-    with midgram_server("--acl", "kill, log_level: 127.0.0.2", socket=ANY_UDP, env=env) as server:
+def test_udp_rules_go_by_source_address(env: dict[str, str], traced: bool) -> None:
+    """Traced too: a worker whose one hook is HEP tracing serves in C (serve_traced), and
+    hands a guarded call to the reference path with its peer."""
+    with contextlib.ExitStack() as stack:
+        flags = ["--acl", "kill, log_level: 127.0.0.2"]
+        if traced:
+            sink = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sink.bind(("127.0.0.1", 0))
+            flags += ["--trace-to", f"udp:127.0.0.1:{sink.getsockname()[1]}"]
+        server = stack.enter_context(midgram_server(*flags, socket=ANY_UDP, env=env))
         address = ("127.0.0.1", server.port)
         refused = udp_call(address, "127.0.0.1", "log_level", [1])
         assert refused == {
@@ -203,12 +216,33 @@ def test_udp_rules_go_by_source_address(env: dict[str, str]) -> None:
             "error": {"code": 403, "message": "Forbidden"},
             "id": 1,
         }
+        assert udp_call(address, "127.0.0.1", "log_level", {"level": 1}) == refused
         assert "result" in udp_call(address, "127.0.0.1", "uptime")
         assert udp_call(address, "127.0.0.2", "log_level", [1])["result"] == {
             "New global log level": 1
         }
-        assert denied(server) == 1
+        assert denied(server) == 2
         server.wait_for_log("refused MI command log_level to 127.0.0.1:")
+
+
+@needs_native
+def test_a_traced_unix_socket_still_checks_credentials() -> None:
+    """A worker that traces serves in C unless its socket passes credentials: then the
+    reference path reads them, and a rule naming root still refuses nobody."""
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        sink.bind(("127.0.0.1", 0))
+        trace = ["--trace-to", f"udp:127.0.0.1:{sink.getsockname()[1]}"]
+        server = stack.enter_context(
+            midgram_server("--mode", "0666", "--acl", "log_level: root", *trace)
+        )
+        assert call_as("nobody", server.target, "log_level", [4]) == FORBIDDEN
+        assert call_as("nobody", server.target, "log_level", {"level": 4}) == FORBIDDEN
+        assert "result" in call_as("nobody", server.target, "uptime")
+        assert call_as("root", server.target, "log_level", {"level": 1})["result"] == {
+            "New global log level": 1
+        }
+        assert denied(server) == 2
 
 
 @pytest.mark.parametrize("env", PATHS)
