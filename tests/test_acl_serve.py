@@ -143,7 +143,7 @@ def test_with_a_hook_plugged_in_the_reference_path_checks_alike(env: dict[str, s
             == server.call("log_level")["result"]
         )
         server.wait_for_log(": forbidden")  # the refusals were observed
-        assert denied(server) == 2
+        assert denied(server) == 3
         assert server.proc.poll() is None
 
 
