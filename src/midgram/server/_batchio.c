@@ -503,23 +503,29 @@ static int unbound(BatchSocket *self, unsigned int i) {
            (self->family == AF_UNIX && len <= offsetof(struct sockaddr_un, sun_path));
 }
 
+/* Send count replies with one sendmmsg, each to the address of the datagram it answers
+ * (source[j]); how many the kernel took (0 when it took none or failed). */
+static int sendmmsg_replies(BatchSocket *self, PyObject *const *reply,
+                            const unsigned int *source, unsigned int count) {
+    for (unsigned int j = 0; j < count; j++) {
+        struct msghdr *src = &self->rmsgs[source[j]].msg_hdr;
+        struct msghdr *hdr = &self->smsgs[j].msg_hdr;
+        hdr->msg_name = src->msg_name;
+        hdr->msg_namelen = src->msg_namelen;
+        self->siov[j].iov_base = PyBytes_AS_STRING(reply[j]);
+        self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(reply[j]);
+    }
+    int sent = sendmmsg(self->fd, self->smsgs, count, MSG_DONTWAIT);
+    return sent < 0 ? 0 : sent;
+}
+
 /* Send what the outbox holds; what the kernel refused (and, once one was refused, every
  * later reply: ReplySender keeps a client's replies in order) becomes a leftover. */
 static int flush_outbox(BatchSocket *self, Outbox *box, int *failed, Py_ssize_t *replied,
                         PyObject **leftovers) {
     int sent = 0;
     if (box->count && !*failed) {
-        for (unsigned int j = 0; j < box->count; j++) {
-            struct msghdr *src = &self->rmsgs[box->source[j]].msg_hdr;
-            struct msghdr *hdr = &self->smsgs[j].msg_hdr;
-            hdr->msg_name = src->msg_name;
-            hdr->msg_namelen = src->msg_namelen;
-            self->siov[j].iov_base = PyBytes_AS_STRING(box->reply[j]);
-            self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->reply[j]);
-        }
-        sent = sendmmsg(self->fd, self->smsgs, box->count, MSG_DONTWAIT);
-        if (sent < 0)
-            sent = 0;
+        sent = sendmmsg_replies(self, box->reply, box->source, box->count);
         if ((unsigned int)sent < box->count)
             *failed = 1;
         *replied += sent;
@@ -1439,17 +1445,7 @@ static int traced_flush(BatchSocket *self, const TraceHooks *hooks, TracedBox *b
                         int *direct, Py_ssize_t *replied, Py_ssize_t *traced) {
     int sent = 0;
     if (box->count) {
-        for (unsigned int j = 0; j < box->count; j++) {
-            struct msghdr *src = &self->rmsgs[box->source[j]].msg_hdr;
-            struct msghdr *hdr = &self->smsgs[j].msg_hdr;
-            hdr->msg_name = src->msg_name;
-            hdr->msg_namelen = src->msg_namelen;
-            self->siov[j].iov_base = PyBytes_AS_STRING(box->reply[j]);
-            self->siov[j].iov_len = (size_t)PyBytes_GET_SIZE(box->reply[j]);
-        }
-        sent = sendmmsg(self->fd, self->smsgs, box->count, MSG_DONTWAIT);
-        if (sent < 0)
-            sent = 0;
+        sent = sendmmsg_replies(self, box->reply, box->source, box->count);
         *replied += sent;
     }
     int rc = 0;
