@@ -134,12 +134,16 @@ def test_port_0_listens_on_a_free_port_and_names_it(socket_name: str) -> None:
         assert f"INFO midgram.server.wiring: listening on {running.target} (2 worker(s))" in (
             running.log()
         )
-        titles = [command_line(pid) for pid in [running.proc.pid, *running.worker_pids()]]
-        assert titles == [
+        named = [
             f"midgram: attendant {running.target}",
             f"midgram: worker 1 {running.target}",
             f"midgram: worker 2 {running.target}",
         ]
+        # A worker is forked with the attendant's title and names itself a moment later.
+        wait_until(
+            lambda: [command_line(p) for p in [running.proc.pid, *running.worker_pids()]] == named,
+            what="the processes' titles",
+        )
 
 
 # --- the socket file -------------------------------------------------------------------------
