@@ -86,11 +86,19 @@ def ids(running: ServerProcess) -> dict[int, int]:
     return {p["ID"]: p["PID"] for p in running.call("ps")["result"]["Processes"]}
 
 
+def await_name(pid: int, name: str) -> None:
+    """Listed by ps as soon as it is forked, a worker names itself a moment later (comm is
+    set last, after the command line)."""
+    wait_until(lambda: comm(pid) == name, what=f"process {pid} named {name!r}")
+
+
 def test_ps_and_top_tell_the_attendant_from_each_worker() -> None:
     """Every process was `python3 -m midgram serve ...`, in top and in ps alike."""
     with midgram_server("--children", "2") as running:
         where = running.target
         rows = ids(running)
+        for number in (1, 2):
+            await_name(rows[number], f"midgram w{number}")
         assert comm(rows[0]) == "midgram"
         assert command_line(rows[0]) == f"midgram: attendant {where}"
         for number in (1, 2):
@@ -104,8 +112,7 @@ def test_ps_and_top_tell_the_attendant_from_each_worker() -> None:
             return pids is not None and len(pids) == 2 and rows[2] not in pids
 
         wait_until(restarted, what="worker 2's restart")
-        # Listed as soon as it is forked, the replacement names itself a moment later.
-        wait_until(lambda: comm(ids(running)[2]) == "midgram w2", what="the new worker 2's name")
+        await_name(ids(running)[2], "midgram w2")
 
 
 def test_without_setproctitle_top_still_tells_them_apart(tmp_path: Path) -> None:
@@ -115,6 +122,7 @@ def test_without_setproctitle_top_still_tells_them_apart(tmp_path: Path) -> None
     path = f"{tmp_path}:{ROOT / 'tests'}"
     with midgram_server("--children", "1", env={"PYTHONPATH": path}) as running:
         rows = ids(running)
+        await_name(rows[1], "midgram w1")
         assert [comm(rows[0]), comm(rows[1])] == ["midgram", "midgram w1"]
         assert command_line(rows[1]) == command_line(running.proc.pid)
         assert " -m midgram serve --socket " in command_line(rows[1])
