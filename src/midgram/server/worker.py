@@ -435,18 +435,28 @@ class Worker:
         """The reply to send with the batch, if any: a guarded call is run (or refused) for
         its sender, an async call is started (replied to when it completes), an observed
         outcome is finished on its own."""
-        if type(handled) is Guarded:
-            ran = handled.run(peer, credentials)
-            if type(ran) is bytes:
-                return ran
-            handled = ran  # type: ignore[assignment]
-        if type(handled) is Pending:
-            self._calls.start(handled, peer, data)
+        settled = self._unguarded(handled, peer, credentials)
+        if type(settled) is bytes:
+            return settled
+        if type(settled) is Pending:
+            self._calls.start(settled, peer, data)
             return None
         if self._observer is not None:
-            self.finish(handled, peer)  # type: ignore[arg-type]
+            self.finish(settled, peer)  # type: ignore[arg-type]
             return None
-        return self._count(handled)  # type: ignore[arg-type]
+        return self._count(settled)  # type: ignore[arg-type]
+
+    def _unguarded(
+        self,
+        handled: Outcome | Pending | Guarded,
+        peer: PeerAddress,
+        credentials: Credentials | None,
+    ) -> bytes | Outcome | Pending:
+        """A guarded call run (or refused: ``403`` bytes) for its sender; anything else as
+        it is. Both paths settle through here, so neither can skip the acl."""
+        if type(handled) is Guarded:
+            return handled.run(peer, credentials)
+        return handled  # type: ignore[return-value]
 
     def _refused(self, peer: PeerAddress) -> bool:
         """Whether a rule refuses a datagram from ``peer`` (counted and logged)."""
@@ -490,14 +500,10 @@ class Worker:
         try:
             if handled is None:
                 handled = self._dispatching.oversize(len(data))
-            elif type(handled) is Guarded:
-                ran = handled.run(peer, credentials)
-                if type(ran) is bytes:
-                    return ran
-                handled = ran  # type: ignore[assignment]
-            if type(handled) is Pending:
-                return handled
-            return self._count(handled)  # type: ignore[arg-type]
+            settled = self._unguarded(handled, peer, credentials)
+            if type(settled) is bytes or type(settled) is Pending:
+                return settled
+            return self._count(settled)  # type: ignore[arg-type]
         except Exception as exc:
             return self._failed(exc, data)
 
